@@ -1,0 +1,1 @@
+"""Backends: one self-contained module per model family, behind the protocols in base."""

@@ -1,0 +1,137 @@
+"""Protocols every backend implements, and the small answer types judges return.
+
+Stages are written against these protocols only, so a synthetic backend, a diffusers
+pipeline or a Gemini client are interchangeable by configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """One request to a prompt writer: a prompt id, a seed, k instructions, a style."""
+
+    prompt_id: str
+    seed: int
+    k: int
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class InstructionDraft:
+    """One edit instruction as written, with its edit type (``add``, ``remove``, ...)."""
+
+    text: str
+    edit_type: str
+
+
+@dataclass(frozen=True)
+class PromptDraft:
+    """A text-to-image prompt and k edit instructions consistent with it."""
+
+    prompt_id: str
+    text: str
+    style: str
+    topic: str
+    instructions: tuple[InstructionDraft, ...]
+
+
+@dataclass(frozen=True)
+class YesNo:
+    """A yes/no answer; ``error`` is set when the judge could not answer (never a pass)."""
+
+    answer: bool
+    reason: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Hard-validator scores on 1–5; ``error`` is set when the judge failed (never a pass)."""
+
+    adherence: float
+    aesthetic: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PrefilterAnswer:
+    """Soft pre-filter: scores, then yes/no on unwanted modifications and on aesthetics."""
+
+    scores: Scores
+    unwanted_changes: bool
+    aesthetic_ok: bool
+    error: str | None = None
+    details: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PromptWriter(Protocol):
+    """Writes T2I prompts and k consistent edit instructions per request."""
+
+    model_id: str
+    version: str
+
+    def write(self, requests: list[PromptRequest]) -> list[PromptDraft]: ...
+
+
+@runtime_checkable
+class TextToImage(Protocol):
+    """Renders one image per (prompt, seed, size); ``sizes`` are (width, height)."""
+
+    model_id: str
+    size_multiple: int
+
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        sizes: list[tuple[int, int]],
+        steps: int,
+        guidance: float,
+    ) -> list[Image.Image]: ...
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """Applies an instruction to an image; returns an image of exactly the input's size."""
+
+    model_id: str
+
+    def edit(
+        self,
+        images: list[Image.Image],
+        instructions: list[str],
+        seeds: list[int],
+        steps: list[int],
+        guidance: float,
+    ) -> list[Image.Image]: ...
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """A VLM-like judge: sees only pixels and text, answers in the validator's schema."""
+
+    judge_id: str
+    prompt_version: str
+
+    def plausibility(self, images: list[Image.Image], prompts: list[str]) -> list[YesNo]: ...
+
+    def prefilter(
+        self,
+        sources: list[Image.Image],
+        edits: list[Image.Image],
+        instructions: list[str],
+    ) -> list[PrefilterAnswer]: ...
+
+    def score(
+        self,
+        sources: list[Image.Image],
+        edits: list[Image.Image],
+        instructions: list[str],
+    ) -> list[Scores]: ...

@@ -1,0 +1,148 @@
+"""`nhr` on the command line.
+
+``nhr run CONFIG [-p KEY VALUE ...] [--run-dir DIR]`` validates the config, locks the run
+folder, refuses a folder made with other settings, and executes the config's notebooks
+in order with papermill, saving the executed copies in ``<run>/notebooks/``. A rerun
+after a crash resumes: every stage skips what it already wrote.
+``nhr audit RUN_DIR`` prints the hard validator against the synthetic world's truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nhr.config import PipelineConfig, RunConfig, parse_override
+from nhr.errors import NhrError, RunFolderError
+from nhr.lock import RunLock
+from nhr.runner import PARENT_ENV
+from nhr.store import atomic_write_bytes
+
+RUN_LOCK = ".nhr-run.lock"
+
+
+def check_saved_config(run_dir: Path, params: dict[str, Any]) -> None:
+    """Refuse a run folder whose saved config differs; save the config if there is none."""
+    saved_path = run_dir / "config.yaml"
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        diff = sorted(k for k in set(saved) | set(params) if saved.get(k) != params.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} → {params.get(k)!r}" for k in diff[:5])
+            raise RunFolderError(
+                f"{run_dir} was made with another config ({shown})",
+                "use a new --run-dir, or delete the folder to start over",
+            )
+        return
+    atomic_write_bytes(saved_path, yaml.safe_dump(params, sort_keys=True).encode())
+
+
+def notebook_parameters(path: Path) -> set[str]:
+    """Names declared in a notebook's ``parameters`` cell."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def run(config: RunConfig, progress: bool = True) -> int:
+    """Execute a run config's notebooks in order; returns the exit status."""
+    import papermill
+
+    run_dir = config.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = config.pipeline.to_params()
+    with RunLock(run_dir / RUN_LOCK, "nhr run"):
+        check_saved_config(run_dir, params)
+        # a kernel orphaned by a killed earlier run exits within a second; wait for it
+        RunLock(run_dir / ".nhr-writer.lock", "a notebook kernel", wait_seconds=5.0).acquire(
+        ).release()
+        os.environ[PARENT_ENV] = str(os.getpid())
+        out_dir = run_dir / "notebooks"
+        out_dir.mkdir(exist_ok=True)
+        root = Path(__file__).resolve().parent.parent
+        for i, nb in enumerate(config.notebooks, 1):
+            declared = notebook_parameters(nb)
+            nb_params = {k: v for k, v in params.items() if k in declared}
+            if "RUN_DIR" in declared:
+                nb_params["RUN_DIR"] = str(run_dir)
+            if "RUN_NAME" in declared:
+                nb_params["RUN_NAME"] = config.name
+            print(f"[{i}/{len(config.notebooks)}] {nb.stem}", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(nb),
+                    str(out_dir / nb.name),
+                    parameters=nb_params,
+                    kernel_name="python3",
+                    progress_bar=progress,
+                    cwd=str(root),
+                )
+            except papermill.PapermillExecutionError as err:
+                first = (err.evalue or "").strip().splitlines()[:1]
+                print(
+                    f"nhr: notebook {nb.name} failed: {err.ename}: {first[0] if first else ''}"
+                    f" — see {out_dir / nb.name}; fix it and rerun, finished work is kept",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"    done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        s = json.loads(summary_path.read_text())
+        print(f"{s.get('triplets')} triplets in {run_dir / 'dataset'}; summary: {summary_path}")
+    return 0
+
+
+def audit(run_dir: Path) -> int:
+    """Print the hard validator against the world's truth, from the run's own tables."""
+    from nhr.evaluate.truth import judge_vs_truth
+    from nhr.pipeline import Pipeline
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise RunFolderError(f"{run_dir} has no config.yaml", "pass the folder of an nhr run")
+    cfg = PipelineConfig.from_params(yaml.safe_load(saved.read_text()))
+    pipe = Pipeline(run_dir, cfg, progress=False)
+    if pipe.backends.truth is None:
+        raise RunFolderError(f"{run_dir} has no truth", "audit needs a synthetic-world run")
+    print(json.dumps(judge_vs_truth(pipe), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `nhr` command."""
+    parser = argparse.ArgumentParser(prog="nhr", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run a config's notebooks in order with papermill")
+    p_run.add_argument("config", type=Path)
+    p_run.add_argument("-p", "--param", nargs=2, action="append", default=[],
+                       metavar=("KEY", "VALUE"), help="override a parameter (YAML value)")
+    p_run.add_argument("--run-dir", type=Path, default=None, help="default: results/<name>")
+    p_run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p_audit = sub.add_parser("audit", help="judge vs truth of a synthetic-world run")
+    p_audit.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            overrides = {k: parse_override(v) for k, v in args.param}
+            config = RunConfig.load(args.config, overrides, args.run_dir)
+            return run(config, progress=not args.no_progress)
+        return audit(args.run_dir)
+    except NhrError as err:
+        print(f"nhr: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nhr: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The run configuration: one frozen, validated dataclass, and the YAML run config.
+
+Notebooks expose each field they use as an UPPER_CASE literal in their ``parameters``
+cell; ``PipelineConfig.from_parameters(globals())`` turns those literals into a validated
+config. A run config YAML names the notebooks of a run, in order, and the parameters to
+pass them; ``nhr run`` validates it whole before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nhr.errors import ConfigError
+
+BACKENDS = ("synthetic",)
+
+
+def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None,
+       choices: tuple[Any, ...] | None = None) -> Any:
+    """A config field with its documentation and allowed range."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every tunable of the mining chain; defaults are the paper's where it gives one."""
+
+    seed: int = _f(0, "master seed of the run", 0, 2**31 - 1)
+    # stage 1: prompts
+    prompter: str = _f("synthetic", "prompt writer backend", choices=BACKENDS)
+    n_prompts: int = _f(100, "text-to-image prompts to write", 1, 10_000_000)
+    k_instructions: int = _f(5, "edit instructions written per prompt (k)", 1, 50)
+    # stage 2: sources
+    t2i: str = _f("synthetic", "text-to-image backend", choices=BACKENDS)
+    n_source_seeds: int = _f(10, "source images per prompt (N)", 1, 1000)
+    long_side_min: int = _f(860, "smallest long side of a source, px", 16, 8192)
+    long_side_max: int = _f(2200, "largest long side of a source, px", 16, 8192)
+    aspect_max: float = _f(6.0, "most extreme aspect ratio (1:x to x:1)", 1.0, 16.0)
+    t2i_steps: int = _f(4, "text-to-image denoising steps", 1, 200)
+    t2i_guidance: float = _f(0.0, "text-to-image guidance scale", 0.0, 50.0)
+    # stage 3: plausibility gate
+    gate_judge: str = _f("synthetic", "plausibility gate backend", choices=BACKENDS)
+    # stage 4: edits
+    editor: str = _f("synthetic", "image editor backend", choices=BACKENDS)
+    m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
+    edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
+    edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
+    edit_guidance: tuple[float, ...] = _f((2.5,), "guidance values; each job draws one", 0.0, 50.0)
+    max_edit_jobs: int = _f(0, "cap on edit jobs drawn from the N×k×M grid (0: no cap)", 0, 10**9)
+    edit_budget_seconds: float = _f(0.0, "cap on editor seconds (0: no cap)", 0.0, 1e9)
+    # stages 5–7: filters and the hard validator
+    prefilter_judge: str = _f("synthetic", "soft pre-filter backend", choices=BACKENDS)
+    prefilter: bool = _f(True, "run the soft pre-filter")
+    prefilter_min_score: float = _f(
+        3.0, "soft pre-filter: drop if either score is below this", 1.0, 5.0
+    )
+    lowlevel: bool = _f(True, "run the low-level check")
+    diff_threshold: int = _f(40, "low-level check: |Ie−I0| above this is a changed pixel", 0, 255)
+    min_component_share: float = _f(
+        0.005, "low-level check: drop if largest component < this share of changed pixels", 0.0, 1.0
+    )
+    validator: str = _f("synthetic", "hard validator backend", choices=BACKENDS)
+    threshold: float = _f(4.7, "hard validator: pass iff both scores >= this", 1.0, 5.0)
+    # running
+    batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
+    workers: int = _f(1, "batches processed at once (for API-bound stages)", 1, 1024)
+    # stage 11: export
+    export_shard_rows: int = _f(1000, "rows per exported parquet shard", 1, 10**7)
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check(f.name, value, hints[f.name], f.metadata)
+        if self.long_side_min > self.long_side_max:
+            raise ConfigError(
+                f"long_side_min={self.long_side_min} is above long_side_max={self.long_side_max}",
+                "set LONG_SIDE_MIN <= LONG_SIDE_MAX",
+            )
+        if self.edit_steps_min > self.edit_steps_max:
+            raise ConfigError(
+                f"edit_steps_min={self.edit_steps_min} is above edit_steps_max={self.edit_steps_max}",
+                "set EDIT_STEPS_MIN <= EDIT_STEPS_MAX",
+            )
+        if not self.edit_guidance:
+            raise ConfigError("edit_guidance is empty", "give at least one value, e.g. [2.5]")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of all fields, lower case."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Each field's documentation, for help texts and error messages."""
+        return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> PipelineConfig:
+        """Build from UPPER_CASE (or lower case) parameter names; unknown names are refused."""
+        known = set(cls.field_names())
+        values = {}
+        for name, value in params.items():
+            key = name.lower()
+            if key not in known:
+                raise ConfigError(
+                    f"unknown parameter {name!r}",
+                    f"use one of: {', '.join(sorted(k.upper() for k in known))}",
+                )
+            values[key] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    @classmethod
+    def from_parameters(cls, namespace: dict[str, Any]) -> PipelineConfig:
+        """Build from a notebook's globals: the UPPER_CASE names that are config fields."""
+        known = {n.upper() for n in cls.field_names()}
+        return cls.from_params({k: v for k, v in namespace.items() if k in known})
+
+    def to_params(self) -> dict[str, Any]:
+        """The config as UPPER_CASE literals (tuples as lists), as notebooks take them."""
+        return {
+            f.name.upper(): list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    def fingerprint(self, names: tuple[str, ...]) -> str:
+        """A short hash of the named fields, recorded with every table a stage writes."""
+        values = {n: self.to_params()[n.upper()] for n in sorted(names)}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def subset(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """The named fields as a plain dict (lower case), for stats and error messages."""
+        return {n: self.to_params()[n.upper()] for n in names}
+
+
+def _check(name: str, value: Any, hint: Any, meta: Any) -> None:
+    """Validate one field's type and range, raising a ConfigError naming the fix."""
+    upper = name.upper()
+    origin = typing.get_origin(hint)
+    items = value if origin is tuple else (value,)
+    base = typing.get_args(hint)[0] if origin is tuple else hint
+    if origin is tuple and not isinstance(value, tuple):
+        raise ConfigError(f"{upper}={value!r} is not a list", f"give {upper} as a list, e.g. [2.5]")
+    for item in items:
+        ok = isinstance(item, base) and not (base is not bool and isinstance(item, bool))
+        if base is float and isinstance(item, int) and not isinstance(item, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(
+                f"{upper}={value!r} is not of type {base.__name__}",
+                f"give {upper} a {base.__name__} ({meta['doc']})",
+            )
+        if meta["choices"] is not None and item not in meta["choices"]:
+            raise ConfigError(
+                f"{upper}={item!r} is not a known backend",
+                f"use one of: {', '.join(meta['choices'])}",
+            )
+        lo, hi = meta["lo"], meta["hi"]
+        if base in (int, float) and (
+            (lo is not None and item < lo) or (hi is not None and item > hi)
+        ):
+            raise ConfigError(
+                f"{upper}={item!r} is out of range",
+                f"choose a value in [{lo}, {hi}] ({meta['doc']})",
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run config file: the run's name and folder, notebooks in order, and parameters."""
+
+    name: str
+    run_dir: Path
+    notebooks: tuple[Path, ...]
+    pipeline: PipelineConfig
+    source: Path | None = None
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        overrides: dict[str, Any] | None = None,
+        run_dir: Path | None = None,
+    ) -> RunConfig:
+        """Read and validate a run config YAML, applying ``-p KEY VALUE`` overrides."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", "pass a file from configs/")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} is not a mapping", "see configs/demo.yaml for the shape")
+        allowed = {"name", "run_dir", "notebooks", "params"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ConfigError(
+                f"unknown top-level key(s) {sorted(unknown)} in {path}",
+                f"use only {sorted(allowed)}",
+            )
+        name = data.get("name") or path.stem
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"run name {name!r} in {path}", "use letters, digits, - and _")
+        notebooks = data.get("notebooks")
+        if not notebooks or not isinstance(notebooks, list):
+            raise ConfigError(f"{path} lists no notebooks", "add a `notebooks:` list")
+        root = path.resolve().parent.parent
+        nb_paths = []
+        for nb in notebooks:
+            p = Path(nb) if Path(nb).is_absolute() else root / nb
+            if not p.is_file():
+                raise ConfigError(
+                    f"notebook {nb} named in {path} does not exist",
+                    "fix the path or restore the notebook from git",
+                )
+            nb_paths.append(p)
+        params = dict(data.get("params") or {})
+        for key, value in (overrides or {}).items():
+            params[key.upper()] = value
+        pipeline = PipelineConfig.from_params(params)
+        folder = run_dir or Path(data.get("run_dir") or f"results/{name}")
+        return cls(name, Path(folder), tuple(nb_paths), pipeline, path)
+
+
+def parse_override(value: str) -> Any:
+    """Parse a ``-p KEY VALUE`` value as YAML (numbers, booleans, lists), else a string."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value

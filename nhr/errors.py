@@ -1,0 +1,36 @@
+"""User-facing errors: each names the thing that is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class NhrError(Exception):
+    """An error a user can fix; ``str(err)`` is one line naming the problem and the fix."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} — {fix}")
+
+
+class ConfigError(NhrError):
+    """A config file, key or value is wrong."""
+
+
+class RunFolderError(NhrError):
+    """A run folder is in use, was made with other settings, or is damaged."""
+
+
+class ImageError(NhrError):
+    """An image cannot be read, or is too large to be trusted."""
+
+
+class BackendError(NhrError):
+    """A backend is unknown, missing an optional dependency, or failed."""
+
+
+def missing_extra(module: str, extra: str) -> BackendError:
+    """The error for an optional dependency that is not installed."""
+    return BackendError(
+        f"the optional dependency '{module}' is not installed",
+        f"install it with `pip install -e '.[{extra}]'`",
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: judges against truth (and, later, people), datasets against each other."""

@@ -1,0 +1,206 @@
+"""The mining chain as one object: each method runs a stage through the runner.
+
+Notebooks call one method per stage and show its result; tests call the same methods
+in-process. Every method reads its input from the run's tables, so stages can be run
+one at a time, in separate processes, and resumed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nhr.backends.registry import Backends, build_backends
+from nhr.config import PipelineConfig
+from nhr.records import (
+    CandidateRow,
+    PromptRow,
+    SourceRow,
+    TripletRow,
+    Verdict,
+    from_table,
+    to_table,
+)
+from nhr.runner import Runner, StageResult
+from nhr.stages.edits import EditStage, plan_edit_jobs
+from nhr.stages.export import dataset_card, export_dataset
+from nhr.stages.filters import LowLevelStage, PrefilterStage
+from nhr.stages.gate import PlausibilityStage
+from nhr.stages.prompts import PromptStage, plan_prompt_jobs
+from nhr.stages.sources import SourceStage
+from nhr.stages.validator import ValidatorStage, select_argmax
+from nhr.store import RunStore
+
+TABLE_TYPES: dict[str, type] = {
+    "prompts": PromptRow,
+    "sources": SourceRow,
+    "plausibility": Verdict,
+    "candidates": CandidateRow,
+    "prefilter": Verdict,
+    "lowlevel": Verdict,
+    "validator": Verdict,
+    "mined": TripletRow,
+}
+
+
+class Pipeline:
+    """The chain over one run folder and one validated config."""
+
+    def __init__(self, run_dir: Path | str, cfg: PipelineConfig, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.store = RunStore(run_dir)
+        self.runner = Runner(self.store, cfg.batch_size, cfg.workers, progress)
+        self._backends: Backends | None = None
+
+    @property
+    def backends(self) -> Backends:
+        """The configured backends, built on first use."""
+        if self._backends is None:
+            self._backends = build_backends(self.cfg, self.store.root)
+        return self._backends
+
+    # ---- reading -------------------------------------------------------------------
+    def rows(self, table: str) -> list[Any]:
+        """All records of a table."""
+        cls = TABLE_TYPES[table]
+        return from_table(self.store.tables.read(table, cls.schema()), cls)
+
+    def frame(self, table: str) -> pd.DataFrame:
+        """A table as a DataFrame, for looking at in a notebook."""
+        return self.store.tables.read(table, TABLE_TYPES[table].schema()).to_pandas()
+
+    def passed_ids(self, table: str) -> set[str]:
+        """Ids of the subjects a verdict table passed."""
+        return {v.subject_id for v in self.rows(table) if v.passed}
+
+    def survivors(self, after: str) -> list[CandidateRow]:
+        """Candidates that survive every enabled filter up to and including ``after``."""
+        order = [("prefilter", self.cfg.prefilter), ("lowlevel", self.cfg.lowlevel),
+                 ("validator", True)]
+        rows = self.rows("candidates")
+        for name, enabled in order:
+            if enabled:
+                keep = self.passed_ids(name)
+                rows = [r for r in rows if r.candidate_id in keep]
+            if name == after:
+                break
+        return rows
+
+    # ---- stages --------------------------------------------------------------------
+    def prompts(self) -> StageResult:
+        """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each."""
+        stage = PromptStage(self.backends.prompter, self.cfg.k_instructions)
+        return self.runner.run(stage, plan_prompt_jobs(self.cfg.n_prompts, self.cfg.seed))
+
+    def sources(self) -> StageResult:
+        """Stage 2: N_SOURCE_SEEDS source images per prompt."""
+        c = self.cfg
+        stage = SourceStage(
+            self.backends.t2i, self.store.blobs, c.n_source_seeds,
+            (c.long_side_min, c.long_side_max), c.aspect_max, c.t2i_steps, c.t2i_guidance,
+            c.seed,
+        )
+        return self.runner.run(stage, self.rows("prompts"))
+
+    def gate(self) -> StageResult:
+        """Stage 3: the plausibility gate over every source."""
+        stage = PlausibilityStage(self.backends.gate_judge, self.store.blobs)
+        return self.runner.run(stage, self.rows("sources"))
+
+    def edit_jobs(self) -> list[Any]:
+        """The scheduler's job list over the gated sources (seeded order, capped)."""
+        c = self.cfg
+        keep = self.passed_ids("plausibility")
+        sources = [s for s in self.rows("sources") if s.source_id in keep]
+        prompts = {p.prompt_id: p for p in self.rows("prompts")}
+        return plan_edit_jobs(
+            sources, prompts, c.m_edit_seeds, (c.edit_steps_min, c.edit_steps_max),
+            c.edit_guidance, c.seed, c.max_edit_jobs,
+        )
+
+    def edits(self) -> StageResult:
+        """Stage 4: M_EDIT_SEEDS edits per (gated source, instruction), within the budget."""
+        jobs = self.edit_jobs()
+        stage = EditStage(self.backends.editor, self.store.blobs)
+        return self.runner.run(
+            stage, jobs, budget_seconds=self.cfg.edit_budget_seconds,
+            extra_stats={"grid_jobs": len(jobs)},
+        )
+
+    def prefilter(self) -> StageResult | None:
+        """Stage 5: the soft pre-filter over every candidate (None when disabled)."""
+        if not self.cfg.prefilter:
+            return None
+        stage = PrefilterStage(
+            self.backends.prefilter_judge, self.store.blobs, self.cfg.prefilter_min_score
+        )
+        return self.runner.run(stage, self.rows("candidates"))
+
+    def lowlevel(self) -> StageResult | None:
+        """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
+        if not self.cfg.lowlevel:
+            return None
+        stage = LowLevelStage(self.store.blobs, self.cfg.diff_threshold,
+                              self.cfg.min_component_share)
+        return self.runner.run(stage, self.survivors("prefilter"))
+
+    def validate(self) -> StageResult:
+        """Stage 7: the hard validator over the survivors of the enabled filters."""
+        stage = ValidatorStage(self.backends.validator, self.store.blobs, self.cfg.threshold)
+        return self.runner.run(stage, self.survivors("lowlevel"))
+
+    def select(self) -> StageResult:
+        """Argmax selection per (source, instruction) → the ``mined`` table."""
+        with self.runner.writing("selection"):
+            return self._select()
+
+    def _select(self) -> StageResult:
+        """The body of ``select``, under the writer lock."""
+        t0 = time.perf_counter()
+        verdicts = self.rows("validator")
+        triplets, drops = select_argmax(
+            self.rows("candidates"),
+            verdicts,
+            {s.source_id: s for s in self.rows("sources")},
+            {p.prompt_id: p for p in self.rows("prompts")},
+        )
+        self.store.tables.write_shard(
+            "mined", "all", to_table(triplets, TripletRow), [], {"settings_hash": "whole-table"}
+        )
+        stats = {
+            "stage": "mined",
+            "rows_in": sum(v.passed for v in verdicts),
+            "rows_out": len(triplets),
+            "drops_by_reason": drops,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        self.store.write_stats("mined", stats)
+        return StageResult("mined", triplets, stats)
+
+    def triplets(self) -> list[TripletRow]:
+        """The triplets the export writes (the mined ones; bootstrapping adds more later)."""
+        return self.rows("mined")
+
+    def export(self, name: str | None = None) -> StageResult:
+        """Stage 11: write ``dataset/`` (parquet shards with images + card)."""
+        with self.runner.writing("export"):
+            return self._export(name)
+
+    def _export(self, name: str | None) -> StageResult:
+        """The body of ``export``, under the writer lock."""
+        from nhr.summary import funnel
+
+        t0 = time.perf_counter()
+        rows = self.triplets()
+        card = dataset_card(name or self.store.root.name, rows, funnel(self))
+        shards = export_dataset(
+            rows, self.store.blobs, self.store.root / "dataset", card, self.cfg.export_shard_rows
+        )
+        stats = {"stage": "export", "rows_in": len(rows), "rows_out": len(rows),
+                 "shards": [str(p.relative_to(self.store.root)) for p in shards],
+                 "drops_by_reason": {}, "seconds": round(time.perf_counter() - t0, 3)}
+        self.store.write_stats("export", stats)
+        return StageResult("export", rows, stats)

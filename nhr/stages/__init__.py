@@ -1,0 +1,1 @@
+"""The pipeline's stages: small classes with a documented ``process_batch``."""

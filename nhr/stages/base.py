@@ -1,0 +1,41 @@
+"""The stage contract shared by every stage.
+
+A stage is built from its config and backends, ``setup()`` runs once per worker, and
+``process_batch(rows) -> rows`` maps a batch of typed input records to typed output
+records. A stage knows nothing of files, notebooks, Ray or progress bars, so the same
+class runs in the local runner here and in a distributed adapter elsewhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, TypeVar
+
+from nhr.records import Record
+
+In = TypeVar("In", bound=Record)
+Out = TypeVar("Out", bound=Record)
+
+
+class Stage(ABC, Generic[In, Out]):
+    """Base class: ``name`` is the output table, ``input_type``/``output_type`` its rows."""
+
+    name: ClassVar[str]
+    input_type: ClassVar[type[Record]]
+    output_type: ClassVar[type[Record]]
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1.0}
+
+    def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Load models or open clients; called once per worker before the first batch."""
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the stage's output: config values and backend ids.
+
+        The runner records a hash of this with every shard and refuses to resume a table
+        written with different settings.
+        """
+
+    @abstractmethod
+    def process_batch(self, rows: list[In]) -> list[Out]:
+        """Map a batch of input records to output records (zero, one or more per input)."""

@@ -1,0 +1,152 @@
+"""Stages 5 and 6: the soft pre-filter (a judge) and the low-level pixel check.
+
+The low-level check is the paper's, exactly: a pixel is changed where |Ie − I0| > 40
+(the largest absolute difference over the RGB channels), changed pixels are grouped into
+4-connected components, and a candidate is dropped when its largest component holds
+less than 0.5 % of all changed pixels — the signature of scattered noise rather than
+an edit. A candidate with no changed pixel at all is dropped as ``no_change``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from nhr.backends.base import Judge
+from nhr.records import CandidateRow, Verdict
+from nhr.stages.base import Stage
+from nhr.store import BlobStore
+
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+
+
+class PrefilterStage(Stage[CandidateRow, Verdict]):
+    """Soft pre-filter: pass iff both scores >= ``min_score``, no unwanted modification,
+    and the aesthetics answer is yes. A judge error is a fail."""
+
+    name = "prefilter"
+    input_type = CandidateRow
+    output_type = Verdict
+
+    def __init__(self, judge: Judge, blobs: BlobStore, min_score: float) -> None:
+        self.judge = judge
+        self.blobs = blobs
+        self.min_score = min_score
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "judge": self.judge.judge_id,
+            "prompt_version": self.judge.prompt_version,
+            "min_score": self.min_score,
+        }
+
+    def process_batch(self, rows: list[CandidateRow]) -> list[Verdict]:
+        """Ask the judge about each (source, edit, instruction)."""
+        answers = self.judge.prefilter(
+            [self.blobs.get(r.source_image) for r in rows],
+            [self.blobs.get(r.image) for r in rows],
+            [r.instruction for r in rows],
+        )
+        out = []
+        for row, ans in zip(rows, answers, strict=True):
+            s = ans.scores
+            if ans.error or s.error:
+                reason = "judge_error"
+            elif ans.unwanted_changes:
+                reason = "unwanted_changes"
+            elif not ans.aesthetic_ok:
+                reason = "not_aesthetic"
+            elif min(s.adherence, s.aesthetic) < self.min_score:
+                reason = "low_score"
+            else:
+                reason = "ok"
+            out.append(
+                Verdict(
+                    subject_id=row.candidate_id,
+                    passed=reason == "ok",
+                    reason=reason,
+                    adherence=s.adherence,
+                    aesthetic=s.aesthetic,
+                    details=json.dumps(
+                        {"unwanted_changes": ans.unwanted_changes,
+                         "aesthetic_ok": ans.aesthetic_ok, **ans.details}
+                    ),
+                    judge_id=self.judge.judge_id,
+                    prompt_version=self.judge.prompt_version,
+                    error=ans.error or s.error,
+                )
+            )
+        return out
+
+
+def change_components(
+    source: Image.Image, edited: Image.Image, threshold: int
+) -> tuple[int, int, int]:
+    """(changed pixels, 4-connected components, pixels in the largest component)."""
+    a = np.asarray(source.convert("RGB"), dtype=np.int16)
+    b = np.asarray(edited.convert("RGB"), dtype=np.int16)
+    changed = np.abs(a - b).max(axis=2) > threshold
+    n_changed = int(changed.sum())
+    if n_changed == 0:
+        return 0, 0, 0
+    labels, n = ndimage.label(changed, structure=FOUR_CONNECTED)
+    largest = int(np.bincount(labels.ravel())[1:].max())
+    return n_changed, int(n), largest
+
+
+class LowLevelStage(Stage[CandidateRow, Verdict]):
+    """The paper's low-level check on the pixel difference of source and edit."""
+
+    name = "lowlevel"
+    input_type = CandidateRow
+    output_type = Verdict
+
+    def __init__(self, blobs: BlobStore, threshold: int = 40, min_share: float = 0.005) -> None:
+        self.blobs = blobs
+        self.threshold = threshold
+        self.min_share = min_share
+
+    def settings(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "min_share": self.min_share}
+
+    def process_batch(self, rows: list[CandidateRow]) -> list[Verdict]:
+        """Measure each candidate's change mask and keep those with a coherent change."""
+        out = []
+        for row in rows:
+            src, edit = self.blobs.get(row.source_image), self.blobs.get(row.image)
+            if src.size != edit.size:
+                n_changed = n_comp = largest = 0
+                reason = "size_mismatch"
+            else:
+                n_changed, n_comp, largest = change_components(src, edit, self.threshold)
+                if n_changed == 0:
+                    reason = "no_change"
+                elif largest < self.min_share * n_changed:
+                    reason = "fragmented_change"
+                else:
+                    reason = "ok"
+            details = {
+                "changed_pixels": n_changed,
+                "changed_share": n_changed / (src.width * src.height),
+                "components": n_comp,
+                "largest_component": largest,
+                "largest_share": largest / n_changed if n_changed else 0.0,
+            }
+            out.append(
+                Verdict(
+                    subject_id=row.candidate_id,
+                    passed=reason == "ok",
+                    reason=reason,
+                    adherence=None,
+                    aesthetic=None,
+                    details=json.dumps(details),
+                    judge_id="lowlevel-diff",
+                    prompt_version=f"t{self.threshold}-s{self.min_share}",
+                    error=None,
+                )
+            )
+        return out
