@@ -15,33 +15,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from nhr.config import PipelineConfig, RunConfig, parse_override
+from nhr.config import PipelineConfig, RunConfig, parse_override, reconcile
 from nhr.errors import NhrError, RunFolderError
 from nhr.lock import RunLock
 from nhr.runner import PARENT_ENV
-from nhr.store import atomic_write_bytes
 
 RUN_LOCK = ".nhr-run.lock"
-
-
-def check_saved_config(run_dir: Path, params: dict[str, Any]) -> None:
-    """Refuse a run folder whose saved config differs; save the config if there is none."""
-    saved_path = run_dir / "config.yaml"
-    if saved_path.is_file():
-        saved = yaml.safe_load(saved_path.read_text()) or {}
-        diff = sorted(k for k in set(saved) | set(params) if saved.get(k) != params.get(k))
-        if diff:
-            shown = ", ".join(f"{k}: {saved.get(k)!r} → {params.get(k)!r}" for k in diff[:5])
-            raise RunFolderError(
-                f"{run_dir} was made with another config ({shown})",
-                "use a new --run-dir, or delete the folder to start over",
-            )
-        return
-    atomic_write_bytes(saved_path, yaml.safe_dump(params, sort_keys=True).encode())
 
 
 def notebook_parameters(path: Path) -> set[str]:
@@ -59,10 +41,11 @@ def run(config: RunConfig, progress: bool = True) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     params = config.pipeline.to_params()
     with RunLock(run_dir / RUN_LOCK, "nhr run"):
-        check_saved_config(run_dir, params)
+        reconcile(run_dir, params)
         # a kernel orphaned by a killed earlier run exits within a second; wait for it
-        RunLock(run_dir / ".nhr-writer.lock", "a notebook kernel", wait_seconds=5.0).acquire(
-        ).release()
+        RunLock(
+            run_dir / ".nhr-writer.lock", "a notebook kernel", wait_seconds=5.0
+        ).acquire().release()
         os.environ[PARENT_ENV] = str(os.getpid())
         out_dir = run_dir / "notebooks"
         out_dir.mkdir(exist_ok=True)
@@ -123,8 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a config's notebooks in order with papermill")
     p_run.add_argument("config", type=Path)
-    p_run.add_argument("-p", "--param", nargs=2, action="append", default=[],
-                       metavar=("KEY", "VALUE"), help="override a parameter (YAML value)")
+    p_run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override a parameter (YAML value)",
+    )
     p_run.add_argument("--run-dir", type=Path, default=None, help="default: results/<name>")
     p_run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p_audit = sub.add_parser("audit", help="judge vs truth of a synthetic-world run")

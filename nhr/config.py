@@ -23,8 +23,13 @@ from nhr.errors import ConfigError
 BACKENDS = ("synthetic",)
 
 
-def _f(default: Any, doc: str, lo: float | None = None, hi: float | None = None,
-       choices: tuple[Any, ...] | None = None) -> Any:
+def _f(
+    default: Any,
+    doc: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
     """A config field with its documentation and allowed range."""
     meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
     if isinstance(default, (list, tuple)):
@@ -90,7 +95,8 @@ class PipelineConfig:
             )
         if self.edit_steps_min > self.edit_steps_max:
             raise ConfigError(
-                f"edit_steps_min={self.edit_steps_min} is above edit_steps_max={self.edit_steps_max}",
+                f"edit_steps_min={self.edit_steps_min} is above "
+                f"edit_steps_max={self.edit_steps_max}",
                 "set EDIT_STEPS_MIN <= EDIT_STEPS_MAX",
             )
         if not self.edit_guidance:
@@ -122,10 +128,10 @@ class PipelineConfig:
         return cls(**values)
 
     @classmethod
-    def from_parameters(cls, namespace: dict[str, Any]) -> PipelineConfig:
-        """Build from a notebook's globals: the UPPER_CASE names that are config fields."""
+    def params_in(cls, namespace: dict[str, Any]) -> dict[str, Any]:
+        """The UPPER_CASE names in a notebook's globals that are config fields."""
         known = {n.upper() for n in cls.field_names()}
-        return cls.from_params({k: v for k, v in namespace.items() if k in known})
+        return {k: v for k, v in namespace.items() if k in known}
 
     def to_params(self) -> dict[str, Any]:
         """The config as UPPER_CASE literals (tuples as lists), as notebooks take them."""
@@ -234,6 +240,45 @@ class RunConfig:
         pipeline = PipelineConfig.from_params(params)
         folder = run_dir or Path(data.get("run_dir") or f"results/{name}")
         return cls(name, Path(folder), tuple(nb_paths), pipeline, path)
+
+
+def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
+    """The config of a run folder, given (some of) its parameters.
+
+    ``config.yaml`` in the run folder records every parameter given so far (``nhr run``
+    gives them all at once; notebooks run by hand add theirs one by one). A parameter
+    that disagrees with the recorded value is refused, so one run folder never mixes
+    settings; parameters never given take the defaults.
+    """
+    from nhr.errors import RunFolderError
+    from nhr.store import atomic_write_bytes
+
+    full = PipelineConfig.from_params(params).to_params()
+    given = {k.upper(): full[k.upper()] for k in params}
+    path = Path(run_dir) / "config.yaml"
+    saved: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            canon = PipelineConfig.from_params(raw).to_params()
+            saved = {k.upper(): canon[k.upper()] for k in raw}
+        except (ConfigError, yaml.YAMLError, AttributeError) as err:
+            raise RunFolderError(
+                f"{path} is damaged or from another version ({err})",
+                "use a new run folder, or delete this one to start over",
+            ) from None
+    diff = sorted(k for k in given if k in saved and saved[k] != given[k])
+    if diff:
+        shown = ", ".join(f"{k}: {saved[k]!r} → {given[k]!r}" for k in diff[:5])
+        raise RunFolderError(
+            f"{run_dir} was made with another config ({shown})",
+            "use a new run folder (--run-dir / RUN_DIR), or delete it to start over",
+        )
+    merged = {**saved, **given}
+    if merged != saved or not path.is_file():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, yaml.safe_dump(merged, sort_keys=True).encode())
+    return PipelineConfig.from_params(merged)
 
 
 def parse_override(value: str) -> Any:

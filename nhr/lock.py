@@ -53,8 +53,7 @@ class RunLock:
                     holder = os.pread(fd, 200, 0).decode(errors="replace")
                     os.close(fd)
                     raise RunFolderError(
-                        f"{self.path.parent} is being written by {_describe(holder)} "
-                        f"({self.what})",
+                        f"{self.path.parent} is being written by {_describe(holder)} ({self.what})",
                         "wait for it to finish or stop it, or use another --run-dir",
                     ) from None
                 time.sleep(0.1)

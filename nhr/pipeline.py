@@ -55,6 +55,13 @@ class Pipeline:
         self.runner = Runner(self.store, cfg.batch_size, cfg.workers, progress)
         self._backends: Backends | None = None
 
+    @classmethod
+    def open(cls, run_dir: Path | str, params: dict[str, Any], progress: bool = True) -> Pipeline:
+        """The pipeline of a run folder, reconciling ``params`` with its saved config."""
+        from nhr.config import reconcile
+
+        return cls(run_dir, reconcile(Path(run_dir), params), progress)
+
     @property
     def backends(self) -> Backends:
         """The configured backends, built on first use."""
@@ -78,8 +85,11 @@ class Pipeline:
 
     def survivors(self, after: str) -> list[CandidateRow]:
         """Candidates that survive every enabled filter up to and including ``after``."""
-        order = [("prefilter", self.cfg.prefilter), ("lowlevel", self.cfg.lowlevel),
-                 ("validator", True)]
+        order = [
+            ("prefilter", self.cfg.prefilter),
+            ("lowlevel", self.cfg.lowlevel),
+            ("validator", True),
+        ]
         rows = self.rows("candidates")
         for name, enabled in order:
             if enabled:
@@ -99,8 +109,13 @@ class Pipeline:
         """Stage 2: N_SOURCE_SEEDS source images per prompt."""
         c = self.cfg
         stage = SourceStage(
-            self.backends.t2i, self.store.blobs, c.n_source_seeds,
-            (c.long_side_min, c.long_side_max), c.aspect_max, c.t2i_steps, c.t2i_guidance,
+            self.backends.t2i,
+            self.store.blobs,
+            c.n_source_seeds,
+            (c.long_side_min, c.long_side_max),
+            c.aspect_max,
+            c.t2i_steps,
+            c.t2i_guidance,
             c.seed,
         )
         return self.runner.run(stage, self.rows("prompts"))
@@ -117,8 +132,13 @@ class Pipeline:
         sources = [s for s in self.rows("sources") if s.source_id in keep]
         prompts = {p.prompt_id: p for p in self.rows("prompts")}
         return plan_edit_jobs(
-            sources, prompts, c.m_edit_seeds, (c.edit_steps_min, c.edit_steps_max),
-            c.edit_guidance, c.seed, c.max_edit_jobs,
+            sources,
+            prompts,
+            c.m_edit_seeds,
+            (c.edit_steps_min, c.edit_steps_max),
+            c.edit_guidance,
+            c.seed,
+            c.max_edit_jobs,
         )
 
     def edits(self) -> StageResult:
@@ -126,7 +146,9 @@ class Pipeline:
         jobs = self.edit_jobs()
         stage = EditStage(self.backends.editor, self.store.blobs)
         return self.runner.run(
-            stage, jobs, budget_seconds=self.cfg.edit_budget_seconds,
+            stage,
+            jobs,
+            budget_seconds=self.cfg.edit_budget_seconds,
             extra_stats={"grid_jobs": len(jobs)},
         )
 
@@ -143,8 +165,9 @@ class Pipeline:
         """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
         if not self.cfg.lowlevel:
             return None
-        stage = LowLevelStage(self.store.blobs, self.cfg.diff_threshold,
-                              self.cfg.min_component_share)
+        stage = LowLevelStage(
+            self.store.blobs, self.cfg.diff_threshold, self.cfg.min_component_share
+        )
         return self.runner.run(stage, self.survivors("prefilter"))
 
     def validate(self) -> StageResult:
@@ -199,8 +222,13 @@ class Pipeline:
         shards = export_dataset(
             rows, self.store.blobs, self.store.root / "dataset", card, self.cfg.export_shard_rows
         )
-        stats = {"stage": "export", "rows_in": len(rows), "rows_out": len(rows),
-                 "shards": [str(p.relative_to(self.store.root)) for p in shards],
-                 "drops_by_reason": {}, "seconds": round(time.perf_counter() - t0, 3)}
+        stats = {
+            "stage": "export",
+            "rows_in": len(rows),
+            "rows_out": len(rows),
+            "shards": [str(p.relative_to(self.store.root)) for p in shards],
+            "drops_by_reason": {},
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         self.store.write_stats("export", stats)
         return StageResult("export", rows, stats)

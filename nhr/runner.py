@@ -227,8 +227,13 @@ class Runner:
                 )
         keys = [r.id for r in batch]
         shard = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
-        info = {"settings_hash": expected, "settings": settings, "seconds": seconds,
-                "rows_in": len(batch), "rows_out": len(out)}
+        info = {
+            "settings_hash": expected,
+            "settings": settings,
+            "seconds": seconds,
+            "rows_in": len(batch),
+            "rows_out": len(out),
+        }
         self.store.tables.write_shard(
             stage.name, shard, to_table(out, stage.output_type), keys, info
         )

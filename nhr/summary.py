@@ -81,8 +81,11 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
         "paper_funnel": _with_changes(PAPER_FUNNEL),
         "triplets": exported if exported is not None else f[-1]["rows"] if f else 0,
         "stages": {
-            name: {k: s.get(k) for k in ("rows_in", "rows_out", "drops_by_reason", "seconds",
-                                          "not_scheduled") if k in s}
+            name: {
+                k: s.get(k)
+                for k in ("rows_in", "rows_out", "drops_by_reason", "seconds", "not_scheduled")
+                if k in s
+            }
             for name, s in stats.items()
         },
         "seconds_total": round(sum(float(s.get("seconds", 0)) for s in stats.values()), 3),

@@ -39,10 +39,12 @@ def judge_vs_truth(pipe: Pipeline) -> dict[str, Any]:
     passed = [v for v in verdicts if v.passed]
     correct = [v for v in verdicts if truths[v.subject_id].correct]
     true_pos = sum(truths[v.subject_id].correct for v in passed)
-    rho_adh = spearmanr([v.adherence for v in verdicts],
-                        [truths[v.subject_id].adherence for v in verdicts])
-    rho_aes = spearmanr([v.aesthetic for v in verdicts],
-                        [truths[v.subject_id].aesthetic for v in verdicts])
+    rho_adh = spearmanr(
+        [v.adherence for v in verdicts], [truths[v.subject_id].adherence for v in verdicts]
+    )
+    rho_aes = spearmanr(
+        [v.aesthetic for v in verdicts], [truths[v.subject_id].aesthetic for v in verdicts]
+    )
     mined = pipe.triplets() if pipe.store.tables.exists("mined") else []
     mined_ok = sum(truths[t.candidate_id].correct for t in mined if t.candidate_id in truths)
     gate = gate_vs_truth(pipe)

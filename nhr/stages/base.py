@@ -25,7 +25,7 @@ class Stage(ABC, Generic[In, Out]):
     output_type: ClassVar[type[Record]]
     resources: ClassVar[dict[str, float]] = {"num_cpus": 1.0}
 
-    def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
+    def setup(self) -> None:
         """Load models or open clients; called once per worker before the first batch."""
 
     @abstractmethod

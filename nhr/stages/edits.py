@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from nhr.backends.base import Editor
 from nhr.records import CandidateRow, EditJob, PromptRow, SourceRow
@@ -64,7 +64,7 @@ class EditStage(Stage[EditJob, CandidateRow]):
     name = "candidates"
     input_type = EditJob
     output_type = CandidateRow
-    resources = {"num_gpus": 1.0}
+    resources: ClassVar[dict[str, float]] = {"num_gpus": 1.0}
 
     def __init__(self, editor: Editor, blobs: BlobStore) -> None:
         self.editor = editor

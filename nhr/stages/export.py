@@ -18,9 +18,20 @@ from nhr.records import TripletRow
 from nhr.store import BlobStore, atomic_write_bytes
 
 TEXT_COLUMNS = (
-    "triplet_id", "origin", "instruction", "edit_type", "style", "prompt", "prompt_id",
-    "source_id", "candidate_id", "t2i_model", "editor_model", "prompter_version",
-    "judge_id", "judge_prompt_version",
+    "triplet_id",
+    "origin",
+    "instruction",
+    "edit_type",
+    "style",
+    "prompt",
+    "prompt_id",
+    "source_id",
+    "candidate_id",
+    "t2i_model",
+    "editor_model",
+    "prompter_version",
+    "judge_id",
+    "judge_prompt_version",
 )
 INT_COLUMNS = ("width", "height", "t2i_seed", "t2i_steps", "edit_seed", "edit_steps")
 FLOAT_COLUMNS = ("adherence", "aesthetic", "score", "edit_guidance")
@@ -59,8 +70,9 @@ def _columns(rows: list[TripletRow], blobs: BlobStore) -> dict[str, list[Any]]:
     return cols
 
 
-def dataset_card(name: str, rows: list[TripletRow], funnel: list[dict[str, Any]],
-                 extra: str = "") -> str:
+def dataset_card(
+    name: str, rows: list[TripletRow], funnel: list[dict[str, Any]], extra: str = ""
+) -> str:
     """The dataset card: front matter for ``load_dataset``, counts, funnel, fields."""
     from collections import Counter
 

@@ -72,8 +72,11 @@ class PrefilterStage(Stage[CandidateRow, Verdict]):
                     adherence=s.adherence,
                     aesthetic=s.aesthetic,
                     details=json.dumps(
-                        {"unwanted_changes": ans.unwanted_changes,
-                         "aesthetic_ok": ans.aesthetic_ok, **ans.details}
+                        {
+                            "unwanted_changes": ans.unwanted_changes,
+                            "aesthetic_ok": ans.aesthetic_ok,
+                            **ans.details,
+                        }
                     ),
                     judge_id=self.judge.judge_id,
                     prompt_version=self.judge.prompt_version,

@@ -1,0 +1,168 @@
+"""The figures of a run: funnel beside the paper's, score histograms, edit-type and
+resolution distributions, and sample grids of (source | edit) with instruction and scores.
+
+Every function returns a matplotlib Figure; ``save`` writes it to ``<run>/plots/``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from nhr.store import BlobStore
+
+
+def save(fig: Figure, run_dir: Path | str, name: str) -> Path:
+    """Save a figure as ``<run>/plots/<name>.png`` and return the path."""
+    path = Path(run_dir) / "plots" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def funnel(ours: Sequence[dict[str, Any]], paper: Sequence[dict[str, Any]]) -> Figure:
+    """Rows after each stage (left) and the share each filter keeps, ours vs the paper's
+    Table 2 (right)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    names = [r["stage"] for r in ours]
+    ax1.barh(names[::-1], [r["rows"] for r in ours][::-1], color="#4C72B0")
+    for i, r in enumerate(ours[::-1]):
+        ax1.text(r["rows"], i, f" {r['rows']:,}", va="center", fontsize=8)
+    ax1.set_xlabel("rows")
+    ax1.set_title("funnel of this run")
+    paper_rows = {r["stage"]: r["rows"] for r in paper}
+    steps, ours_keep, paper_keep = [], [], []
+    for prev, cur in itertools.pairwise(ours):
+        if cur["stage"].startswith("after") and prev["rows"]:
+            steps.append(cur["stage"].removeprefix("after "))
+            ours_keep.append(cur["rows"] / prev["rows"])
+            p_prev, p_cur = paper_rows.get(prev["stage"]), paper_rows.get(cur["stage"])
+            paper_keep.append(p_cur / p_prev if p_prev and p_cur else float("nan"))
+    y = range(len(steps))
+    ax2.barh([i + 0.2 for i in y], ours_keep, height=0.4, label="this run", color="#4C72B0")
+    ax2.barh([i - 0.2 for i in y], paper_keep, height=0.4, label="paper (Table 2)", color="#DD8452")
+    ax2.set_yticks(list(y), steps)
+    ax2.invert_yaxis()
+    ax2.set_xlim(0, 1.05)
+    ax2.set_xlabel("share of rows kept")
+    ax2.set_title("each filter, this run vs the paper")
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def score_histograms(verdicts: Sequence[Any], threshold: float) -> Figure:
+    """Histograms of the hard validator's two scores, with the pass threshold."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    for ax, field, label in zip(
+        axes, ("adherence", "aesthetic"), ("InstructionAdherence", "ImageAesthetic"), strict=True
+    ):
+        values = [getattr(v, field) for v in verdicts if getattr(v, field) is not None]
+        ax.hist(values, bins=40, range=(1, 5), color="#55A868")
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold}")
+        ax.set_xlabel(label)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("candidates")
+    fig.suptitle(f"hard validator scores ({len(verdicts)} candidates)")
+    fig.tight_layout()
+    return fig
+
+
+def edit_types(candidates: Sequence[Any], triplets: Sequence[Any]) -> Figure:
+    """Exported triplets per edit type, and the share of candidates of each type that
+    became a triplet."""
+    gen = Counter(c.edit_type for c in candidates)
+    got = Counter(t.edit_type for t in triplets)
+    types = sorted(gen, key=lambda t: -got.get(t, 0))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    ax1.bar(types, [got.get(t, 0) for t in types], color="#8172B3")
+    ax1.set_ylabel("triplets")
+    ax1.set_title("triplets by edit type")
+    ax2.bar(types, [got.get(t, 0) / gen[t] for t in types], color="#937860")
+    ax2.set_ylabel("triplets per generated edit")
+    ax2.set_title("yield by edit type")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def resolutions(rows: Sequence[Any]) -> Figure:
+    """Width × height of images, with aspect-ratio guides."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ws, hs = [r.width for r in rows], [r.height for r in rows]
+    ax.scatter(ws, hs, s=8, alpha=0.5)
+    top = max(ws + hs + [1])
+    for ratio in (1, 2, 4, 6):
+        ax.plot([0, top], [0, top / ratio], color="0.8", lw=0.8)
+        ax.plot([0, top / ratio], [0, top], color="0.8", lw=0.8)
+    ax.set_xlim(0, top * 1.05)
+    ax.set_ylim(0, top * 1.05)
+    ax.set_xlabel("width (px)")
+    ax.set_ylabel("height (px)")
+    ax.set_title(f"resolutions ({len(rows)} images)")
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(
+    blobs: BlobStore,
+    rows: Sequence[Any],
+    scores: dict[str, tuple[float | None, float | None, str]] | None = None,
+    columns: int = 3,
+) -> Figure:
+    """A grid of (source | edit) pairs titled with the instruction and the scores.
+
+    ``rows`` are records with ``source_image``/``image`` (candidates) or
+    ``source_image``/``edited_image`` (triplets); ``scores`` maps a row's id to
+    (adherence, aesthetic, verdict reason).
+    """
+    n = max(1, len(rows))
+    nrows = -(-n // columns)
+    fig, axes = plt.subplots(
+        nrows, columns * 2, figsize=(columns * 4.4, nrows * 2.6), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, row in enumerate(rows):
+        r, c = divmod(i, columns)
+        edited = getattr(row, "edited_image", None) or row.image
+        axes[r][2 * c].imshow(blobs.get(row.source_image))
+        axes[r][2 * c + 1].imshow(blobs.get(edited))
+        title = textwrap.shorten(row.instruction, 70)
+        if scores and row.id in scores:
+            adh, aes, reason = scores[row.id]
+            if adh is not None and aes is not None:
+                title += f"\nadh {adh:.2f} · aes {aes:.2f} · {reason}"
+            else:
+                title += f"\n{reason}"
+        elif hasattr(row, "adherence"):
+            title += f"\nadh {row.adherence:.2f} · aes {row.aesthetic:.2f}"
+        axes[r][2 * c].set_title("source", fontsize=8)
+        axes[r][2 * c + 1].set_title(textwrap.fill(title, 40), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(
+    blobs: BlobStore, images: Sequence[str], titles: Sequence[str], columns: int = 4
+) -> Figure:
+    """Single images (e.g. sources) in a grid, each with a title."""
+    n = max(1, len(images))
+    nrows = -(-n // columns)
+    fig, axes = plt.subplots(nrows, columns, figsize=(columns * 3.2, nrows * 2.8), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (rel, title) in enumerate(zip(images, titles, strict=True)):
+        ax = axes[i // columns][i % columns]
+        ax.imshow(blobs.get(rel))
+        ax.set_title(textwrap.fill(textwrap.shorten(title, 110), 36), fontsize=7)
+    fig.tight_layout()
+    return fig
