@@ -9,6 +9,8 @@ true adherence, and the share of exported triplets that are correct.
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from scipy.stats import spearmanr
@@ -39,12 +41,17 @@ def judge_vs_truth(pipe: Pipeline) -> dict[str, Any]:
     passed = [v for v in verdicts if v.passed]
     correct = [v for v in verdicts if truths[v.subject_id].correct]
     true_pos = sum(truths[v.subject_id].correct for v in passed)
-    rho_adh = spearmanr(
-        [v.adherence for v in verdicts], [truths[v.subject_id].adherence for v in verdicts]
-    )
-    rho_aes = spearmanr(
-        [v.aesthetic for v in verdicts], [truths[v.subject_id].aesthetic for v in verdicts]
-    )
+    if len(verdicts) < 3:
+        return {"scored": len(verdicts), "passed": len(passed), "precision": None,
+                "recall": None, "spearman": None}
+    with warnings.catch_warnings():  # a constant input gives NaN, reported as None
+        warnings.simplefilter("ignore")
+        rho_adh = spearmanr(
+            [v.adherence for v in verdicts], [truths[v.subject_id].adherence for v in verdicts]
+        )
+        rho_aes = spearmanr(
+            [v.aesthetic for v in verdicts], [truths[v.subject_id].aesthetic for v in verdicts]
+        )
     mined = pipe.triplets() if pipe.store.tables.exists("mined") else []
     mined_ok = sum(truths[t.candidate_id].correct for t in mined if t.candidate_id in truths)
     gate = gate_vs_truth(pipe)
@@ -52,11 +59,11 @@ def judge_vs_truth(pipe: Pipeline) -> dict[str, Any]:
         "scored": len(verdicts),
         "passed": len(passed),
         "truly_correct": len(correct),
-        "precision": round(true_pos / len(passed), 4) if passed else None,
-        "recall": round(true_pos / len(correct), 4) if correct else None,
+        "precision": round(float(true_pos / len(passed)), 4) if passed else None,
+        "recall": round(float(true_pos / len(correct)), 4) if correct else None,
         "spearman": _round(rho_adh.statistic),
         "spearman_aesthetic": _round(rho_aes.statistic),
-        "mined_correct_share": round(mined_ok / len(mined), 4) if mined else None,
+        "mined_correct_share": round(float(mined_ok / len(mined)), 4) if mined else None,
         "gate_agreement": gate,
     }
 
@@ -77,4 +84,5 @@ def gate_vs_truth(pipe: Pipeline) -> float | None:
 
 def _round(x: float) -> float | None:
     """Round a statistic, mapping NaN (constant input) to None."""
-    return None if x != x else round(float(x), 4)
+    x = float(x)
+    return None if math.isnan(x) else round(x, 4)

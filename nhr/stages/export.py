@@ -144,6 +144,7 @@ def export_dataset(
     """Write the dataset folder (shards + card) and swap it into place; returns shards."""
     import datasets
 
+    datasets.disable_progress_bars()  # the stage draws no bars; the notebook shows the result
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=out_dir.parent))

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny in-process chain, and a tiny `nhr run` through papermill."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nhr.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+NHR = [sys.executable, "-m", "nhr.cli"]
+TINY = {
+    "N_PROMPTS": 6,
+    "K_INSTRUCTIONS": 4,
+    "N_SOURCE_SEEDS": 4,
+    "LONG_SIDE_MIN": 96,
+    "LONG_SIDE_MAX": 128,
+    "ASPECT_MAX": 3.0,
+    "M_EDIT_SEEDS": 3,
+    "EDIT_GUIDANCE": [2.5, 3.5],
+    "BATCH_SIZE": 8,
+}
+STAGES = ("prompts", "sources", "gate", "edits", "prefilter", "lowlevel", "validate",
+          "select", "export")
+
+
+def run_chain(run_dir: Path, params: dict | None = None) -> Pipeline:
+    """Run every stage in-process on the synthetic world."""
+    pipe = Pipeline.open(run_dir, {**TINY, **(params or {})}, progress=False)
+    for stage in STAGES:
+        getattr(pipe, stage)()
+    return pipe
+
+
+def nhr_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the `nhr` command line in a subprocess from the repository root."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*NHR, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory) -> Pipeline:
+    """One in-process tiny run shared by the tests that only read it."""
+    return run_chain(tmp_path_factory.mktemp("chain") / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One `nhr run configs/tiny.yaml` through papermill, shared by notebook tests."""
+    run_dir = tmp_path_factory.mktemp("nb") / "tiny"
+    proc = nhr_cli("run", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir

@@ -1,0 +1,107 @@
+"""The chain through papermill (`nhr run`), with tiny parameters; and SIGKILL + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import datasets
+import nbformat
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import NHR, ROOT
+
+pytestmark = pytest.mark.notebook
+
+TABLES = ("prompts", "sources", "plausibility", "candidates", "prefilter", "lowlevel",
+          "validator", "mined")
+
+
+def _rows(run_dir: Path, table: str) -> list[str]:
+    """A table's rows as sorted JSON strings, without the timing columns."""
+    out = []
+    for path in sorted((run_dir / "tables" / table).glob("part-*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            row.pop("seconds", None)
+            out.append(json.dumps(row, sort_keys=True))
+    return sorted(out)
+
+
+def test_run_records_every_stage(tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    stages = [f["stage"] for f in summary["funnel"]]
+    assert stages == ["prompts", "T2I images", "after plausibility gate", "edits generated",
+                      "after soft pre-filter", "after low-level check", "after hard validator",
+                      "after argmax selection"]
+    assert summary["triplets"] == summary["funnel"][-1]["rows"] > 0
+    for key in ("precision", "recall", "spearman"):
+        assert key in summary["judge_vs_truth"]
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        executed = nbformat.read(tiny_run / "notebooks" / nb.name, as_version=4)
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and str(tiny_run) in injected[0].source
+    for plot in ("funnel", "scores", "edit_types", "resolutions", "samples"):
+        assert (tiny_run / "plots" / f"{plot}.png").stat().st_size > 5000
+    ds = datasets.load_dataset(str(tiny_run / "dataset"), split="train")
+    assert ds.num_rows == summary["triplets"]
+    stats = json.loads((tiny_run / "stats" / "candidates.json").read_text())
+    assert stats["rows_out"] == summary["funnel"][3]["rows"]
+
+
+def test_source_notebooks_keep_no_outputs():
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        book = nbformat.read(nb, as_version=4)
+        for cell in book.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, nb.name
+                assert "def " not in cell.source, f"{nb.name} defines a function"
+
+
+def _kernels_of(pid: int) -> list[int]:
+    """Processes started with NHR_RUN_PID=pid (the kernels of that `nhr run`)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                env = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"NHR_RUN_PID={pid}".encode() in env:
+                found.append(int(proc.name))
+    return found
+
+
+def test_sigkill_during_edits_then_rerun_gives_the_same_rows(tiny_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    args = [*NHR, "run", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shards = run_dir / "tables" / "candidates"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if shards.is_dir() and list(shards.glob("part-*.parquet")):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "nhr run ended before the edits stage began"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(_rows(run_dir, "candidates"))
+    expected = len(_rows(tiny_run, "candidates"))
+    assert 0 < written < expected, "the kill did not land inside the edits stage"
+    # the orphaned kernel notices its parent is gone and stops writing
+    deadline = time.monotonic() + 10
+    while _kernels_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _kernels_of(proc.pid)
+    settled = _rows(run_dir, "candidates")
+    time.sleep(1.0)
+    assert _rows(run_dir, "candidates") == settled  # nothing writes behind our back
+
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for table in TABLES:
+        assert _rows(run_dir, table) == _rows(tiny_run, table), table
+    ids = [json.loads(r)["candidate_id"] for r in _rows(run_dir, "candidates")]
+    assert len(ids) == len(set(ids))
