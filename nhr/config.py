@@ -20,7 +20,7 @@ import yaml
 
 from nhr.errors import ConfigError
 
-BACKENDS = ("synthetic",)
+ROLES = ("prompter", "t2i", "gate_judge", "editor", "prefilter_judge", "validator", "inverter")
 
 
 def _f(
@@ -29,9 +29,11 @@ def _f(
     lo: float | None = None,
     hi: float | None = None,
     choices: tuple[Any, ...] | None = None,
+    role: bool = False,
 ) -> Any:
-    """A config field with its documentation and allowed range."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
+    """A config field with its documentation, allowed range or choices; ``role`` marks a
+    backend name, checked against the backend registry."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "role": role}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,11 +45,11 @@ class PipelineConfig:
 
     seed: int = _f(0, "master seed of the run", 0, 2**31 - 1)
     # stage 1: prompts
-    prompter: str = _f("synthetic", "prompt writer backend", choices=BACKENDS)
+    prompter: str = _f("synthetic", "prompt writer backend", role=True)
     n_prompts: int = _f(100, "text-to-image prompts to write", 1, 10_000_000)
     k_instructions: int = _f(5, "edit instructions written per prompt (k)", 1, 50)
     # stage 2: sources
-    t2i: str = _f("synthetic", "text-to-image backend", choices=BACKENDS)
+    t2i: str = _f("synthetic", "text-to-image backend", role=True)
     n_source_seeds: int = _f(10, "source images per prompt (N)", 1, 1000)
     long_side_min: int = _f(860, "smallest long side of a source, px", 16, 8192)
     long_side_max: int = _f(2200, "largest long side of a source, px", 16, 8192)
@@ -55,9 +57,9 @@ class PipelineConfig:
     t2i_steps: int = _f(4, "text-to-image denoising steps", 1, 200)
     t2i_guidance: float = _f(0.0, "text-to-image guidance scale", 0.0, 50.0)
     # stage 3: plausibility gate
-    gate_judge: str = _f("synthetic", "plausibility gate backend", choices=BACKENDS)
+    gate_judge: str = _f("synthetic", "plausibility gate backend", role=True)
     # stage 4: edits
-    editor: str = _f("synthetic", "image editor backend", choices=BACKENDS)
+    editor: str = _f("synthetic", "image editor backend", role=True)
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
     edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
@@ -65,7 +67,7 @@ class PipelineConfig:
     max_edit_jobs: int = _f(0, "cap on edit jobs drawn from the N×k×M grid (0: no cap)", 0, 10**9)
     edit_budget_seconds: float = _f(0.0, "cap on editor seconds (0: no cap)", 0.0, 1e9)
     # stages 5–7: filters and the hard validator
-    prefilter_judge: str = _f("synthetic", "soft pre-filter backend", choices=BACKENDS)
+    prefilter_judge: str = _f("synthetic", "soft pre-filter backend", role=True)
     prefilter: bool = _f(True, "run the soft pre-filter")
     prefilter_min_score: float = _f(
         3.0, "soft pre-filter: drop if either score is below this", 1.0, 5.0
@@ -75,8 +77,22 @@ class PipelineConfig:
     min_component_share: float = _f(
         0.005, "low-level check: drop if largest component < this share of changed pixels", 0.0, 1.0
     )
-    validator: str = _f("synthetic", "hard validator backend", choices=BACKENDS)
+    validator: str = _f("synthetic", "hard validator backend", role=True)
     threshold: float = _f(4.7, "hard validator: pass iff both scores >= this", 1.0, 5.0)
+    # bootstrapping (stages 8-10)
+    inverter: str = _f("synthetic", "inverse/composed instruction writer backend", role=True)
+    # model ids per role ("" = the backend's default model)
+    prompter_model: str = _f("", "prompt writer model id")
+    t2i_model: str = _f("", "text-to-image model id or local folder")
+    gate_model: str = _f("", "plausibility gate model id")
+    editor_model: str = _f("", "editor model id or local folder")
+    prefilter_model: str = _f("", "soft pre-filter model id")
+    validator_model: str = _f("", "hard validator model id (a tuned endpoint too)")
+    inverter_model: str = _f("", "inverse/composed instruction writer model id")
+    # --- diffusers backends (issue 4) ---
+    # --- end diffusers backends ---
+    # --- remote model APIs (issue 5) ---
+    # --- end remote model APIs ---
     # running
     batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
     workers: int = _f(1, "batches processed at once (for API-bound stages)", 1, 1024)
@@ -167,10 +183,16 @@ def _check(name: str, value: Any, hint: Any, meta: Any) -> None:
                 f"{upper}={value!r} is not of type {base.__name__}",
                 f"give {upper} a {base.__name__} ({meta['doc']})",
             )
-        if meta["choices"] is not None and item not in meta["choices"]:
+        choices = meta["choices"]
+        if meta["role"]:
+            from nhr.backends.registry import known
+
+            choices = known(name)
+        if choices is not None and item not in choices:
+            what = "a known backend" if meta["role"] else "an allowed value"
             raise ConfigError(
-                f"{upper}={item!r} is not a known backend",
-                f"use one of: {', '.join(meta['choices'])}",
+                f"{upper}={item!r} is not {what}",
+                f"use one of: {', '.join(map(str, choices))}",
             )
         lo, hi = meta["lo"], meta["hi"]
         if base in (int, float) and (

@@ -59,6 +59,14 @@ def drops_by_reason(rows: list[Any]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def errors_by_kind(rows: list[Any]) -> dict[str, int]:
+    """Count judge errors by kind (the text before the first colon of ``error``)."""
+    counts = Counter(
+        str(r.error).split(":", 1)[0] for r in rows if getattr(r, "error", None) is not None
+    )
+    return dict(sorted(counts.items()))
+
+
 class Runner:
     """Runs stages against a run store."""
 
@@ -77,6 +85,14 @@ class Runner:
     def writing(self, what: str) -> RunLock:
         """The writer lock of the run folder, for whole-table steps outside ``run``."""
         return RunLock(self.store.root / WRITER_LOCK, what, wait_seconds=3.0)
+
+    def usage_total(self, table: str) -> dict[str, float]:
+        """API usage recorded in a table's shards, summed (survives resumes)."""
+        total: dict[str, float] = {}
+        for _, _, info in self.store.tables.iter_meta(table):
+            for key, n in info.get("usage", {}).items():
+                total[key] = total.get(key, 0.0) + n
+        return total
 
     def done_keys(self, stage: Stage, expected: str) -> tuple[set[str], float]:
         """Input keys already covered, and editor/judge seconds already spent, for a stage."""
@@ -159,6 +175,8 @@ class Runner:
             "drops_by_reason": drops_by_reason(rows),
             "seconds": round(spent, 3),
             "wall_seconds_last_call": round(time.perf_counter() - started, 3),
+            "errors_by_kind": errors_by_kind(rows),
+            "usage": {k: round(v, 6) for k, v in self.usage_total(stage.name).items()},
             "settings": settings,
             **(extra_stats or {}),
         }
@@ -183,6 +201,7 @@ class Runner:
             return batch, out, time.perf_counter() - t0
 
         processed = 0
+        self._usage_mark = stage.usage()
         queue = list(reversed(batches))
         in_flight: set[Future[tuple[list[Record], list[Record], float]]] = set()
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -227,7 +246,11 @@ class Runner:
                 )
         keys = [r.id for r in batch]
         shard = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
+        now = stage.usage()
+        usage = {k: v - self._usage_mark.get(k, 0.0) for k, v in now.items()}
+        self._usage_mark = now
         info = {
+            "usage": usage,
             "settings_hash": expected,
             "settings": settings,
             "seconds": seconds,

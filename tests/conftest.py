@@ -22,8 +22,17 @@ TINY = {
     "EDIT_GUIDANCE": [2.5, 3.5],
     "BATCH_SIZE": 8,
 }
-STAGES = ("prompts", "sources", "gate", "edits", "prefilter", "lowlevel", "validate",
-          "select", "export")
+STAGES = (
+    "prompts",
+    "sources",
+    "gate",
+    "edits",
+    "prefilter",
+    "lowlevel",
+    "validate",
+    "select",
+    "export",
+)
 
 
 def run_chain(run_dir: Path, params: dict | None = None) -> Pipeline:
@@ -37,8 +46,9 @@ def run_chain(run_dir: Path, params: dict | None = None) -> Pipeline:
 def nhr_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the `nhr` command line in a subprocess from the repository root."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([*NHR, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [*NHR, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def test_run_config_missing_notebook(tmp_path):
     (tmp_path / "configs").mkdir()
     path = tmp_path / "configs/x.yaml"
     path.write_text("name: x\nnotebooks: [notebooks/nope.ipynb]\n")
-    with pytest.raises(ConfigError, match="notebook notebooks/nope.ipynb .* does not exist"):
+    with pytest.raises(ConfigError, match=r"notebook notebooks/nope\.ipynb .* does not exist"):
         RunConfig.load(path)
 
 

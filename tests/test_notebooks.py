@@ -16,8 +16,16 @@ from tests.conftest import NHR, ROOT
 
 pytestmark = pytest.mark.notebook
 
-TABLES = ("prompts", "sources", "plausibility", "candidates", "prefilter", "lowlevel",
-          "validator", "mined")
+TABLES = (
+    "prompts",
+    "sources",
+    "plausibility",
+    "candidates",
+    "prefilter",
+    "lowlevel",
+    "validator",
+    "mined",
+)
 
 
 def _rows(run_dir: Path, table: str) -> list[str]:
@@ -33,15 +41,25 @@ def _rows(run_dir: Path, table: str) -> list[str]:
 def test_run_records_every_stage(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     stages = [f["stage"] for f in summary["funnel"]]
-    assert stages == ["prompts", "T2I images", "after plausibility gate", "edits generated",
-                      "after soft pre-filter", "after low-level check", "after hard validator",
-                      "after argmax selection"]
+    assert stages == [
+        "prompts",
+        "T2I images",
+        "after plausibility gate",
+        "edits generated",
+        "after soft pre-filter",
+        "after low-level check",
+        "after hard validator",
+        "after argmax selection",
+    ]
     assert summary["triplets"] == summary["funnel"][-1]["rows"] > 0
     for key in ("precision", "recall", "spearman"):
         assert key in summary["judge_vs_truth"]
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         executed = nbformat.read(tiny_run / "notebooks" / nb.name, as_version=4)
-        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        tags = [c.metadata.get("tags", []) for c in executed.cells]
+        injected = [
+            c for c, t in zip(executed.cells, tags, strict=True) if "injected-parameters" in t
+        ]
         assert injected and str(tiny_run) in injected[0].source
     for plot in ("funnel", "scores", "edit_types", "resolutions", "samples"):
         assert (tiny_run / "plots" / f"{plot}.png").stat().st_size > 5000

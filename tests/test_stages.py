@@ -28,7 +28,7 @@ def test_resolution_sampler_stays_in_the_papers_ranges(lo, hi, aspect, mult):
 
 
 def _pair(changed: np.ndarray) -> tuple[Image.Image, Image.Image]:
-    a = np.full(changed.shape + (3,), 100, np.uint8)
+    a = np.full((*changed.shape, 3), 100, np.uint8)
     b = a.copy()
     b[changed] = 200
     return Image.fromarray(a), Image.fromarray(b)
@@ -45,8 +45,9 @@ def test_lowlevel_counts_four_connected_components():
 
 
 def _candidate(cid: str, src: str, img: str, w: int, h: int) -> CandidateRow:
-    return CandidateRow(cid, "s", "p", "p-i0", "x", "add", "flat", src, img, w, h, 1, 20, 2.5,
-                        "m", 0.0)
+    return CandidateRow(
+        cid, "s", "p", "p-i0", "x", "add", "flat", src, img, w, h, 1, 20, 2.5, "m", 0.0
+    )
 
 
 def test_lowlevel_drops_scattered_noise_and_no_change(tmp_path):
@@ -67,14 +68,38 @@ def test_lowlevel_drops_scattered_noise_and_no_change(tmp_path):
 
 def test_argmax_keeps_the_best_per_source_and_instruction():
     cands = [
-        CandidateRow(f"c{i}", "s0", "p0", f"p0-i{i // 3}", "x", "add", "flat", "a", f"b{i}",
-                     8, 8, i, 20, 2.5, "m", 0.0)
+        CandidateRow(
+            f"c{i}",
+            "s0",
+            "p0",
+            f"p0-i{i // 3}",
+            "x",
+            "add",
+            "flat",
+            "a",
+            f"b{i}",
+            8,
+            8,
+            i,
+            20,
+            2.5,
+            "m",
+            0.0,
+        )
         for i in range(6)
     ]
     scores = [(4.8, 4.9), (5.0, 4.9), (4.9, 4.9), (4.0, 5.0), (4.75, 4.75), (4.9, 4.71)]
     verdicts = [
-        Verdict(f"c{i}", min(s) >= 4.7, "ok" if min(s) >= 4.7 else "low_adherence", *s, "{}",
-                "j", "v", None)
+        Verdict(
+            f"c{i}",
+            min(s) >= 4.7,
+            "ok" if min(s) >= 4.7 else "low_adherence",
+            *s,
+            "{}",
+            "j",
+            "v",
+            None,
+        )
         for i, s in enumerate(scores)
     ]
     sources = {"s0": SourceRow("s0", "p0", "t", "flat", 1, 8, 8, "a", "m", 4, 0.0, 0.0)}

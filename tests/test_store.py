@@ -28,7 +28,7 @@ def test_shards_record_keys_and_ignore_temp_files(tmp_path):
     table = pa.table({"x": [1, 2]})
     store.tables.write_shard("t", "a", table, ["k1", "k2"], {"seconds": 1.5})
     (store.tables.folder("t") / ".tmp-half-written").write_bytes(b"garbage")
-    [(path, keys, info)] = list(store.tables.iter_meta("t"))
+    [(_path, keys, info)] = list(store.tables.iter_meta("t"))
     assert keys == ["k1", "k2"] and info["seconds"] == 1.5
     assert store.tables.read("t").column("x").to_pylist() == [1, 2]
 
@@ -37,7 +37,7 @@ def test_damaged_shard_names_the_file(tmp_path):
     store = RunStore(tmp_path)
     store.tables.folder("t").mkdir(parents=True)
     (store.tables.folder("t") / "part-bad.parquet").write_bytes(b"not parquet")
-    with pytest.raises(RunFolderError, match="part-bad.parquet is damaged"):
+    with pytest.raises(RunFolderError, match=r"part-bad\.parquet is damaged"):
         store.tables.read("t")
 
 

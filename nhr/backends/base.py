@@ -135,3 +135,40 @@ class Judge(Protocol):
         edits: list[Image.Image],
         instructions: list[str],
     ) -> list[Scores]: ...
+
+
+@dataclass(frozen=True)
+class TextAnswer:
+    """A written instruction; ``error`` says why none was written (never used as text)."""
+
+    text: str
+    error: str | None = None
+
+
+@runtime_checkable
+class InstructionWriter(Protocol):
+    """Writes inverse and composed instructions for bootstrapping (stages 8 and 10).
+
+    ``invert`` rewrites an instruction into the one that turns the edited image back into
+    the source, keeping the attributes the T2I prompt gives the source (never using the
+    words revert, undo, restore or back). ``compose`` writes one natural instruction that
+    takes the first edit's result to the second's, from the first edit's inverse and the
+    second instruction.
+    """
+
+    model_id: str
+    version: str
+
+    def invert(self, instructions: list[str], prompts: list[str]) -> list[TextAnswer]: ...
+
+    def compose(
+        self, first_inverses: list[str], seconds: list[str], prompts: list[str]
+    ) -> list[TextAnswer]: ...
+
+
+@runtime_checkable
+class ReportsUsage(Protocol):
+    """A backend that counts its remote calls: cumulative ``calls``, ``tokens_in``,
+    ``tokens_out``, ``cost_usd``, ``cache_hits``, ``errors`` (any subset)."""
+
+    def usage(self) -> dict[str, float]: ...

@@ -42,8 +42,13 @@ def judge_vs_truth(pipe: Pipeline) -> dict[str, Any]:
     correct = [v for v in verdicts if truths[v.subject_id].correct]
     true_pos = sum(truths[v.subject_id].correct for v in passed)
     if len(verdicts) < 3:
-        return {"scored": len(verdicts), "passed": len(passed), "precision": None,
-                "recall": None, "spearman": None}
+        return {
+            "scored": len(verdicts),
+            "passed": len(passed),
+            "precision": None,
+            "recall": None,
+            "spearman": None,
+        }
     with warnings.catch_warnings():  # a constant input gives NaN, reported as None
         warnings.simplefilter("ignore")
         rho_adh = spearmanr(

@@ -36,6 +36,17 @@ class Stage(ABC, Generic[In, Out]):
         written with different settings.
         """
 
+    def usage(self) -> dict[str, float]:
+        """Cumulative API usage of this stage's backends (calls, tokens, cost), summed over
+        every attribute that reports usage; empty for local backends."""
+        total: dict[str, float] = {}
+        for value in vars(self).values():
+            report = getattr(value, "usage", None)
+            if callable(report):
+                for key, n in report().items():
+                    total[key] = total.get(key, 0.0) + float(n)
+        return total
+
     @abstractmethod
     def process_batch(self, rows: list[In]) -> list[Out]:
         """Map a batch of input records to output records (zero, one or more per input)."""
