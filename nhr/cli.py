@@ -119,13 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p_audit = sub.add_parser("audit", help="judge vs truth of a synthetic-world run")
     p_audit.add_argument("run_dir", type=Path)
+    # --- more subcommands (issues 4, 5): add a parser here and a branch below ---
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             overrides = {k: parse_override(v) for k, v in args.param}
             config = RunConfig.load(args.config, overrides, args.run_dir)
             return run(config, progress=not args.no_progress)
-        return audit(args.run_dir)
+        if args.command == "audit":
+            return audit(args.run_dir)
+        # --- branches of more subcommands (issues 4, 5) ---
+        parser.error(f"unknown command {args.command}")
     except NhrError as err:
         print(f"nhr: {err}", file=sys.stderr)
         return 2

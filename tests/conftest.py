@@ -35,6 +35,22 @@ STAGES = (
 )
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip `gpu` tests without CUDA and `slow` tests unless NHR_SLOW=1."""
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "slow" in item.keywords and os.environ.get("NHR_SLOW") != "1":
+            item.add_marker(pytest.mark.skip(reason="slow: set NHR_SLOW=1 (needs weights)"))
+
+
 def run_chain(run_dir: Path, params: dict | None = None) -> Pipeline:
     """Run every stage in-process on the synthetic world."""
     pipe = Pipeline.open(run_dir, {**TINY, **(params or {})}, progress=False)
