@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     p_audit = sub.add_parser("audit", help="judge vs truth of a synthetic-world run")
     p_audit.add_argument("run_dir", type=Path)
     # --- more subcommands (issues 4, 5): add a parser here and a branch below ---
+    p_tiny = sub.add_parser(
+        "tiny-models", help="write tiny random diffusers pipelines (no download) to a folder"
+    )
+    p_tiny.add_argument("folder", type=Path)
+    p_tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -129,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             return audit(args.run_dir)
         # --- branches of more subcommands (issues 4, 5) ---
+        if args.command == "tiny-models":
+            from nhr.backends.tiny_diffusers import write_tiny_models
+
+            for name, path in write_tiny_models(args.folder, args.seed).items():
+                print(f"{name}: {path}")
+            return 0
         parser.error(f"unknown command {args.command}")
     except NhrError as err:
         print(f"nhr: {err}", file=sys.stderr)

@@ -81,6 +81,14 @@ class PipelineConfig:
     threshold: float = _f(4.7, "hard validator: pass iff both scores >= this", 1.0, 5.0)
     # bootstrapping (stages 8-10)
     inverter: str = _f("synthetic", "inverse/composed instruction writer backend", role=True)
+    inversion: bool = _f(True, "write inverse triplets and check backward consistency")
+    composition: bool = _f(True, "compose pairs of accepted edits of one source")
+    compose_validate: bool = _f(True, "score composed triplets with the hard validator")
+    compose_max_pairs: int = _f(4, "composed pairs drawn per source at most", 0, 1000)
+    dedup: bool = _f(True, "drop exact and near-duplicate triplets")
+    dedup_max_distance: int = _f(
+        4, "dedup: perceptual-hash bits two near-duplicate images may differ in", 0, 32
+    )
     # model ids per role ("" = the backend's default model)
     prompter_model: str = _f("", "prompt writer model id")
     t2i_model: str = _f("", "text-to-image model id or local folder")
@@ -90,8 +98,144 @@ class PipelineConfig:
     validator_model: str = _f("", "hard validator model id (a tuned endpoint too)")
     inverter_model: str = _f("", "inverse/composed instruction writer model id")
     # --- diffusers backends (issue 4) ---
+    diffusers_device: str = _f(
+        "auto",
+        "diffusers device (auto: cuda if present, else cpu)",
+        choices=("auto", "cuda", "cpu", "mps"),
+    )
+    diffusers_dtype: str = _f(
+        "auto",
+        "diffusers weights dtype (auto: bfloat16 on cuda, float32 on cpu)",
+        choices=("auto", "bfloat16", "float16", "float32"),
+    )
+    diffusers_cpu_offload: str = _f(
+        "none",
+        "keep weights on the CPU, moving each model (or layer) in when used",
+        choices=("none", "model", "sequential"),
+    )
+    diffusers_vae_tiling: bool = _f(False, "decode/encode in tiles (less memory at high res)")
+    diffusers_compile: bool = _f(False, "torch.compile the denoiser (faster after a warm-up)")
+    diffusers_max_batch: int = _f(8, "most images per diffusers call (less: less memory)", 1, 1024)
+    edit_max_area: int = _f(
+        0, "pixels the editor works at, result resized to the source (0: model's own)", 0, 2**26
+    )
+    edit_preferred_resolutions: bool = _f(
+        True, "Kontext: edit at its nearest trained resolution (else at the source's aspect)"
+    )
+    pix2pix_image_guidance: float = _f(1.5, "InstructPix2Pix image guidance scale", 0.0, 50.0)
+    hf_token_env: str = _f("HF_TOKEN", "environment variable holding a Hugging Face token")
     # --- end diffusers backends ---
     # --- remote model APIs (issue 5) ---
+    api_concurrency: int = _f(16, "remote model calls in flight at once, per backend", 1, 4096)
+    api_rpm: float = _f(0.0, "requests per minute cap, per backend (0: none)", 0.0, 1e9)
+    api_tpm: float = _f(0.0, "tokens per minute cap, per backend (0: none)", 0.0, 1e12)
+    api_timeout_seconds: float = _f(60.0, "timeout of one remote call, s", 0.01, 3600.0)
+    api_attempts: int = _f(
+        6, "tries per call on 408/429/5xx, timeouts and dropped connections", 1, 100
+    )
+    api_backoff_seconds: float = _f(
+        1.0, "first retry wait when the server sends no Retry-After, s", 0.0, 600.0
+    )
+    api_backoff_max_seconds: float = _f(
+        60.0, "longest retry wait (a longer Retry-After is capped to this), s", 0.0, 3600.0
+    )
+    api_content_retries: int = _f(
+        1, "re-asks after a malformed, blocked, empty or out-of-range answer", 0, 10
+    )
+    api_cache: bool = _f(True, "cache answered requests, so a rerun makes no new calls")
+    api_cache_dir: str = _f("", "folder of api_cache.sqlite ('': the run folder)")
+    api_image_max_side: int = _f(
+        1024, "downscale images sent to a remote model to this long side (0: as is)", 0, 16384
+    )
+    api_max_output_tokens: int = _f(2048, "most tokens a remote model may answer with", 16, 65536)
+    api_writer_temperature: float = _f(
+        1.0, "temperature of the remote prompt writer (judges and inverter: 0)", 0.0, 2.0
+    )
+    api_prices: tuple[str, ...] = _f(
+        (
+            "gemini-2.5-flash=0.30/2.50",
+            "gemini-2.5-flash-lite=0.10/0.40",
+            "gemini-2.5-pro=1.25/10.00",
+            "gemini-3-flash-preview=0.50/3.00",
+            "gemini-2.0-flash=0.10/0.40",
+        ),
+        "USD per million tokens in/out, 'model=in/out' (unlisted models cost 0, counted)",
+    )
+    api_batch_discount: float = _f(0.5, "price factor of Gemini Batch API calls", 0.0, 1.0)
+    gemini_thinking_budget: int = _f(
+        0, "Gemini thinking tokens (0: none, as the validator wants; -1: model default)", -1, 65536
+    )
+    gemini_batch_roles: tuple[str, ...] = _f(
+        (),
+        "judge roles sent through the Gemini Batch API (half price, minutes to hours; "
+        "use a large BATCH_SIZE)",
+        choices=("gate_judge", "prefilter_judge", "validator"),
+    )
+    gemini_batch_poll_seconds: float = _f(30.0, "Gemini batch job poll interval, s", 0.01, 3600.0)
+    gemini_batch_max_wait_seconds: float = _f(
+        86400.0, "give up waiting for a batch job after this (rerun collects it), s", 0.1, 1e7
+    )
+    openai_base_url: str = _f(
+        "http://127.0.0.1:8000/v1", "base URL of the OpenAI-compatible endpoint (vLLM, SGLang)"
+    )
+    openai_default_model: str = _f(
+        "Qwen/Qwen2.5-VL-7B-Instruct", "model of the openai backend where a *_MODEL is ''"
+    )
+    openai_key_env: str = _f(
+        "OPENAI_API_KEY", "environment variable holding the endpoint's key (may be unset)"
+    )
+    prompt_topics: tuple[str, ...] = _f(
+        (
+            "animals",
+            "food and drink",
+            "home interiors",
+            "street scenes",
+            "landscapes",
+            "vehicles",
+            "people at work",
+            "sports",
+            "still life",
+            "architecture",
+            "fashion",
+            "technology",
+            "plants and gardens",
+            "toys and games",
+            "musical instruments",
+        ),
+        "topics the remote prompt writer draws from",
+    )
+    prompt_styles: tuple[str, ...] = _f(
+        (
+            "photorealistic",
+            "studio photograph",
+            "film photograph",
+            "digital illustration",
+            "watercolor painting",
+            "oil painting",
+            "3D render",
+            "anime",
+            "pencil sketch",
+        ),
+        "styles the remote prompt writer draws from",
+    )
+    prompt_edit_ops: tuple[str, ...] = _f(
+        (
+            "add",
+            "remove",
+            "replace",
+            "recolour",
+            "material",
+            "resize",
+            "move",
+            "background",
+            "style",
+        ),
+        "edit operations of the remote prompt writer (the paper's delete-only run: [remove])",
+    )
+    prompt_max_objects: int = _f(5, "most main objects in a written prompt (1 to this)", 1, 20)
+    prompt_compound_share: float = _f(
+        0.15, "share of compound (two-operation) instructions written", 0.0, 1.0
+    )
     # --- end remote model APIs ---
     # running
     batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)

@@ -14,9 +14,11 @@ from typing import Any
 import pandas as pd
 
 from nhr.backends.registry import Backends, build_backends
+from nhr.bootstrap import Bootstrap
 from nhr.config import PipelineConfig
 from nhr.records import (
     CandidateRow,
+    DraftRow,
     PromptRow,
     SourceRow,
     TripletRow,
@@ -26,7 +28,7 @@ from nhr.records import (
 )
 from nhr.runner import Runner, StageResult
 from nhr.stages.edits import EditStage, plan_edit_jobs
-from nhr.stages.export import dataset_card, export_dataset
+from nhr.stages.export import card_body, export_dataset
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
@@ -43,6 +45,11 @@ TABLE_TYPES: dict[str, type] = {
     "lowlevel": Verdict,
     "validator": Verdict,
     "mined": TripletRow,
+    "inversion": DraftRow,
+    "backward": Verdict,
+    "composition": DraftRow,
+    "composed_validator": Verdict,
+    "triplets": TripletRow,
 }
 
 
@@ -54,6 +61,7 @@ class Pipeline:
         self.store = RunStore(run_dir)
         self.runner = Runner(self.store, cfg.batch_size, cfg.workers, progress)
         self._backends: Backends | None = None
+        self.bootstrap = Bootstrap(self)
 
     @classmethod
     def open(cls, run_dir: Path | str, params: dict[str, Any], progress: bool = True) -> Pipeline:
@@ -204,8 +212,9 @@ class Pipeline:
         return StageResult("mined", triplets, stats)
 
     def triplets(self) -> list[TripletRow]:
-        """The triplets the export writes (the mined ones; bootstrapping adds more later)."""
-        return self.rows("mined")
+        """The triplets the export writes: the bootstrapped, deduplicated ``triplets``
+        table once ``bootstrap.assemble()`` has run, else the mined ones."""
+        return self.rows("triplets" if self.store.tables.exists("triplets") else "mined")
 
     def export(self, name: str | None = None) -> StageResult:
         """Stage 11: write ``dataset/`` (parquet shards with images + card)."""
@@ -218,9 +227,15 @@ class Pipeline:
 
         t0 = time.perf_counter()
         rows = self.triplets()
-        card = dataset_card(name or self.store.root.name, rows, funnel(self))
+        chains = self.bootstrap.chains(rows)
+        body = card_body(name or self.store.root.name, rows, funnel(self), len(chains))
         shards = export_dataset(
-            rows, self.store.blobs, self.store.root / "dataset", card, self.cfg.export_shard_rows
+            rows,
+            self.store.blobs,
+            self.store.root / "dataset",
+            body,
+            self.cfg.export_shard_rows,
+            chains,
         )
         stats = {
             "stage": "export",

@@ -6,7 +6,6 @@ Every function returns a matplotlib Figure; ``save`` writes it to ``<run>/plots/
 
 from __future__ import annotations
 
-import itertools
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
@@ -28,31 +27,36 @@ def save(fig: Figure, run_dir: Path | str, name: str) -> Path:
 
 
 def funnel(ours: Sequence[dict[str, Any]], paper: Sequence[dict[str, Any]]) -> Figure:
-    """Rows after each stage (left) and the share each filter keeps, ours vs the paper's
+    """Rows after each stage (left) and each step's change, ours beside the paper's
     Table 2 (right)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.6))
     names = [r["stage"] for r in ours]
     ax1.barh(names[::-1], [r["rows"] for r in ours][::-1], color="#4C72B0")
     for i, r in enumerate(ours[::-1]):
         ax1.text(r["rows"], i, f" {r['rows']:,}", va="center", fontsize=8)
     ax1.set_xlabel("rows")
     ax1.set_title("funnel of this run")
-    paper_rows = {r["stage"]: r["rows"] for r in paper}
-    steps, ours_keep, paper_keep = [], [], []
-    for prev, cur in itertools.pairwise(ours):
-        if cur["stage"].startswith("after") and prev["rows"]:
-            steps.append(cur["stage"].removeprefix("after "))
-            ours_keep.append(cur["rows"] / prev["rows"])
-            p_prev, p_cur = paper_rows.get(prev["stage"]), paper_rows.get(cur["stage"])
-            paper_keep.append(p_cur / p_prev if p_prev and p_cur else float("nan"))
-    y = range(len(steps))
-    ax2.barh([i + 0.2 for i in y], ours_keep, height=0.4, label="this run", color="#4C72B0")
-    ax2.barh([i - 0.2 for i in y], paper_keep, height=0.4, label="paper (Table 2)", color="#DD8452")
-    ax2.set_yticks(list(y), steps)
+    steps = [r for r in ours if "change" in r]
+    y = list(range(len(steps)))
+    ax2.barh(
+        [i + 0.2 for i in y],
+        [r["change"] for r in steps],
+        height=0.4,
+        label="this run",
+        color="#4C72B0",
+    )
+    ax2.barh(
+        [i - 0.2 for i in y],
+        [r.get("paper_change", float("nan")) for r in steps],
+        height=0.4,
+        label="paper (Table 2)",
+        color="#DD8452",
+    )
+    ax2.axvline(0, color="k", lw=0.8)
+    ax2.set_yticks(y, [r["stage"].removeprefix("after ") for r in steps])
     ax2.invert_yaxis()
-    ax2.set_xlim(0, 1.05)
-    ax2.set_xlabel("share of rows kept")
-    ax2.set_title("each filter, this run vs the paper")
+    ax2.set_xlabel("change in rows at this step")
+    ax2.set_title("each step, this run vs the paper")
     ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig

@@ -235,5 +235,38 @@ class TripletRow(Record):
     edit_steps: int
     edit_guidance: float
     prompter_version: str
+    writer_version: str
     judge_id: str
     judge_prompt_version: str
+
+
+@dataclass(frozen=True)
+class DraftRow(Record):
+    """A bootstrapped triplet before judging (stages 8 and 10): an inverse or composed
+    instruction written for an image pair, or the reason none was written."""
+
+    key: ClassVar[str] = "triplet_id"
+    triplet_id: str
+    origin: str
+    parents: tuple[str, ...]
+    source_image: str
+    edited_image: str
+    instruction: str
+    skip_reason: str | None
+    writer_id: str
+    writer_version: str
+
+
+@dataclass(frozen=True)
+class ComposeJob(Record):
+    """A pair of accepted edits of one source: (Ie1, p', Ie2) is to be written for it."""
+
+    key: ClassVar[str] = "job_id"
+    job_id: str
+    first: str
+    second: str
+    first_image: str
+    second_image: str
+    first_inverse: str
+    second_instruction: str
+    prompt: str

@@ -12,7 +12,7 @@ from nhr.store import atomic_write_json
 if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
 
-# Table 2 of the paper (v2): rows after each stage, on 63,292 prompts.
+# Table 2 of the paper (v2): rows after each stage, on 63,292 prompts, in its order.
 PAPER_FUNNEL: list[dict[str, Any]] = [
     {"stage": "T2I images", "rows": 1_171_773},
     {"stage": "after plausibility gate", "rows": 515_584},
@@ -21,7 +21,22 @@ PAPER_FUNNEL: list[dict[str, Any]] = [
     {"stage": "after low-level check", "rows": 1_281_492},
     {"stage": "after hard validator", "rows": 471_523},
     {"stage": "after argmax selection", "rows": 325_287},
+    {"stage": "after inversion", "rows": 633_904},
+    {"stage": "after composition", "rows": 828_212},
+    {"stage": "after backward consistency", "rows": 720_088},
 ]
+# the change each step made in the paper, shown beside ours (its composition ran before
+# backward consistency; ours composes only backward-consistent edits)
+PAPER_CHANGES: dict[str, float] = {
+    "after plausibility gate": -0.56,
+    "after soft pre-filter": -0.57,
+    "after low-level check": -0.03,
+    "after hard validator": -0.632,
+    "after argmax selection": -0.31,
+    "after inversion": 0.949,
+    "after backward consistency": -0.131,
+    "after composition": 0.307,
+}
 
 
 def _count(pipe: Pipeline, table: str, passed: bool = False) -> int | None:
@@ -32,8 +47,28 @@ def _count(pipe: Pipeline, table: str, passed: bool = False) -> int | None:
     return sum(r.passed for r in rows) if passed else len(rows)
 
 
+def _bootstrap_steps(pipe: Pipeline, mined: int) -> list[tuple[str, int, bool]]:
+    """(stage, rows, skipped) of the bootstrapping steps, once ``assemble`` has run."""
+    stats = pipe.store.read_stats("triplets")
+    if stats is None:
+        return []
+    before = stats["by_origin_before_dedup"]
+    cfg = pipe.cfg
+    written = 0
+    if cfg.inversion and pipe.store.tables.exists("inversion"):
+        written = sum(not d.skip_reason for d in pipe.rows("inversion"))
+    consistent = before["mined"] + before["inverted"]
+    composed = consistent + before["composed"]
+    return [
+        ("after inversion", mined + written, not cfg.inversion),
+        ("after backward consistency", consistent, not cfg.inversion),
+        ("after composition", composed, not (cfg.inversion and cfg.composition)),
+        ("after dedup", stats["rows_out"], not cfg.dedup),
+    ]
+
+
 def funnel(pipe: Pipeline) -> list[dict[str, Any]]:
-    """Rows after each stage, in pipeline order; a disabled filter repeats the row above."""
+    """Rows after each stage, in pipeline order; a disabled step repeats the row above."""
     steps = [
         ("prompts", "prompts", False),
         ("T2I images", "sources", False),
@@ -52,25 +87,30 @@ def funnel(pipe: Pipeline) -> list[dict[str, Any]]:
             continue
         rows = _count(pipe, table, passed)
         if rows is None:
-            break
+            return out
         out.append({"stage": stage, "rows": rows})
+    for stage, rows, skipped in _bootstrap_steps(pipe, out[-1]["rows"]):
+        out.append({"stage": stage, "rows": rows, **({"skipped": True} if skipped else {})})
     return out
 
 
-def _with_changes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add the change from the previous step where the paper reports one (filters)."""
+def _with_changes(rows: list[dict[str, Any]], paper: bool = True) -> list[dict[str, Any]]:
+    """Add each step's change from the previous row, and the paper's beside it."""
     out = []
     for i, row in enumerate(rows):
         row = dict(row)
         if i and row["stage"].startswith("after") and rows[i - 1]["rows"]:
             row["change"] = round(row["rows"] / rows[i - 1]["rows"] - 1, 4)
+            if paper and row["stage"] in PAPER_CHANGES:
+                row["paper_change"] = PAPER_CHANGES[row["stage"]]
         out.append(row)
     return out
 
 
 def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
     """Everything a reader of the run wants in one JSON object."""
-    from nhr.evaluate.truth import judge_vs_truth
+    from nhr.bootstrap import multiplier
+    from nhr.evaluate.truth import audit, judge_vs_truth
 
     f = funnel(pipe)
     stats = pipe.store.all_stats()
@@ -78,7 +118,7 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "run": pipe.store.root.name,
         "funnel": _with_changes(f),
-        "paper_funnel": _with_changes(PAPER_FUNNEL),
+        "paper_funnel": _with_changes(PAPER_FUNNEL, paper=False),
         "triplets": exported if exported is not None else f[-1]["rows"] if f else 0,
         "stages": {
             name: {
@@ -101,9 +141,13 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
             rows["edits generated"] / rows["after argmax selection"], 2
         )
     if pipe.store.tables.exists("mined"):
-        summary["edit_types"] = dict(Counter(t.edit_type for t in pipe.triplets()))
+        triplets = pipe.triplets()
+        summary["edit_types"] = dict(Counter(t.edit_type for t in triplets))
+        summary["origins"] = dict(Counter(t.origin for t in triplets))
+        summary["multiplier"] = multiplier(len(triplets), len(pipe.rows("mined")))
     if with_truth and pipe.backends.truth is not None and pipe.store.tables.exists("validator"):
         summary["judge_vs_truth"] = judge_vs_truth(pipe)
+        summary["audit"] = audit(pipe)
     return summary
 
 

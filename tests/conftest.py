@@ -55,7 +55,10 @@ def run_chain(run_dir: Path, params: dict | None = None) -> Pipeline:
     """Run every stage in-process on the synthetic world."""
     pipe = Pipeline.open(run_dir, {**TINY, **(params or {})}, progress=False)
     for stage in STAGES:
-        getattr(pipe, stage)()
+        target = pipe
+        for part in stage.split("."):
+            target = getattr(target, part)
+        target()
     return pipe
 
 

@@ -50,8 +50,17 @@ def test_run_records_every_stage(tiny_run):
         "after low-level check",
         "after hard validator",
         "after argmax selection",
+        "after inversion",
+        "after backward consistency",
+        "after composition",
+        "after dedup",
     ]
     assert summary["triplets"] == summary["funnel"][-1]["rows"] > 0
+    assert set(summary["audit"]) == {"mined", "inverted", "composed"}
+    assert summary["multiplier"] > 1.5
+    multiturn = datasets.load_dataset(str(tiny_run / "dataset"), "multiturn", split="train")
+    assert multiturn.num_rows == summary["origins"]["composed"]
+    assert all(len(r["images"]) == 3 and len(r["instructions"]) == 2 for r in multiturn)
     for key in ("precision", "recall", "spearman"):
         assert key in summary["judge_vs_truth"]
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):

@@ -47,6 +47,13 @@ def _world(ctx: BuildContext) -> Any:
     )
 
 
+def _synthetic_inverter() -> Any:
+    """The synthetic world's template inverse/compose writer."""
+    from nhr.backends.synthetic.inverter import SyntheticInverter
+
+    return SyntheticInverter()
+
+
 REGISTRY: dict[str, dict[str, Factory]] = {
     "prompter": {"synthetic": lambda ctx: _world(ctx).prompter},
     "t2i": {"synthetic": lambda ctx: _world(ctx).renderer},
@@ -54,13 +61,93 @@ REGISTRY: dict[str, dict[str, Factory]] = {
     "editor": {"synthetic": lambda ctx: _world(ctx).editor},
     "prefilter_judge": {"synthetic": lambda ctx: _world(ctx).judge},
     "validator": {"synthetic": lambda ctx: _world(ctx).judge},
-    "inverter": {"synthetic": lambda ctx: _world(ctx).inverter},
+    "inverter": {"synthetic": lambda ctx: _synthetic_inverter()},
 }
 
 # --- diffusers backends (issue 4): register factories here ---
+DIFFUSERS_RESIDENCY = "diffusers-residency"  # shared name: one diffusers model on the GPU
+
+
+def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
+    """Options and the shared one-model-on-the-GPU residency of the diffusers backends."""
+    from nhr.backends.diffusers_runtime import DiffusersOptions, Residency
+
+    return {
+        "options": DiffusersOptions.from_config(ctx.cfg),
+        "residency": ctx.shared(DIFFUSERS_RESIDENCY, Residency),
+    }
+
+
+def _make_diffusers_t2i(ctx: BuildContext) -> Any:
+    from nhr.backends.diffusers_t2i import DiffusersTextToImage
+
+    return DiffusersTextToImage(ctx.cfg.t2i_model, **_diffusers_kwargs(ctx))
+
+
+def _make_kontext(ctx: BuildContext) -> Any:
+    from nhr.backends.diffusers_kontext import KontextEditor
+
+    return KontextEditor(
+        ctx.cfg.editor_model,
+        max_area=ctx.cfg.edit_max_area,
+        preferred_resolutions=ctx.cfg.edit_preferred_resolutions,
+        **_diffusers_kwargs(ctx),
+    )
+
+
+def _make_qwen_edit(ctx: BuildContext) -> Any:
+    from nhr.backends.diffusers_qwen_edit import QwenImageEditor
+
+    return QwenImageEditor(
+        ctx.cfg.editor_model, max_area=ctx.cfg.edit_max_area, **_diffusers_kwargs(ctx)
+    )
+
+
+def _make_pix2pix(ctx: BuildContext) -> Any:
+    from nhr.backends.diffusers_pix2pix import Pix2PixEditor
+
+    return Pix2PixEditor(
+        ctx.cfg.editor_model,
+        max_area=ctx.cfg.edit_max_area,
+        image_guidance=ctx.cfg.pix2pix_image_guidance,
+        **_diffusers_kwargs(ctx),
+    )
+
+
+def _plumbing(ctx: BuildContext, role: str) -> Any:
+    """Plumbing-check backends (accept-all judge, templates): for tiny random models."""
+    from nhr.backends import plumbing
+
+    make = {"judge": plumbing.AcceptAllJudge, "prompter": plumbing.PlumbingPrompter}
+    return ctx.shared(f"plumbing-{role}", make.get(role, plumbing.PlumbingInverter))
+
+
+REGISTRY["t2i"]["diffusers"] = _make_diffusers_t2i
+REGISTRY["editor"]["flux-kontext"] = _make_kontext
+REGISTRY["editor"]["qwen-image-edit"] = _make_qwen_edit
+REGISTRY["editor"]["instruct-pix2pix"] = _make_pix2pix
+REGISTRY["prompter"]["plumbing"] = lambda ctx: _plumbing(ctx, "prompter")
+REGISTRY["inverter"]["plumbing"] = lambda ctx: _plumbing(ctx, "inverter")
+for _role in ("gate_judge", "prefilter_judge", "validator"):
+    REGISTRY[_role]["plumbing-accept-all"] = lambda ctx: _plumbing(ctx, "judge")
 # --- end diffusers backends ---
 
+
 # --- remote model APIs (issue 5): register factories here ---
+def _remote(backend: str, role: str) -> Factory:
+    """The factory of a role on a remote model API (``nhr.backends.api_roles``)."""
+
+    def make(ctx: BuildContext) -> Any:
+        from nhr.backends.api_roles import build_role
+
+        return build_role(ctx, backend, role)
+
+    return make
+
+
+for _backend in ("gemini", "openai"):
+    for _role in ("prompter", "gate_judge", "prefilter_judge", "validator", "inverter"):
+        REGISTRY[_role][_backend] = _remote(_backend, _role)
 # --- end remote model APIs ---
 
 

@@ -73,6 +73,21 @@ def judge_vs_truth(pipe: Pipeline) -> dict[str, Any]:
     }
 
 
+def audit(pipe: Pipeline) -> dict[str, float | None]:
+    """Share of exported triplets that are truly correct, by origin (mined, inverted,
+    composed): the truth checks each (source, instruction, edited) as a whole, so an
+    inverse or composed instruction is judged on the images it claims to connect."""
+    truth = pipe.backends.truth
+    blobs = pipe.store.blobs
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for t in pipe.triplets():
+        verdict = truth.triplet(blobs.get(t.source_image), t.instruction, blobs.get(t.edited_image))
+        total[t.origin] = total.get(t.origin, 0) + 1
+        correct[t.origin] = correct.get(t.origin, 0) + bool(verdict.correct)
+    return {o: round(correct[o] / total[o], 4) for o in sorted(total)}
+
+
 def gate_vs_truth(pipe: Pipeline) -> float | None:
     """Share of sources where the plausibility gate agrees with the truth."""
     truth = pipe.backends.truth

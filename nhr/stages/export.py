@@ -1,16 +1,25 @@
 """Stage 11: export accepted triplets as a Hugging Face dataset folder.
 
-The folder holds ``data/train-XXXXX-of-YYYYY.parquet`` shards with the images embedded
-(``datasets.Image`` columns, so the dataset travels without its run folder) and a
-dataset card ``README.md`` whose front matter declares the config, so
-``datasets.load_dataset(folder)`` loads it as is. The folder is built beside the old one
-and swapped in with renames, so an interrupted export never leaves half a dataset.
+The folder holds parquet shards with the images embedded (``datasets.Image`` columns,
+so the dataset travels without its run folder) and a dataset card ``README.md`` whose
+front matter declares the configs — ``default`` (one triplet a row) and, when there are
+chains, ``multiturn`` (I0 → Ie1 → Ie2 … with their instructions) — so
+``datasets.load_dataset(folder)`` loads it as is.
+
+Shard names carry a fingerprint of their content (``train-<fp>-00000-of-00002.parquet``)
+and the card's patterns name it: ``datasets`` caches a local folder by its card's
+patterns, so without it a re-export into the same path would load the stale cache.
+The folder is built beside the old one and swapped in with renames, so an interrupted
+export never leaves half a dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,7 @@ TEXT_COLUMNS = (
     "t2i_model",
     "editor_model",
     "prompter_version",
+    "writer_version",
     "judge_id",
     "judge_prompt_version",
 )
@@ -37,7 +47,19 @@ INT_COLUMNS = ("width", "height", "t2i_seed", "t2i_steps", "edit_seed", "edit_st
 FLOAT_COLUMNS = ("adherence", "aesthetic", "score", "edit_guidance")
 
 
-def dataset_features() -> Any:
+@dataclass(frozen=True)
+class Chain:
+    """A multi-turn sequence: images I0, Ie1, … and the instruction of each turn."""
+
+    chain_id: str
+    images: tuple[str, ...]
+    instructions: tuple[str, ...]
+    triplet_ids: tuple[str, ...]
+    width: int
+    height: int
+
+
+def triplet_features() -> Any:
     """The ``datasets.Features`` of an exported triplet."""
     import datasets
 
@@ -52,17 +74,33 @@ def dataset_features() -> Any:
     return datasets.Features(feats)
 
 
-def _columns(rows: list[TripletRow], blobs: BlobStore) -> dict[str, list[Any]]:
-    """Column lists for a shard; images as embedded PNG bytes named by their hash."""
+def chain_features() -> Any:
+    """The ``datasets.Features`` of an exported multi-turn chain."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "chain_id": datasets.Value("string"),
+            "images": datasets.Sequence(datasets.Image()),
+            "instructions": datasets.Sequence(datasets.Value("string")),
+            "triplet_ids": datasets.Sequence(datasets.Value("string")),
+            "turns": datasets.Value("int64"),
+            "width": datasets.Value("int64"),
+            "height": datasets.Value("int64"),
+        }
+    )
+
+
+def _image(blobs: BlobStore, rel: str) -> dict[str, Any]:
+    """An embedded image cell: the PNG bytes, named by their hash."""
+    return {"bytes": blobs.read_bytes(rel), "path": Path(rel).name}
+
+
+def _triplet_columns(rows: list[TripletRow], blobs: BlobStore) -> dict[str, list[Any]]:
+    """Column lists for a shard of triplets."""
     cols: dict[str, list[Any]] = {
-        "source_image": [
-            {"bytes": blobs.read_bytes(r.source_image), "path": Path(r.source_image).name}
-            for r in rows
-        ],
-        "edited_image": [
-            {"bytes": blobs.read_bytes(r.edited_image), "path": Path(r.edited_image).name}
-            for r in rows
-        ],
+        "source_image": [_image(blobs, r.source_image) for r in rows],
+        "edited_image": [_image(blobs, r.edited_image) for r in rows],
     }
     for name in TEXT_COLUMNS + INT_COLUMNS + FLOAT_COLUMNS:
         cols[name] = [getattr(r, name) for r in rows]
@@ -70,31 +108,32 @@ def _columns(rows: list[TripletRow], blobs: BlobStore) -> dict[str, list[Any]]:
     return cols
 
 
-def dataset_card(
-    name: str, rows: list[TripletRow], funnel: list[dict[str, Any]], extra: str = ""
-) -> str:
-    """The dataset card: front matter for ``load_dataset``, counts, funnel, fields."""
-    from collections import Counter
+def _chain_columns(rows: list[Chain], blobs: BlobStore) -> dict[str, list[Any]]:
+    """Column lists for a shard of chains."""
+    return {
+        "chain_id": [c.chain_id for c in rows],
+        "images": [[_image(blobs, rel) for rel in c.images] for c in rows],
+        "instructions": [list(c.instructions) for c in rows],
+        "triplet_ids": [list(c.triplet_ids) for c in rows],
+        "turns": [len(c.instructions) for c in rows],
+        "width": [c.width for c in rows],
+        "height": [c.height for c in rows],
+    }
 
-    n = len(rows)
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
+
+def fingerprint(rows: list[Any]) -> str:
+    """A short hash of what a config's rows hold (ids, images, instructions, scores)."""
+    digest = hashlib.sha256()
+    for r in rows:
+        digest.update(repr(sorted(vars(r).items())).encode())
+    return digest.hexdigest()[:12]
+
+
+def card_body(name: str, rows: list[TripletRow], funnel: list[dict[str, Any]], chains: int) -> str:
+    """The dataset card's text: what it is, counts, the funnel, fields."""
     by_type = Counter(r.edit_type for r in rows)
     by_origin = Counter(r.origin for r in rows)
     lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: data/train-*.parquet",
-        "task_categories:",
-        "- image-to-image",
-        "tags:",
-        "- image-editing",
-        "- nhr",
-        f"size_categories:\n- {size}",
-        "---",
-        "",
         f"# {name}",
         "",
         "Image-editing triplets (source image, instruction, edited image) mined by `nhr`, "
@@ -102,7 +141,8 @@ def dataset_card(
         "its hard validator (both scores ≥ threshold, argmax of √(adherence·aesthetic) "
         "per source and instruction).",
         "",
-        f"**Triplets:** {n}",
+        f"**Triplets:** {len(rows)} (config `default`)"
+        + (f"; **multi-turn chains:** {chains} (config `multiturn`)" if chains else ""),
         "",
         "## Funnel",
         "",
@@ -124,22 +164,67 @@ def dataset_card(
         "",
         "`source_image`, `edited_image` (images), `instruction`, `edit_type`, `style`, "
         "`width`, `height`, `adherence` and `aesthetic` (validator scores, 1–5), `score` "
-        "(√(adherence·aesthetic)), `origin` and `parents` (how the triplet was made), and "
-        "provenance: `t2i_model`, `t2i_seed`, `t2i_steps`, `editor_model`, `edit_seed`, "
-        "`edit_steps`, `edit_guidance`, `prompter_version`, `judge_id`, "
-        "`judge_prompt_version`.",
-        "",
-        extra,
+        "(√(adherence·aesthetic)), `origin` (mined, inverted, composed) and `parents` (the "
+        "ids it was made from), and provenance: `t2i_model`, `t2i_seed`, `t2i_steps`, "
+        "`editor_model`, `edit_seed`, `edit_steps`, `edit_guidance`, `prompter_version`, "
+        "`writer_version` (who wrote the instruction), `judge_id`, `judge_prompt_version`.",
     ]
-    return "\n".join(lines).rstrip() + "\n"
+    if chains:
+        lines += [
+            "",
+            "The `multiturn` config holds chains I0 → Ie1 → Ie2 …: `images` (turns + 1 "
+            "images), `instructions` (one per turn), `triplet_ids` (the triplet of each turn).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _front_matter(configs: dict[str, str], n: int) -> str:
+    """YAML front matter declaring each config's shard pattern."""
+    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
+    lines = ["---", "configs:"]
+    for config, pattern in configs.items():
+        lines += [
+            f"- config_name: {config}",
+            "  data_files:",
+            "  - split: train",
+            f"    path: {pattern}",
+        ]
+    lines += [
+        "task_categories:",
+        "- image-to-image",
+        "tags:",
+        "- image-editing",
+        "- nhr",
+        "size_categories:",
+        f"- {size}",
+        "---",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_config(
+    tmp: Path, prefix: str, rows: list[Any], columns: Any, features: Any, shard_rows: int
+) -> str:
+    """Write one config's shards into ``tmp/data``; returns its glob pattern."""
+    import datasets
+
+    fp = fingerprint(rows)
+    n_shards = max(1, -(-len(rows) // shard_rows))
+    for i in range(n_shards):
+        part = rows[i * shard_rows : (i + 1) * shard_rows]
+        ds = datasets.Dataset.from_dict(columns(part), features=features)
+        ds.to_parquet(str(tmp / "data" / f"{prefix}-{fp}-{i:05d}-of-{n_shards:05d}.parquet"))
+    return f"data/{prefix}-{fp}-*.parquet"
 
 
 def export_dataset(
     rows: list[TripletRow],
     blobs: BlobStore,
     out_dir: Path,
-    card: str,
+    body: str,
     shard_rows: int = 1000,
+    chains: list[Chain] | None = None,
 ) -> list[Path]:
     """Write the dataset folder (shards + card) and swap it into place; returns shards."""
     import datasets
@@ -149,13 +234,27 @@ def export_dataset(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=out_dir.parent))
     try:
-        features = dataset_features()
-        n_shards = max(1, -(-len(rows) // shard_rows))
         (tmp / "data").mkdir()
-        for i in range(n_shards):
-            part = rows[i * shard_rows : (i + 1) * shard_rows]
-            ds = datasets.Dataset.from_dict(_columns(part, blobs), features=features)
-            ds.to_parquet(str(tmp / "data" / f"train-{i:05d}-of-{n_shards:05d}.parquet"))
+        configs = {
+            "default": _write_config(
+                tmp,
+                "train",
+                rows,
+                lambda p: _triplet_columns(p, blobs),
+                triplet_features(),
+                shard_rows,
+            )
+        }
+        if chains:
+            configs["multiturn"] = _write_config(
+                tmp,
+                "multiturn",
+                chains,
+                lambda p: _chain_columns(p, blobs),
+                chain_features(),
+                shard_rows,
+            )
+        card = _front_matter(configs, len(rows)) + body
         atomic_write_bytes(tmp / "README.md", card.encode())
         old = out_dir.with_name(f".old-{out_dir.name}")
         if old.exists():

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from nhr.backends.base import Judge
-from nhr.records import CandidateRow, PromptRow, SourceRow, TripletRow, Verdict
+from nhr.records import CandidateRow, DraftRow, PromptRow, SourceRow, TripletRow, Verdict
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
 
@@ -16,6 +16,11 @@ from nhr.store import BlobStore
 def geometric_score(adherence: float, aesthetic: float) -> float:
     """The paper's ranking score √(adherence · aesthetic)."""
     return math.sqrt(max(adherence, 0.0) * max(aesthetic, 0.0))
+
+
+def edited_image_of(row: Any) -> str:
+    """The edited image of a candidate (``image``) or of a triplet/draft (``edited_image``)."""
+    return row.image if isinstance(row, CandidateRow) else row.edited_image
 
 
 class ValidatorStage(Stage[CandidateRow, Verdict]):
@@ -39,11 +44,11 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
             "threshold": self.threshold,
         }
 
-    def process_batch(self, rows: list[CandidateRow]) -> list[Verdict]:
+    def process_batch(self, rows: list[Any]) -> list[Verdict]:
         """Score each (source, edit, instruction) and apply the threshold."""
         scores = self.judge.score(
             [self.blobs.get(r.source_image) for r in rows],
-            [self.blobs.get(r.image) for r in rows],
+            [self.blobs.get(edited_image_of(r)) for r in rows],
             [r.instruction for r in rows],
         )
         out = []
@@ -61,7 +66,7 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
                 reason = "ok"
             out.append(
                 Verdict(
-                    subject_id=row.candidate_id,
+                    subject_id=row.id,
                     passed=reason == "ok",
                     reason=reason,
                     adherence=float(s.adherence),
@@ -73,6 +78,20 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
                 )
             )
         return out
+
+
+class BackwardStage(ValidatorStage):
+    """Stage 9, backward consistency: the hard validator on inverse triplets (Ie, p⁻¹, I0)."""
+
+    name = "backward"
+    input_type = DraftRow
+
+
+class ComposedValidatorStage(ValidatorStage):
+    """The hard validator on composed triplets (Ie1, p′, Ie2)."""
+
+    name = "composed_validator"
+    input_type = DraftRow
 
 
 def select_argmax(
@@ -126,6 +145,7 @@ def select_argmax(
                 edit_steps=c.steps,
                 edit_guidance=c.guidance,
                 prompter_version=prompt.prompter_version,
+                writer_version=prompt.prompter_version,
                 judge_id=v.judge_id,
                 judge_prompt_version=v.prompt_version,
             )

@@ -1,0 +1,48 @@
+"""One object bundling the synthetic world's backends around a shared truth folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .editor import SyntheticEditor
+from .judge import SyntheticJudge
+from .prompter import SyntheticPrompter
+from .renderer import SyntheticRenderer
+from .truth import SyntheticTruth
+
+
+class SyntheticWorld:
+    """Prompter, renderer, editor, judge and truth of one synthetic world.
+
+    ``truth_dir`` is where rendered images' layouts are recorded (only evaluation and the
+    editor read it; the judge never does). ``seed`` is kept for provenance: every backend
+    is deterministic in its own inputs (prompt seeds, render seeds, edit seeds).
+    """
+
+    def __init__(
+        self,
+        truth_dir: Path | str,
+        seed: int = 0,
+        implausible_rate: float = 0.4,
+        compound_share: float = 0.18,
+        judge_noise: float = 1.0,
+    ) -> None:
+        if not isinstance(truth_dir, (str, Path)) or not str(truth_dir):
+            raise ValueError(f"truth_dir must be a non-empty path, got {truth_dir!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if not 0.0 <= float(implausible_rate) <= 1.0:
+            raise ValueError(f"implausible_rate must be in [0, 1], got {implausible_rate!r}")
+        if not 0.0 <= float(compound_share) < 1.0:
+            raise ValueError(f"compound_share must be in [0, 1), got {compound_share!r}")
+        if not 0.0 <= float(judge_noise) <= 3.0:
+            raise ValueError(f"judge_noise must be in [0, 3], got {judge_noise!r}")
+        self.truth_dir = Path(truth_dir)
+        if self.truth_dir.exists() and not self.truth_dir.is_dir():
+            raise ValueError(f"truth_dir {self.truth_dir} exists and is not a folder")
+        self.seed = seed
+        self.truth = SyntheticTruth(self.truth_dir)
+        self.prompter = SyntheticPrompter(compound_share=float(compound_share))
+        self.renderer = SyntheticRenderer(self.truth, implausible_rate=float(implausible_rate))
+        self.editor = SyntheticEditor(self.truth)
+        self.judge = SyntheticJudge(noise=float(judge_noise))
