@@ -31,6 +31,11 @@ STAGES = (
     "lowlevel",
     "validate",
     "select",
+    "bootstrap.invert",
+    "bootstrap.backward",
+    "bootstrap.compose",
+    "bootstrap.validate_composed",
+    "bootstrap.assemble",
     "export",
 )
 

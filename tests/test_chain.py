@@ -31,8 +31,11 @@ def test_most_candidates_fail_and_the_funnel_only_shrinks(tiny_chain):
     rows = [r["rows"] for r in summary["funnel"]]
     names = [r["stage"] for r in summary["funnel"]]
     assert names[:4] == ["prompts", "T2I images", "after plausibility gate", "edits generated"]
-    for a, b in itertools.pairwise(rows[3:]):
+    mined = names.index("after argmax selection")
+    for a, b in itertools.pairwise(rows[3 : mined + 1]):
         assert b <= a
+    assert rows[names.index("after inversion")] > rows[mined]
+    assert rows[names.index("after composition")] > rows[names.index("after backward consistency")]
     assert rows[names.index("after hard validator")] < 0.5 * rows[names.index("edits generated")]
     assert 0 < summary["triplets"] == rows[-1]
 
@@ -49,7 +52,10 @@ def test_edit_grid_is_n_k_m_and_sources_have_varied_sizes(tiny_chain):
 def test_triplets_carry_provenance_and_images_match(tiny_chain):
     pipe = tiny_chain
     for t in pipe.triplets():
-        assert t.origin == "mined" and t.parents == (t.candidate_id,)
+        if t.origin == "mined":
+            assert t.parents == (t.candidate_id,) and t.triplet_id == f"m-{t.candidate_id}"
+        else:
+            assert t.origin in ("inverted", "composed") and t.writer_version
         assert t.adherence >= 4.7 and t.aesthetic >= 4.7
         assert t.t2i_model and t.editor_model and t.judge_id and t.prompter_version
         src, edit = pipe.store.blobs.get(t.source_image), pipe.store.blobs.get(t.edited_image)
