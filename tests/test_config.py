@@ -1,7 +1,9 @@
 """Config validation: unknown keys, ranges, types, and the run folder's saved config."""
 
+import re
 from pathlib import Path
 
+import nbformat
 import papermill
 import pytest
 
@@ -74,6 +76,10 @@ def test_notebook_defaults_are_valid_and_declared():
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         params = papermill.inspect_notebook(str(nb))
         assert "RUN_DIR" in params, nb.name
+        book = nbformat.read(nb, as_version=4)
+        cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+        assigned = re.findall(r"^([A-Z_][A-Z0-9_]*) =", cell.source, flags=re.MULTILINE)
+        assert sorted(assigned) == sorted(params), f"{nb.name}: papermill cannot read a line"
         extra = set(params) - fields - {"RUN_DIR", "RUN_NAME"}
         assert not extra, f"{nb.name} declares unknown parameters {extra}"
         values = {k: eval(v["default"]) for k, v in params.items() if k in fields}

@@ -1,0 +1,245 @@
+"""GPU check for the diffusers backends: tests on CUDA, then Kontext throughput (< 5 min, offline).
+
+1. Runs the diffusers tests (tests/test_diffusers_*.py) with CUDA visible, so the
+   `gpu`-marked ones run too.
+2. Measures the FLUX Kontext transformer at 1024² with random bf16 weights and reduced
+   depth (the real model: 19 double + 38 single blocks; here 2 + 4 by default): one
+   denoising step for M seeds batched vs one call per seed, eager vs ``torch.compile``.
+   It prints images per second, achieved TFLOP/s and the share of the GPU's bf16 peak
+   (model FLOPs per step from the transformer's config), and projects the seconds of a
+   full-depth 28-step edit at the same efficiency.
+
+    python scripts/gpu_check.py                     # on a CUDA machine
+    python scripts/gpu_check.py --device cpu --tiny # dry run of the same code on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FULL_DEPTH = (19, 38)  # FLUX.1 double and single blocks
+# dense bf16 peak, TFLOP/s, by device-name fragment (vendor data sheets)
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "4090": 165.0,
+}
+
+
+def run_tests(device: str) -> int:
+    """The diffusers tests in a subprocess; returns pytest's exit status."""
+    files = sorted(str(p) for p in (ROOT / "tests").glob("test_diffusers_*.py"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, timeout=240).returncode
+
+
+def flops_per_step(d: int, n_double: int, n_single: int, tokens: int) -> float:
+    """Model FLOPs of one transformer forward for one image (linear layers + attention).
+
+    A double block runs qkv (3d²), out (d²) and MLP (8d²) per token on each stream; a
+    single block runs qkv+MLP-in (7d²) and out (5d²): 12d² multiply-adds per token each,
+    i.e. 24·d²·L FLOPs, plus attention 4·L²·d (QKᵀ and AV) over the joint sequence L.
+    """
+    per_block = 24 * d * d * tokens + 4 * tokens * tokens * d
+    return float((n_double + n_single) * per_block)
+
+
+def peak_tflops(torch: Any, device: str) -> tuple[float | None, float]:
+    """(data-sheet bf16 peak or None, measured bf16 matmul TFLOP/s) of the device."""
+    sheet = None
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        sheet = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    n = 8192 if device == "cuda" else 512
+    dtype = torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(torch, device)
+    reps = 20 if device == "cuda" else 3
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(torch, device)
+    measured = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+    return sheet, measured
+
+
+def sync(torch: Any, device: str) -> None:
+    """Wait for the device (timings must include the work, not just its launch)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(torch: Any, args: argparse.Namespace) -> tuple[Any, dict[str, int]]:
+    """A Kontext-shaped FLUX transformer with random bf16 weights, and its shape."""
+    from diffusers import FluxTransformer2DModel
+
+    if args.tiny:
+        shape = {"heads": 2, "head_dim": 16, "text_dim": 32, "pooled": 32, "size": 64, "text": 32}
+        axes = (4, 4, 8)
+    else:
+        shape = {"heads": 24, "head_dim": 128, "text_dim": 4096, "pooled": 768}
+        shape.update(size=args.size, text=512)
+        axes = (16, 56, 56)
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(
+        in_channels=64,
+        num_layers=args.double,
+        num_single_layers=args.single,
+        attention_head_dim=shape["head_dim"],
+        num_attention_heads=shape["heads"],
+        joint_attention_dim=shape["text_dim"],
+        pooled_projection_dim=shape["pooled"],
+        guidance_embeds=True,
+        axes_dims_rope=axes,
+    )
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    return model.to(args.device, dtype).eval(), shape
+
+
+def inputs(torch: Any, shape: dict[str, int], batch: int, device: str, dtype: Any) -> dict:
+    """Random inputs of one denoising step: noisy latents + the source image's latents."""
+    side = shape["size"] // 16  # VAE /8, then 2×2 packing
+    n_img = side * side
+    ids = torch.zeros(n_img, 3)
+    ids[:, 1] = torch.arange(side).repeat_interleave(side)
+    ids[:, 2] = torch.arange(side).repeat(side)
+    ctx = ids.clone()
+    ctx[:, 0] = 1  # Kontext marks the context image with index 1
+    return {
+        "hidden_states": torch.randn(batch, 2 * n_img, 64, device=device, dtype=dtype),
+        "encoder_hidden_states": torch.randn(
+            batch, shape["text"], shape["text_dim"], device=device, dtype=dtype
+        ),
+        "pooled_projections": torch.randn(batch, shape["pooled"], device=device, dtype=dtype),
+        "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+        "guidance": torch.full((batch,), 2.5, device=device, dtype=torch.float32),
+        "img_ids": torch.cat([ids, ctx]).to(device),
+        "txt_ids": torch.zeros(shape["text"], 3, device=device),
+        "return_dict": False,
+    }
+
+
+def time_step(
+    torch: Any, model: Any, args: argparse.Namespace, shape: dict, batched: bool
+) -> float:
+    """Seconds for one denoising step of M images (one batched call, or M calls)."""
+    dtype = next(model.parameters()).dtype
+    m = args.seeds
+    feed = inputs(torch, shape, m if batched else 1, args.device, dtype)
+    calls = 1 if batched else m
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            for _ in range(calls):
+                model(**feed)
+        sync(torch, args.device)
+        t0 = time.perf_counter()
+        for _ in range(args.reps):
+            for _ in range(calls):
+                model(**feed)
+        sync(torch, args.device)
+    return (time.perf_counter() - t0) / args.reps
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Eager and compiled, batched and per-seed step timings with FLOP accounting."""
+    import torch
+
+    sheet, measured = peak_tflops(torch, args.device)
+    model, shape = build(torch, args)
+    d = shape["heads"] * shape["head_dim"]
+    tokens = 2 * (shape["size"] // 16) ** 2 + shape["text"]
+    flops = flops_per_step(d, args.double, args.single, tokens)
+    full = flops_per_step(d, *FULL_DEPTH, tokens)
+    peak = sheet or measured
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "size": shape["size"],
+        "tokens": tokens,
+        "depth": [args.double, args.single],
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "peak_tflops_datasheet": sheet,
+        "peak_tflops_measured_matmul": round(measured, 1),
+        "gflop_per_step_image": round(flops / 1e9, 1),
+        "gflop_per_step_image_full_depth": round(full / 1e9, 1),
+        "runs": [],
+    }
+    modes = ["eager"] + ([] if args.no_compile else ["compile"])
+    for mode in modes:
+        net = model if mode == "eager" else torch.compile(model)
+        for batched in (True, False):
+            t0 = time.perf_counter()
+            secs = time_step(torch, net, args, shape, batched)
+            tflops = flops * args.seeds / secs / 1e12
+            mfu = tflops / peak
+            out["runs"].append(
+                {
+                    "mode": mode,
+                    "calls": "batched" if batched else "per-seed",
+                    "step_seconds": round(secs, 5),
+                    "images_per_second": round(args.seeds / (secs * args.steps), 4),
+                    "tflops": round(tflops, 4),
+                    "share_of_peak": round(mfu, 4),
+                    "full_depth_edit_seconds": round(full * args.steps / (mfu * peak * 1e12), 2),
+                    "wall_with_warmup_s": round(time.perf_counter() - t0, 1),
+                }
+            )
+            print(json.dumps(out["runs"][-1]), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tests and the benchmark; print the figures as JSON."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--tiny", action="store_true", help="tiny dims at 64² (a CPU dry run)")
+    p.add_argument("--size", type=int, default=1024, help="image side, px")
+    p.add_argument("--double", type=int, default=2, help="double-stream blocks (real: 19)")
+    p.add_argument("--single", type=int, default=4, help="single-stream blocks (real: 38)")
+    p.add_argument("--seeds", type=int, default=5, help="M seeds per (image, instruction)")
+    p.add_argument("--steps", type=int, default=28, help="denoising steps per edit")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-tests", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU here — use --device cpu --tiny for a dry run")
+        return 2
+    status = 0 if args.no_tests else run_tests(args.device)
+    figures = benchmark(args)
+    figures["tests_exit_status"] = status
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
