@@ -123,8 +123,16 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
         "stages": {
             name: {
                 k: s.get(k)
-                for k in ("rows_in", "rows_out", "drops_by_reason", "seconds", "not_scheduled")
-                if k in s
+                for k in (
+                    "rows_in",
+                    "rows_out",
+                    "drops_by_reason",
+                    "errors_by_kind",
+                    "seconds",
+                    "not_scheduled",
+                    "usage",
+                )
+                if s.get(k) not in (None, {})
             }
             for name, s in stats.items()
         },
@@ -140,6 +148,7 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
         summary["generations_per_triplet"] = round(
             rows["edits generated"] / rows["after argmax selection"], 2
         )
+    summary["cost"] = cost(stats, summary["triplets"])
     if pipe.store.tables.exists("mined"):
         triplets = pipe.triplets()
         summary["edit_types"] = dict(Counter(t.edit_type for t in triplets))
@@ -149,6 +158,30 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
         summary["judge_vs_truth"] = judge_vs_truth(pipe)
         summary["audit"] = audit(pipe)
     return summary
+
+
+def cost(stats: dict[str, dict[str, Any]], triplets: int) -> dict[str, Any]:
+    """Remote-model usage and cost per stage and per exported triplet, and device seconds
+    of local models, from the ``usage`` the runner recorded in each stage's stats."""
+    per_stage = {
+        name: round(float(s["usage"].get("cost_usd", 0.0)), 6)
+        for name, s in stats.items()
+        if s.get("usage")
+    }
+    totals: Counter[str] = Counter()
+    for s in stats.values():
+        for key, value in (s.get("usage") or {}).items():
+            totals[key] += float(value)
+    usd = round(totals.get("cost_usd", 0.0), 6)
+    return {
+        "usd": usd,
+        "usd_per_triplet": round(usd / triplets, 8) if triplets else None,
+        "per_stage_usd": per_stage,
+        "calls": int(totals.get("calls", 0)),
+        "tokens_in": int(totals.get("tokens_in", 0)),
+        "tokens_out": int(totals.get("tokens_out", 0)),
+        "device_seconds": round(totals.get("device_seconds", 0.0), 3),
+    }
 
 
 def write_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:

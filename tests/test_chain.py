@@ -94,3 +94,28 @@ def test_the_same_seed_gives_the_same_run(tiny_chain, tmp_path):
         b = [_untimed(r) for r in other.rows(table)]
         key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
         assert sorted(a, key=key) == sorted(b, key=key), table
+
+
+def test_an_empty_export_still_loads(tmp_path):
+    from nhr.stages.export import export_dataset, load_export, read_card
+    from nhr.store import RunStore
+
+    store = RunStore(tmp_path)
+    export_dataset([], store.blobs, tmp_path / "dataset", "# empty\n")
+    assert load_export(tmp_path / "dataset").num_rows == 0
+    assert load_export(tmp_path / "dataset", "multiturn").num_rows == 0
+    infos = read_card(tmp_path / "dataset")["dataset_info"]
+    assert [i["splits"][0]["num_examples"] for i in infos] == [0, 0]
+
+
+def test_multiturn_chains_follow_their_triplets(tiny_chain):
+    from nhr.stages.export import load_export
+
+    chains = load_export(tiny_chain.store.root / "dataset", "multiturn")
+    by_id = {t.triplet_id: t for t in tiny_chain.triplets()}
+    assert chains.num_rows == sum(t.origin == "composed" for t in by_id.values()) > 0
+    for row in chains:
+        first, second = (by_id[i] for i in row["triplet_ids"])
+        assert second.parents[0] == first.triplet_id
+        assert row["instructions"] == [first.instruction, second.instruction]
+        assert row["images"][0].size == (first.width, first.height)

@@ -359,6 +359,10 @@ class DiffusersEditor:
             self.pipeline_class, self.model_id, self.options, "editor", residency
         )
 
+    def load(self) -> Any:
+        """Load the pipeline now (the edit stage's ``setup``), else it loads on first use."""
+        return self.holder.get()
+
     @property
     def multiple(self) -> int:
         """Side lengths the pipeline accepts are multiples of this."""

@@ -14,7 +14,7 @@ from nhr.backends.base import InstructionWriter
 from nhr.records import ComposeJob, DraftRow, TripletRow
 from nhr.seeds import rng_for
 from nhr.stages.base import Stage
-from nhr.stages.inversion import banned_word
+from nhr.stages.inversion import checked_text
 
 
 def plan_compose_jobs(
@@ -83,12 +83,7 @@ class CompositionStage(Stage[ComposeJob, DraftRow]):
         )
         out = []
         for job, ans in zip(rows, answers, strict=True):
-            text = ans.text.strip()
-            skip = ans.error
-            if skip is None and not text:
-                skip = "empty: the writer returned no text"
-            if skip is None and (word := banned_word(text)):
-                skip = f"banned_word: {word}"
+            text, skip = checked_text(ans)
             out.append(
                 DraftRow(
                     triplet_id=job.job_id,
@@ -96,7 +91,7 @@ class CompositionStage(Stage[ComposeJob, DraftRow]):
                     parents=(job.first, job.second),
                     source_image=job.first_image,
                     edited_image=job.second_image,
-                    instruction="" if skip else text,
+                    instruction=text,
                     skip_reason=skip,
                     writer_id=self.writer.model_id,
                     writer_version=self.writer.version,

@@ -73,6 +73,12 @@ class EditStage(Stage[EditJob, CandidateRow]):
     def settings(self) -> dict[str, Any]:
         return {"editor": self.editor.model_id}
 
+    def setup(self) -> None:
+        """Load the editor before the first batch, so load time is not billed to a job."""
+        load = getattr(self.editor, "load", None)
+        if callable(load):
+            load()
+
     def process_batch(self, rows: list[EditJob]) -> list[CandidateRow]:
         """Edit the batch, one editor call per guidance value; record seconds per job."""
         sources = [self.blobs.get(r.source_image) for r in rows]

@@ -178,16 +178,24 @@ def card_body(name: str, rows: list[TripletRow], funnel: list[dict[str, Any]], c
     return "\n".join(lines) + "\n"
 
 
-def _front_matter(configs: dict[str, str], n: int) -> str:
-    """YAML front matter declaring each config's shard pattern."""
+def _front_matter(configs: dict[str, tuple[str, int]], n: int) -> str:
+    """YAML front matter declaring each config's shard pattern and row count."""
     size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
     lines = ["---", "configs:"]
-    for config, pattern in configs.items():
+    for config, (pattern, _) in configs.items():
         lines += [
             f"- config_name: {config}",
             "  data_files:",
             "  - split: train",
             f"    path: {pattern}",
+        ]
+    lines.append("dataset_info:")
+    for config, (_, rows) in configs.items():
+        lines += [
+            f"- config_name: {config}",
+            "  splits:",
+            "  - name: train",
+            f"    num_examples: {rows}",
         ]
     lines += [
         "task_categories:",
@@ -201,6 +209,33 @@ def _front_matter(configs: dict[str, str], n: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def read_card(folder: Path | str) -> dict[str, Any]:
+    """The front matter of an exported dataset's card."""
+    import yaml
+
+    text = (Path(folder) / "README.md").read_text()
+    if not text.startswith("---"):
+        return {}
+    return yaml.safe_load(text.split("---", 2)[1]) or {}
+
+
+def load_export(folder: Path | str, config: str = "default") -> Any:
+    """Load an exported dataset's config as a ``datasets.Dataset`` (train split).
+
+    ``datasets.load_dataset`` refuses an empty split, so a config the card records with
+    zero rows comes back as an empty dataset with the right features instead.
+    """
+    import datasets
+
+    infos = {i["config_name"]: i for i in read_card(folder).get("dataset_info", [])}
+    if config not in infos:
+        raise ValueError(f"{folder} has no config {config!r}; it has {sorted(infos)}")
+    if infos[config]["splits"][0]["num_examples"] == 0:
+        features = triplet_features() if config == "default" else chain_features()
+        return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    return datasets.load_dataset(str(folder), config, split="train")
 
 
 def _write_config(
@@ -235,25 +270,31 @@ def export_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=out_dir.parent))
     try:
         (tmp / "data").mkdir()
+        chains = chains or []
         configs = {
-            "default": _write_config(
-                tmp,
-                "train",
-                rows,
-                lambda p: _triplet_columns(p, blobs),
-                triplet_features(),
-                shard_rows,
-            )
+            "default": (
+                _write_config(
+                    tmp,
+                    "train",
+                    rows,
+                    lambda p: _triplet_columns(p, blobs),
+                    triplet_features(),
+                    shard_rows,
+                ),
+                len(rows),
+            ),
+            "multiturn": (
+                _write_config(
+                    tmp,
+                    "multiturn",
+                    chains,
+                    lambda p: _chain_columns(p, blobs),
+                    chain_features(),
+                    shard_rows,
+                ),
+                len(chains),
+            ),
         }
-        if chains:
-            configs["multiturn"] = _write_config(
-                tmp,
-                "multiturn",
-                chains,
-                lambda p: _chain_columns(p, blobs),
-                chain_features(),
-                shard_rows,
-            )
         card = _front_matter(configs, len(rows)) + body
         atomic_write_bytes(tmp / "README.md", card.encode())
         old = out_dir.with_name(f".old-{out_dir.name}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from nhr.backends.base import InstructionWriter
+from nhr.backends.base import InstructionWriter, TextAnswer
 from nhr.records import DraftRow, TripletRow
 from nhr.stages.base import Stage
 
@@ -34,6 +34,18 @@ def banned_word(text: str) -> str | None:
     return match.group(0).lower() if match else None
 
 
+def checked_text(answer: TextAnswer) -> tuple[str, str | None]:
+    """(text, skip reason) of a writer's answer: an error, an empty text or a banned word
+    makes it a skip, whatever the writer claims."""
+    text = answer.text.strip()
+    skip = answer.error
+    if skip is None and not text:
+        skip = "empty: the writer returned no text"
+    if skip is None and (word := banned_word(text)):
+        skip = f"banned_word: {word}"
+    return ("" if skip else text), skip
+
+
 class InversionStage(Stage[TripletRow, DraftRow]):
     """Writes one inverse draft per mined triplet; a skipped one carries its reason."""
 
@@ -52,12 +64,7 @@ class InversionStage(Stage[TripletRow, DraftRow]):
         answers = self.writer.invert([r.instruction for r in rows], [r.prompt for r in rows])
         out = []
         for row, ans in zip(rows, answers, strict=True):
-            text = ans.text.strip()
-            skip = ans.error
-            if skip is None and not text:
-                skip = "empty: the writer returned no text"
-            if skip is None and (word := banned_word(text)):
-                skip = f"banned_word: {word}"
+            text, skip = checked_text(ans)
             out.append(
                 DraftRow(
                     triplet_id=f"i-{row.triplet_id}",
@@ -65,7 +72,7 @@ class InversionStage(Stage[TripletRow, DraftRow]):
                     parents=(row.triplet_id,),
                     source_image=row.edited_image,
                     edited_image=row.source_image,
-                    instruction="" if skip else text,
+                    instruction=text,
                     skip_reason=skip,
                     writer_id=self.writer.model_id,
                     writer_version=self.writer.version,

@@ -73,6 +73,12 @@ class SourceStage(Stage[PromptRow, SourceRow]):
             "seed": self.seed,
         }
 
+    def setup(self) -> None:
+        """Load the model before the first batch, so load time is not billed to a batch."""
+        load = getattr(self.t2i, "load", None)
+        if callable(load):
+            load()
+
     def plan(self, prompt: PromptRow) -> list[tuple[str, int, tuple[int, int]]]:
         """(source_id, seed, size) of each of a prompt's N renders."""
         out = []
