@@ -237,6 +237,40 @@ class PipelineConfig:
         0.15, "share of compound (two-operation) instructions written", 0.0, 1.0
     )
     # --- end remote model APIs ---
+    # --- evaluation (issue 6) ---
+    eval_run_dir: str = _f("", "mined run to calibrate and to survey ('': this run)")
+    eval_datasets: tuple[str, ...] = _f(
+        (), "datasets to score: a registry name (nhr.evaluate.datasets) or 'NAME=PATH_OR_HUB_ID'"
+    )
+    eval_columns: tuple[str, ...] = _f(
+        (), "column mappings 'NAME=SOURCE,INSTRUCTION,EDITED' for datasets not in the registry"
+    )
+    eval_samples: int = _f(5000, "random samples scored per dataset (the paper: 5,000)", 1, 10**7)
+    eval_sample_seed: int = _f(0, "seed of the random sample drawn from each dataset", 0, 2**31 - 1)
+    eval_contrast: bool = _f(
+        True, "also score two worse datasets made from the evaluated run (ranking sanity check)"
+    )
+    eval_ratings_file: str = _f(
+        "", "human ratings, CSV or JSONL: item_id, rater, adherence, aesthetic ('': the truth)"
+    )
+    eval_human_positive: float = _f(
+        4.0, "a rated item is positive when both human scores exceed this", 1.0, 5.0
+    )
+    eval_survival_min: float = _f(3.0, "lowest threshold of the survival curve", 1.0, 5.0)
+    eval_survival_max: float = _f(4.9, "highest threshold of the survival curve", 1.0, 5.0)
+    eval_survival_step: float = _f(0.1, "threshold step of the survival curve", 0.01, 1.0)
+    eval_ablation_dir: str = _f("results/ablations", "folder of the ablation runs, one each")
+    eval_ablation_n: tuple[int, ...] = _f((2, 6), "N_SOURCE_SEEDS values of the ablation", 1, 1000)
+    eval_ablation_m: tuple[int, ...] = _f((1, 6), "M_EDIT_SEEDS values of the ablation", 1, 100)
+    eval_ablation_thresholds: tuple[float, ...] = _f(
+        (4.3, 4.9), "THRESHOLD values of the ablation", 1.0, 5.0
+    )
+    eval_ablation_switches: tuple[str, ...] = _f(
+        ("prefilter", "lowlevel"),
+        "filters the ablation switches off, one at a time",
+        choices=("prefilter", "lowlevel"),
+    )
+    # --- end evaluation ---
     # running
     batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
     workers: int = _f(1, "batches processed at once (for API-bound stages)", 1, 1024)

@@ -141,6 +141,8 @@ def sample_grid(
         axes[r][2 * c].imshow(blobs.get(row.source_image))
         axes[r][2 * c + 1].imshow(blobs.get(edited))
         title = textwrap.shorten(row.instruction, 70)
+        if hasattr(row, "origin"):
+            title = f"[{row.origin}] {title}"
         if scores and row.id in scores:
             adh, aes, reason = scores[row.id]
             if adh is not None and aes is not None:

@@ -1,0 +1,540 @@
+"""Cross-dataset evaluation: score random samples of any editing dataset with a validator.
+
+The paper (Table 3) scores 5,000 random samples of each public dataset with its validator
+and compares the mean instruction adherence, aesthetics and their geometric mean. Here a
+dataset is a Hugging Face hub id (streamed, so a sample needs no full download), a local
+parquet folder or file, an imagefolder (``metadata.jsonl`` or ``metadata.csv`` naming
+image files), or an ``nhr`` export; a column mapping says which columns hold the source
+image, the instruction and the edited image. The sample is drawn with a fixed seed and
+stored in the run folder (``eval_samples`` table, images as blobs); the scores go through
+the runner into the ``eval_scores`` table, so a rerun resumes and a remote validator's
+answers come from its request cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import random
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from PIL import Image
+
+from nhr.errors import NhrError
+from nhr.records import Record, from_table, to_table
+from nhr.stages.validator import ValidatorStage, geometric_score
+from nhr.store import BlobStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from nhr.pipeline import Pipeline
+
+SAMPLES_TABLE = "eval_samples"
+SCORES_TABLE = "eval_scores"
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+
+
+class DatasetError(NhrError):
+    """A dataset cannot be reached, read, or lacks a mapped column."""
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which columns of a dataset hold the source image, the instruction, the edited image."""
+
+    source: str
+    instruction: str
+    edited: str
+
+    @classmethod
+    def parse(cls, text: str) -> ColumnMap:
+        """``'SOURCE,INSTRUCTION,EDITED'`` → a mapping."""
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 3 or not all(parts):
+            raise DatasetError(
+                f"column mapping {text!r} does not name three columns",
+                "write it as 'SOURCE,INSTRUCTION,EDITED', e.g. 'src_img,prompt,edited_img'",
+            )
+        return cls(*parts)
+
+
+NHR_COLUMNS = ColumnMap("source_image", "instruction", "edited_image")
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    """A public dataset: where it lives, its columns, and the paper's Table 3 figures.
+
+    ``paper`` holds the paper's (adherence, aesthetic, geometric mean) where known here;
+    ``None`` entries were not transcribed. ``note`` says what to do where the hub copy
+    cannot be streamed as is (archives, URL lists): download and convert it, then pass
+    ``NAME=PATH`` with the same columns.
+    """
+
+    hub_id: str
+    columns: ColumnMap
+    config: str | None = None
+    split: str = "train"
+    paper: tuple[float | None, float | None, float | None] = (None, None, None)
+    note: str = ""
+
+
+# Column names as published on each hub card; check a card before a large run (cards
+# change). Only the geometric means quoted in the issue are filled in from Table 3.
+KNOWN_DATASETS: dict[str, KnownDataset] = {
+    "nhr-edit": KnownDataset(
+        "iitolstykh/NHR-Edit",
+        ColumnMap("source_image", "instruction", "edited_image"),
+        paper=(None, None, 4.53),
+        note="images + metadata.jsonl: download it and pass nhr-edit=PATH if streaming fails",
+    ),
+    "omniedit": KnownDataset(
+        "TIGER-Lab/OmniEdit-Filtered-1.2M",
+        ColumnMap("src_img", "edited_prompt_list", "edited_img"),
+        paper=(None, None, 4.23),
+    ),
+    "ultraedit": KnownDataset(
+        "BleachNick/UltraEdit",
+        ColumnMap("source_image", "edit_prompt", "edited_image"),
+        paper=(None, None, 2.92),
+    ),
+    "hq-edit": KnownDataset(
+        "UCSC-VLAA/HQ-Edit", ColumnMap("input_image", "edit", "output_image")
+    ),
+    "magicbrush": KnownDataset(
+        "osunlp/MagicBrush", ColumnMap("source_img", "instruction", "target_img")
+    ),
+    "instructpix2pix": KnownDataset(
+        "timbrooks/instructpix2pix-clip-filtered",
+        ColumnMap("original_image", "edit_prompt", "edited_image"),
+    ),
+    "anyedit": KnownDataset(
+        "Bin1117/AnyEdit", ColumnMap("image_file", "edit_instruction", "edited_file")
+    ),
+    "imgedit": KnownDataset(
+        "sysuyy/ImgEdit",
+        ColumnMap("source_image", "instruction", "edited_image"),
+        note="tar archives + JSON: extract to an imagefolder and pass imgedit=PATH",
+    ),
+    "seed-data-edit": KnownDataset(
+        "AILab-CVC/SEED-Data-Edit",
+        ColumnMap("source_image", "instruction", "target_image"),
+        note="tar archives + JSONL: extract to an imagefolder and pass seed-data-edit=PATH",
+    ),
+    "pico-banana-400k": KnownDataset(
+        "apple/pico-banana-400k",
+        ColumnMap("source_image", "text", "edited_image"),
+        note="a list of image URLs: fetch the images into an imagefolder and pass its PATH",
+    ),
+    "gpt-image-edit": KnownDataset(
+        "UCSC-VLAA/GPT-Image-Edit-1.5M",
+        ColumnMap("input_image", "instruction", "output_image"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset to score: a name, where it is, and its columns."""
+
+    name: str
+    location: str
+    columns: ColumnMap
+    config: str | None = None
+    split: str = "train"
+
+    @property
+    def paper(self) -> tuple[float | None, float | None, float | None]:
+        """The paper's Table 3 figures for this dataset, where known."""
+        known = KNOWN_DATASETS.get(self.name)
+        return known.paper if known else (None, None, None)
+
+
+def parse_specs(entries: Iterable[str], column_entries: Iterable[str] = ()) -> list[DatasetSpec]:
+    """Datasets from ``EVAL_DATASETS`` entries and ``EVAL_COLUMNS`` mappings.
+
+    An entry is a registry name (``omniedit``), ``NAME=PATH_OR_HUB_ID``, or a bare path
+    (named after its folder). A local folder without a mapping gets the ``nhr`` export's
+    columns; a registry name keeps its own unless ``EVAL_COLUMNS`` overrides it.
+    """
+    columns: dict[str, ColumnMap] = {}
+    for entry in column_entries:
+        name, sep, text = entry.partition("=")
+        if not sep or not name.strip():
+            raise DatasetError(
+                f"column mapping entry {entry!r} has no NAME=",
+                "write EVAL_COLUMNS entries as 'NAME=SOURCE,INSTRUCTION,EDITED'",
+            )
+        columns[name.strip()] = ColumnMap.parse(text)
+    specs = []
+    for entry in entries:
+        name, sep, location = entry.partition("=")
+        name, location = name.strip(), location.strip()
+        if not sep:
+            location = name
+            name = name if name in KNOWN_DATASETS else Path(name.rstrip("/")).name
+        known = KNOWN_DATASETS.get(name)
+        if known and (not sep or location == known.hub_id):
+            spec = DatasetSpec(name, known.hub_id, known.columns, known.config, known.split)
+        else:
+            default = known.columns if known else NHR_COLUMNS
+            spec = DatasetSpec(name, location, default)
+        if name in columns:
+            spec = DatasetSpec(spec.name, spec.location, columns[name], spec.config, spec.split)
+        specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"dataset names repeat in {names}", "give each dataset its own NAME=")
+    unused = sorted(set(columns) - set(names))
+    if unused:
+        raise DatasetError(
+            f"EVAL_COLUMNS names {unused}, which no EVAL_DATASETS entry has",
+            "spell the NAME as in EVAL_DATASETS",
+        )
+    return specs
+
+
+# ---------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class SampleRow(Record):
+    """One sampled triplet of a dataset, images stored as blobs of the evaluation run."""
+
+    key: ClassVar[str] = "sample_id"
+    sample_id: str
+    dataset: str
+    index: int
+    source_image: str
+    edited_image: str
+    instruction: str
+
+
+def _is_hub_id(location: str) -> bool:
+    """Whether ``location`` looks like ``owner/name`` and is not a local path."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", location)) and not Path(location).exists()
+
+
+def _image(value: Any, base: Path | None, where: str) -> Image.Image:
+    """A cell holding an image (PIL, bytes dict, bytes, or a path) → an RGB image."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            value = value["bytes"]
+        elif value.get("path"):
+            value = value["path"]
+    try:
+        if isinstance(value, (bytes, bytearray)):
+            with Image.open(io.BytesIO(value)) as img:
+                return img.convert("RGB")
+        if isinstance(value, str) and base is not None:
+            with Image.open(base / value) as img:
+                return img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise DatasetError(
+            f"{where}: image cannot be read ({type(err).__name__}: {err})",
+            "check the file, or map the column that holds the image",
+        ) from None
+    raise DatasetError(
+        f"{where}: the cell is a {type(value).__name__}, not an image",
+        "map the column that holds the image (EVAL_COLUMNS)",
+    )
+
+
+def _instruction(value: Any) -> str:
+    """An instruction cell (a string, or a list of paraphrases: the first) → text."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else ""
+    return str(value or "").strip()
+
+
+def _check_columns(spec: DatasetSpec, present: Iterable[str]) -> None:
+    """Refuse a dataset that lacks a mapped column, naming the ones it has."""
+    have = list(present)
+    missing = [c for c in (spec.columns.source, spec.columns.instruction, spec.columns.edited)]
+    missing = [c for c in missing if c not in have]
+    if missing:
+        raise DatasetError(
+            f"dataset {spec.name} ({spec.location}) has no column(s) {missing}; it has {have}",
+            f"map its columns with EVAL_COLUMNS ['{spec.name}=SOURCE,INSTRUCTION,EDITED']",
+        )
+
+
+def _read_metadata(folder: Path) -> list[dict[str, Any]]:
+    """The rows of an imagefolder's ``metadata.jsonl`` or ``metadata.csv``."""
+    jsonl, csv_path = folder / "metadata.jsonl", folder / "metadata.csv"
+    if jsonl.is_file():
+        rows = []
+        for i, line in enumerate(jsonl.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise DatasetError(
+                        f"{jsonl} line {i} is not JSON", "fix or remove that line"
+                    ) from None
+        return rows
+    with csv_path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _sample_indices(total: int, n: int, seed: int) -> list[int]:
+    """A fixed-seed random sample of ``n`` of ``total`` row indices, in order."""
+    return sorted(random.Random(seed).sample(range(total), min(n, total)))
+
+
+def read_sample(spec: DatasetSpec, n: int, seed: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, row) of a fixed-seed random sample of ``n`` rows of a dataset.
+
+    Local datasets are sampled exactly; a hub dataset is streamed and shuffled with a
+    seeded buffer (its shards in a seeded order), so 5,000 samples need not download it all.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(spec.location)
+    if path.is_dir() and any((path / m).is_file() for m in METADATA_FILES):
+        rows = _read_metadata(path)
+        if rows:
+            _check_columns(spec, rows[0])
+        for i in _sample_indices(len(rows), n, seed):
+            yield i, {**rows[i], "_base": path}
+        return
+    if path.exists():
+        ds = _load_local(spec, path)
+        _check_columns(spec, ds.column_names)
+        for i in _sample_indices(len(ds), n, seed):
+            yield i, ds[i]
+        return
+    if not _is_hub_id(spec.location):
+        raise DatasetError(
+            f"dataset {spec.name}: {spec.location} is neither a local path nor a hub id",
+            "give an existing folder or file, or a Hugging Face id like owner/name",
+        )
+    try:
+        stream = datasets.load_dataset(
+            spec.location, spec.config, split=spec.split, streaming=True
+        )
+        stream = stream.shuffle(seed=seed, buffer_size=max(1000, 2 * n))
+        first = True
+        for i, row in enumerate(stream.take(n)):
+            if first:
+                _check_columns(spec, row)
+                first = False
+            yield i, row
+    except DatasetError:
+        raise
+    except Exception as err:  # the hub client raises many kinds; all mean "cannot read it"
+        known = KNOWN_DATASETS.get(spec.name)
+        hint = f" ({known.note})" if known and known.note else ""
+        raise DatasetError(
+            f"dataset {spec.name}: {spec.location} cannot be read from the Hugging Face hub "
+            f"({type(err).__name__}: {str(err)[:200]})",
+            "check the id, your network and HF_TOKEN, or download it and pass NAME=PATH" + hint,
+        ) from None
+
+
+def _load_local(spec: DatasetSpec, path: Path) -> Any:
+    """A local parquet file or folder, or an ``nhr`` export (a card declaring configs)."""
+    import datasets
+
+    try:
+        if path.is_dir() and (path / "README.md").is_file():
+            return datasets.load_dataset(str(path), spec.config, split=spec.split)
+        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+        if not files:
+            raise DatasetError(
+                f"dataset {spec.name}: {path} holds no parquet files and no metadata.jsonl",
+                "point at a parquet folder, an imagefolder or an nhr export (<run>/dataset)",
+            )
+        return datasets.load_dataset(
+            "parquet", data_files=[str(f) for f in files], split="train"
+        )
+    except DatasetError:
+        raise
+    except Exception as err:
+        raise DatasetError(
+            f"dataset {spec.name}: {path} cannot be loaded ({type(err).__name__}: {err})",
+            "check that it is a parquet folder, an imagefolder or an nhr export",
+        ) from None
+
+
+def sample_dataset(
+    spec: DatasetSpec, n: int, seed: int, blobs: BlobStore, store: Any
+) -> list[SampleRow]:
+    """The stored sample of a dataset, drawing and storing it on first use.
+
+    The sample is one shard of the ``eval_samples`` table, named after the dataset, its
+    location, columns, ``n`` and ``seed``: a rerun reads it back without touching the
+    source, and a changed setting draws a new one.
+    """
+    key = json.dumps([spec.name, spec.location, vars(spec.columns), spec.config, n, seed])
+    shard = hashlib.sha256(key.encode()).hexdigest()[:20]
+    path = store.tables.folder(SAMPLES_TABLE) / f"part-{shard}.parquet"
+    if path.is_file():
+        import pyarrow.parquet as pq
+
+        return from_table(pq.read_table(path), SampleRow)
+    rows = []
+    c = spec.columns
+    for index, row in read_sample(spec, n, seed):
+        where = f"dataset {spec.name} row {index}"
+        base = row.get("_base")
+        text = _instruction(row[c.instruction])
+        if not text:
+            continue
+        rows.append(
+            SampleRow(
+                sample_id=f"{spec.name}:{index}",
+                dataset=spec.name,
+                index=index,
+                source_image=blobs.put(_image(row[c.source], base, where)),
+                edited_image=blobs.put(_image(row[c.edited], base, where)),
+                instruction=text,
+            )
+        )
+    if not rows:
+        raise DatasetError(
+            f"dataset {spec.name} ({spec.location}) gave no rows with an instruction",
+            "check the split and the instruction column (EVAL_COLUMNS)",
+        )
+    info = {"dataset": spec.name, "location": spec.location, "n": n, "seed": seed}
+    store.tables.write_shard(
+        SAMPLES_TABLE, shard, to_table(rows, SampleRow), [r.sample_id for r in rows], info
+    )
+    return rows
+
+
+class DatasetScoreStage(ValidatorStage):
+    """The hard validator over sampled dataset triplets (``eval_scores``)."""
+
+    name = SCORES_TABLE
+    input_type = SampleRow
+
+
+# ---------------------------------------------------------------- scoring
+def score_datasets(pipe: Pipeline, specs: list[DatasetSpec]) -> pd.DataFrame:
+    """Sample and score each dataset with the run's validator; one table row per dataset.
+
+    Columns: dataset, samples, scored (without judge errors), adherence, aesthetic,
+    geometric_mean (√ of the two means, the ranking), mean_score (mean of each sample's
+    √(adh·aes)), pass_rate (both ≥ THRESHOLD), and the paper's Table 3 figures beside.
+    """
+    import pandas as pd
+
+    cfg = pipe.cfg
+    samples = []
+    for spec in specs:
+        samples += sample_dataset(spec, cfg.eval_samples, cfg.eval_sample_seed, pipe.store.blobs,
+                                  pipe.store)
+    stage = DatasetScoreStage(pipe.backends.validator, pipe.store.blobs, cfg.threshold)
+    verdicts = {v.subject_id: v for v in pipe.runner.run(stage, samples).rows}
+    rows = []
+    for spec in specs:
+        mine = [verdicts[s.sample_id] for s in samples if s.dataset == spec.name]
+        rows.append(summarize(spec, mine))
+    table = pd.DataFrame(rows)
+    return table.sort_values("geometric_mean", ascending=False, ignore_index=True)
+
+
+def summarize(spec: DatasetSpec, verdicts: list[Any]) -> dict[str, Any]:
+    """One dataset's row of the comparison table, from its verdicts."""
+    ok = [v for v in verdicts if v.error is None]
+    adh = sum(v.adherence for v in ok) / len(ok) if ok else math.nan
+    aes = sum(v.aesthetic for v in ok) / len(ok) if ok else math.nan
+    paper = spec.paper
+    return {
+        "dataset": spec.name,
+        "samples": len(verdicts),
+        "scored": len(ok),
+        "adherence": round(adh, 4),
+        "aesthetic": round(aes, 4),
+        "geometric_mean": round(math.sqrt(adh * aes), 4) if ok else math.nan,
+        "mean_score": round(sum(geometric_score(v.adherence, v.aesthetic) for v in ok) / len(ok), 4)
+        if ok
+        else math.nan,
+        "pass_rate": round(sum(v.passed for v in ok) / len(ok), 4) if ok else math.nan,
+        "paper_adherence": paper[0],
+        "paper_aesthetic": paper[1],
+        "paper_geometric_mean": paper[2],
+    }
+
+
+# ---------------------------------------------------------------- contrast datasets
+def write_parquet_dataset(folder: Path, rows: list[tuple[Image.Image, str, Image.Image]]) -> Path:
+    """Write (source, instruction, edited) rows as a parquet folder with the nhr columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nhr.store import encode_png
+
+    folder = Path(folder)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "source_image": [{"bytes": encode_png(s), "path": None} for s, _, _ in rows],
+            "instruction": [t for _, t, _ in rows],
+            "edited_image": [{"bytes": encode_png(e), "path": None} for _, _, e in rows],
+        }
+    )
+    pq.write_table(table, folder / "data" / "train-00000.parquet")
+    return folder
+
+
+def write_imagefolder(folder: Path, rows: list[tuple[Image.Image, str, Image.Image]]) -> Path:
+    """Write (source, instruction, edited) rows as PNG files and a ``metadata.jsonl``."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (src, text, edit) in enumerate(rows):
+        s, e = f"images/{i:06d}_source.png", f"images/{i:06d}_edited.png"
+        src.save(folder / s)
+        edit.save(folder / e)
+        lines.append(json.dumps({"source_image": s, "instruction": text, "edited_image": e}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def build_contrast_datasets(pipe: Pipeline, out_dir: Path, n: int = 200) -> dict[str, Path]:
+    """Two datasets of known worse quality made from a finished run, to check a ranking:
+
+    ``rejected`` (an imagefolder): candidates the hard validator rejected;
+    ``shuffled`` (a parquet folder): accepted triplets whose instructions are shuffled
+    among them, so each edit answers another image's instruction.
+    """
+    blobs = pipe.store.blobs
+    rng = random.Random(0)
+    passed = pipe.passed_ids("validator")
+    scored = {v.subject_id for v in pipe.rows("validator") if v.error is None}
+    rejected = [c for c in pipe.rows("candidates") if c.candidate_id in scored - passed]
+    rejected = rng.sample(rejected, min(n, len(rejected)))
+    triplets = pipe.triplets()
+    triplets = rng.sample(triplets, min(n, len(triplets)))
+    if len(rejected) < 2 or len(triplets) < 2:
+        raise DatasetError(
+            f"run {pipe.store.root} has too few rejected candidates or triplets to contrast",
+            "run the chain with more prompts, or set EVAL_CONTRAST False",
+        )
+    texts = [t.instruction for t in triplets]
+    shift = texts[1:] + texts[:1]  # a derangement: no triplet keeps its own instruction
+    out = Path(out_dir)
+    return {
+        "rejected": write_imagefolder(
+            out / "rejected",
+            [(blobs.get(c.source_image), c.instruction, blobs.get(c.image)) for c in rejected],
+        ),
+        "shuffled": write_parquet_dataset(
+            out / "shuffled",
+            [
+                (blobs.get(t.source_image), text, blobs.get(t.edited_image))
+                for t, text in zip(triplets, shift, strict=True)
+            ],
+        ),
+    }
