@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p_audit = sub.add_parser("audit", help="judge vs truth of a synthetic-world run")
     p_audit.add_argument("run_dir", type=Path)
+    p_repair = sub.add_parser("repair", help="check a run's images; remove damaged ones")
+    p_repair.add_argument("run_dir", type=Path)
+    p_repair.add_argument("--dry-run", action="store_true", help="report, change nothing")
     # --- more subcommands (issues 4, 5): add a parser here and a branch below ---
     p_tiny = sub.add_parser(
         "tiny-models", help="write tiny random diffusers pipelines (no download) to a folder"
@@ -133,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             return run(config, progress=not args.no_progress)
         if args.command == "audit":
             return audit(args.run_dir)
+        if args.command == "repair":
+            from nhr.repair import repair
+
+            if not (args.run_dir / "tables").is_dir():
+                raise RunFolderError(f"{args.run_dir} has no tables", "pass an nhr run folder")
+            report = repair(args.run_dir, dry_run=args.dry_run)
+            print("\n".join(report.lines()))
+            return 0
         # --- branches of more subcommands (issues 4, 5) ---
         if args.command == "tiny-models":
             from nhr.backends.tiny_diffusers import write_tiny_models

@@ -259,6 +259,9 @@ class PipelineConfig:
     eval_survival_min: float = _f(3.0, "lowest threshold of the survival curve", 1.0, 5.0)
     eval_survival_max: float = _f(4.9, "highest threshold of the survival curve", 1.0, 5.0)
     eval_survival_step: float = _f(0.1, "threshold step of the survival curve", 0.01, 1.0)
+    eval_survival_min_drop: float = _f(
+        0.1, "survival curve: a cliff drops at least this share in one step", 0.0, 1.0
+    )
     eval_ablation_dir: str = _f("results/ablations", "folder of the ablation runs, one each")
     eval_ablation_n: tuple[int, ...] = _f((2, 6), "N_SOURCE_SEEDS values of the ablation", 1, 1000)
     eval_ablation_m: tuple[int, ...] = _f((1, 6), "M_EDIT_SEEDS values of the ablation", 1, 100)

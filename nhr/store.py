@@ -103,8 +103,15 @@ class BlobStore:
         return rel
 
     def get(self, rel: str) -> Image.Image:
-        """Load a stored image as RGB."""
-        return load_image(self.root / rel)
+        """Load a stored image as RGB; a damaged blob's error names the repair command."""
+        try:
+            return load_image(self.root / rel)
+        except ImageError as err:
+            raise ImageError(
+                err.problem,
+                f"run `nhr repair {self.root}` (it deletes the image and the rows that made "
+                "it), then rerun: the same image is made again",
+            ) from None
 
     def path(self, rel: str) -> Path:
         """The absolute path of a stored image."""

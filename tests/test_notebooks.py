@@ -132,3 +132,28 @@ def test_sigkill_during_edits_then_rerun_gives_the_same_rows(tiny_run, tmp_path)
         assert _rows(run_dir, table) == _rows(tiny_run, table), table
     ids = [json.loads(r)["candidate_id"] for r in _rows(run_dir, "candidates")]
     assert len(ids) == len(set(ids))
+
+
+def test_a_damaged_image_is_named_then_repaired(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(tiny_run, run_dir)
+    shard = sorted((run_dir / "tables" / "candidates").glob("part-*.parquet"))[0]
+    victim = pq.read_table(shard, columns=["image"]).column("image")[0].as_py()
+    (run_dir / victim).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    shutil.rmtree(run_dir / "tables" / "prefilter")  # so the stages read it again
+    args = [*NHR, "run", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]
+    failed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()[-1]
+    assert ".ipynb failed: ImageError" in last and "cannot be read" in last
+    assert "nhr repair" in last and victim in last
+    repaired = subprocess.run(
+        [*NHR, "repair", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert repaired.returncode == 0 and "1 damaged" in repaired.stdout
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for table in TABLES:
+        assert _rows(run_dir, table) == _rows(tiny_run, table), table

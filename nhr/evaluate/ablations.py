@@ -51,7 +51,7 @@ class Variant:
         """Folder-safe name, e.g. ``threshold-4.3``, ``prefilter-off``, ``base``."""
         if self.parameter == "base":
             return "base"
-        value = {True: "on", False: "off"}.get(self.value, self.value)
+        value = ("on" if self.value else "off") if isinstance(self.value, bool) else self.value
         return f"{self.parameter}-{value}"
 
 
@@ -138,7 +138,26 @@ def ablation_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         for col in ("yield", "precision", "calls_per_accepted"):
             ref = base.iloc[0][col]
             table[f"{col}_vs_base"] = [
-                None if v is None or ref is None or pd.isna(v) or pd.isna(ref) else round(v - ref, 4)
+                None
+                if v is None or ref is None or pd.isna(v) or pd.isna(ref)
+                else round(v - ref, 4)
                 for v in table[col]
             ]
     return table
+
+
+def save_results(table: pd.DataFrame, figure: Any, folders: list[Path | str]) -> list[Path]:
+    """Write ``ablations.json``, ``ablations.csv`` and ``ablations.png`` into each folder's
+    ``plots/``; returns the JSON paths."""
+    from nhr.evaluate.datasets import records
+    from nhr.plots import save
+    from nhr.store import atomic_write_bytes, atomic_write_json
+
+    out = []
+    for folder in dict.fromkeys(str(f) for f in folders):
+        plots = Path(folder) / "plots"
+        atomic_write_json(plots / "ablations.json", {"variants": records(table)})
+        atomic_write_bytes(plots / "ablations.csv", table.to_csv(index=False).encode())
+        save(figure, folder, "ablations")
+        out.append(plots / "ablations.json")
+    return out

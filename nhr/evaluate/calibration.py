@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
 
 DIMENSIONS = ("adherence", "aesthetic")
+# Table 1 of the paper: its tuned validator vs people, and people vs each other (ρ)
+PAPER_SPEARMAN = {"adherence": 0.815, "aesthetic": 0.631}
+PAPER_INTER_RATER = {"adherence": 0.64, "aesthetic": 0.41}
 BUCKETS = ((1.0, 2.0), (2.0, 3.0), (3.0, 4.0), (4.0, 5.0))
 Scores = Mapping[str, tuple[float, float]]
 
@@ -75,7 +78,9 @@ def read_ratings(path: Path | str) -> list[Rating]:
 def ratings_from_rows(rows: Sequence[Mapping[str, Any]], where: str = "ratings") -> list[Rating]:
     """Validated ratings from plain rows; scores must be numbers in [1, 5]."""
     if not rows:
-        raise RatingsError(f"{where} holds no ratings", "add rows: item_id, rater, adherence, aesthetic")
+        raise RatingsError(
+            f"{where} holds no ratings", "add rows: item_id, rater, adherence, aesthetic"
+        )
     need = ("item_id", *DIMENSIONS)
     missing = [c for c in need if c not in rows[0]]
     if missing:
@@ -230,8 +235,45 @@ def inter_rater(ratings: Sequence[Rating]) -> dict[str, Any]:
 
 def threshold_grid(lo: float = 1.0, hi: float = 5.0, step: float = 0.05) -> list[float]:
     """Thresholds from ``lo`` to ``hi`` inclusive, ``step`` apart (rounded to 4 places)."""
-    n = int(round((hi - lo) / step))
+    n = round((hi - lo) / step)
     return [round(lo + i * step, 4) for i in range(n + 1)]
+
+
+def paired(judge: Scores, ratings: Sequence[Rating]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Rated item ids, the validator's scores and the raters' mean scores, as (items, 2)
+    arrays; every rated item must be scored (else a RatingsError lists the unknown ids)."""
+    if not ratings:
+        raise RatingsError("no ratings given", "pass a ratings file with at least 3 items")
+    unknown = sorted({r.item_id for r in ratings} - set(judge))
+    if unknown:
+        raise RatingsError(
+            f"{len(unknown)} rated item id(s) were not scored by the validator, e.g. {unknown[:3]}",
+            "rate only items the validator scored (the run's validator table ids), "
+            "or score those items first",
+        )
+    per_item: dict[str, list[Rating]] = defaultdict(list)
+    for r in ratings:
+        per_item[r.item_id].append(r)
+    ids = sorted(per_item)
+    human = np.array(
+        [[np.mean([getattr(r, d) for r in per_item[i]]) for d in DIMENSIONS] for i in ids]
+    )
+    return ids, np.array([judge[i] for i in ids], dtype=float), human
+
+
+def beside_paper(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per dimension: our MAE and ρ, the paper's ρ (Table 1), inter-rater ρ ours and theirs."""
+    return [
+        {
+            "dimension": dim,
+            "mae": result["per_dimension"][dim]["mae"],
+            "spearman": result["per_dimension"][dim]["spearman"],
+            "paper_spearman": PAPER_SPEARMAN[dim],
+            "inter_rater_spearman": result["inter_rater"][f"{dim}_spearman"],
+            "paper_inter_rater_spearman": PAPER_INTER_RATER[dim],
+        }
+        for dim in DIMENSIONS
+    ]
 
 
 def calibrate(
@@ -247,24 +289,7 @@ def calibrate(
     must be scored (else a RatingsError lists the unknown ids). The human score of an
     item is the mean of its raters.
     """
-    unknown = sorted({r.item_id for r in ratings} - set(judge))
-    if unknown:
-        raise RatingsError(
-            f"{len(unknown)} rated item id(s) were not scored by the validator, "
-            f"e.g. {unknown[:3]}",
-            "rate only items the validator scored (the run's validator table ids), "
-            "or score those items first",
-        )
-    if not ratings:
-        raise RatingsError("no ratings given", "pass a ratings file with at least 3 items")
-    per_item: dict[str, list[Rating]] = defaultdict(list)
-    for r in ratings:
-        per_item[r.item_id].append(r)
-    ids = sorted(per_item)
-    human = np.array(
-        [[np.mean([getattr(r, d) for r in per_item[i]]) for d in DIMENSIONS] for i in ids]
-    )
-    pred = np.array([judge[i] for i in ids], dtype=float)
+    ids, pred, human = paired(judge, ratings)
     per_dim = {}
     by_bucket: dict[str, list[dict[str, Any]]] = {}
     confusion: dict[str, list[list[int]]] = {}

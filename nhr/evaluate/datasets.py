@@ -106,9 +106,7 @@ KNOWN_DATASETS: dict[str, KnownDataset] = {
         ColumnMap("source_image", "edit_prompt", "edited_image"),
         paper=(None, None, 2.92),
     ),
-    "hq-edit": KnownDataset(
-        "UCSC-VLAA/HQ-Edit", ColumnMap("input_image", "edit", "output_image")
-    ),
+    "hq-edit": KnownDataset("UCSC-VLAA/HQ-Edit", ColumnMap("input_image", "edit", "output_image")),
     "magicbrush": KnownDataset(
         "osunlp/MagicBrush", ColumnMap("source_img", "instruction", "target_img")
     ),
@@ -319,9 +317,7 @@ def read_sample(spec: DatasetSpec, n: int, seed: int) -> Iterator[tuple[int, dic
             "give an existing folder or file, or a Hugging Face id like owner/name",
         )
     try:
-        stream = datasets.load_dataset(
-            spec.location, spec.config, split=spec.split, streaming=True
-        )
+        stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
         stream = stream.shuffle(seed=seed, buffer_size=max(1000, 2 * n))
         first = True
         for i, row in enumerate(stream.take(n)):
@@ -354,9 +350,7 @@ def _load_local(spec: DatasetSpec, path: Path) -> Any:
                 f"dataset {spec.name}: {path} holds no parquet files and no metadata.jsonl",
                 "point at a parquet folder, an imagefolder or an nhr export (<run>/dataset)",
             )
-        return datasets.load_dataset(
-            "parquet", data_files=[str(f) for f in files], split="train"
-        )
+        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     except DatasetError:
         raise
     except Exception as err:
@@ -432,8 +426,9 @@ def score_datasets(pipe: Pipeline, specs: list[DatasetSpec]) -> pd.DataFrame:
     cfg = pipe.cfg
     samples = []
     for spec in specs:
-        samples += sample_dataset(spec, cfg.eval_samples, cfg.eval_sample_seed, pipe.store.blobs,
-                                  pipe.store)
+        samples += sample_dataset(
+            spec, cfg.eval_samples, cfg.eval_sample_seed, pipe.store.blobs, pipe.store
+        )
     stage = DatasetScoreStage(pipe.backends.validator, pipe.store.blobs, cfg.threshold)
     verdicts = {v.subject_id: v for v in pipe.runner.run(stage, samples).rows}
     rows = []
@@ -538,3 +533,50 @@ def build_contrast_datasets(pipe: Pipeline, out_dir: Path, n: int = 200) -> dict
             ],
         ),
     }
+
+
+def evaluation_specs(
+    cfg: Any, evaluated: Pipeline | None, out_dir: Path | str
+) -> list[DatasetSpec]:
+    """The datasets a notebook scores: the evaluated run's export (named after its
+    folder) first, then ``EVAL_DATASETS``, then, with ``EVAL_CONTRAST``, the two worse
+    datasets made from the evaluated run (written under ``out_dir``)."""
+    entries = list(cfg.eval_datasets)
+    if evaluated is not None:
+        export = evaluated.store.root / "dataset"
+        if export.is_dir() and str(export) not in {e.partition("=")[2] for e in entries}:
+            entries.insert(0, f"{evaluated.store.root.name}={export}")
+        if cfg.eval_contrast:
+            made = build_contrast_datasets(evaluated, Path(out_dir), cfg.eval_samples)
+            entries += [f"{name}={path}" for name, path in made.items()]
+    if not entries:
+        raise DatasetError(
+            "no dataset to score", "set EVAL_DATASETS, or EVAL_RUN_DIR to a run with a dataset"
+        )
+    return parse_specs(entries, cfg.eval_columns)
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table's rows as JSON-ready dicts (NaN becomes None)."""
+    return [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in table.to_dict("records")
+    ]
+
+
+def scored_samples(
+    pipe: Pipeline, specs: list[DatasetSpec], per_dataset: int = 3
+) -> tuple[list[SampleRow], dict[str, tuple[float | None, float | None, str]]]:
+    """The first few stored samples of each dataset, in ``specs`` order, and their
+    scores (adherence, aesthetic, reason) by sample id, for a sample grid."""
+    from nhr.records import Verdict
+
+    tables = pipe.store.tables
+    samples = from_table(tables.read(SAMPLES_TABLE, SampleRow.schema()), SampleRow)
+    verdicts = from_table(tables.read(SCORES_TABLE, Verdict.schema()), Verdict)
+    scores = {v.subject_id: (v.adherence, v.aesthetic, v.reason) for v in verdicts}
+    shown = []
+    for spec in specs:
+        mine = sorted((s for s in samples if s.dataset == spec.name), key=lambda s: s.index)
+        shown += mine[:per_dataset]
+    return shown, scores
