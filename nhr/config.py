@@ -279,6 +279,9 @@ class PipelineConfig:
     workers: int = _f(1, "batches processed at once (for API-bound stages)", 1, 1024)
     # stage 11: export
     export_shard_rows: int = _f(1000, "rows per exported parquet shard", 1, 10**7)
+    export_preference_pairs: int = _f(
+        1, "rejected edits paired with each mined triplet in the preference config", 0, 100
+    )
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))

@@ -31,6 +31,7 @@ from nhr.stages.edits import EditStage, plan_edit_jobs
 from nhr.stages.export import card_body, export_dataset
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
+from nhr.stages.preference import PreferencePair, preference_pairs
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
 from nhr.stages.validator import ValidatorStage, select_argmax
@@ -216,6 +217,21 @@ class Pipeline:
         table once ``bootstrap.assemble()`` has run, else the mined ones."""
         return self.rows("triplets" if self.store.tables.exists("triplets") else "mined")
 
+    def preference_pairs(self, mined: list[TripletRow]) -> list[PreferencePair]:
+        """Accepted vs rejected edits of the same (source, instruction), hardest first."""
+        verdicts = {
+            name: self.rows(name)
+            for name, enabled in (
+                ("prefilter", self.cfg.prefilter),
+                ("lowlevel", self.cfg.lowlevel),
+                ("validator", True),
+            )
+            if enabled and self.store.tables.exists(name)
+        }
+        return preference_pairs(
+            mined, self.rows("candidates"), verdicts, self.cfg.export_preference_pairs
+        )
+
     def export(self, name: str | None = None) -> StageResult:
         """Stage 11: write ``dataset/`` (parquet shards with images + card)."""
         with self.runner.writing("export"):
@@ -228,7 +244,8 @@ class Pipeline:
         t0 = time.perf_counter()
         rows = self.triplets()
         chains = self.bootstrap.chains(rows)
-        body = card_body(name or self.store.root.name, rows, funnel(self), len(chains))
+        prefs = self.preference_pairs([t for t in rows if t.origin == "mined"])
+        body = card_body(name or self.store.root.name, rows, funnel(self), len(chains), len(prefs))
         shards = export_dataset(
             rows,
             self.store.blobs,
@@ -236,6 +253,7 @@ class Pipeline:
             body,
             self.cfg.export_shard_rows,
             chains,
+            prefs,
         )
         stats = {
             "stage": "export",

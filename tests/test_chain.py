@@ -105,7 +105,8 @@ def test_an_empty_export_still_loads(tmp_path):
     assert load_export(tmp_path / "dataset").num_rows == 0
     assert load_export(tmp_path / "dataset", "multiturn").num_rows == 0
     infos = read_card(tmp_path / "dataset")["dataset_info"]
-    assert [i["splits"][0]["num_examples"] for i in infos] == [0, 0]
+    assert [i["splits"][0]["num_examples"] for i in infos] == [0, 0, 0]
+    assert load_export(tmp_path / "dataset", "preference").num_rows == 0
 
 
 def test_multiturn_chains_follow_their_triplets(tiny_chain):
@@ -119,3 +120,21 @@ def test_multiturn_chains_follow_their_triplets(tiny_chain):
         assert second.parents[0] == first.triplet_id
         assert row["instructions"] == [first.instruction, second.instruction]
         assert row["images"][0].size == (first.width, first.height)
+
+
+def test_preference_pairs_pair_a_chosen_edit_with_a_true_reject(tiny_chain):
+    from nhr.stages.export import load_export
+
+    pipe = tiny_chain
+    prefs = load_export(pipe.store.root / "dataset", "preference")
+    assert prefs.num_rows > 0
+    candidates = {c.candidate_id: c for c in pipe.rows("candidates")}
+    triplets = {t.triplet_id: t for t in pipe.triplets()}
+    passed = pipe.passed_ids("validator")
+    for row in prefs:
+        chosen, rejected = triplets[row["triplet_id"]], candidates[row["rejected_candidate_id"]]
+        assert chosen.origin == "mined" and rejected.candidate_id not in passed
+        assert (rejected.source_id, rejected.instruction) == (chosen.source_id, chosen.instruction)
+        assert row["rejected_stage"] in ("prefilter", "lowlevel", "validator")
+        assert row["rejected_reason"] != "ok"
+    assert len(set(prefs["triplet_id"])) == prefs.num_rows  # one per group by default

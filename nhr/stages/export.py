@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nhr.records import TripletRow
+from nhr.stages.preference import PreferencePair
 from nhr.store import BlobStore, atomic_write_bytes
 
 TEXT_COLUMNS = (
@@ -91,6 +92,46 @@ def chain_features() -> Any:
     )
 
 
+def preference_features() -> Any:
+    """The ``datasets.Features`` of an exported preference pair."""
+    import datasets
+
+    feats: dict[str, Any] = {
+        name: datasets.Image() for name in ("source_image", "chosen_image", "rejected_image")
+    }
+    for name in (
+        "pair_id",
+        "triplet_id",
+        "rejected_candidate_id",
+        "instruction",
+        "rejected_stage",
+        "rejected_reason",
+    ):
+        feats[name] = datasets.Value("string")
+    for name in (
+        "chosen_adherence",
+        "chosen_aesthetic",
+        "rejected_adherence",
+        "rejected_aesthetic",
+    ):
+        feats[name] = datasets.Value("float64")
+    feats["width"] = datasets.Value("int64")
+    feats["height"] = datasets.Value("int64")
+    return datasets.Features(feats)
+
+
+def _preference_columns(rows: list[PreferencePair], blobs: BlobStore) -> dict[str, list[Any]]:
+    """Column lists for a shard of preference pairs."""
+    images = ("source_image", "chosen_image", "rejected_image")
+    cols: dict[str, list[Any]] = {
+        name: [_image(blobs, getattr(r, name)) for r in rows] for name in images
+    }
+    for name in preference_features():
+        if name not in images:
+            cols[name] = [getattr(r, name) for r in rows]
+    return cols
+
+
 def _image(blobs: BlobStore, rel: str) -> dict[str, Any]:
     """An embedded image cell: the PNG bytes, named by their hash."""
     return {"bytes": blobs.read_bytes(rel), "path": Path(rel).name}
@@ -129,7 +170,13 @@ def fingerprint(rows: list[Any]) -> str:
     return digest.hexdigest()[:12]
 
 
-def card_body(name: str, rows: list[TripletRow], funnel: list[dict[str, Any]], chains: int) -> str:
+def card_body(
+    name: str,
+    rows: list[TripletRow],
+    funnel: list[dict[str, Any]],
+    chains: int,
+    preferences: int = 0,
+) -> str:
     """The dataset card's text: what it is, counts, the funnel, fields."""
     by_type = Counter(r.edit_type for r in rows)
     by_origin = Counter(r.origin for r in rows)
@@ -141,8 +188,8 @@ def card_body(name: str, rows: list[TripletRow], funnel: list[dict[str, Any]], c
         "its hard validator (both scores ≥ threshold, argmax of √(adherence·aesthetic) "
         "per source and instruction).",
         "",
-        f"**Triplets:** {len(rows)} (config `default`)"
-        + (f"; **multi-turn chains:** {chains} (config `multiturn`)" if chains else ""),
+        f"**Triplets:** {len(rows)} (config `default`); **multi-turn chains:** {chains} "
+        f"(config `multiturn`); **preference pairs:** {preferences} (config `preference`)",
         "",
         "## Funnel",
         "",
@@ -169,12 +216,16 @@ def card_body(name: str, rows: list[TripletRow], funnel: list[dict[str, Any]], c
         "`editor_model`, `edit_seed`, `edit_steps`, `edit_guidance`, `prompter_version`, "
         "`writer_version` (who wrote the instruction), `judge_id`, `judge_prompt_version`.",
     ]
-    if chains:
-        lines += [
-            "",
-            "The `multiturn` config holds chains I0 → Ie1 → Ie2 …: `images` (turns + 1 "
-            "images), `instructions` (one per turn), `triplet_ids` (the triplet of each turn).",
-        ]
+    lines += [
+        "",
+        "The `multiturn` config holds chains I0 → Ie1 → Ie2 …: `images` (turns + 1 "
+        "images), `instructions` (one per turn), `triplet_ids` (the triplet of each turn).",
+        "",
+        "The `preference` config pairs each mined triplet's accepted edit (`chosen_image`) "
+        "with a rejected edit of the same source and instruction (`rejected_image`), the "
+        "hardest first, with the stage and reason that rejected it and its scores, for "
+        "preference and reward-model training.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -233,7 +284,11 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     if config not in infos:
         raise ValueError(f"{folder} has no config {config!r}; it has {sorted(infos)}")
     if infos[config]["splits"][0]["num_examples"] == 0:
-        features = triplet_features() if config == "default" else chain_features()
+        features = {
+            "default": triplet_features,
+            "multiturn": chain_features,
+            "preference": preference_features,
+        }[config]()
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     return datasets.load_dataset(str(folder), config, split="train")
 
@@ -260,6 +315,7 @@ def export_dataset(
     body: str,
     shard_rows: int = 1000,
     chains: list[Chain] | None = None,
+    preferences: list[PreferencePair] | None = None,
 ) -> list[Path]:
     """Write the dataset folder (shards + card) and swap it into place; returns shards."""
     import datasets
@@ -293,6 +349,17 @@ def export_dataset(
                     shard_rows,
                 ),
                 len(chains),
+            ),
+            "preference": (
+                _write_config(
+                    tmp,
+                    "preference",
+                    preferences or [],
+                    lambda p: _preference_columns(p, blobs),
+                    preference_features(),
+                    shard_rows,
+                ),
+                len(preferences or []),
             ),
         }
         card = _front_matter(configs, len(rows)) + body
