@@ -11,6 +11,7 @@ import datasets
 import nbformat
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.conftest import NHR, ROOT
 
@@ -63,7 +64,8 @@ def test_run_records_every_stage(tiny_run):
     assert all(len(r["images"]) == 3 and len(r["instructions"]) == 2 for r in multiturn)
     for key in ("precision", "recall", "spearman"):
         assert key in summary["judge_vs_truth"]
-    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    listed = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["notebooks"]
+    for nb in (ROOT / name for name in listed):
         executed = nbformat.read(tiny_run / "notebooks" / nb.name, as_version=4)
         tags = [c.metadata.get("tags", []) for c in executed.cells]
         injected = [
