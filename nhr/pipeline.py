@@ -239,13 +239,15 @@ class Pipeline:
 
     def _export(self, name: str | None) -> StageResult:
         """The body of ``export``, under the writer lock."""
-        from nhr.summary import funnel
+        from nhr.summary import funnel, with_changes
 
         t0 = time.perf_counter()
         rows = self.triplets()
         chains = self.bootstrap.chains(rows)
         prefs = self.preference_pairs([t for t in rows if t.origin == "mined"])
-        body = card_body(name or self.store.root.name, rows, funnel(self), len(chains), len(prefs))
+        body = card_body(
+            name or self.store.root.name, rows, with_changes(funnel(self)), len(chains), len(prefs)
+        )
         shards = export_dataset(
             rows,
             self.store.blobs,

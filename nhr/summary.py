@@ -94,7 +94,7 @@ def funnel(pipe: Pipeline) -> list[dict[str, Any]]:
     return out
 
 
-def _with_changes(rows: list[dict[str, Any]], paper: bool = True) -> list[dict[str, Any]]:
+def with_changes(rows: list[dict[str, Any]], paper: bool = True) -> list[dict[str, Any]]:
     """Add each step's change from the previous row, and the paper's beside it."""
     out = []
     for i, row in enumerate(rows):
@@ -117,8 +117,8 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
     exported = stats.get("export", {}).get("rows_out")
     summary: dict[str, Any] = {
         "run": pipe.store.root.name,
-        "funnel": _with_changes(f),
-        "paper_funnel": _with_changes(PAPER_FUNNEL, paper=False),
+        "funnel": with_changes(f),
+        "paper_funnel": with_changes(PAPER_FUNNEL, paper=False),
         "triplets": exported if exported is not None else f[-1]["rows"] if f else 0,
         "stages": {
             name: {

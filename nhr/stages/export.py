@@ -170,6 +170,11 @@ def fingerprint(rows: list[Any]) -> str:
     return digest.hexdigest()[:12]
 
 
+def _pct(change: float | None) -> str:
+    """A change as a signed percentage, or empty."""
+    return "" if change is None else f"{change:+.1%}"
+
+
 def card_body(
     name: str,
     rows: list[TripletRow],
@@ -193,9 +198,13 @@ def card_body(
         "",
         "## Funnel",
         "",
-        "| stage | rows |",
-        "|---|---|",
-        *[f"| {f['stage']} | {f['rows']} |" for f in funnel],
+        "| stage | rows | change | paper (Table 2) |",
+        "|---|---|---|---|",
+        *[
+            f"| {f['stage']} | {f['rows']} | {_pct(f.get('change'))} | "
+            f"{_pct(f.get('paper_change'))} |"
+            for f in funnel
+        ],
         "",
         "## Composition",
         "",
