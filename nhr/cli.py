@@ -67,6 +67,8 @@ def run(config: RunConfig, progress: bool = True) -> int:
                     kernel_name="python3",
                     progress_bar=progress,
                     cwd=str(root),
+                    # the kernel's own start-up warnings (plain TCP on localhost) are noise
+                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
                 )
             except papermill.PapermillExecutionError as err:
                 first = (err.evalue or "").strip().splitlines()[:1]
