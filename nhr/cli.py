@@ -104,7 +104,10 @@ def audit(run_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nhr` command."""
-    parser = argparse.ArgumentParser(prog="nhr", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="nhr",
+        description="Mine image-editing triplets (NoHumansRequired), resumably.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a config's notebooks in order with papermill")
     p_run.add_argument("config", type=Path)
