@@ -54,6 +54,25 @@ TABLE_TYPES: dict[str, type] = {
 }
 
 
+# every step of the chain in order, as Pipeline method paths
+CHAIN = (
+    "prompts",
+    "sources",
+    "gate",
+    "edits",
+    "prefilter",
+    "lowlevel",
+    "validate",
+    "select",
+    "bootstrap.invert",
+    "bootstrap.backward",
+    "bootstrap.compose",
+    "bootstrap.validate_composed",
+    "bootstrap.assemble",
+    "export",
+)
+
+
 class Pipeline:
     """The chain over one run folder and one validated config."""
 
@@ -107,6 +126,17 @@ class Pipeline:
             if name == after:
                 break
         return rows
+
+    def run_chain(self, until: str = "export") -> None:
+        """Run every step of ``CHAIN`` in process, up to and including ``until`` (the
+        notebooks run the same steps one by one; this is for scripts and tests)."""
+        if until not in CHAIN:
+            raise ValueError(f"unknown step {until!r}; steps: {', '.join(CHAIN)}")
+        for step in CHAIN[: CHAIN.index(until) + 1]:
+            target: Any = self
+            for part in step.split("."):
+                target = getattr(target, part)
+            target()
 
     # ---- stages --------------------------------------------------------------------
     def prompts(self) -> StageResult:

@@ -22,22 +22,6 @@ TINY = {
     "EDIT_GUIDANCE": [2.5, 3.5],
     "BATCH_SIZE": 8,
 }
-STAGES = (
-    "prompts",
-    "sources",
-    "gate",
-    "edits",
-    "prefilter",
-    "lowlevel",
-    "validate",
-    "select",
-    "bootstrap.invert",
-    "bootstrap.backward",
-    "bootstrap.compose",
-    "bootstrap.validate_composed",
-    "bootstrap.assemble",
-    "export",
-)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -59,11 +43,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 def run_chain(run_dir: Path, params: dict | None = None) -> Pipeline:
     """Run every stage in-process on the synthetic world."""
     pipe = Pipeline.open(run_dir, {**TINY, **(params or {})}, progress=False)
-    for stage in STAGES:
-        target = pipe
-        for part in stage.split("."):
-            target = getattr(target, part)
-        target()
+    pipe.run_chain()
     return pipe
 
 

@@ -28,18 +28,11 @@ PARAMS = {
     **FAST,
     "API_CONTENT_RETRIES": 1,
 }
-STAGES = ("prompts", "sources", "gate", "edits", "prefilter", "lowlevel", "validate", "select")
-BOOT = ("invert", "backward", "compose", "validate_composed")
 
 
 def _run(run_dir):
     pipe = Pipeline.open(run_dir, PARAMS, progress=False)
-    for stage in STAGES:
-        getattr(pipe, stage)()
-    boot = getattr(pipe, "bootstrap", None)
-    for step in BOOT if boot is not None else ():
-        getattr(boot, step)()
-    pipe.export()
+    pipe.run_chain()
     from fakes.remote import close_clients
 
     close_clients(pipe.backends)

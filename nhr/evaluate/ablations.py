@@ -25,16 +25,6 @@ if TYPE_CHECKING:
 
     from nhr.pipeline import Pipeline
 
-MINING_STAGES = (
-    "prompts",
-    "sources",
-    "gate",
-    "edits",
-    "prefilter",
-    "lowlevel",
-    "validate",
-    "select",
-)
 EVAL_PREFIX = "EVAL_"
 
 
@@ -90,8 +80,7 @@ def run_variant(root: Path | str, cfg: PipelineConfig, variant: Variant) -> Pipe
 
     folder = Path(root) / f"{variant.name}-{base_fingerprint(cfg)}"
     pipe = Pipeline.open(folder, {**mining_params(cfg), **variant.overrides}, progress=False)
-    for stage in MINING_STAGES:
-        getattr(pipe, stage)()
+    pipe.run_chain(until="select")
     return pipe
 
 
