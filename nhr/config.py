@@ -79,6 +79,13 @@ class PipelineConfig:
     )
     validator: str = _f("synthetic", "hard validator backend", role=True)
     threshold: float = _f(4.7, "hard validator: pass iff both scores >= this", 1.0, 5.0)
+    # the synthetic world (used by every role named "synthetic")
+    synthetic_judge_noise: float = _f(
+        1.0, "synthetic judge: scale of its VLM-like scoring noise (0: none)", 0.0, 3.0
+    )
+    synthetic_implausible_rate: float = _f(
+        0.4, "synthetic renderer: share of renders that are implausible", 0.0, 1.0
+    )
     # bootstrapping (stages 8-10)
     inverter: str = _f("synthetic", "inverse/composed instruction writer backend", role=True)
     inversion: bool = _f(True, "write inverse triplets and check backward consistency")

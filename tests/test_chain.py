@@ -138,3 +138,11 @@ def test_preference_pairs_pair_a_chosen_edit_with_a_true_reject(tiny_chain):
         assert row["rejected_stage"] in ("prefilter", "lowlevel", "validator")
         assert row["rejected_reason"] != "ok"
     assert len(set(prefs["triplet_id"])) == prefs.num_rows  # one per group by default
+
+
+def test_the_synthetic_worlds_knobs_are_config_and_provenance(tiny_chain, tmp_path):
+    noisy = run_chain(tmp_path / "noisy", {"SYNTHETIC_JUDGE_NOISE": 3.0})
+    assert {v.judge_id for v in noisy.rows("validator")} == {"synthetic-judge-v1-noise3"}
+    assert {v.judge_id for v in tiny_chain.rows("validator")} == {"synthetic-judge-v1"}
+    quiet, loud = build_summary(tiny_chain), build_summary(noisy)
+    assert loud["judge_vs_truth"]["recall"] < quiet["judge_vs_truth"]["recall"]

@@ -43,7 +43,12 @@ def _world(ctx: BuildContext) -> Any:
 
     return ctx.shared(
         "synthetic-world",
-        lambda: SyntheticWorld(truth_dir=Path(ctx.run_dir) / "truth", seed=ctx.cfg.seed),
+        lambda: SyntheticWorld(
+            truth_dir=Path(ctx.run_dir) / "truth",
+            seed=ctx.cfg.seed,
+            implausible_rate=ctx.cfg.synthetic_implausible_rate,
+            judge_noise=ctx.cfg.synthetic_judge_noise,
+        ),
     )
 
 

@@ -109,6 +109,8 @@ class SyntheticJudge:
             raise ValueError(f"noise must be in [0, 3], got {noise!r}")
         self.noise = float(noise)
         self.vision = Vision()
+        if self.noise != 1.0:  # provenance: a judge with other noise is another judge
+            self.judge_id = f"synthetic-judge-v1-noise{self.noise:g}"
 
     # ------------------------------------------------------------ protocol
     def plausibility(self, images: list[Image.Image], prompts: list[str]) -> list[YesNo]:

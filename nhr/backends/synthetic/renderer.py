@@ -44,6 +44,8 @@ class SyntheticRenderer:
             raise ValueError(f"implausible_rate must be in [0, 1], got {implausible_rate!r}")
         self.truth = truth
         self.implausible_rate = float(implausible_rate)
+        if self.implausible_rate != 0.4:  # provenance: another rate is another model
+            self.model_id = f"synthetic-t2i-v1-implausible{self.implausible_rate:g}"
 
     def generate(
         self,
