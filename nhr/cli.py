@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from nhr.config import PipelineConfig, RunConfig, parse_override, reconcile
+from nhr.config import RunConfig, parse_override, reconcile
 from nhr.errors import NhrError, RunFolderError
 from nhr.lock import RunLock
 from nhr.runner import PARENT_ENV
@@ -94,8 +92,7 @@ def audit(run_dir: Path) -> int:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise RunFolderError(f"{run_dir} has no config.yaml", "pass the folder of an nhr run")
-    cfg = PipelineConfig.from_params(yaml.safe_load(saved.read_text()))
-    pipe = Pipeline(run_dir, cfg, progress=False)
+    pipe = Pipeline.open(run_dir, {}, progress=False)  # the run's own saved config
     if pipe.backends.truth is None:
         raise RunFolderError(f"{run_dir} has no truth", "audit needs a synthetic-world run")
     print(json.dumps(judge_vs_truth(pipe), indent=2))

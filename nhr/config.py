@@ -9,8 +9,6 @@ pass them; ``nhr run`` validates it whole before anything runs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +17,6 @@ from typing import Any
 import yaml
 
 from nhr.errors import ConfigError
-
-ROLES = ("prompter", "t2i", "gate_judge", "editor", "prefilter_judge", "validator", "inverter")
 
 
 def _f(
@@ -315,11 +311,6 @@ class PipelineConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def describe(cls) -> dict[str, str]:
-        """Each field's documentation, for help texts and error messages."""
-        return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
-
-    @classmethod
     def from_params(cls, params: dict[str, Any]) -> PipelineConfig:
         """Build from UPPER_CASE (or lower case) parameter names; unknown names are refused."""
         known = set(cls.field_names())
@@ -346,15 +337,6 @@ class PipelineConfig:
             f.name.upper(): list(v) if isinstance(v := getattr(self, f.name), tuple) else v
             for f in dataclasses.fields(self)
         }
-
-    def fingerprint(self, names: tuple[str, ...]) -> str:
-        """A short hash of the named fields, recorded with every table a stage writes."""
-        values = {n: self.to_params()[n.upper()] for n in sorted(names)}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-
-    def subset(self, names: tuple[str, ...]) -> dict[str, Any]:
-        """The named fields as a plain dict (lower case), for stats and error messages."""
-        return {n: self.to_params()[n.upper()] for n in names}
 
 
 def _check(name: str, value: Any, hint: Any, meta: Any) -> None:

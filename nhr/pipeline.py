@@ -54,6 +54,16 @@ TABLE_TYPES: dict[str, type] = {
 }
 
 
+# the table whose rows each verdict table judges
+SUBJECTS = {
+    "plausibility": "sources",
+    "prefilter": "candidates",
+    "lowlevel": "candidates",
+    "validator": "candidates",
+    "backward": "inversion",
+    "composed_validator": "composition",
+}
+
 # every step of the chain in order, as Pipeline method paths
 CHAIN = (
     "prompts",
@@ -107,19 +117,32 @@ class Pipeline:
         """A table as a DataFrame, for looking at in a notebook."""
         return self.store.tables.read(table, TABLE_TYPES[table].schema()).to_pandas()
 
+    def rejected(self, table: str, n: int) -> tuple[list[Any], dict[str, Any]]:
+        """Up to ``n`` subjects a verdict table failed, and every subject's (adherence,
+        aesthetic, reason) — what a notebook's sample grid of rejects takes."""
+        verdicts = {v.subject_id: v for v in self.rows(table)}
+        subjects = [
+            r for r in self.rows(SUBJECTS[table]) if r.id in verdicts and not verdicts[r.id].passed
+        ]
+        scores = {k: (v.adherence, v.aesthetic, v.reason) for k, v in verdicts.items()}
+        return subjects[:n], scores
+
     def passed_ids(self, table: str) -> set[str]:
         """Ids of the subjects a verdict table passed."""
         return {v.subject_id for v in self.rows(table) if v.passed}
 
-    def survivors(self, after: str) -> list[CandidateRow]:
-        """Candidates that survive every enabled filter up to and including ``after``."""
-        order = [
+    def filters(self) -> list[tuple[str, bool]]:
+        """The candidate filters (verdict tables) in pipeline order, with whether each runs."""
+        return [
             ("prefilter", self.cfg.prefilter),
             ("lowlevel", self.cfg.lowlevel),
             ("validator", True),
         ]
+
+    def survivors(self, after: str) -> list[CandidateRow]:
+        """Candidates that survive every enabled filter up to and including ``after``."""
         rows = self.rows("candidates")
-        for name, enabled in order:
+        for name, enabled in self.filters():
             if enabled:
                 keep = self.passed_ids(name)
                 rows = [r for r in rows if r.candidate_id in keep]
@@ -251,16 +274,22 @@ class Pipeline:
         """Accepted vs rejected edits of the same (source, instruction), hardest first."""
         verdicts = {
             name: self.rows(name)
-            for name, enabled in (
-                ("prefilter", self.cfg.prefilter),
-                ("lowlevel", self.cfg.lowlevel),
-                ("validator", True),
-            )
+            for name, enabled in self.filters()
             if enabled and self.store.tables.exists(name)
         }
         return preference_pairs(
             mined, self.rows("candidates"), verdicts, self.cfg.export_preference_pairs
         )
+
+    def by_origin(self, origin: str) -> list[TripletRow]:
+        """The triplets of one origin (mined, inverted, composed)."""
+        return [t for t in self.triplets() if t.origin == origin]
+
+    def samples(
+        self, per_origin: int, origins: tuple[str, ...] = ("mined", "inverted", "composed")
+    ) -> list[TripletRow]:
+        """The first ``per_origin`` triplets of each origin, for sample grids."""
+        return [t for origin in origins for t in self.by_origin(origin)[:per_origin]]
 
     def export(self, name: str | None = None) -> StageResult:
         """Stage 11: write ``dataset/`` (parquet shards with images + card)."""

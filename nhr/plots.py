@@ -157,6 +157,18 @@ def sample_grid(
     return fig
 
 
+def source_grid(
+    blobs: BlobStore, sources: Sequence[Any], verdicts: Sequence[Any], columns: int = 4
+) -> Figure:
+    """Source images titled with the gate's verdict, their size and their prompt."""
+    reasons = {v.subject_id: v.reason for v in verdicts}
+    titles = [
+        f"{reasons.get(s.source_id, 'not judged')} · {s.width}x{s.height} · {s.prompt}"
+        for s in sources
+    ]
+    return image_grid(blobs, [s.image for s in sources], titles, columns)
+
+
 def image_grid(
     blobs: BlobStore, images: Sequence[str], titles: Sequence[str], columns: int = 4
 ) -> Figure:

@@ -86,18 +86,12 @@ class Runner:
         """The writer lock of the run folder, for whole-table steps outside ``run``."""
         return RunLock(self.store.root / WRITER_LOCK, what, wait_seconds=3.0)
 
-    def usage_total(self, table: str) -> dict[str, float]:
-        """API usage recorded in a table's shards, summed (survives resumes)."""
-        total: dict[str, float] = {}
-        for _, _, info in self.store.tables.iter_meta(table):
-            for key, n in info.get("usage", {}).items():
-                total[key] = total.get(key, 0.0) + n
-        return total
-
-    def done_keys(self, stage: Stage, expected: str) -> tuple[set[str], float]:
-        """Input keys already covered, and editor/judge seconds already spent, for a stage."""
+    def recorded(self, stage: Stage, expected: str) -> tuple[set[str], float, Counter[str]]:
+        """What a stage's shards record so far: the input keys covered, the editor/judge
+        seconds spent and the API usage (so budgets and costs survive resumes)."""
         done: set[str] = set()
         seconds = 0.0
+        usage: Counter[str] = Counter()
         for path, keys, info in self.store.tables.iter_meta(stage.name):
             if info.get("settings_hash") != expected:
                 raise RunFolderError(
@@ -108,7 +102,8 @@ class Runner:
                 )
             done.update(keys)
             seconds += float(info.get("seconds", 0.0))
-        return done, seconds
+            usage.update(info.get("usage", {}))
+        return done, seconds, usage
 
     def run(
         self,
@@ -141,7 +136,7 @@ class Runner:
         if len(set(keys)) != len(keys):
             dup = next(k for k, n in Counter(keys).items() if n > 1)
             raise ValueError(f"stage {stage.name}: input key {dup!r} occurs twice")
-        done, spent = self.done_keys(stage, expected)
+        done, spent, usage = self.recorded(stage, expected)
         pending = [r for r in inputs if r.id not in done]
         batches = [
             pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size)
@@ -159,7 +154,7 @@ class Runner:
             )
             try:
                 spent, processed = self._run_batches(
-                    stage, batches, expected, settings, spent, budget_seconds, bar
+                    stage, batches, expected, settings, spent, budget_seconds, bar, usage
                 )
             finally:
                 bar.close()
@@ -176,7 +171,7 @@ class Runner:
             "seconds": round(spent, 3),
             "wall_seconds_last_call": round(time.perf_counter() - started, 3),
             "errors_by_kind": errors_by_kind(rows),
-            "usage": {k: round(v, 6) for k, v in self.usage_total(stage.name).items()},
+            "usage": {k: round(v, 6) for k, v in sorted(usage.items())},
             "settings": settings,
             **(extra_stats or {}),
         }
@@ -192,8 +187,11 @@ class Runner:
         spent: float,
         budget_seconds: float,
         bar: tqdm,
+        usage: Counter[str],
     ) -> tuple[float, int]:
-        """Process batches with up to ``workers`` in flight; write each as it finishes."""
+        """Process batches with up to ``workers`` in flight; write each as it finishes.
+        Each shard records the API usage since the previous write (added to ``usage``):
+        with batches in flight the split between shards is approximate, the sum exact."""
 
         def timed(batch: list[Record]) -> tuple[list[Record], list[Record], float]:
             t0 = time.perf_counter()
@@ -201,7 +199,7 @@ class Runner:
             return batch, out, time.perf_counter() - t0
 
         processed = 0
-        self._usage_mark = stage.usage()
+        mark = stage.usage()
         queue = list(reversed(batches))
         in_flight: set[Future[tuple[list[Record], list[Record], float]]] = set()
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -222,7 +220,11 @@ class Runner:
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     batch, out, seconds = future.result()
-                    self._write(stage, batch, out, seconds, expected, settings)
+                    now = stage.usage()
+                    delta = {k: v - mark.get(k, 0.0) for k, v in now.items()}
+                    mark = now
+                    usage.update(delta)
+                    self._write(stage, batch, out, seconds, delta, expected, settings)
                     spent += seconds
                     processed += len(batch)
                     bar.update(len(batch))
@@ -234,6 +236,7 @@ class Runner:
         batch: list[Record],
         out: list[Record],
         seconds: float,
+        usage: dict[str, float],
         expected: str,
         settings: dict[str, Any],
     ) -> None:
@@ -246,9 +249,6 @@ class Runner:
                 )
         keys = [r.id for r in batch]
         shard = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
-        now = stage.usage()
-        usage = {k: v - self._usage_mark.get(k, 0.0) for k, v in now.items()}
-        self._usage_mark = now
         info = {
             "usage": usage,
             "settings_hash": expected,

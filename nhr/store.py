@@ -202,11 +202,6 @@ class TableStore:
         """Whether the table has at least one shard."""
         return bool(self.shards(name))
 
-    def clear(self, name: str) -> None:
-        """Remove all shards of a table (used by whole-table steps before rewriting)."""
-        for path in self.shards(name):
-            path.unlink()
-
 
 class RunStore:
     """A run folder: blobs, tables, stats, with atomic writes."""

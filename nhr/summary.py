@@ -3,7 +3,6 @@ where the world knows the truth, how the hard validator did against it."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +79,7 @@ def funnel(pipe: Pipeline) -> list[dict[str, Any]]:
         ("after argmax selection", "mined", False),
     ]
     out: list[dict[str, Any]] = []
-    enabled = {"prefilter": pipe.cfg.prefilter, "lowlevel": pipe.cfg.lowlevel}
+    enabled = dict(pipe.filters())
     for stage, table, passed in steps:
         if not enabled.get(table, True):
             out.append({"stage": stage, "rows": out[-1]["rows"], "skipped": True})
@@ -155,8 +154,9 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
         summary["origins"] = dict(Counter(t.origin for t in triplets))
         summary["multiplier"] = multiplier(len(triplets), len(pipe.rows("mined")))
     if with_truth and pipe.backends.truth is not None and pipe.store.tables.exists("validator"):
-        summary["judge_vs_truth"] = judge_vs_truth(pipe)
-        summary["audit"] = audit(pipe)
+        memo: dict[tuple[str, str, str], Any] = {}
+        summary["judge_vs_truth"] = judge_vs_truth(pipe, memo)
+        summary["audit"] = audit(pipe, memo)
     return summary
 
 
@@ -189,10 +189,3 @@ def write_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
     summary = build_summary(pipe, with_truth)
     atomic_write_json(pipe.store.root / "summary.json", summary)
     return summary
-
-
-def read_summary(run_dir: Any) -> dict[str, Any]:
-    """Read a run's ``summary.json``."""
-    from pathlib import Path
-
-    return json.loads((Path(run_dir) / "summary.json").read_text())

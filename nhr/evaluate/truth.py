@@ -19,25 +19,43 @@ if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
 
 
-def candidate_truth(pipe: Pipeline, candidate_ids: set[str] | None = None) -> dict[str, Any]:
-    """Truth for candidates (all by default): id → the world's TripletTruth."""
+# truth verdicts already computed, by (source blob, instruction, edited blob): a summary
+# asks about the same mined pairs for the validator's figures and for the audit
+TruthMemo = dict[tuple[str, str, str], Any]
+
+
+def triplet_truth(
+    pipe: Pipeline, source: str, instruction: str, edited: str, memo: TruthMemo | None = None
+) -> Any:
+    """The world's TripletTruth of (source blob, instruction, edited blob)."""
+    key = (source, instruction, edited)
+    if memo is not None and key in memo:
+        return memo[key]
     truth = pipe.backends.truth
     if truth is None:
         raise ValueError("this run's world has no truth (only the synthetic world has one)")
     blobs = pipe.store.blobs
-    out = {}
-    for c in pipe.rows("candidates"):
-        if candidate_ids is None or c.candidate_id in candidate_ids:
-            out[c.candidate_id] = truth.triplet(
-                blobs.get(c.source_image), c.instruction, blobs.get(c.image)
-            )
-    return out
+    verdict = truth.triplet(blobs.get(source), instruction, blobs.get(edited))
+    if memo is not None:
+        memo[key] = verdict
+    return verdict
 
 
-def judge_vs_truth(pipe: Pipeline) -> dict[str, Any]:
+def candidate_truth(
+    pipe: Pipeline, candidate_ids: set[str] | None = None, memo: TruthMemo | None = None
+) -> dict[str, Any]:
+    """Truth for candidates (all by default): id → the world's TripletTruth."""
+    return {
+        c.candidate_id: triplet_truth(pipe, c.source_image, c.instruction, c.image, memo)
+        for c in pipe.rows("candidates")
+        if candidate_ids is None or c.candidate_id in candidate_ids
+    }
+
+
+def judge_vs_truth(pipe: Pipeline, memo: TruthMemo | None = None) -> dict[str, Any]:
     """Precision, recall and Spearman ρ of the hard validator's verdicts against truth."""
     verdicts = [v for v in pipe.rows("validator") if v.error is None]
-    truths = candidate_truth(pipe, {v.subject_id for v in verdicts})
+    truths = candidate_truth(pipe, {v.subject_id for v in verdicts}, memo)
     passed = [v for v in verdicts if v.passed]
     correct = [v for v in verdicts if truths[v.subject_id].correct]
     true_pos = sum(truths[v.subject_id].correct for v in passed)
@@ -73,16 +91,14 @@ def judge_vs_truth(pipe: Pipeline) -> dict[str, Any]:
     }
 
 
-def audit(pipe: Pipeline) -> dict[str, float | None]:
+def audit(pipe: Pipeline, memo: TruthMemo | None = None) -> dict[str, float | None]:
     """Share of exported triplets that are truly correct, by origin (mined, inverted,
     composed): the truth checks each (source, instruction, edited) as a whole, so an
     inverse or composed instruction is judged on the images it claims to connect."""
-    truth = pipe.backends.truth
-    blobs = pipe.store.blobs
     correct: dict[str, int] = {}
     total: dict[str, int] = {}
     for t in pipe.triplets():
-        verdict = truth.triplet(blobs.get(t.source_image), t.instruction, blobs.get(t.edited_image))
+        verdict = triplet_truth(pipe, t.source_image, t.instruction, t.edited_image, memo)
         total[t.origin] = total.get(t.origin, 0) + 1
         correct[t.origin] = correct.get(t.origin, 0) + bool(verdict.correct)
     return {o: round(correct[o] / total[o], 4) for o in sorted(total)}

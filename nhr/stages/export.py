@@ -19,6 +19,7 @@ import hashlib
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,26 +294,31 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     if config not in infos:
         raise ValueError(f"{folder} has no config {config!r}; it has {sorted(infos)}")
     if infos[config]["splits"][0]["num_examples"] == 0:
-        features = {
-            "default": triplet_features,
-            "multiturn": chain_features,
-            "preference": preference_features,
-        }[config]()
+        features = CONFIGS[config][2]()
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     return datasets.load_dataset(str(folder), config, split="train")
 
 
+# config name → (shard prefix, column builder, features)
+CONFIGS: dict[str, tuple[str, Callable[[list[Any], BlobStore], dict[str, list[Any]]], Any]] = {
+    "default": ("train", _triplet_columns, triplet_features),
+    "multiturn": ("multiturn", _chain_columns, chain_features),
+    "preference": ("preference", _preference_columns, preference_features),
+}
+
+
 def _write_config(
-    tmp: Path, prefix: str, rows: list[Any], columns: Any, features: Any, shard_rows: int
+    tmp: Path, config: str, rows: list[Any], blobs: BlobStore, shard_rows: int
 ) -> str:
     """Write one config's shards into ``tmp/data``; returns its glob pattern."""
     import datasets
 
+    prefix, columns, features = CONFIGS[config]
     fp = fingerprint(rows)
     n_shards = max(1, -(-len(rows) // shard_rows))
     for i in range(n_shards):
         part = rows[i * shard_rows : (i + 1) * shard_rows]
-        ds = datasets.Dataset.from_dict(columns(part), features=features)
+        ds = datasets.Dataset.from_dict(columns(part, blobs), features=features())
         ds.to_parquet(str(tmp / "data" / f"{prefix}-{fp}-{i:05d}-of-{n_shards:05d}.parquet"))
     return f"data/{prefix}-{fp}-*.parquet"
 
@@ -336,40 +342,10 @@ def export_dataset(
     try:
         (tmp / "data").mkdir()
         chains = chains or []
+        parts = {"default": rows, "multiturn": chains, "preference": preferences or []}
         configs = {
-            "default": (
-                _write_config(
-                    tmp,
-                    "train",
-                    rows,
-                    lambda p: _triplet_columns(p, blobs),
-                    triplet_features(),
-                    shard_rows,
-                ),
-                len(rows),
-            ),
-            "multiturn": (
-                _write_config(
-                    tmp,
-                    "multiturn",
-                    chains,
-                    lambda p: _chain_columns(p, blobs),
-                    chain_features(),
-                    shard_rows,
-                ),
-                len(chains),
-            ),
-            "preference": (
-                _write_config(
-                    tmp,
-                    "preference",
-                    preferences or [],
-                    lambda p: _preference_columns(p, blobs),
-                    preference_features(),
-                    shard_rows,
-                ),
-                len(preferences or []),
-            ),
+            name: (_write_config(tmp, name, part, blobs, shard_rows), len(part))
+            for name, part in parts.items()
         }
         card = _front_matter(configs, len(rows)) + body
         atomic_write_bytes(tmp / "README.md", card.encode())

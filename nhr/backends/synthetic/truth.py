@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from nhr.store import atomic_write_bytes
 
 from .language import Instruction, parse_instruction, resize_target
 from .scene import Layout, PlacedObject
@@ -66,15 +66,7 @@ class SyntheticTruth:
         path = self.path_for(digest)
         data = {"width": image.width, "height": image.height, "layout": layout.to_dict()}
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, text.encode())
         return digest
 
     def layout(self, image: Image.Image) -> Layout:
