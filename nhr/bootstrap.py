@@ -193,12 +193,8 @@ class Bootstrap:
                 drops.update(dedup_drops)
             else:
                 kept = rows
-            self.pipe.store.tables.write_shard(
-                "triplets",
-                "all",
-                to_table(kept, TripletRow),
-                [],
-                {"settings_hash": "whole-table"},
+            self.pipe.store.tables.write_table(
+                "triplets", to_table(kept, TripletRow), {"settings_hash": "whole-table"}
             )
             stats = {
                 "stage": "triplets",
@@ -210,7 +206,7 @@ class Bootstrap:
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             self.pipe.store.write_stats("triplets", stats)
-            return StageResult("triplets", kept, stats)
+            return StageResult("triplets", stats)
 
     def chains(self, triplets: list[TripletRow]) -> list[Chain]:
         """Multi-turn chains I0 → Ie1 → Ie2 from kept composed triplets whose first edit

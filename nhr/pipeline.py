@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
@@ -27,7 +29,7 @@ from nhr.records import (
     to_table,
 )
 from nhr.runner import Runner, StageResult
-from nhr.stages.edits import EditStage, plan_edit_jobs
+from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
 from nhr.stages.export import card_body, export_dataset
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
@@ -108,14 +110,27 @@ class Pipeline:
         return self._backends
 
     # ---- reading -------------------------------------------------------------------
-    def rows(self, table: str) -> list[Any]:
-        """All records of a table."""
+    def table(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """A table (or some of its columns) as Arrow, empty when it is not written yet."""
+        return self.store.tables.read(table, TABLE_TYPES[table].schema(), columns)
+
+    def rows(self, table: str, limit: int | None = None) -> list[Any]:
+        """The records of a table (the first ``limit`` of them, reading no more)."""
         cls = TABLE_TYPES[table]
-        return from_table(self.store.tables.read(table, cls.schema()), cls)
+        if limit is None:
+            return from_table(self.table(table), cls)
+        out: list[Any] = []
+        for batch in self.store.tables.iter_batches(
+            table, batch_rows=max(limit, 1), schema=cls.schema()
+        ):
+            out += from_table(batch, cls)[: limit - len(out)]
+            if len(out) >= limit:
+                break
+        return out
 
     def frame(self, table: str) -> pd.DataFrame:
         """A table as a DataFrame, for looking at in a notebook."""
-        return self.store.tables.read(table, TABLE_TYPES[table].schema()).to_pandas()
+        return self.table(table).to_pandas()
 
     def rejected(self, table: str, n: int) -> tuple[list[Any], dict[str, Any]]:
         """Up to ``n`` subjects a verdict table failed, and every subject's (adherence,
@@ -180,38 +195,38 @@ class Pipeline:
             c.t2i_guidance,
             c.seed,
         )
-        return self.runner.run(stage, self.rows("prompts"))
+        return self.runner.run(stage, self.table("prompts"))
 
     def gate(self) -> StageResult:
         """Stage 3: the plausibility gate over every source."""
         stage = PlausibilityStage(self.backends.gate_judge, self.store.blobs)
-        return self.runner.run(stage, self.rows("sources"))
+        return self.runner.run(stage, self.table("sources"))
 
-    def edit_jobs(self) -> list[Any]:
-        """The scheduler's job list over the gated sources (seeded order, capped)."""
-        c = self.cfg
-        keep = self.passed_ids("plausibility")
-        sources = [s for s in self.rows("sources") if s.source_id in keep]
-        prompts = {p.prompt_id: p for p in self.rows("prompts")}
+    def edit_jobs(self) -> EditPlan:
+        """The scheduler's lazy job plan over the gated sources (seeded order, capped)."""
+        verdicts = self.table("plausibility", ["subject_id", "passed"])
+        keep = verdicts.filter(verdicts.column("passed")).column("subject_id")
+        sources = self.table("sources")
+        sources = sources.filter(pc.is_in(sources.column("source_id"), value_set=keep))
         return plan_edit_jobs(
             sources,
-            prompts,
-            c.m_edit_seeds,
-            (c.edit_steps_min, c.edit_steps_max),
-            c.edit_guidance,
-            c.seed,
-            c.max_edit_jobs,
+            self.table("prompts", ["prompt_id", "instructions", "edit_types"]),
+            self.cfg.m_edit_seeds,
+            (self.cfg.edit_steps_min, self.cfg.edit_steps_max),
+            self.cfg.edit_guidance,
+            self.cfg.seed,
+            self.cfg.max_edit_jobs,
         )
 
     def edits(self) -> StageResult:
         """Stage 4: M_EDIT_SEEDS edits per (gated source, instruction), within the budget."""
-        jobs = self.edit_jobs()
+        plan = self.edit_jobs()
         stage = EditStage(self.backends.editor, self.store.blobs)
         return self.runner.run(
             stage,
-            jobs,
+            plan,
             budget_seconds=self.cfg.edit_budget_seconds,
-            extra_stats={"grid_jobs": len(jobs)},
+            extra_stats={"grid_jobs": len(plan), "grid_size": plan.grid_size},
         )
 
     def prefilter(self) -> StageResult | None:
@@ -221,7 +236,7 @@ class Pipeline:
         stage = PrefilterStage(
             self.backends.prefilter_judge, self.store.blobs, self.cfg.prefilter_min_score
         )
-        return self.runner.run(stage, self.rows("candidates"))
+        return self.runner.run(stage, self.table("candidates"))
 
     def lowlevel(self) -> StageResult | None:
         """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
@@ -252,8 +267,8 @@ class Pipeline:
             {s.source_id: s for s in self.rows("sources")},
             {p.prompt_id: p for p in self.rows("prompts")},
         )
-        self.store.tables.write_shard(
-            "mined", "all", to_table(triplets, TripletRow), [], {"settings_hash": "whole-table"}
+        self.store.tables.write_table(
+            "mined", to_table(triplets, TripletRow), {"settings_hash": "whole-table"}
         )
         stats = {
             "stage": "mined",
@@ -263,7 +278,7 @@ class Pipeline:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         self.store.write_stats("mined", stats)
-        return StageResult("mined", triplets, stats)
+        return StageResult("mined", stats)
 
     def triplets(self) -> list[TripletRow]:
         """The triplets the export writes: the bootstrapped, deduplicated ``triplets``
@@ -325,4 +340,4 @@ class Pipeline:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         self.store.write_stats("export", stats)
-        return StageResult("export", rows, stats)
+        return StageResult("export", stats)

@@ -8,9 +8,12 @@ a triplet can be traced back to every decision that made it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -40,6 +43,45 @@ def _arrow_type(hint: Any) -> tuple[pa.DataType, bool]:
 
 
 @dataclass(frozen=True)
+class _Spec:
+    """What converting a record class needs, computed once per class."""
+
+    names: tuple[str, ...]
+    schema: pa.Schema
+    tuples: frozenset[str]  # list columns, held as tuples in records
+    nan_to_none: frozenset[str]  # nullable float columns (NaN in a row means None)
+
+
+@functools.cache
+def _spec(cls: type[Record]) -> _Spec:
+    """The field names, Arrow schema and conversion flags of a record class (cached)."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        arrow_type, nullable = _arrow_type(hints[f.name])
+        fields.append(pa.field(f.name, arrow_type, nullable=nullable))
+    schema = pa.schema(fields)
+    return _Spec(
+        names=tuple(schema.names),
+        schema=schema,
+        tuples=frozenset(f.name for f in fields if pa.types.is_list(f.type)),
+        nan_to_none=frozenset(
+            f.name for f in fields if f.nullable and pa.types.is_floating(f.type)
+        ),
+    )
+
+
+def _column_values(column: pa.ChunkedArray | pa.Array, name: str, spec: _Spec) -> list[Any]:
+    """A column as Python values the record expects (lists as tuples, NaN as None)."""
+    values = column.to_pylist()
+    if name in spec.tuples:
+        return [None if v is None else tuple(v) for v in values]
+    if name in spec.nan_to_none:
+        return [None if v is None or v != v else v for v in values]
+    return values
+
+
+@dataclass(frozen=True)
 class Record:
     """Base of all rows: ``key`` names the column that identifies a row in its table."""
 
@@ -48,34 +90,29 @@ class Record:
     @classmethod
     def schema(cls) -> pa.Schema:
         """The Arrow schema of a table of these records."""
-        hints = typing.get_type_hints(cls)
-        fields = []
-        for f in dataclasses.fields(cls):
-            arrow_type, nullable = _arrow_type(hints[f.name])
-            fields.append(pa.field(f.name, arrow_type, nullable=nullable))
-        return pa.schema(fields)
+        return _spec(cls).schema
 
     @classmethod
     def from_row(cls: type[R], row: dict[str, Any]) -> R:
         """Build a record from a table row (lists become tuples, NaN floats become None)."""
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for f in dataclasses.fields(cls):
-            value = row[f.name]
+        spec = _spec(cls)
+        values = []
+        for name in spec.names:
+            value = row[name]
             if isinstance(value, list):
                 value = tuple(value)
             elif hasattr(value, "tolist") and not isinstance(value, str):
                 value = tuple(value.tolist())
-            elif isinstance(value, float) and math.isnan(value):
-                value = None if _arrow_type(hints[f.name])[1] else value
-            values[f.name] = value
-        return cls(**values)
+            elif name in spec.nan_to_none and isinstance(value, float) and math.isnan(value):
+                value = None
+            values.append(value)
+        return cls(*values)
 
     def to_row(self) -> dict[str, Any]:
         """The record as a plain dict (tuples become lists)."""
         return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
+            name: list(v) if isinstance(v := getattr(self, name), tuple) else v
+            for name in _spec(type(self)).names
         }
 
     @property
@@ -84,17 +121,23 @@ class Record:
         return str(getattr(self, self.key))
 
 
-def to_table(records: list[Record], cls: type[Record]) -> pa.Table:
-    """An Arrow table of records, typed by ``cls``'s schema (empty tables keep the schema)."""
-    schema = cls.schema()
-    columns = {name: [getattr(r, name) for r in records] for name in schema.names}
-    columns = {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in columns.items()}
-    return pa.table(columns, schema=schema)
+def to_table(records: Sequence[Record], cls: type[Record]) -> pa.Table:
+    """An Arrow table of records, typed by ``cls``'s schema (empty tables keep the schema).
+
+    Built column by column: one attribute getter per field, one ``pa.array`` per column.
+    """
+    spec = _spec(cls)
+    arrays = [
+        pa.array(list(map(operator.attrgetter(f.name), records)), type=f.type) for f in spec.schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=spec.schema)
 
 
-def from_table(table: pa.Table, cls: type[R]) -> list[R]:
-    """Records from an Arrow table."""
-    return [cls.from_row(row) for row in table.to_pylist()]
+def from_table(table: pa.Table | pa.RecordBatch, cls: type[R]) -> list[R]:
+    """Records from an Arrow table, converted column-wise (no per-row reflection)."""
+    spec = _spec(cls)
+    columns = [_column_values(table.column(name), name, spec) for name in spec.names]
+    return [cls(*values) for values in zip(*columns, strict=True)] if columns else []
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """Runs one stage over its input rows: batches, resume, progress bar, per-stage stats.
 
-The runner skips input keys already covered by a finished shard, so a rerun after a
-crash repeats nothing and loses nothing. Each batch's output is written as one shard
-(temp file, then rename) that records the keys it covers and the seconds it took.
-API-bound stages can process several batches at once (``workers``).
+Inputs come as a list of records, an Arrow table of the stage's input type, or an
+iterable of chunks (each a list of records or a table), so a plan far larger than memory
+can stream through. The runner skips input keys the table's ledger already covers, so a
+rerun after a crash repeats nothing and loses nothing; it builds records only for
+``process_batch``, and buffers outputs into shards of many rows (a shard closes by rows,
+bytes or seconds; each is committed by a ledger entry with the keys it covers, the
+seconds it took and the API usage). API-bound stages can process several batches at
+once (``workers``). Stats come from the ledger, never from re-reading rows.
 """
 
 from __future__ import annotations
@@ -13,29 +17,47 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from nhr.errors import RunFolderError
+from nhr.hashing import DoneKeys, KeySet, fingerprints
 from nhr.lock import RunLock
 from nhr.records import Record, from_table, to_table
 from nhr.stages.base import Stage
 from nhr.store import RunStore
+from nhr.store.shards import FLUSH_SECONDS, SHARD_BYTES, SHARD_ROWS, LedgerEntry, ShardWriter
 
 PARENT_ENV = "NHR_RUN_PID"
 WRITER_LOCK = ".nhr-writer.lock"
 
+# what a runner accepts as a stage's input
+Chunk = list[Record] | pa.Table
+Inputs = list[Record] | pa.Table | Iterable[Chunk]
+
 
 @dataclass
 class StageResult:
-    """What a stage run produced: all output rows of its table, and its stats."""
+    """What a stage run produced: its table's name and stats (read rows from the store)."""
 
     table: str
-    rows: list[Any]
     stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_out(self) -> int:
+        """Rows in the stage's table."""
+        return int(self.stats.get("rows_out", 0))
+
+    @property
+    def rows_in(self) -> int:
+        """Input rows the stage was given."""
+        return int(self.stats.get("rows_in", 0))
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -53,22 +75,78 @@ def parent_alive() -> bool:
     return os.getppid() == int(pid)
 
 
-def drops_by_reason(rows: list[Any]) -> dict[str, int]:
-    """Count failed verdicts by reason (rows without a ``passed`` field drop nothing)."""
-    counts = Counter(r.reason for r in rows if hasattr(r, "passed") and not r.passed)
-    return dict(sorted(counts.items()))
+def ledger_stats(entries: list[LedgerEntry]) -> dict[str, Any]:
+    """Rows out, seconds, usage, drops by reason and errors by kind summed over entries."""
+    drops: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    usage: Counter[str] = Counter()
+    seconds = 0.0
+    for e in entries:
+        drops.update(e.info.get("drops_by_reason", {}))
+        errors.update(e.info.get("errors_by_kind", {}))
+        usage.update(e.info.get("usage", {}))
+        seconds += float(e.info.get("seconds", 0.0))
+    return {
+        "rows_out": sum(e.rows for e in entries),
+        "seconds": seconds,
+        "usage": usage,
+        "drops_by_reason": dict(sorted(drops.items())),
+        "errors_by_kind": dict(sorted(errors.items())),
+    }
 
 
-def errors_by_kind(rows: list[Any]) -> dict[str, int]:
-    """Count judge errors by kind (the text before the first colon of ``error``)."""
-    counts = Counter(
-        str(r.error).split(":", 1)[0] for r in rows if getattr(r, "error", None) is not None
-    )
-    return dict(sorted(counts.items()))
+@dataclass
+class _Batch:
+    """A batch of pending inputs: rows ``idx`` of a chunk whose keys are ``chunk_keys``;
+    its records are built only when it is scheduled."""
+
+    chunk: Chunk
+    chunk_keys: pa.Array
+    idx: np.ndarray
+    records: list[Record] = field(default_factory=list)
+
+    def build(self, cls: type[Record]) -> _Batch:
+        """Build the batch's records (typed ``cls``) for ``process_batch``."""
+        if isinstance(self.chunk, pa.Table):
+            self.records = from_table(self.chunk.take(pa.array(self.idx)), cls)
+        else:
+            self.records = [self.chunk[j] for j in self.idx]
+        return self
+
+    @property
+    def keys(self) -> pa.Array:
+        """The batch's input keys."""
+        return self.chunk_keys.take(pa.array(self.idx))
+
+
+def _chunks(inputs: Inputs) -> Iterator[Chunk]:
+    """The inputs as chunks (a list of records or a table is one chunk)."""
+    if isinstance(inputs, pa.Table | list):
+        yield inputs
+        return
+    yield from inputs
+
+
+def _chunk_keys(chunk: Chunk, stage: Stage) -> pa.Array:
+    """The input keys of a chunk as a string array."""
+    if isinstance(chunk, pa.Table):
+        column = chunk.column(stage.input_type.key)
+        return (
+            column.combine_chunks().cast(pa.string())
+            if column.num_chunks
+            else pa.array([], pa.string())
+        )
+    return pa.array([r.id for r in chunk], pa.string())
 
 
 class Runner:
-    """Runs stages against a run store."""
+    """Runs stages against a run store.
+
+    ``batch_size`` rows go to each ``process_batch`` call, ``workers`` calls may be in
+    flight; outputs are committed in shards of ``shard_rows`` rows or ``shard_bytes``
+    bytes, or after ``flush_seconds`` (a crash loses at most about that much work).
+    None of these change a table's rows, only how it is computed and split into files.
+    """
 
     def __init__(
         self,
@@ -76,47 +154,50 @@ class Runner:
         batch_size: int = 16,
         workers: int = 1,
         progress: bool = True,
+        shard_rows: int = SHARD_ROWS,
+        shard_bytes: int = SHARD_BYTES,
+        flush_seconds: float = FLUSH_SECONDS,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.workers = workers
         self.progress = progress
+        self.shard_rows = shard_rows
+        self.shard_bytes = shard_bytes
+        self.flush_seconds = flush_seconds
 
     def writing(self, what: str) -> RunLock:
         """The writer lock of the run folder, for whole-table steps outside ``run``."""
         return RunLock(self.store.root / WRITER_LOCK, what, wait_seconds=3.0)
 
-    def recorded(self, stage: Stage, expected: str) -> tuple[set[str], float, Counter[str]]:
-        """What a stage's shards record so far: the input keys covered, the editor/judge
-        seconds spent and the API usage (so budgets and costs survive resumes)."""
-        done: set[str] = set()
-        seconds = 0.0
-        usage: Counter[str] = Counter()
-        for path, keys, info in self.store.tables.iter_meta(stage.name):
-            if info.get("settings_hash") != expected:
+    def recorded(self, stage: Stage, expected: str) -> list[LedgerEntry]:
+        """The stage's committed ledger entries, refusing ones made with other settings."""
+        entries = self.store.tables.entries(stage.name)
+        for entry in entries:
+            if entry.info.get("settings_hash") != expected:
                 raise RunFolderError(
                     f"table {stage.name!r} in {self.store.root} was written with other "
-                    f"settings ({path.name}: {info.get('settings')} vs {stage.settings()})",
+                    f"settings ({entry.name}: {entry.info.get('settings')} vs "
+                    f"{stage.settings()})",
                     f"use a new run folder, or delete {self.store.tables.folder(stage.name)} "
                     "to redo that stage",
                 )
-            done.update(keys)
-            seconds += float(info.get("seconds", 0.0))
-            usage.update(info.get("usage", {}))
-        return done, seconds, usage
+        return entries
 
     def run(
         self,
         stage: Stage,
-        inputs: list[Record],
+        inputs: Inputs,
         budget_seconds: float = 0.0,
         extra_stats: dict[str, Any] | None = None,
     ) -> StageResult:
         """Run ``stage`` over ``inputs`` (resuming), write its stats, return its table.
 
-        ``budget_seconds`` > 0 stops starting new batches once the stage's recorded
-        seconds reach it (the paper's GPU-hour cap); what is left is counted as
-        ``not_scheduled``.
+        ``inputs`` is a list of records, a ``pa.Table`` of the stage's input type, or an
+        iterable of chunks (each a list or a table; ``len(inputs)``, when it has one, sets
+        the progress bar's total). ``budget_seconds`` > 0 stops starting new batches once
+        the stage's recorded seconds reach it (the paper's GPU-hour cap); what is left is
+        counted as ``not_scheduled``.
         """
         with self.writing(f"stage {stage.name}"):
             return self._run(stage, inputs, budget_seconds, extra_stats)
@@ -124,7 +205,7 @@ class Runner:
     def _run(
         self,
         stage: Stage,
-        inputs: list[Record],
+        inputs: Inputs,
         budget_seconds: float,
         extra_stats: dict[str, Any] | None,
     ) -> StageResult:
@@ -132,131 +213,149 @@ class Runner:
         started = time.perf_counter()
         settings = stage.settings()
         expected = settings_hash(settings)
-        keys = [r.id for r in inputs]
-        if len(set(keys)) != len(keys):
-            dup = next(k for k, n in Counter(keys).items() if n > 1)
-            raise ValueError(f"stage {stage.name}: input key {dup!r} occurs twice")
-        done, spent, usage = self.recorded(stage, expected)
-        pending = [r for r in inputs if r.id not in done]
-        batches = [
-            pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size)
-        ]
-        processed = 0
-        if batches:
-            stage.setup()
-            bar = tqdm(
-                total=len(inputs),
-                initial=len(inputs) - len(pending),
-                desc=stage.name,
-                unit="row",
-                disable=not self.progress,
-                dynamic_ncols=True,
+        tables = self.store.tables
+        tables.clean(stage.name)
+        before = ledger_stats(self.recorded(stage, expected))
+        done = DoneKeys(tables.input_keys(stage.name))
+        writer = tables.writer(
+            stage.name,
+            {"settings_hash": expected, "settings": settings},
+            self.shard_rows,
+            self.shard_bytes,
+            self.flush_seconds,
+        )
+        counts = Counter[str]()
+        try:
+            total = len(inputs)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        bar = tqdm(
+            total=total,
+            desc=stage.name,
+            unit="row",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            batches = self._pending(stage, inputs, done, counts, bar)
+            self._run_batches(
+                stage, batches, writer, before["seconds"], budget_seconds, bar, counts
             )
-            try:
-                spent, processed = self._run_batches(
-                    stage, batches, expected, settings, spent, budget_seconds, bar, usage
-                )
-            finally:
-                bar.close()
-        table = self.store.tables.read(stage.name, stage.output_type.schema())
-        rows = from_table(table, stage.output_type)
+        except BaseException:
+            writer.flush()
+            raise
+        finally:
+            bar.close()
+        writer.flush()
+        after = ledger_stats(tables.entries(stage.name))
+        pending = counts["rows_in"] - counts["resumed"]
         stats = {
             "stage": stage.name,
-            "rows_in": len(inputs),
-            "rows_out": len(rows),
-            "resumed_rows": len(inputs) - len(pending),
-            "processed_rows": processed,
-            "not_scheduled": len(pending) - processed,
-            "drops_by_reason": drops_by_reason(rows),
-            "seconds": round(spent, 3),
+            "rows_in": counts["rows_in"],
+            "rows_out": after["rows_out"],
+            "resumed_rows": counts["resumed"],
+            "processed_rows": counts["processed"],
+            "not_scheduled": pending - counts["processed"],
+            "drops_by_reason": after["drops_by_reason"],
+            "seconds": round(after["seconds"], 3),
             "wall_seconds_last_call": round(time.perf_counter() - started, 3),
-            "errors_by_kind": errors_by_kind(rows),
-            "usage": {k: round(v, 6) for k, v in sorted(usage.items())},
+            "errors_by_kind": after["errors_by_kind"],
+            "usage": {k: round(v, 6) for k, v in sorted(after["usage"].items())},
             "settings": settings,
+            "shards": len(tables.entries(stage.name)),
             **(extra_stats or {}),
         }
         self.store.write_stats(stage.name, stats)
-        return StageResult(stage.name, rows, stats)
+        return StageResult(stage.name, stats)
+
+    def _pending(
+        self, stage: Stage, inputs: Inputs, done: DoneKeys, counts: Counter[str], bar: tqdm
+    ) -> Iterator[_Batch]:
+        """The batches still to do, chunk by chunk: duplicate keys refused, done keys
+        skipped (counted), records built only for what is pending."""
+        seen = KeySet()
+        for chunk in _chunks(inputs):
+            keys = _chunk_keys(chunk, stage)
+            fps = fingerprints(keys)
+            dup = seen.add(fps)
+            if dup >= 0:
+                raise ValueError(
+                    f"stage {stage.name}: input key {keys[dup].as_py()!r} occurs twice"
+                )
+            counts["rows_in"] += len(keys)
+            is_done = done.mask(keys, fps)
+            n_done = int(is_done.sum())
+            if n_done:
+                counts["resumed"] += n_done
+                bar.update(n_done)
+            todo = np.flatnonzero(~is_done)
+            for i in range(0, len(todo), self.batch_size):
+                yield _Batch(chunk, keys, todo[i : i + self.batch_size])
 
     def _run_batches(
         self,
         stage: Stage,
-        batches: list[list[Record]],
-        expected: str,
-        settings: dict[str, Any],
+        batches: Iterator[_Batch],
+        writer: ShardWriter,
         spent: float,
         budget_seconds: float,
         bar: tqdm,
-        usage: Counter[str],
-    ) -> tuple[float, int]:
-        """Process batches with up to ``workers`` in flight; write each as it finishes.
-        Each shard records the API usage since the previous write (added to ``usage``):
-        with batches in flight the split between shards is approximate, the sum exact."""
+        counts: Counter[str],
+    ) -> None:
+        """Process batches with up to ``workers`` in flight; buffer each as it finishes.
+        Each batch records the API usage since the previous one: with batches in flight
+        the split between shards is approximate, the sum exact. Once the budget is
+        spent, the remaining inputs are still read (to count them), not processed."""
 
-        def timed(batch: list[Record]) -> tuple[list[Record], list[Record], float]:
+        def timed(batch: _Batch) -> tuple[_Batch, list[Record], float]:
             t0 = time.perf_counter()
-            out = stage.process_batch(batch)
+            out = stage.process_batch(batch.records)
             return batch, out, time.perf_counter() - t0
 
-        processed = 0
-        mark = stage.usage()
-        queue = list(reversed(batches))
-        in_flight: set[Future[tuple[list[Record], list[Record], float]]] = set()
+        mark: dict[str, float] | None = None
+        in_flight: set[Future[tuple[_Batch, list[Record], float]]] = set()
+        exhausted = False
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            while queue or in_flight:
-                while (
-                    queue
-                    and len(in_flight) < self.workers
-                    and not (budget_seconds and spent >= budget_seconds)
-                ):
+            while True:
+                while not exhausted and len(in_flight) < self.workers:
+                    if budget_seconds and spent >= budget_seconds:
+                        for _ in batches:  # count the rest, schedule none
+                            pass
+                        exhausted = True
+                        break
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
                     if not parent_alive():
                         raise RunFolderError(
                             "the `nhr run` that started this kernel is gone",
                             "rerun `nhr run`; it resumes where this stopped",
                         )
-                    in_flight.add(pool.submit(timed, queue.pop()))
+                    if mark is None:
+                        stage.setup()
+                        mark = stage.usage()
+                    in_flight.add(pool.submit(timed, batch.build(stage.input_type)))
                 if not in_flight:
                     break
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     batch, out, seconds = future.result()
                     now = stage.usage()
-                    delta = {k: v - mark.get(k, 0.0) for k, v in now.items()}
+                    delta = {k: v - (mark or {}).get(k, 0.0) for k, v in now.items()}
                     mark = now
-                    usage.update(delta)
-                    self._write(stage, batch, out, seconds, delta, expected, settings)
+                    self._check(stage, out)
+                    writer.add(to_table(out, stage.output_type), batch.keys, seconds, delta)
                     spent += seconds
-                    processed += len(batch)
-                    bar.update(len(batch))
-        return spent, processed
+                    counts["processed"] += len(batch.idx)
+                    bar.update(len(batch.idx))
 
-    def _write(
-        self,
-        stage: Stage,
-        batch: list[Record],
-        out: list[Record],
-        seconds: float,
-        usage: dict[str, float],
-        expected: str,
-        settings: dict[str, Any],
-    ) -> None:
-        """Write one batch's output shard, named after the keys it covers."""
+    @staticmethod
+    def _check(stage: Stage, out: list[Record]) -> None:
+        """Refuse outputs of the wrong type, naming the stage."""
         for row in out:
             if not isinstance(row, stage.output_type):
                 raise TypeError(
                     f"stage {stage.name} returned {type(row).__name__}, "
                     f"expected {stage.output_type.__name__}"
                 )
-        keys = [r.id for r in batch]
-        shard = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
-        info = {
-            "usage": usage,
-            "settings_hash": expected,
-            "settings": settings,
-            "seconds": seconds,
-            "rows_in": len(batch),
-            "rows_out": len(out),
-        }
-        self.store.tables.write_shard(
-            stage.name, shard, to_table(out, stage.output_type), keys, info
-        )

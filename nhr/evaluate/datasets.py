@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from nhr.errors import NhrError
-from nhr.records import Record, from_table, to_table
+from nhr.records import Record, Verdict, from_table, to_table
 from nhr.stages.validator import ValidatorStage, geometric_score
 from nhr.store import BlobStore
 
@@ -383,11 +383,9 @@ def sample_dataset(
     """
     key = json.dumps([spec.name, spec.location, vars(spec.columns), spec.config, n, seed])
     shard = hashlib.sha256(key.encode()).hexdigest()[:20]
-    path = store.tables.folder(SAMPLES_TABLE) / f"part-{shard}.parquet"
-    if path.is_file():
-        import pyarrow.parquet as pq
-
-        return from_table(pq.read_table(path), SampleRow)
+    stored = store.tables.read_part(SAMPLES_TABLE, shard)
+    if stored is not None:
+        return from_table(stored, SampleRow)
     rows = []
     c = spec.columns
     for index, row in read_sample(spec, n, seed):
@@ -412,7 +410,7 @@ def sample_dataset(
             "check the split and the instruction column (EVAL_COLUMNS)",
         )
     info = {"dataset": spec.name, "location": spec.location, "n": n, "seed": seed}
-    store.tables.write_shard(
+    store.tables.write_part(
         SAMPLES_TABLE, shard, to_table(rows, SampleRow), [r.sample_id for r in rows], info
     )
     return rows
@@ -442,7 +440,9 @@ def score_datasets(pipe: Pipeline, specs: list[DatasetSpec]) -> pd.DataFrame:
             spec, cfg.eval_samples, cfg.eval_sample_seed, pipe.store.blobs, pipe.store
         )
     stage = DatasetScoreStage(pipe.backends.validator, pipe.store.blobs, cfg.threshold)
-    verdicts = {v.subject_id: v for v in pipe.runner.run(stage, samples).rows}
+    pipe.runner.run(stage, samples)
+    scores = pipe.store.tables.read(SCORES_TABLE, Verdict.schema())
+    verdicts = {v.subject_id: v for v in from_table(scores, Verdict)}
     rows = []
     for spec in specs:
         mine = [verdicts[s.sample_id] for s in samples if s.dataset == spec.name]
@@ -581,7 +581,6 @@ def scored_samples(
 ) -> tuple[list[SampleRow], dict[str, tuple[float | None, float | None, str]]]:
     """The first few stored samples of each dataset, in ``specs`` order, and their
     scores (adherence, aesthetic, reason) by sample id, for a sample grid."""
-    from nhr.records import Verdict
 
     tables = pipe.store.tables
     samples = from_table(tables.read(SAMPLES_TABLE, SampleRow.schema()), SampleRow)

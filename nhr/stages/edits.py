@@ -2,60 +2,236 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from nhr.backends.base import Editor
-from nhr.records import CandidateRow, EditJob, PromptRow, SourceRow
-from nhr.seeds import derive_seed, rng_for
+from nhr.hashing import splitmix64
+from nhr.records import CandidateRow, EditJob
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
 
+# jobs per pass over the sources, and per band of the emission order
+PASS_JOBS = 1 << 20
+BAND_JOBS = 1 << 20
+_BINS = 1 << 16  # histogram bins over the top 16 bits of a priority
+_SHIFT = np.uint64(48)
+_STREAM = np.uint64(0x9E3779B97F4A7C15)
+_SALT_SEED = np.uint64(0xD1B54A32D192ED03)
+_SALT_STEPS = np.uint64(0x8CB92BA72F3D8DD7)
+_SALT_GUIDANCE = np.uint64(0xA0761D6478BD642F)
+
+
+def _source_seeds(source_ids: list[str], seed: int) -> np.ndarray:
+    """A stable 64-bit seed per source (blake2b of the run seed and the source id)."""
+    out = np.empty(len(source_ids), dtype=np.uint64)
+    for i, sid in enumerate(source_ids):
+        digest = hashlib.blake2b(f"{seed}:{sid}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little")
+    return out
+
+
+@dataclass
+class EditPlan:
+    """The N×k×M edit grid over the gated sources, emitted lazily in a seeded uniform
+    order, as ``pa.Table`` chunks of ``EditJob`` rows.
+
+    Every job (source s, instruction j, seed m) gets a priority: the (j·M + m)-th value
+    of a splitmix64 stream seeded by s, i.e. independent uniform 64-bit numbers. Jobs
+    come out in increasing priority, so the first n jobs are the n smallest priorities:
+    a uniform sample of the grid, wherever a cap or a budget stops. ``max_jobs`` keeps
+    the smallest ``max_jobs``. The grid itself is never built: a pass hashes the jobs of
+    a slice of sources at a time (``pass_jobs``); one pass counts a histogram of the
+    priorities' top bits, which splits the emitted jobs into bands of about
+    ``band_jobs`` (and finds the cap's cut-off); each band is one more pass that keeps
+    the band's jobs, sorts them and emits them in chunks of ``chunk_rows``.
+    """
+
+    sources: pa.Table  # gated sources, sorted by source_id
+    texts: pa.Array  # every prompt's instructions, flattened
+    kinds: pa.Array  # their edit types
+    first: np.ndarray  # per source: index of its prompt's first instruction in ``texts``
+    k: np.ndarray  # per source: its prompt's number of instructions
+    m_seeds: int
+    steps_range: tuple[int, int]
+    guidances: tuple[float, ...]
+    seed: int
+    max_jobs: int = 0
+    chunk_rows: int = 50_000
+    pass_jobs: int = PASS_JOBS
+    band_jobs: int = BAND_JOBS
+
+    def __post_init__(self) -> None:
+        ids = self.sources.column("source_id").to_pylist()
+        self._seeds = _source_seeds(ids, self.seed)
+        self._jobs = self.k.astype(np.int64) * self.m_seeds
+        self._offsets = np.concatenate([[0], np.cumsum(self._jobs)])
+
+    @property
+    def grid_size(self) -> int:
+        """Jobs in the whole grid."""
+        return int(self._offsets[-1])
+
+    def __len__(self) -> int:
+        """Jobs the plan emits (the grid, or ``max_jobs`` of it)."""
+        return min(self.max_jobs, self.grid_size) if self.max_jobs else self.grid_size
+
+    def _passes(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(source index, job index within its source, priority) of every job, a slice
+        of sources at a time (about ``pass_jobs`` jobs each)."""
+        n = len(self._jobs)
+        start = 0
+        while start < n:
+            stop = int(np.searchsorted(self._offsets, self._offsets[start] + self.pass_jobs))
+            stop = min(max(stop, start + 1), n)
+            counts = self._jobs[start:stop]
+            src = np.repeat(np.arange(start, stop, dtype=np.int64), counts)
+            local = np.arange(len(src), dtype=np.int64) - np.repeat(
+                self._offsets[start:stop] - self._offsets[start], counts
+            )
+            with np.errstate(over="ignore"):
+                state = self._seeds[src] + local.astype(np.uint64) * _STREAM
+            yield src, local, splitmix64(state)
+            start = stop
+
+    def _bands(self) -> tuple[list[tuple[int, int]], int, np.uint64]:
+        """Bands as [first bin, last bin) of the top-16-bit histogram, the cap's bin and
+        its cut-off priority (jobs in that bin above it are not emitted)."""
+        hist = np.zeros(_BINS, dtype=np.int64)
+        for _, _, prio in self._passes():
+            hist += np.bincount((prio >> _SHIFT).astype(np.int64), minlength=_BINS)
+        want = len(self)
+        cum = np.cumsum(hist)
+        last = int(np.searchsorted(cum, want)) if want else 0  # bin holding the want-th job
+        cut = np.uint64(np.iinfo(np.uint64).max)
+        if want and want < self.grid_size:
+            before = int(cum[last - 1]) if last else 0
+            inside = np.concatenate(
+                [p[(p >> _SHIFT) == np.uint64(last)] for _, _, p in self._passes()]
+            )
+            cut = np.sort(inside)[want - before - 1]
+        bands: list[tuple[int, int]] = []
+        lo, acc = 0, 0
+        for b in range(last + 1 if want else 0):
+            acc += int(hist[b])
+            if acc >= self.band_jobs or b == last:
+                bands.append((lo, b + 1))
+                lo, acc = b + 1, 0
+        return bands, last, cut
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        """The plan's jobs in priority order, as tables of at most ``chunk_rows`` rows."""
+        if not len(self):
+            return
+        bands, last, cut = self._bands()
+        left = len(self)
+        for lo, hi in bands:
+            parts = []
+            for src, local, prio in self._passes():
+                top = prio >> _SHIFT
+                keep = (top >= np.uint64(lo)) & (top < np.uint64(hi))
+                if hi == last + 1:
+                    keep &= (top < np.uint64(last)) | (prio <= cut)
+                parts.append((src[keep], local[keep], prio[keep]))
+            src = np.concatenate([p[0] for p in parts])
+            local = np.concatenate([p[1] for p in parts])
+            prio = np.concatenate([p[2] for p in parts])
+            order = np.lexsort((local, src, prio))[:left]
+            left -= len(order)
+            for i in range(0, len(order), self.chunk_rows):
+                take = order[i : i + self.chunk_rows]
+                yield self._table(src[take], local[take], prio[take])
+            if not left:
+                return
+
+    def _table(self, src: np.ndarray, local: np.ndarray, prio: np.ndarray) -> pa.Table:
+        """``EditJob`` rows of the given jobs, built column-wise."""
+        m = self.m_seeds
+        j = local // m
+        rows = pa.array(src)
+        s = self.sources
+        sid = s.column("source_id").take(rows)
+        pid = s.column("prompt_id").take(rows)
+        suffix = pa.array([f"-i{x // m}-e{x % m}" for x in range(int(local.max()) + 1)])
+        inst = pa.array([f"-i{x}" for x in range(int(j.max()) + 1)])
+        flat = pa.array(self.first[src] + j)
+        with np.errstate(over="ignore"):
+            h_seed = splitmix64(prio ^ _SALT_SEED)
+            h_steps = splitmix64(prio ^ _SALT_STEPS)
+            h_guid = splitmix64(prio ^ _SALT_GUIDANCE)
+        lo, hi = self.steps_range
+        steps = lo + (h_steps % np.uint64(hi - lo + 1)).astype(np.int64)
+        guidance = np.asarray(self.guidances, dtype=np.float64)[
+            (h_guid % np.uint64(len(self.guidances))).astype(np.int64)
+        ]
+        columns = {
+            "candidate_id": pc.binary_join_element_wise(sid, suffix.take(pa.array(local)), ""),
+            "source_id": sid,
+            "prompt_id": pid,
+            "instruction_id": pc.binary_join_element_wise(pid, inst.take(pa.array(j)), ""),
+            "instruction": self.texts.take(flat),
+            "edit_type": self.kinds.take(flat),
+            "style": s.column("style").take(rows),
+            "source_image": s.column("image").take(rows),
+            "width": s.column("width").take(rows),
+            "height": s.column("height").take(rows),
+            "seed": (h_seed & np.uint64(0x7FFFFFFF)).astype(np.int64),
+            "steps": steps,
+            "guidance": guidance,
+        }
+        schema = EditJob.schema()
+        return pa.table({f.name: columns[f.name] for f in schema}).cast(schema)
+
 
 def plan_edit_jobs(
-    sources: list[SourceRow],
-    prompts: dict[str, PromptRow],
+    sources: pa.Table,
+    prompts: pa.Table,
     m_seeds: int,
     steps_range: tuple[int, int],
     guidances: tuple[float, ...],
     seed: int,
     max_jobs: int = 0,
-) -> list[EditJob]:
-    """The full grid of (source, instruction, seed) jobs in a seeded random order.
+    chunk_rows: int = 50_000,
+) -> EditPlan:
+    """The lazy plan of (source, instruction, seed) jobs over ``sources`` (the gated
+    sources: columns of ``SourceRow``) and their ``prompts`` (columns of ``PromptRow``).
 
-    Drawing jobs from the front of this list is drawing uniformly from the grid, as the
+    Drawing jobs from the front of the plan is drawing uniformly from the grid, as the
     paper's scheduler does, so a budget cap anywhere still gives an unbiased sample.
-    ``max_jobs`` > 0 keeps only that many. Steps and guidance are drawn per job.
+    ``max_jobs`` > 0 keeps only that many. Steps, guidance and seed are drawn per job.
     """
-    jobs = []
-    for src in sources:
-        prompt = prompts[src.prompt_id]
-        for j, (text, edit_type) in enumerate(
-            zip(prompt.instructions, prompt.edit_types, strict=True)
-        ):
-            for m in range(m_seeds):
-                cid = f"{src.source_id}-i{j}-e{m}"
-                rng = rng_for(seed, cid, "job")
-                jobs.append(
-                    EditJob(
-                        candidate_id=cid,
-                        source_id=src.source_id,
-                        prompt_id=src.prompt_id,
-                        instruction_id=f"{src.prompt_id}-i{j}",
-                        instruction=text,
-                        edit_type=edit_type,
-                        style=src.style,
-                        source_image=src.image,
-                        width=src.width,
-                        height=src.height,
-                        seed=derive_seed(seed, cid, "edit"),
-                        steps=int(rng.integers(steps_range[0], steps_range[1] + 1)),
-                        guidance=float(guidances[int(rng.integers(len(guidances)))]),
-                    )
-                )
-    order = rng_for(seed, "edit-order").permutation(len(jobs))
-    jobs = [jobs[i] for i in order]
-    return jobs[:max_jobs] if max_jobs else jobs
+    sources = sources.take(pc.sort_indices(sources, [("source_id", "ascending")]))
+    where = pc.index_in(sources.column("prompt_id"), value_set=prompts.column("prompt_id"))
+    if where.null_count:
+        missing = sources.column("prompt_id").filter(pc.is_null(where))[0].as_py()
+        raise ValueError(f"source of prompt {missing!r}: that prompt is not in the prompts table")
+    texts = prompts.column("instructions").combine_chunks()
+    kinds = prompts.column("edit_types").combine_chunks()
+    offsets = texts.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    if not np.array_equal(lengths, np.diff(kinds.offsets.to_numpy())):
+        raise ValueError("every prompt needs one edit type per instruction")
+    idx = where.to_numpy(zero_copy_only=False).astype(np.int64)
+    return EditPlan(
+        sources=sources,
+        texts=texts.flatten(),
+        kinds=kinds.flatten(),
+        first=offsets[idx] - offsets[0],
+        k=lengths[idx],
+        m_seeds=m_seeds,
+        steps_range=steps_range,
+        guidances=tuple(guidances),
+        seed=seed,
+        max_jobs=max_jobs,
+        chunk_rows=chunk_rows,
+    )
 
 
 class EditStage(Stage[EditJob, CandidateRow]):

@@ -1,0 +1,99 @@
+"""64-bit hashes in numpy: splitmix64, and fingerprints of Arrow string arrays.
+
+The runner uses fingerprints to find input keys already done and to refuse duplicate
+keys without a Python set of millions of strings; the edit planner uses splitmix64 to
+give every job of the grid a pseudo-random priority without building the grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of ``x + golden`` (uint64 in, uint64 out, wrapping)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(x, dtype=np.uint64) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def fingerprints(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of every string of ``keys`` (uint64), valid within this process.
+
+    Python's string hash (SipHash, salted per process) is the fastest exact-enough
+    hash at hand: fingerprints are compared only within one process and never stored.
+    Distinct keys collide with probability about 2⁻⁶⁴ per pair.
+    """
+    values = keys.to_pylist()
+    return np.fromiter(map(hash, values), dtype=np.int64, count=len(values)).view(np.uint64)
+
+
+class KeySet:
+    """A growing set of string keys held as sorted fingerprint runs (binary-counter
+    merges keep the number of runs logarithmic): membership and duplicates in numpy."""
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._runs)
+
+    def contains(self, fps: np.ndarray) -> np.ndarray:
+        """Which fingerprints are already in the set."""
+        hit = np.zeros(len(fps), dtype=bool)
+        for run in self._runs:
+            pos = np.minimum(np.searchsorted(run, fps), len(run) - 1)
+            hit |= run[pos] == fps
+        return hit
+
+    def add(self, fps: np.ndarray) -> int:
+        """Add fingerprints; returns the index of the first one already present (in the
+        set or earlier in ``fps``), or -1 when all are new."""
+        if not len(fps):
+            return -1
+        order = np.argsort(fps)
+        ordered = fps[order]
+        again = np.zeros(len(fps), dtype=bool)
+        again[order[1:]] = ordered[1:] == ordered[:-1]
+        again |= self.contains(fps)
+        first = int(np.argmax(again)) if again.any() else -1
+        self._runs.append(ordered)
+        while len(self._runs) > 1 and len(self._runs[-1]) >= len(self._runs[-2]):
+            top, below = self._runs.pop(), self._runs.pop()
+            self._runs.append(np.sort(np.concatenate([below, top]), kind="stable"))
+        return first
+
+
+class DoneKeys:
+    """Input keys a table already covers: fingerprints for speed, strings for exactness."""
+
+    def __init__(self, keys: pa.Array) -> None:
+        self.keys = keys
+        fps = fingerprints(keys)
+        self.order = np.argsort(fps)
+        self.sorted = fps[self.order]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def mask(self, keys: pa.Array, fps: np.ndarray) -> np.ndarray:
+        """Which of ``keys`` (with fingerprints ``fps``) are done."""
+        if not len(self.sorted) or not len(keys):
+            return np.zeros(len(keys), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.sorted, fps), len(self.sorted) - 1)
+        hit = self.sorted[pos] == fps
+        if hit.any():
+            idx = np.flatnonzero(hit)
+            mine = keys.take(pa.array(idx))
+            theirs = self.keys.take(pa.array(self.order[pos[idx]]))
+            same = np.asarray(pc.equal(mine, theirs).to_numpy(zero_copy_only=False))
+            hit[idx[~same]] = False
+        return hit

@@ -1,0 +1,422 @@
+"""Tables as parquet shards, each committed by a small ledger entry.
+
+Layout of ``tables/<name>/``::
+
+    data/<entry>.parquet     a shard: many rows, sized by rows / bytes / seconds
+    ledger/<entry>.parquet   its ledger entry: column ``key`` holds the input keys the
+                             shard covers; schema metadata ``nhr.entry`` holds its info
+                             (rows, rows in, seconds, usage, settings and their hash,
+                             drops by reason, errors by kind)
+
+A shard is written first, then its ledger entry; writing the entry commits the shard.
+Both are whole-object writes (a temp file and a rename on a path; a PUT on an object
+store, where there is no rename), so a killed writer leaves at most a shard without an
+entry: an orphan, which readers never see and the next writer deletes. Resume, `exists`,
+`count` and stats read only the ledger, never a shard.
+
+A whole-table step writes its table with ``write_table``: one entry of kind ``whole``
+that supersedes every entry before it (they and their shards are deleted after it is
+committed), so the table is replaced as a whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from nhr.errors import RunFolderError
+from nhr.store.blobs import atomic_write_bytes
+
+ENTRY_META = b"nhr.entry"
+KEY_COLUMN = "key"
+# tables written before the ledger: one parquet file per batch, keys in its footer
+LEGACY_GLOB = "part-*.parquet"
+
+# defaults of the buffered writer: a shard closes at whichever comes first
+SHARD_ROWS = 50_000
+SHARD_BYTES = 64 * 2**20
+FLUSH_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One committed shard: its entry name and recorded info."""
+
+    name: str
+    info: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        """Output rows in the shard."""
+        return int(self.info.get("rows", 0))
+
+    @property
+    def shard(self) -> str:
+        """The shard's file name under ``data/``."""
+        return str(self.info["shard"])
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """A table as zstd parquet bytes."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue().to_pybytes()
+
+
+def column_counts(table: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
+    """(failed verdicts by reason, judge errors by kind) of a table, from its columns
+    (empty for tables without ``passed`` / ``error`` columns)."""
+    drops: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    names = table.schema.names
+    if table.num_rows and "passed" in names and "reason" in names:
+        failed = table.filter(pc.invert(pc.fill_null(table.column("passed"), False)))
+        for item in pc.value_counts(failed.column("reason")).to_pylist():
+            drops[str(item["values"])] = int(item["counts"])
+    if table.num_rows and "error" in names:
+        errs = pc.drop_null(table.column("error"))
+        if len(errs):
+            kinds = pc.list_element(pc.split_pattern(errs, ":", max_splits=1), 0)
+            for item in pc.value_counts(kinds).to_pylist():
+                errors[str(item["values"])] = int(item["counts"])
+    return dict(sorted(drops.items())), dict(sorted(errors.items()))
+
+
+class TableStore:
+    """Ledgered parquet tables under ``root/tables/<name>/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._entries: dict[str, dict[str, tuple[tuple[int, int], dict[str, Any]]]] = {}
+        self._last_ns = 0
+
+    # ---- layout --------------------------------------------------------------------
+    def folder(self, name: str) -> Path:
+        """The folder of a table."""
+        return self.root / "tables" / name
+
+    def _ledger(self, name: str) -> Path:
+        return self.folder(name) / "ledger"
+
+    def _data(self, name: str) -> Path:
+        return self.folder(name) / "data"
+
+    def shard_path(self, name: str, entry: LedgerEntry) -> Path:
+        """The file of a committed shard."""
+        return self._data(name) / entry.shard
+
+    def _check_legacy(self, name: str) -> None:
+        folder = self.folder(name)
+        if folder.is_dir() and next(folder.glob(LEGACY_GLOB), None) is not None:
+            raise RunFolderError(
+                f"table {name!r} in {self.root} was written by an older nhr (one parquet "
+                "file per batch, without a ledger), which this version does not read",
+                "use a new run folder (or rerun the old run with the nhr that wrote it)",
+            )
+
+    # ---- the ledger ----------------------------------------------------------------
+    def _read_info(self, path: Path) -> dict[str, Any]:
+        try:
+            meta = pq.read_schema(path).metadata or {}
+            return json.loads(meta[ENTRY_META])
+        except (OSError, pa.ArrowInvalid, KeyError, ValueError) as err:
+            raise RunFolderError(
+                f"ledger entry {path} is damaged ({type(err).__name__}: {err})",
+                "delete that file; the stage will redo its rows on the next run",
+            ) from None
+
+    def _all_entries(self, name: str) -> list[LedgerEntry]:
+        """Every entry file of a table, oldest first (new files read once, then cached)."""
+        self._check_legacy(name)
+        folder = self._ledger(name)
+        cache = self._entries.setdefault(name, {})
+        if not folder.is_dir():
+            cache.clear()
+            return []
+        seen: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        with os.scandir(folder) as it:
+            for item in it:
+                if not item.name.endswith(".parquet") or item.name.startswith("."):
+                    continue
+                st = item.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+                old = cache.get(item.name)
+                if old is not None and old[0] == stamp:
+                    seen[item.name] = old
+                else:
+                    seen[item.name] = (stamp, self._read_info(Path(item.path)))
+        cache.clear()
+        cache.update(seen)
+        entries = [LedgerEntry(n[: -len(".parquet")], info) for n, (_, info) in seen.items()]
+        return sorted(entries, key=lambda e: (int(e.info.get("created_ns", 0)), e.name))
+
+    def entries(self, name: str) -> list[LedgerEntry]:
+        """The live entries of a table, oldest first: everything from its last whole-table
+        write on (earlier entries are superseded)."""
+        entries = self._all_entries(name)
+        wholes = [i for i, e in enumerate(entries) if e.info.get("kind") == "whole"]
+        return entries[wholes[-1] :] if wholes else entries
+
+    def exists(self, name: str) -> bool:
+        """Whether the table has a committed shard (an empty one counts)."""
+        return bool(self.entries(name))
+
+    def count(self, name: str) -> int:
+        """Rows in the table, from the ledger (no shard is opened)."""
+        return sum(e.rows for e in self.entries(name))
+
+    def input_keys(self, name: str) -> pa.Array:
+        """Every input key the table's shards cover (a string array, from the ledger)."""
+        arrays = []
+        for entry in self.entries(name):
+            path = self._ledger(name) / f"{entry.name}.parquet"
+            arrays.extend(pq.read_table(path, columns=[KEY_COLUMN]).column(0).chunks)
+        if not arrays:
+            return pa.array([], pa.string())
+        return pa.concat_arrays([a.cast(pa.string()) for a in arrays])
+
+    # ---- reading -------------------------------------------------------------------
+    def _missing(self, name: str) -> RunFolderError:
+        return RunFolderError(
+            f"table {name!r} does not exist in {self.root}", "run the stage that writes it first"
+        )
+
+    def _open(self, name: str, entry: LedgerEntry) -> pq.ParquetFile:
+        path = self.shard_path(name, entry)
+        try:
+            return pq.ParquetFile(path)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise RunFolderError(
+                f"table shard {path} is damaged ({err})",
+                f"delete it and {self._ledger(name) / entry.name}.parquet; the stage will "
+                "redo its rows on the next run",
+            ) from None
+
+    def read(
+        self, name: str, schema: pa.Schema | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """The whole table, or only ``columns`` of it; empty with ``schema`` when it has
+        no shards yet (without ``schema`` a missing table is an error)."""
+        batches = list(self.iter_batches(name, columns, schema=schema))
+        if batches:
+            return pa.Table.from_batches(batches)
+        if schema is None and not self.exists(name):
+            raise self._missing(name)
+        if schema is None:
+            return self._open(name, self.entries(name)[0]).schema_arrow.empty_table()
+        out = schema.empty_table()
+        return out.select(columns) if columns is not None else out
+
+    def iter_batches(
+        self,
+        name: str,
+        columns: list[str] | None = None,
+        batch_rows: int = 65_536,
+        schema: pa.Schema | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The table in record batches of at most ``batch_rows`` rows, shard by shard, so
+        a table far larger than memory can be scanned (cast to ``schema`` if given)."""
+        entries = self.entries(name)
+        if not entries and schema is None:
+            raise self._missing(name)
+        target = schema.select(columns) if schema is not None and columns else schema
+        for entry in entries:
+            if not entry.rows:
+                continue
+            handle = self._open(name, entry)
+            try:
+                for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
+                    batch = batch.replace_schema_metadata(None)
+                    yield batch.cast(target) if target is not None else batch
+            finally:
+                handle.close()
+
+    # ---- writing -------------------------------------------------------------------
+    def _stamp(self) -> str:
+        now = max(time.time_ns(), self._last_ns + 1)
+        self._last_ns = now
+        return f"{now:020d}-{uuid.uuid4().hex[:8]}"
+
+    def _put_shard(self, name: str, shard: str, data: bytes) -> None:
+        atomic_write_bytes(self._data(name) / shard, data)
+
+    def _put_entry(self, name: str, entry: str, data: bytes) -> None:
+        atomic_write_bytes(self._ledger(name) / f"{entry}.parquet", data)
+
+    def commit(
+        self,
+        name: str,
+        table: pa.Table,
+        input_keys: pa.Array | list[str],
+        info: dict[str, Any],
+        kind: str = "rows",
+        entry: str | None = None,
+    ) -> LedgerEntry:
+        """Write one shard, then the ledger entry that commits it (with ``info`` plus the
+        rows, input rows, drops by reason and errors by kind counted from the table)."""
+        self._check_legacy(name)
+        stamp = self._stamp()
+        entry = entry or stamp
+        keys = pa.array(input_keys, pa.string()) if isinstance(input_keys, list) else input_keys
+        drops, errors = column_counts(table)
+        full = {
+            **info,
+            "kind": kind,
+            "shard": f"{stamp}.parquet",
+            "rows": table.num_rows,
+            "rows_in": len(keys),
+            "created_ns": int(stamp.split("-")[0]),
+            "drops_by_reason": drops,
+            "errors_by_kind": errors,
+        }
+        self._put_shard(name, full["shard"], _parquet_bytes(table.replace_schema_metadata(None)))
+        ledger = pa.table({KEY_COLUMN: keys.cast(pa.string())})
+        ledger = ledger.replace_schema_metadata({ENTRY_META: json.dumps(full).encode()})
+        self._put_entry(name, entry, _parquet_bytes(ledger))
+        return LedgerEntry(entry, full)
+
+    def write_table(self, name: str, table: pa.Table, info: dict[str, Any]) -> LedgerEntry:
+        """Replace the whole table atomically (whole-table steps); earlier shards go."""
+        done = self.commit(name, table, [], info, kind="whole")
+        self.clean(name)
+        return done
+
+    def write_part(
+        self, name: str, part: str, table: pa.Table, input_keys: list[str], info: dict[str, Any]
+    ) -> LedgerEntry:
+        """Write (or replace) the named part ``part`` of a table."""
+        old = self.read_part(name, part)
+        done = self.commit(name, table, input_keys, info, entry=f"part-{part}")
+        if old is not None:
+            self.clean(name)
+        return done
+
+    def read_part(self, name: str, part: str) -> pa.Table | None:
+        """A named part of a table, or None if it was never written."""
+        for entry in self.entries(name):
+            if entry.name == f"part-{part}":
+                return self._open(name, entry).read().replace_schema_metadata(None)
+        return None
+
+    def clean(self, name: str) -> list[str]:
+        """Delete superseded entries, orphan shards (written, never committed) and temp
+        files of killed writers; returns what was deleted. Call it as the table's only
+        writer (under the run's writer lock)."""
+        removed = []
+        live = self.entries(name)
+        live_names = {e.name for e in live}
+        for entry in self._all_entries(name):
+            if entry.name not in live_names:
+                path = self._ledger(name) / f"{entry.name}.parquet"
+                path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(self.root)))
+        shards = {e.shard for e in live}
+        for folder in (self._data(name), self._ledger(name)):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                temp = path.name.startswith(".tmp-")
+                orphan = folder == self._data(name) and path.name not in shards
+                if temp or orphan:
+                    path.unlink(missing_ok=True)
+                    removed.append(str(path.relative_to(self.root)))
+        return removed
+
+    def writer(
+        self,
+        name: str,
+        info: dict[str, Any],
+        shard_rows: int = SHARD_ROWS,
+        shard_bytes: int = SHARD_BYTES,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> ShardWriter:
+        """A buffered writer of the table's shards (``info`` goes into every entry)."""
+        return ShardWriter(self, name, info, shard_rows, shard_bytes, flush_seconds)
+
+
+class ShardWriter:
+    """Buffers a stage's output and commits it as shards of many rows.
+
+    A shard closes when it holds ``shard_rows`` rows or ``shard_bytes`` bytes (in
+    memory), or when its first batch is ``flush_seconds`` old, so a crash loses at most
+    about that much work. These settings change how a table is split into files, never
+    its rows.
+    """
+
+    def __init__(
+        self,
+        tables: TableStore,
+        name: str,
+        info: dict[str, Any],
+        shard_rows: int = SHARD_ROWS,
+        shard_bytes: int = SHARD_BYTES,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> None:
+        self.tables = tables
+        self.name = name
+        self.info = info
+        self.shard_rows = shard_rows
+        self.shard_bytes = shard_bytes
+        self.flush_seconds = flush_seconds
+        self._tables: list[pa.Table] = []
+        self._keys: list[pa.Array] = []
+        self._seconds = 0.0
+        self._usage: Counter[str] = Counter()
+        self._rows = 0
+        self._bytes = 0
+        self._since: float | None = None
+        self.committed: list[LedgerEntry] = []
+
+    @property
+    def pending_rows(self) -> int:
+        """Output rows buffered, not yet committed."""
+        return self._rows
+
+    def add(
+        self, table: pa.Table, input_keys: pa.Array, seconds: float, usage: dict[str, float]
+    ) -> LedgerEntry | None:
+        """Buffer one batch's output; commit a shard when one is due."""
+        if self._since is None:
+            self._since = time.monotonic()
+        self._tables.append(table)
+        self._keys.append(input_keys)
+        self._seconds += seconds
+        self._usage.update(usage)
+        self._rows += table.num_rows
+        self._bytes += table.nbytes
+        due = (
+            self._rows >= self.shard_rows
+            or self._bytes >= self.shard_bytes
+            or time.monotonic() - self._since >= self.flush_seconds
+        )
+        return self.flush() if due else None
+
+    def flush(self) -> LedgerEntry | None:
+        """Commit what is buffered as one shard (nothing when nothing is)."""
+        if not self._keys:
+            return None
+        table = pa.concat_tables(self._tables).combine_chunks()
+        keys = pa.concat_arrays(self._keys)
+        info = {
+            **self.info,
+            "seconds": self._seconds,
+            "usage": {k: round(v, 6) for k, v in sorted(self._usage.items())},
+        }
+        entry = self.tables.commit(self.name, table, keys, info)
+        self.committed.append(entry)
+        self._tables, self._keys = [], []
+        self._seconds, self._usage = 0.0, Counter()
+        self._rows = self._bytes = 0
+        self._since = None
+        return entry
