@@ -9,7 +9,7 @@ import pytest
 from fakes.model_server import ALL_FAULTS, FakeModelServer
 from fakes.remote import KEY, images, remote_backends, remote_config, use_fake
 
-from nhr.records import CandidateRow, SourceRow
+from nhr.records import CandidateRow, SourceRow, Verdict, from_table
 from nhr.runner import Runner
 from nhr.stages.filters import PrefilterStage
 from nhr.stages.gate import PlausibilityStage
@@ -134,7 +134,7 @@ def test_judges_under_faults(tmp_path, monkeypatch, backend):
             "ImageAesthetic,InstructionAdherence",
         )
         for res, subjects, task in zip(results, (sources, cands, cands), fields, strict=True):
-            by_id = {v.subject_id: v for v in res.rows}
+            by_id = {v.subject_id: v for v in from_table(store.tables.read(res.table), Verdict)}
             assert res.stats["rows_out"] == res.stats["rows_in"] == N  # nothing lost
             for subj in subjects:
                 v = by_id[subj.id]

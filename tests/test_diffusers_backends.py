@@ -184,7 +184,8 @@ def test_scheduler_cap_budget_and_resume_with_a_real_editor(tiny_dir, tmp_path):
     params = _chain_params(tiny_dir, MAX_EDIT_JOBS=10, EDIT_BUDGET_SECONDS=1e-6)
     pipe = Pipeline.open(tmp_path / "run", params, progress=False)
     pipe.prompts()
-    sources = pipe.sources().rows
+    pipe.sources()
+    sources = pipe.rows("sources")
     assert len(sources) == 4 and all(s.model_id.endswith("flux-t2i") for s in sources)
     assert len({s.seed for s in sources}) == 4
     pipe.gate()
@@ -193,7 +194,8 @@ def test_scheduler_cap_budget_and_resume_with_a_real_editor(tiny_dir, tmp_path):
     assert first.stats["grid_jobs"] == 10  # MAX_EDIT_JOBS caps the 2·2·2·3 = 24-job grid
     assert (first.stats["rows_out"], first.stats["not_scheduled"]) == (4, 6)
     assert first.stats["usage"]["images"] == 4 and first.stats["usage"]["device_seconds"] > 0
-    assert all(c.seconds > 0 for c in first.rows)
+    first_rows = pipe.rows("candidates")
+    assert all(c.seconds > 0 for c in first_rows)
     # a rerun with the same budget runs nothing more (spent seconds are recorded)
     again = pipe.edits()
     assert (again.stats["rows_out"], again.stats["processed_rows"]) == (4, 0)
@@ -202,10 +204,11 @@ def test_scheduler_cap_budget_and_resume_with_a_real_editor(tiny_dir, tmp_path):
     resumed = Pipeline(tmp_path / "run", cfg, progress=False).edits()
     assert (resumed.stats["resumed_rows"], resumed.stats["processed_rows"]) == (4, 6)
     assert resumed.stats["rows_out"] == 10 and resumed.stats["usage"]["images"] == 10
-    old = {c.candidate_id: c.image for c in first.rows}
-    assert all(c.image == old[c.candidate_id] for c in resumed.rows if c.candidate_id in old)
+    old = {c.candidate_id: c.image for c in first_rows}
+    resumed_rows = pipe.rows("candidates")
+    assert all(c.image == old[c.candidate_id] for c in resumed_rows if c.candidate_id in old)
     assert all(
-        c.width == s.width for c in resumed.rows for s in sources if s.source_id == c.source_id
+        c.width == s.width for c in resumed_rows for s in sources if s.source_id == c.source_id
     )
 
 

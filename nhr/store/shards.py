@@ -230,7 +230,9 @@ class TableStore:
         entries = self.entries(name)
         if not entries and schema is None:
             raise self._missing(name)
-        target = schema.select(columns) if schema is not None and columns else schema
+        target = schema
+        if schema is not None and columns is not None:
+            target = pa.schema([schema.field(c) for c in columns])
         for entry in entries:
             if not entry.rows:
                 continue
