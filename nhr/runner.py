@@ -315,7 +315,8 @@ class Runner:
         mark: dict[str, float] | None = None
         in_flight: set[Future[tuple[_Batch, list[Record], float]]] = set()
         exhausted = False
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
+        try:
             while True:
                 while not exhausted and len(in_flight) < self.workers:
                     if budget_seconds and spent >= budget_seconds:
@@ -335,7 +336,12 @@ class Runner:
                     if mark is None:
                         stage.setup()
                         mark = stage.usage()
-                    in_flight.add(pool.submit(timed, batch.build(stage.input_type)))
+                    if pool is None:  # one worker: no thread handoff per batch
+                        done: Future[tuple[_Batch, list[Record], float]] = Future()
+                        done.set_result(timed(batch.build(stage.input_type)))
+                        in_flight.add(done)
+                    else:
+                        in_flight.add(pool.submit(timed, batch.build(stage.input_type)))
                 if not in_flight:
                     break
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -349,6 +355,9 @@ class Runner:
                     spent += seconds
                     counts["processed"] += len(batch.idx)
                     bar.update(len(batch.idx))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     @staticmethod
     def _check(stage: Stage, out: list[Record]) -> None:
