@@ -40,13 +40,19 @@ class RepairReport:
 def repair(run_dir: Path | str, dry_run: bool = False) -> RepairReport:
     """Find damaged blobs of produced images; delete them and every shard that produced
     one (a blob can be produced more than once: an edit that changed nothing is its
-    source's image)."""
+    source's image). A shard is uncommitted first (its ledger entry deleted), so a crash
+    midway leaves at most an orphan; the next run redoes every row the shard held."""
     store = RunStore(run_dir)
     report = RepairReport()
     health: dict[str, bool] = {}
     to_remove = []
     for table, column in PRODUCERS:
-        for shard in store.tables.shards(table):
+        if not store.tables.exists(table):
+            continue
+        for entry in store.tables.entries(table):
+            if not entry.rows:
+                continue
+            shard = store.tables.shard_path(table, entry)
             blobs = pq.read_table(shard, columns=[column]).column(column).to_pylist()
             for rel in blobs:
                 if rel not in health:
@@ -56,13 +62,13 @@ def repair(run_dir: Path | str, dry_run: bool = False) -> RepairReport:
                     except ImageError:
                         health[rel] = False
             if not all(health[rel] for rel in blobs):
-                to_remove.append(shard)
+                to_remove.append((table, entry, shard))
     report.checked = len(health)
     report.damaged = sorted(rel for rel, ok in health.items() if not ok)
-    report.shards_removed = [str(p.relative_to(store.root)) for p in to_remove]
+    report.shards_removed = [str(shard.relative_to(store.root)) for _, _, shard in to_remove]
     if not dry_run:
         for rel in report.damaged:
             (store.root / rel).unlink(missing_ok=True)
-        for shard in to_remove:
-            shard.unlink()
+        for table, entry, _ in to_remove:
+            store.tables.drop(table, entry)
     return report

@@ -29,13 +29,14 @@ from tqdm.auto import tqdm
 from nhr.errors import RunFolderError
 from nhr.hashing import DoneKeys, KeySet, fingerprints
 from nhr.lock import RunLock
-from nhr.records import Record, from_table, to_table
+from nhr.records import Record, from_table
 from nhr.stages.base import Stage
 from nhr.store import RunStore
 from nhr.store.shards import FLUSH_SECONDS, SHARD_BYTES, SHARD_ROWS, LedgerEntry, ShardWriter
 
 PARENT_ENV = "NHR_RUN_PID"
 WRITER_LOCK = ".nhr-writer.lock"
+GROUP_ROWS = 4096  # pending rows turned into records at once
 
 # what a runner accepts as a stage's input
 Chunk = list[Record] | pa.Table
@@ -95,28 +96,50 @@ def ledger_stats(entries: list[LedgerEntry]) -> dict[str, Any]:
     }
 
 
+class _Group:
+    """Up to a few thousand pending rows of a chunk, turned into records once, when the
+    first of their batches is scheduled (one column-wise conversion, not one per batch)."""
+
+    def __init__(self, chunk: Chunk, idx: np.ndarray) -> None:
+        self.chunk = chunk
+        self.idx = idx
+        self._records: list[Record] | None = None
+
+    def records(self, cls: type[Record]) -> list[Record]:
+        """The group's records (typed ``cls``), built on first use."""
+        if self._records is None:
+            if isinstance(self.chunk, pa.Table):
+                self._records = from_table(self.chunk.take(pa.array(self.idx)), cls)
+            else:
+                self._records = [self.chunk[j] for j in self.idx]
+        return self._records
+
+
 @dataclass
 class _Batch:
-    """A batch of pending inputs: rows ``idx`` of a chunk whose keys are ``chunk_keys``;
-    its records are built only when it is scheduled."""
+    """A batch of pending inputs: rows ``start:stop`` of a group, whose chunk's keys are
+    ``chunk_keys``; its records are built only when it is scheduled."""
 
-    chunk: Chunk
+    group: _Group
     chunk_keys: pa.Array
-    idx: np.ndarray
+    start: int
+    stop: int
     records: list[Record] = field(default_factory=list)
 
     def build(self, cls: type[Record]) -> _Batch:
         """Build the batch's records (typed ``cls``) for ``process_batch``."""
-        if isinstance(self.chunk, pa.Table):
-            self.records = from_table(self.chunk.take(pa.array(self.idx)), cls)
-        else:
-            self.records = [self.chunk[j] for j in self.idx]
+        self.records = self.group.records(cls)[self.start : self.stop]
         return self
+
+    @property
+    def size(self) -> int:
+        """Inputs in the batch."""
+        return self.stop - self.start
 
     @property
     def keys(self) -> pa.Array:
         """The batch's input keys."""
-        return self.chunk_keys.take(pa.array(self.idx))
+        return self.chunk_keys.take(pa.array(self.group.idx[self.start : self.stop]))
 
 
 def _chunks(inputs: Inputs) -> Iterator[Chunk]:
@@ -223,6 +246,7 @@ class Runner:
             self.shard_rows,
             self.shard_bytes,
             self.flush_seconds,
+            stage.output_type,
         )
         counts = Counter[str]()
         try:
@@ -289,8 +313,11 @@ class Runner:
                 counts["resumed"] += n_done
                 bar.update(n_done)
             todo = np.flatnonzero(~is_done)
-            for i in range(0, len(todo), self.batch_size):
-                yield _Batch(chunk, keys, todo[i : i + self.batch_size])
+            step = self.batch_size * max(1, GROUP_ROWS // self.batch_size)
+            for g in range(0, len(todo), step):
+                group = _Group(chunk, todo[g : g + step])
+                for i in range(0, len(group.idx), self.batch_size):
+                    yield _Batch(group, keys, i, min(i + self.batch_size, len(group.idx)))
 
     def _run_batches(
         self,
@@ -351,10 +378,10 @@ class Runner:
                     delta = {k: v - (mark or {}).get(k, 0.0) for k, v in now.items()}
                     mark = now
                     self._check(stage, out)
-                    writer.add(to_table(out, stage.output_type), batch.keys, seconds, delta)
+                    writer.add(out, batch.keys, seconds, delta)
                     spent += seconds
-                    counts["processed"] += len(batch.idx)
-                    bar.update(len(batch.idx))
+                    counts["processed"] += batch.size
+                    bar.update(batch.size)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nhr.errors import RunFolderError
+from nhr.records import Record, to_table
 from nhr.store.blobs import atomic_write_bytes
 
 ENTRY_META = b"nhr.entry"
@@ -47,6 +48,7 @@ LEGACY_GLOB = "part-*.parquet"
 SHARD_ROWS = 50_000
 SHARD_BYTES = 64 * 2**20
 FLUSH_SECONDS = 60.0
+RECORDS_PER_TABLE = 4096  # buffered records turned into Arrow at once
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,11 @@ class TableStore:
                 return self._open(name, entry).read().replace_schema_metadata(None)
         return None
 
+    def drop(self, name: str, entry: LedgerEntry) -> None:
+        """Uncommit one shard: delete its ledger entry, then the shard itself."""
+        (self._ledger(name) / f"{entry.name}.parquet").unlink(missing_ok=True)
+        self.shard_path(name, entry).unlink(missing_ok=True)
+
     def clean(self, name: str) -> list[str]:
         """Delete superseded entries, orphan shards (written, never committed) and temp
         files of killed writers; returns what was deleted. Call it as the table's only
@@ -342,9 +349,11 @@ class TableStore:
         shard_rows: int = SHARD_ROWS,
         shard_bytes: int = SHARD_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
+        cls: type[Record] | None = None,
     ) -> ShardWriter:
-        """A buffered writer of the table's shards (``info`` goes into every entry)."""
-        return ShardWriter(self, name, info, shard_rows, shard_bytes, flush_seconds)
+        """A buffered writer of the table's shards (``info`` goes into every entry;
+        ``cls`` types the records it is given)."""
+        return ShardWriter(self, name, info, shard_rows, shard_bytes, flush_seconds, cls)
 
 
 class ShardWriter:
@@ -364,14 +373,17 @@ class ShardWriter:
         shard_rows: int = SHARD_ROWS,
         shard_bytes: int = SHARD_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
+        cls: type[Record] | None = None,
     ) -> None:
         self.tables = tables
+        self.cls = cls
         self.name = name
         self.info = info
         self.shard_rows = shard_rows
         self.shard_bytes = shard_bytes
         self.flush_seconds = flush_seconds
         self._tables: list[pa.Table] = []
+        self._records: list[Any] = []
         self._keys: list[pa.Array] = []
         self._seconds = 0.0
         self._usage: Counter[str] = Counter()
@@ -386,17 +398,27 @@ class ShardWriter:
         return self._rows
 
     def add(
-        self, table: pa.Table, input_keys: pa.Array, seconds: float, usage: dict[str, float]
+        self,
+        rows: pa.Table | list[Any],
+        input_keys: pa.Array,
+        seconds: float,
+        usage: dict[str, float],
     ) -> LedgerEntry | None:
-        """Buffer one batch's output; commit a shard when one is due."""
+        """Buffer one batch's output (a table, or records of the writer's ``cls``, turned
+        into a table a few thousand at a time); commit a shard when one is due."""
         if self._since is None:
             self._since = time.monotonic()
-        self._tables.append(table)
+        if isinstance(rows, pa.Table):
+            self._tables.append(rows)
+            self._bytes += rows.nbytes
+        else:
+            self._records.extend(rows)
+            if len(self._records) >= RECORDS_PER_TABLE:
+                self._convert()
         self._keys.append(input_keys)
         self._seconds += seconds
         self._usage.update(usage)
-        self._rows += table.num_rows
-        self._bytes += table.nbytes
+        self._rows += len(rows)
         due = (
             self._rows >= self.shard_rows
             or self._bytes >= self.shard_bytes
@@ -404,11 +426,25 @@ class ShardWriter:
         )
         return self.flush() if due else None
 
+    def _convert(self) -> None:
+        """Turn the buffered records into a table."""
+        if self._records:
+            if self.cls is None:
+                raise TypeError(f"table {self.name!r}: records need the writer's record class")
+            table = to_table(self._records, self.cls)
+            self._tables.append(table)
+            self._bytes += table.nbytes
+            self._records = []
+
     def flush(self) -> LedgerEntry | None:
         """Commit what is buffered as one shard (nothing when nothing is)."""
         if not self._keys:
             return None
-        table = pa.concat_tables(self._tables).combine_chunks()
+        self._convert()
+        if self._tables:
+            table = pa.concat_tables(self._tables).combine_chunks()
+        else:
+            table = self.cls.schema().empty_table() if self.cls else pa.table({})
         keys = pa.concat_arrays(self._keys)
         info = {
             **self.info,
