@@ -175,8 +175,30 @@ class TableStore:
             keys, info = self.shard_meta(path)
             yield path, keys, info
 
-    def read(self, name: str, schema: pa.Schema | None = None) -> pa.Table:
-        """The whole table (empty with ``schema`` when it has no shards yet)."""
+    def read(
+        self, name: str, schema: pa.Schema | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """The whole table, or only ``columns`` of it (empty with ``schema`` when it has
+        no shards yet)."""
+        if columns is not None:
+            full = self.read(name, schema) if schema is None else None
+            if full is not None:
+                return full.select(columns)
+            shards = self.shards(name)
+            if not shards:
+                return pa.schema([schema.field(c) for c in columns]).empty_table()
+            parts = []
+            for path in shards:
+                try:
+                    part = pq.read_table(path, columns=columns).replace_schema_metadata(None)
+                except (OSError, pa.ArrowInvalid) as err:
+                    raise RunFolderError(
+                        f"table shard {path} is damaged ({err})",
+                        "delete that file; the stage will redo its rows on the next run",
+                    ) from None
+                sub = pa.schema([schema.field(c) for c in columns])
+                parts.append(part.cast(sub) if part.num_rows else sub.empty_table())
+            return pa.concat_tables(parts)
         shards = self.shards(name)
         if not shards:
             if schema is None:
@@ -201,6 +223,28 @@ class TableStore:
     def exists(self, name: str) -> bool:
         """Whether the table has at least one shard."""
         return bool(self.shards(name))
+
+    def count(self, name: str) -> int:
+        """Rows of a table, from the shards' footers (0 when it has none)."""
+        return sum(pq.read_metadata(path).num_rows for path in self.shards(name))
+
+    def iter_batches(
+        self, name: str, columns: list[str] | None = None, batch_rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        """The table's rows in record batches of at most ``batch_rows``, shard by shard,
+        without loading the whole table."""
+        for path in self.shards(name):
+            handle = pq.ParquetFile(path)
+            yield from handle.iter_batches(batch_size=batch_rows, columns=columns)
+
+    def write_table(self, name: str, table: pa.Table, info: dict[str, Any]) -> Path:
+        """Replace a whole-table step's output with ``table``: one shard renamed over the
+        old one, so a kill leaves either the old output or the new."""
+        path = self.write_shard(name, "all", table, [], info)
+        for stale in self.shards(name):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+        return path
 
 
 class RunStore:
