@@ -266,9 +266,9 @@ def constant(value: Any, n: int, type_: pa.DataType | None = None) -> pa.Array:
 
 __all__ = [
     "FILTERS",
+    "SCHEMAS",
     "SUBJECTS",
     "TABLE_TYPES",
-    "SCHEMAS",
     "RunTables",
     "constant",
     "flat",
