@@ -340,6 +340,11 @@ class Pipeline:
             "rows_in": shape.num_rows,
             "rows_out": shape.num_rows,
             "shards": [str(p.relative_to(self.store.root)) for p in shards],
+            "rows_by_config": {
+                "default": shape.num_rows,
+                "multiturn": chains.num_rows,
+                "preference": prefs.num_rows,
+            },
             "drops_by_reason": {},
             "seconds": round(time.perf_counter() - t0, 3),
             "input_fingerprint": fp,

@@ -185,12 +185,12 @@ class RunTables:
 
     # ---- step bookkeeping ------------------------------------------------------------
     def fingerprint(self, inputs: Sequence[str], settings: dict[str, Any]) -> str:
-        """What a whole-table step's output depends on: its inputs' shards (names and
-        sizes: shards are written once, atomically) and its settings."""
+        """What a whole-table step's output depends on: its inputs' shards (name, size
+        and modification time: a shard is only ever replaced whole) and its settings."""
         parts: list[Any] = [settings]
         for name in inputs:
-            shards = self.store.tables.shards(name)
-            parts.append([name, [(p.name, p.stat().st_size) for p in shards]])
+            stats = [(p.name, p.stat()) for p in self.store.tables.shards(name)]
+            parts.append([name, [(n, st.st_size, st.st_mtime_ns) for n, st in stats]])
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:20]
 
