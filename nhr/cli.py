@@ -95,7 +95,7 @@ def audit(run_dir: Path) -> int:
     pipe = Pipeline.open(run_dir, {}, progress=False)  # the run's own saved config
     if pipe.backends.truth is None:
         raise RunFolderError(f"{run_dir} has no truth", "audit needs a synthetic-world run")
-    print(json.dumps(judge_vs_truth(pipe), indent=2))
+    print(json.dumps(judge_vs_truth(pipe.tables, pipe.backends.truth), indent=2))
     return 0
 
 

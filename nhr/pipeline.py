@@ -17,54 +17,21 @@ import pyarrow.compute as pc
 
 from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
+from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
-from nhr.records import (
-    CandidateRow,
-    DraftRow,
-    PromptRow,
-    SourceRow,
-    TripletRow,
-    Verdict,
-    from_table,
-    to_table,
-)
+from nhr.records import CandidateRow, TripletRow, from_table
 from nhr.runner import Runner, StageResult
 from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
 from nhr.stages.export import card_body, export_dataset
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
-from nhr.stages.preference import PreferencePair, preference_pairs
+from nhr.stages.preference import preference_pairs
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
 from nhr.stages.validator import ValidatorStage, select_argmax
 from nhr.store import RunStore
-
-TABLE_TYPES: dict[str, type] = {
-    "prompts": PromptRow,
-    "sources": SourceRow,
-    "plausibility": Verdict,
-    "candidates": CandidateRow,
-    "prefilter": Verdict,
-    "lowlevel": Verdict,
-    "validator": Verdict,
-    "mined": TripletRow,
-    "inversion": DraftRow,
-    "backward": Verdict,
-    "composition": DraftRow,
-    "composed_validator": Verdict,
-    "triplets": TripletRow,
-}
-
-
-# the table whose rows each verdict table judges
-SUBJECTS = {
-    "plausibility": "sources",
-    "prefilter": "candidates",
-    "lowlevel": "candidates",
-    "validator": "candidates",
-    "backward": "inversion",
-    "composed_validator": "composition",
-}
+from nhr.summary import funnel, with_changes
+from nhr.tables import SUBJECTS, TABLE_TYPES, RunTables
 
 # every step of the chain in order, as Pipeline method paths
 CHAIN = (
@@ -93,7 +60,9 @@ class Pipeline:
         self.store = RunStore(run_dir)
         self.runner = Runner(self.store, cfg.batch_size, cfg.workers, progress)
         self._backends: Backends | None = None
-        self.bootstrap = Bootstrap(self)
+        enabled = [name for name, on in self.filters() if on]
+        self.tables = RunTables(self.store, enabled)
+        self.bootstrap = Bootstrap(self.tables, self.runner, lambda: self.backends, cfg)
 
     @classmethod
     def open(cls, run_dir: Path | str, params: dict[str, Any], progress: bool = True) -> Pipeline:
@@ -135,16 +104,19 @@ class Pipeline:
     def rejected(self, table: str, n: int) -> tuple[list[Any], dict[str, Any]]:
         """Up to ``n`` subjects a verdict table failed, and every subject's (adherence,
         aesthetic, reason) — what a notebook's sample grid of rejects takes."""
-        verdicts = {v.subject_id: v for v in self.rows(table)}
-        subjects = [
-            r for r in self.rows(SUBJECTS[table]) if r.id in verdicts and not verdicts[r.id].passed
-        ]
-        scores = {k: (v.adherence, v.aesthetic, v.reason) for k, v in verdicts.items()}
-        return subjects[:n], scores
+        subjects = self.tables.subjects_failed(table).slice(0, n)
+        v = self.tables.read(table, ["subject_id", "adherence", "aesthetic", "reason"])
+        scores = {
+            k: (adh, aes, reason)
+            for k, adh, aes, reason in zip(
+                *(v.column(c).to_pylist() for c in v.column_names), strict=True
+            )
+        }
+        return from_table(subjects, TABLE_TYPES[SUBJECTS[table]]), scores
 
     def passed_ids(self, table: str) -> set[str]:
         """Ids of the subjects a verdict table passed."""
-        return {v.subject_id for v in self.rows(table) if v.passed}
+        return set(self.tables.passed_ids(table).to_pylist())
 
     def filters(self) -> list[tuple[str, bool]]:
         """The candidate filters (verdict tables) in pipeline order, with whether each runs."""
@@ -156,14 +128,7 @@ class Pipeline:
 
     def survivors(self, after: str) -> list[CandidateRow]:
         """Candidates that survive every enabled filter up to and including ``after``."""
-        rows = self.rows("candidates")
-        for name, enabled in self.filters():
-            if enabled:
-                keep = self.passed_ids(name)
-                rows = [r for r in rows if r.candidate_id in keep]
-            if name == after:
-                break
-        return rows
+        return from_table(self.tables.survivors(after), CandidateRow)
 
     def run_chain(self, until: str = "export") -> None:
         """Run every step of ``CHAIN`` in process, up to and including ``until`` (the
@@ -258,24 +223,34 @@ class Pipeline:
             return self._select()
 
     def _select(self) -> StageResult:
-        """The body of ``select``, under the writer lock."""
+        """The body of ``select``, under the writer lock: a whole-table step, skipped
+        when its inputs are unchanged since it last ran."""
+        inputs = ["candidates", "validator", "sources", "prompts"]
+        fp = self.tables.fingerprint(inputs, {"step": "argmax"})
+        done = self.tables.done("mined", fp)
+        if done is not None and self.tables.exists("mined"):
+            return StageResult("mined", done)
         t0 = time.perf_counter()
-        verdicts = self.rows("validator")
+        verdicts = self.tables.read(
+            "validator",
+            ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"],
+        )
         triplets, drops = select_argmax(
-            self.rows("candidates"),
+            self.tables.read("candidates"),
             verdicts,
-            {s.source_id: s for s in self.rows("sources")},
-            {p.prompt_id: p for p in self.rows("prompts")},
+            self.tables.read("sources", ["source_id", "model_id", "seed", "steps"]),
+            self.tables.read("prompts", ["prompt_id", "text", "prompter_version"]),
         )
         self.store.tables.write_table(
-            "mined", to_table(triplets, TripletRow), {"settings_hash": "whole-table"}
+            "mined", triplets, {"settings_hash": "whole-table", "input_fingerprint": fp}
         )
         stats = {
             "stage": "mined",
-            "rows_in": sum(v.passed for v in verdicts),
-            "rows_out": len(triplets),
+            "rows_in": int(pc.sum(verdicts.column("passed")).as_py() or 0),
+            "rows_out": triplets.num_rows,
             "drops_by_reason": drops,
             "seconds": round(time.perf_counter() - t0, 3),
+            "input_fingerprint": fp,
         }
         self.store.write_stats("mined", stats)
         return StageResult("mined", stats)
@@ -283,28 +258,40 @@ class Pipeline:
     def triplets(self) -> list[TripletRow]:
         """The triplets the export writes: the bootstrapped, deduplicated ``triplets``
         table once ``bootstrap.assemble()`` has run, else the mined ones."""
-        return self.rows("triplets" if self.store.tables.exists("triplets") else "mined")
+        return from_table(self.tables.triplets(), TripletRow)
 
-    def preference_pairs(self, mined: list[TripletRow]) -> list[PreferencePair]:
-        """Accepted vs rejected edits of the same (source, instruction), hardest first."""
+    def preference_pairs(self, mined: pa.Table | None = None) -> pa.Table:
+        """Accepted vs rejected edits of the same (source, instruction), hardest first
+        (of the exported mined triplets by default)."""
         verdicts = {
-            name: self.rows(name)
-            for name, enabled in self.filters()
-            if enabled and self.store.tables.exists(name)
+            name: self.tables.read(
+                name, ["subject_id", "passed", "reason", "adherence", "aesthetic"]
+            )
+            for name in self.tables.enabled
+            if self.tables.exists(name)
         }
         return preference_pairs(
-            mined, self.rows("candidates"), verdicts, self.cfg.export_preference_pairs
+            self.tables.by_origin("mined") if mined is None else mined,
+            self.tables.read(
+                "candidates", ["candidate_id", "source_id", "instruction_id", "image"]
+            ),
+            verdicts,
+            self.cfg.export_preference_pairs,
         )
 
     def by_origin(self, origin: str) -> list[TripletRow]:
         """The triplets of one origin (mined, inverted, composed)."""
-        return [t for t in self.triplets() if t.origin == origin]
+        return from_table(self.tables.by_origin(origin), TripletRow)
 
     def samples(
         self, per_origin: int, origins: tuple[str, ...] = ("mined", "inverted", "composed")
     ) -> list[TripletRow]:
         """The first ``per_origin`` triplets of each origin, for sample grids."""
-        return [t for origin in origins for t in self.by_origin(origin)[:per_origin]]
+        return [
+            t
+            for origin in origins
+            for t in from_table(self.tables.by_origin(origin).slice(0, per_origin), TripletRow)
+        ]
 
     def export(self, name: str | None = None) -> StageResult:
         """Stage 11: write ``dataset/`` (parquet shards with images + card)."""
@@ -312,32 +299,74 @@ class Pipeline:
             return self._export(name)
 
     def _export(self, name: str | None) -> StageResult:
-        """The body of ``export``, under the writer lock."""
-        from nhr.summary import funnel, with_changes
-
+        """The body of ``export``, under the writer lock: streams the triplets into
+        shards; skipped when its inputs and settings are unchanged since it last ran."""
+        source = self.tables.triplets_name()
+        name = name or self.store.root.name
+        settings = {
+            "name": name,
+            "shard_rows": self.cfg.export_shard_rows,
+            "preference_pairs": self.cfg.export_preference_pairs,
+            "source": source,
+        }
+        inputs = [source, "mined", "candidates", "sources", "prompts", "plausibility"]
+        inputs += [*self.tables.enabled, "inversion"]
+        fp = self.tables.fingerprint(inputs, settings)
+        done = self.tables.done("export", fp)
+        if done is not None and (self.store.root / "dataset" / "README.md").is_file():
+            return StageResult("export", done)
         t0 = time.perf_counter()
-        rows = self.triplets()
-        chains = self.bootstrap.chains(rows)
-        prefs = self.preference_pairs([t for t in rows if t.origin == "mined"])
-        body = card_body(
-            name or self.store.root.name, rows, with_changes(funnel(self)), len(chains), len(prefs)
+        shape = self.tables.triplets(
+            [
+                "triplet_id",
+                "origin",
+                "parents",
+                "edit_type",
+                "source_image",
+                "edited_image",
+                "instruction",
+                "width",
+                "height",
+            ]
         )
+        chains = chains_of(shape)
+        prefs = self.preference_pairs()
+        body = card_body(
+            name,
+            _counts(shape.column("origin")),
+            _counts(shape.column("edit_type")),
+            with_changes(funnel(self.tables, self.cfg)),
+            chains.num_rows,
+            prefs.num_rows,
+        )
+        batch = self.cfg.export_shard_rows
         shards = export_dataset(
-            rows,
+            self.tables.iter_batches(source, TripletRow.schema().names, batch),
             self.store.blobs,
             self.store.root / "dataset",
             body,
-            self.cfg.export_shard_rows,
+            batch,
             chains,
             prefs,
         )
         stats = {
             "stage": "export",
-            "rows_in": len(rows),
-            "rows_out": len(rows),
+            "rows_in": shape.num_rows,
+            "rows_out": shape.num_rows,
             "shards": [str(p.relative_to(self.store.root)) for p in shards],
+            "rows_by_config": {
+                "default": shape.num_rows,
+                "multiturn": chains.num_rows,
+                "preference": prefs.num_rows,
+            },
             "drops_by_reason": {},
             "seconds": round(time.perf_counter() - t0, 3),
+            "input_fingerprint": fp,
         }
         self.store.write_stats("export", stats)
         return StageResult("export", stats)
+
+
+def _counts(values: Any) -> dict[str, int]:
+    """Count of each value."""
+    return {item["values"]: item["counts"] for item in pc.value_counts(values).to_pylist()}

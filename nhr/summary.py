@@ -4,12 +4,13 @@ where the world knows the truth, how the hard validator did against it."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pyarrow.compute as pc
+
+from nhr.evaluate.truth import audit, judge_vs_truth
 from nhr.store import atomic_write_json
-
-if TYPE_CHECKING:
-    from nhr.pipeline import Pipeline
+from nhr.tables import RunTables
 
 # Table 2 of the paper (v2): rows after each stage, on 63,292 prompts, in its order.
 PAPER_FUNNEL: list[dict[str, Any]] = [
@@ -38,24 +39,24 @@ PAPER_CHANGES: dict[str, float] = {
 }
 
 
-def _count(pipe: Pipeline, table: str, passed: bool = False) -> int | None:
-    """Rows of a table (or its passed verdicts); None when the table was never written."""
-    if not pipe.store.tables.exists(table):
+def _count(tables: RunTables, table: str, passed: bool = False) -> int | None:
+    """Rows of a table (or its passed verdicts, from the bool column alone); None when the
+    table was never written."""
+    if not tables.exists(table):
         return None
-    rows = pipe.rows(table)
-    return sum(r.passed for r in rows) if passed else len(rows)
+    return tables.count_passed(table) if passed else tables.count(table)
 
 
-def _bootstrap_steps(pipe: Pipeline, mined: int) -> list[tuple[str, int, bool]]:
+def _bootstrap_steps(tables: RunTables, cfg: Any, mined: int) -> list[tuple[str, int, bool]]:
     """(stage, rows, skipped) of the bootstrapping steps, once ``assemble`` has run."""
-    stats = pipe.store.read_stats("triplets")
+    stats = tables.stats("triplets")
     if stats is None:
         return []
     before = stats["by_origin_before_dedup"]
-    cfg = pipe.cfg
     written = 0
-    if cfg.inversion and pipe.store.tables.exists("inversion"):
-        written = sum(not d.skip_reason for d in pipe.rows("inversion"))
+    if cfg.inversion and tables.exists("inversion"):
+        reasons = tables.read("inversion", ["skip_reason"]).column("skip_reason")
+        written = int(pc.sum(pc.fill_null(pc.equal(pc.utf8_length(reasons), 0), True)).as_py() or 0)
     consistent = before["mined"] + before["inverted"]
     composed = consistent + before["composed"]
     return [
@@ -66,8 +67,9 @@ def _bootstrap_steps(pipe: Pipeline, mined: int) -> list[tuple[str, int, bool]]:
     ]
 
 
-def funnel(pipe: Pipeline) -> list[dict[str, Any]]:
-    """Rows after each stage, in pipeline order; a disabled step repeats the row above."""
+def funnel(tables: RunTables, cfg: Any) -> list[dict[str, Any]]:
+    """Rows after each stage, in pipeline order; a disabled step repeats the row above.
+    Counts come from shard footers and bool columns: no table is read whole."""
     steps = [
         ("prompts", "prompts", False),
         ("T2I images", "sources", False),
@@ -79,16 +81,15 @@ def funnel(pipe: Pipeline) -> list[dict[str, Any]]:
         ("after argmax selection", "mined", False),
     ]
     out: list[dict[str, Any]] = []
-    enabled = dict(pipe.filters())
     for stage, table, passed in steps:
-        if not enabled.get(table, True):
+        if table in ("prefilter", "lowlevel") and table not in tables.enabled:
             out.append({"stage": stage, "rows": out[-1]["rows"], "skipped": True})
             continue
-        rows = _count(pipe, table, passed)
+        rows = _count(tables, table, passed)
         if rows is None:
             return out
         out.append({"stage": stage, "rows": rows})
-    for stage, rows, skipped in _bootstrap_steps(pipe, out[-1]["rows"]):
+    for stage, rows, skipped in _bootstrap_steps(tables, cfg, out[-1]["rows"]):
         out.append({"stage": stage, "rows": rows, **({"skipped": True} if skipped else {})})
     return out
 
@@ -106,16 +107,16 @@ def with_changes(rows: list[dict[str, Any]], paper: bool = True) -> list[dict[st
     return out
 
 
-def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
-    """Everything a reader of the run wants in one JSON object."""
-    from nhr.bootstrap import multiplier
-    from nhr.evaluate.truth import audit, judge_vs_truth
-
-    f = funnel(pipe)
-    stats = pipe.store.all_stats()
+def build_summary(
+    tables: RunTables, cfg: Any, truth: Any | None = None, with_truth: bool = True
+) -> dict[str, Any]:
+    """Everything a reader of the run wants in one JSON object; ``truth`` is the
+    synthetic world's truth (None elsewhere), read only for the judge-vs-truth figures."""
+    f = funnel(tables, cfg)
+    stats = tables.store.all_stats()
     exported = stats.get("export", {}).get("rows_out")
     summary: dict[str, Any] = {
-        "run": pipe.store.root.name,
+        "run": tables.store.root.name,
         "funnel": with_changes(f),
         "paper_funnel": with_changes(PAPER_FUNNEL, paper=False),
         "triplets": exported if exported is not None else f[-1]["rows"] if f else 0,
@@ -136,7 +137,7 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
             for name, s in stats.items()
         },
         "seconds_total": round(sum(float(s.get("seconds", 0)) for s in stats.values()), 3),
-        "config": pipe.cfg.to_params(),
+        "config": cfg.to_params(),
     }
     rows = {r["stage"]: r["rows"] for r in f}
     if rows.get("edits generated") and "after hard validator" in rows:
@@ -148,16 +149,26 @@ def build_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
             rows["edits generated"] / rows["after argmax selection"], 2
         )
     summary["cost"] = cost(stats, summary["triplets"])
-    if pipe.store.tables.exists("mined"):
-        triplets = pipe.triplets()
-        summary["edit_types"] = dict(Counter(t.edit_type for t in triplets))
-        summary["origins"] = dict(Counter(t.origin for t in triplets))
-        summary["multiplier"] = multiplier(len(triplets), len(pipe.rows("mined")))
-    if with_truth and pipe.backends.truth is not None and pipe.store.tables.exists("validator"):
+    if tables.exists("mined"):
+        triplets = tables.triplets(["edit_type", "origin"])
+        summary["edit_types"] = _counts(triplets.column("edit_type"))
+        summary["origins"] = _counts(triplets.column("origin"))
+        summary["multiplier"] = multiplier(triplets.num_rows, tables.count("mined"))
+    if with_truth and truth is not None and tables.exists("validator"):
         memo: dict[tuple[str, str, str], Any] = {}
-        summary["judge_vs_truth"] = judge_vs_truth(pipe, memo)
-        summary["audit"] = audit(pipe, memo)
+        summary["judge_vs_truth"] = judge_vs_truth(tables, truth, memo)
+        summary["audit"] = audit(tables, truth, memo)
     return summary
+
+
+def _counts(values: Any) -> dict[str, int]:
+    """Count of each value, in order of first appearance."""
+    return {item["values"]: item["counts"] for item in pc.value_counts(values).to_pylist()}
+
+
+def multiplier(exported: int, mined: int) -> float | None:
+    """Exported triplets per mined forward triplet (the paper: 2.2× v1, 2.6× v2)."""
+    return round(exported / mined, 4) if mined else None
 
 
 def cost(stats: dict[str, dict[str, Any]], triplets: int) -> dict[str, Any]:
@@ -184,8 +195,10 @@ def cost(stats: dict[str, dict[str, Any]], triplets: int) -> dict[str, Any]:
     }
 
 
-def write_summary(pipe: Pipeline, with_truth: bool = True) -> dict[str, Any]:
+def write_summary(
+    tables: RunTables, cfg: Any, truth: Any | None = None, with_truth: bool = True
+) -> dict[str, Any]:
     """Build the summary and write ``summary.json`` atomically."""
-    summary = build_summary(pipe, with_truth)
-    atomic_write_json(pipe.store.root / "summary.json", summary)
+    summary = build_summary(tables, cfg, truth, with_truth)
+    atomic_write_json(tables.store.root / "summary.json", summary)
     return summary

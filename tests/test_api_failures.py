@@ -15,7 +15,7 @@ BACKENDS = ("gemini", "openai")
 
 @pytest.fixture
 def srv(monkeypatch):
-    with FakeModelServer(slow_seconds=1.0, answer=lambda s, t: _answer(s)) as server:
+    with FakeModelServer(slow_seconds=3.0, answer=lambda s, t: _answer(s)) as server:
         use_fake(monkeypatch, server)
         yield server
 
@@ -86,7 +86,7 @@ def test_retries_exhausted(srv, tmp_path, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_timeout(srv, tmp_path, backend):
     srv.queue("slow", "slow")
-    s, usage = _score(srv, tmp_path, backend, api_attempts=2, api_timeout_seconds=0.2)
+    s, usage = _score(srv, tmp_path, backend, api_attempts=2, api_timeout_seconds=1.0)
     assert s.error.startswith("timeout: "), s.error
     assert usage["calls"] == 2
 
@@ -94,7 +94,7 @@ def test_timeout(srv, tmp_path, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_timeout_then_answer(srv, tmp_path, backend):
     srv.queue("slow")
-    s, _ = _score(srv, tmp_path, backend, api_attempts=2, api_timeout_seconds=0.2)
+    s, _ = _score(srv, tmp_path, backend, api_attempts=2, api_timeout_seconds=1.0)
     assert s.error is None and s.adherence == 2.0
 
 

@@ -98,7 +98,7 @@ def _last_fault(srv, text, fields):
 @pytest.mark.parametrize("backend", ["gemini", "openai"])
 def test_judges_under_faults(tmp_path, monkeypatch, backend):
     srv = FakeModelServer(
-        fault_rate=0.10, seed=3, retry_after="0.02", slow_seconds=0.5, answer=_answer
+        fault_rate=0.10, seed=3, retry_after="0.02", slow_seconds=2.0, answer=_answer
     ).start()
     try:
         use_fake(monkeypatch, srv)
@@ -106,7 +106,7 @@ def test_judges_under_faults(tmp_path, monkeypatch, backend):
         cfg = remote_config(
             srv,
             backend,
-            api_timeout_seconds=0.25,
+            api_timeout_seconds=1.0,
             api_attempts=3,
             api_content_retries=1,
             batch_size=16,
@@ -168,7 +168,10 @@ def _assert_no_secret(root):
     files = [p for p in root.rglob("*") if p.is_file()]
     assert any(p.name == "api_cache.sqlite" for p in files)
     for path in files:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # SQLite's -shm/-wal files come and go with connections
+            continue
         for needle in needles:
             assert needle not in data, f"the API key leaked into {path}"
 

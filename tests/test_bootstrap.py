@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -10,9 +11,9 @@ from nhr.backends.base import TextAnswer
 from nhr.backends.synthetic.inverter import SyntheticInverter
 from nhr.backends.synthetic.language import parse_instruction, parse_prompt
 from nhr.bootstrap import backward_consistency
-from nhr.records import DraftRow, TripletRow, Verdict
+from nhr.records import ComposeJob, DraftRow, TripletRow, Verdict, from_table, to_table
 from nhr.stages.composition import plan_compose_jobs
-from nhr.stages.dedup import dedup
+from nhr.stages.dedup import dedup, image_hashes
 from nhr.stages.inversion import InversionStage, banned_word
 from nhr.store import RunStore
 
@@ -119,7 +120,10 @@ def test_a_backward_inconsistent_pair_is_dropped_with_both_sides():
         Verdict("i-m-1", True, "ok", 4.8, 4.9, "{}", "j", "v", None),
         Verdict("i-m-2", False, "low_adherence", 2.0, 4.9, "{}", "j", "v", None),
     ]
-    forwards, inverses, drops = backward_consistency(mined, drafts, verdicts)
+    forwards, inverses, drops = backward_consistency(
+        to_table(mined, TripletRow), to_table(drafts, DraftRow), to_table(verdicts, Verdict)
+    )
+    forwards, inverses = from_table(forwards, TripletRow), from_table(inverses, TripletRow)
     assert [t.triplet_id for t in forwards] == ["m-1", "m-3"]
     assert [t.triplet_id for t in inverses] == ["i-m-1"]
     assert inverses[0].origin == "inverted" and inverses[0].parents == ("m-1",)
@@ -137,16 +141,37 @@ def test_composition_is_capped_per_source_and_skips_identical_pairs():
         _triplet("m-x", source_id="s1", edit="z"),
         _triplet("m-y", source_id="s1", edit="z"),
     ]
-    inverses = {t.triplet_id: "inverse" for t in forwards}
-    jobs = plan_compose_jobs(forwards, inverses, max_pairs_per_source=3, seed=0)
+    inverses = _inverses(forwards)
+    forwards = to_table(forwards, TripletRow)
+    jobs = _jobs(forwards, inverses, max_pairs_per_source=3, seed=0)
     assert len([j for j in jobs if j.first.startswith("m-") and j.first[2:].isdigit()]) == 3
     assert not [j for j in jobs if j.first in ("m-x", "m-y")]  # identical edited images
     assert len({j.job_id for j in jobs}) == len(jobs)
     assert all(j.first != j.second for j in jobs)
-    uncapped = plan_compose_jobs(forwards, inverses, max_pairs_per_source=100, seed=0)
+    uncapped = _jobs(forwards, inverses, max_pairs_per_source=100, seed=0)
     assert len(uncapped) == 5 * 4  # every ordered pair of s0
-    no_inverse = plan_compose_jobs(forwards, {}, max_pairs_per_source=100, seed=0)
+    no_inverse = _jobs(forwards, _inverses([]), max_pairs_per_source=100, seed=0)
     assert no_inverse == []
+
+
+def _inverses(forwards: list[TripletRow]) -> pa.Table:
+    """Accepted inverse triplets of ``forwards`` (instruction "inverse")."""
+    return to_table(
+        [
+            _triplet(
+                f"i-{t.triplet_id}",
+                origin="inverted",
+                parents=(t.triplet_id,),
+                instruction="inverse",
+            )
+            for t in forwards
+        ],
+        TripletRow,
+    )
+
+
+def _jobs(forwards: pa.Table, inverses: pa.Table, **kw) -> list[ComposeJob]:
+    return from_table(plan_compose_jobs(forwards, inverses, **kw), ComposeJob)
 
 
 def _img(seed: int, noise: int = 0) -> Image.Image:
@@ -169,10 +194,24 @@ def test_dedup_removes_exact_and_planted_near_duplicates(tmp_path):
         _triplet("m-3", src=a, edit=c),  # a different edit of the same source: kept
         _triplet("m-4", src=b, edit=a),  # the reverse pair is a different triplet: kept
     ]
-    kept, drops, duplicate_of = dedup(rows, store.blobs.get)
-    assert sorted(t.triplet_id for t in kept) == ["m-1", "m-3", "m-4"]
+    table = to_table(rows, TripletRow)
+    images = pa.chunked_array([table.column("source_image"), table.column("edited_image")])
+    loads: list[str] = []
+
+    def load(rel: str) -> Image.Image:
+        loads.append(rel)
+        return store.blobs.get(rel)
+
+    hashes, counts = image_hashes(images, None, load)
+    assert counts == {"reused": 0, "computed": 5} and hashes.num_rows == 5
+    kept, drops, duplicate_of = dedup(table, hashes, store.blobs.get)
+    assert sorted(kept.column("triplet_id").to_pylist()) == ["m-1", "m-3", "m-4"]
     assert drops == {"exact_duplicate": 1, "near_duplicate": 1}
     assert duplicate_of == {"i-m-1": "m-1", "m-2": "m-1"}
+    loads.clear()
+    again, counts = image_hashes(images, hashes, load)
+    assert counts == {"reused": 5, "computed": 0} and loads == []  # hashes are reused
+    assert again.equals(hashes)
 
 
 def test_bootstrapped_run_meets_the_audit(tiny_chain):
@@ -188,7 +227,7 @@ def test_bootstrapped_run_meets_the_audit(tiny_chain):
             assert len(t.parents) == 2
     from nhr.evaluate.truth import audit
 
-    shares = audit(tiny_chain)
+    shares = audit(tiny_chain.tables, tiny_chain.backends.truth)
     assert all(share >= 0.9 for share in shares.values()), shares
 
 

@@ -27,7 +27,7 @@ def test_every_candidate_gets_a_verdict_and_drops_have_reasons(tiny_chain):
 
 
 def test_most_candidates_fail_and_the_funnel_only_shrinks(tiny_chain):
-    summary = build_summary(tiny_chain)
+    summary = build_summary(tiny_chain.tables, tiny_chain.cfg, tiny_chain.backends.truth)
     rows = [r["rows"] for r in summary["funnel"]]
     names = [r["stage"] for r in summary["funnel"]]
     assert names[:4] == ["prompts", "T2I images", "after plausibility gate", "edits generated"]
@@ -78,7 +78,9 @@ def test_export_loads_with_datasets(tiny_chain):
 
 
 def test_judge_vs_truth_is_measured(tiny_chain):
-    j = build_summary(tiny_chain)["judge_vs_truth"]
+    j = build_summary(tiny_chain.tables, tiny_chain.cfg, tiny_chain.backends.truth)[
+        "judge_vs_truth"
+    ]
     assert j["scored"] > 0 and 0 <= j["precision"] <= 1 and -1 <= j["spearman"] <= 1
     json.dumps(j)
 
@@ -144,5 +146,6 @@ def test_the_synthetic_worlds_knobs_are_config_and_provenance(tiny_chain, tmp_pa
     noisy = run_chain(tmp_path / "noisy", {"SYNTHETIC_JUDGE_NOISE": 3.0})
     assert {v.judge_id for v in noisy.rows("validator")} == {"synthetic-judge-v1-noise3"}
     assert {v.judge_id for v in tiny_chain.rows("validator")} == {"synthetic-judge-v1"}
-    quiet, loud = build_summary(tiny_chain), build_summary(noisy)
+    quiet = build_summary(tiny_chain.tables, tiny_chain.cfg, tiny_chain.backends.truth)
+    loud = build_summary(noisy.tables, noisy.cfg, noisy.backends.truth)
     assert loud["judge_vs_truth"]["recall"] < quiet["judge_vs_truth"]["recall"]

@@ -11,7 +11,7 @@ from nhr.pipeline import Pipeline
 @pytest.fixture(scope="module")
 def contrast(tiny_chain, tmp_path_factory):
     """The tiny run's export beside its rejected candidates and shuffled triplets."""
-    made = evd.build_contrast_datasets(tiny_chain, tmp_path_factory.mktemp("contrast"), 40)
+    made = evd.build_contrast_datasets(tiny_chain.tables, tmp_path_factory.mktemp("contrast"), 40)
     return {"accepted": tiny_chain.store.root / "dataset", **made}
 
 
@@ -20,14 +20,14 @@ def test_three_local_datasets_rank_by_quality_and_rescoring_resumes(contrast, tm
     assert list((contrast["shuffled"] / "data").glob("*.parquet"))  # a parquet folder
     specs = evd.parse_specs([f"{k}={v}" for k, v in contrast.items()])
     pipe = Pipeline.open(tmp_path / "eval", {"EVAL_SAMPLES": 40}, progress=False)
-    table = evd.score_datasets(pipe, specs)
+    table = evd.score_datasets(pipe.runner, pipe.backends.validator, pipe.cfg, specs)
     assert list(table["dataset"]) == ["accepted", "rejected", "shuffled"]
     best, mid, worst = table.to_dict("records")
     assert best["geometric_mean"] > mid["geometric_mean"] + 0.3
     assert mid["geometric_mean"] > worst["geometric_mean"] + 0.3
     assert best["pass_rate"] > 0.8 and mid["pass_rate"] == 0.0
     assert all(r["scored"] == r["samples"] > 0 for r in (best, mid, worst))
-    again = evd.score_datasets(pipe, specs)
+    again = evd.score_datasets(pipe.runner, pipe.backends.validator, pipe.cfg, specs)
     assert again.equals(table)
     assert pipe.store.read_stats(evd.SCORES_TABLE)["processed_rows"] == 0  # all resumed
     assert evd.records(table)[0]["paper_geometric_mean"] is None

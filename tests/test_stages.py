@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nhr.records import CandidateRow, PromptRow, SourceRow, Verdict
+from nhr.records import (
+    CandidateRow,
+    PromptRow,
+    SourceRow,
+    TripletRow,
+    Verdict,
+    from_table,
+    to_table,
+)
 from nhr.seeds import rng_for
 from nhr.stages.filters import LowLevelStage, change_components
 from nhr.stages.sources import sample_size
@@ -104,7 +112,13 @@ def test_argmax_keeps_the_best_per_source_and_instruction():
     ]
     sources = {"s0": SourceRow("s0", "p0", "t", "flat", 1, 8, 8, "a", "m", 4, 0.0, 0.0)}
     prompts = {"p0": PromptRow("p0", 1, "t", "flat", "x", ("x", "y"), ("add", "add"), "w", "v")}
-    triplets, drops = select_argmax(cands, verdicts, sources, prompts)
+    table, drops = select_argmax(
+        to_table(cands, CandidateRow),
+        to_table(verdicts, Verdict),
+        to_table(list(sources.values()), SourceRow),
+        to_table(list(prompts.values()), PromptRow),
+    )
+    triplets = from_table(table, TripletRow)
     assert [t.candidate_id for t in triplets] == ["c1", "c5"]
     assert drops == {"not_argmax": 3}
     assert triplets[1].score == pytest.approx(math.sqrt(4.9 * 4.71))

@@ -86,16 +86,17 @@ def run_variant(root: Path | str, cfg: PipelineConfig, variant: Variant) -> Pipe
 
 def measure(pipe: Pipeline, variant: Variant) -> dict[str, Any]:
     """One row of the ablation table from a finished variant run."""
-    candidates = len(pipe.rows("candidates"))
-    calls = len(pipe.rows("validator"))
-    mined = len(pipe.rows("mined"))
-    truth = judge_vs_truth(pipe)
+    tables = pipe.tables
+    candidates = tables.count("candidates")
+    calls = tables.count("validator")
+    mined = tables.count("mined")
+    truth = judge_vs_truth(tables, pipe.backends.truth)
     return {
         "variant": variant.name,
         "parameter": variant.parameter,
         "value": variant.value,
         "run_dir": str(pipe.store.root),
-        "sources_gated": len(pipe.passed_ids("plausibility")),
+        "sources_gated": tables.count_passed("plausibility"),
         "edits": candidates,
         "validator_calls": calls,
         "accepted": mined,

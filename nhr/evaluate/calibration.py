@@ -30,6 +30,7 @@ from nhr.errors import NhrError
 
 if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
+    from nhr.tables import RunTables
 
 DIMENSIONS = ("adherence", "aesthetic")
 # Table 1 of the paper: its tuned validator vs people, and people vs each other (ρ)
@@ -129,20 +130,23 @@ def write_ratings(path: Path | str, ratings: Iterable[Rating]) -> Path:
 
 
 # ---------------------------------------------------------------- a run's side
-def validator_scores(pipe: Pipeline, table: str = "validator") -> dict[str, tuple[float, float]]:
+def validator_scores(tables: RunTables, table: str = "validator") -> dict[str, tuple[float, float]]:
     """The validator's (adherence, aesthetic) of every candidate it scored without error."""
+    v = tables.read(table, ["subject_id", "adherence", "aesthetic", "error"])
     return {
-        v.subject_id: (float(v.adherence), float(v.aesthetic))
-        for v in pipe.rows(table)
-        if v.error is None and v.adherence is not None and v.aesthetic is not None
+        sid: (float(adh), float(aes))
+        for sid, adh, aes, err in zip(
+            *(v.column(c).to_pylist() for c in v.column_names), strict=True
+        )
+        if err is None and adh is not None and aes is not None
     }
 
 
-def truth_ratings(pipe: Pipeline) -> list[Rating]:
+def truth_ratings(tables: RunTables, truth: Any) -> list[Rating]:
     """The synthetic world's truth as the "ratings" of the candidates the validator scored."""
     from nhr.evaluate.truth import candidate_truth
 
-    truths = candidate_truth(pipe, set(validator_scores(pipe)))
+    truths = candidate_truth(tables, truth, sorted(validator_scores(tables)))
     return [
         Rating(cid, "truth", float(t.adherence), float(t.aesthetic))
         for cid, t in sorted(truths.items())

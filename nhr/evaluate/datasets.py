@@ -35,7 +35,8 @@ from nhr.store import BlobStore
 if TYPE_CHECKING:
     import pandas as pd
 
-    from nhr.pipeline import Pipeline
+    from nhr.runner import Runner
+    from nhr.tables import RunTables
 
 SAMPLES_TABLE = "eval_samples"
 SCORES_TABLE = "eval_scores"
@@ -424,7 +425,9 @@ class DatasetScoreStage(ValidatorStage):
 
 
 # ---------------------------------------------------------------- scoring
-def score_datasets(pipe: Pipeline, specs: list[DatasetSpec]) -> pd.DataFrame:
+def score_datasets(
+    runner: Runner, validator: Any, cfg: Any, specs: list[DatasetSpec]
+) -> pd.DataFrame:
     """Sample and score each dataset with the run's validator; one table row per dataset.
 
     Columns: dataset, samples, scored (without judge errors), adherence, aesthetic,
@@ -433,16 +436,16 @@ def score_datasets(pipe: Pipeline, specs: list[DatasetSpec]) -> pd.DataFrame:
     """
     import pandas as pd
 
-    cfg = pipe.cfg
+    from nhr.records import Verdict
+
+    store = runner.store
     samples = []
     for spec in specs:
-        samples += sample_dataset(
-            spec, cfg.eval_samples, cfg.eval_sample_seed, pipe.store.blobs, pipe.store
-        )
-    stage = DatasetScoreStage(pipe.backends.validator, pipe.store.blobs, cfg.threshold)
-    pipe.runner.run(stage, samples)
-    scores = pipe.store.tables.read(SCORES_TABLE, Verdict.schema())
-    verdicts = {v.subject_id: v for v in from_table(scores, Verdict)}
+        samples += sample_dataset(spec, cfg.eval_samples, cfg.eval_sample_seed, store.blobs, store)
+    stage = DatasetScoreStage(validator, store.blobs, cfg.threshold)
+    runner.run(stage, samples)
+    scored = from_table(store.tables.read(SCORES_TABLE, Verdict.schema()), Verdict)
+    verdicts = {v.subject_id: v for v in scored}
     rows = []
     for spec in specs:
         mine = [verdicts[s.sample_id] for s in samples if s.dataset == spec.name]
@@ -509,24 +512,33 @@ def write_imagefolder(folder: Path, rows: list[tuple[Image.Image, str, Image.Ima
     return folder
 
 
-def build_contrast_datasets(pipe: Pipeline, out_dir: Path, n: int = 200) -> dict[str, Path]:
+def build_contrast_datasets(tables: RunTables, out_dir: Path, n: int = 200) -> dict[str, Path]:
     """Two datasets of known worse quality made from a finished run, to check a ranking:
 
     ``rejected`` (an imagefolder): candidates the hard validator rejected;
     ``shuffled`` (a parquet folder): accepted triplets whose instructions are shuffled
     among them, so each edit answers another image's instruction.
     """
-    blobs = pipe.store.blobs
+    import pyarrow.compute as pc
+
+    from nhr.records import CandidateRow, TripletRow
+
+    blobs = tables.store.blobs
     rng = random.Random(0)
-    passed = pipe.passed_ids("validator")
-    scored = {v.subject_id for v in pipe.rows("validator") if v.error is None}
-    rejected = [c for c in pipe.rows("candidates") if c.candidate_id in scored - passed]
-    rejected = rng.sample(rejected, min(n, len(rejected)))
-    triplets = pipe.triplets()
-    triplets = rng.sample(triplets, min(n, len(triplets)))
+    verdicts = tables.read("validator", ["subject_id", "passed", "error"])
+    scored = verdicts.filter(pc.is_null(verdicts.column("error")))
+    failed = scored.column("subject_id").filter(pc.invert(scored.column("passed")))
+    cands = tables.read("candidates")
+    cands = cands.filter(pc.is_in(cands.column("candidate_id"), value_set=failed.combine_chunks()))
+    picks = rng.sample(range(cands.num_rows), min(n, cands.num_rows))
+    rejected = from_table(cands.take(picks), CandidateRow)
+    every = tables.triplets()
+    triplets = from_table(
+        every.take(rng.sample(range(every.num_rows), min(n, every.num_rows))), TripletRow
+    )
     if len(rejected) < 2 or len(triplets) < 2:
         raise DatasetError(
-            f"run {pipe.store.root} has too few rejected candidates or triplets to contrast",
+            f"run {tables.store.root} has too few rejected candidates or triplets to contrast",
             "run the chain with more prompts, or set EVAL_CONTRAST False",
         )
     texts = [t.instruction for t in triplets]
@@ -548,7 +560,7 @@ def build_contrast_datasets(pipe: Pipeline, out_dir: Path, n: int = 200) -> dict
 
 
 def evaluation_specs(
-    cfg: Any, evaluated: Pipeline | None, out_dir: Path | str
+    cfg: Any, evaluated: RunTables | None, out_dir: Path | str
 ) -> list[DatasetSpec]:
     """The datasets a notebook scores: the evaluated run's export (named after its
     folder) first, then ``EVAL_DATASETS``, then, with ``EVAL_CONTRAST``, the two worse
@@ -577,14 +589,14 @@ def records(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def scored_samples(
-    pipe: Pipeline, specs: list[DatasetSpec], per_dataset: int = 3
+    tables: RunTables, specs: list[DatasetSpec], per_dataset: int = 3
 ) -> tuple[list[SampleRow], dict[str, tuple[float | None, float | None, str]]]:
     """The first few stored samples of each dataset, in ``specs`` order, and their
     scores (adherence, aesthetic, reason) by sample id, for a sample grid."""
 
-    tables = pipe.store.tables
-    samples = from_table(tables.read(SAMPLES_TABLE, SampleRow.schema()), SampleRow)
-    verdicts = from_table(tables.read(SCORES_TABLE, Verdict.schema()), Verdict)
+    store = tables.store.tables
+    samples = from_table(store.read(SAMPLES_TABLE, SampleRow.schema()), SampleRow)
+    verdicts = from_table(store.read(SCORES_TABLE, Verdict.schema()), Verdict)
     scores = {v.subject_id: (v.adherence, v.aesthetic, v.reason) for v in verdicts}
     shown = []
     for spec in specs:

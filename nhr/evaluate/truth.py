@@ -11,111 +11,154 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.stats import spearmanr
 
-if TYPE_CHECKING:
-    from nhr.pipeline import Pipeline
-
+from nhr.tables import RunTables, positions
 
 # truth verdicts already computed, by (source blob, instruction, edited blob): a summary
 # asks about the same mined pairs for the validator's figures and for the audit
 TruthMemo = dict[tuple[str, str, str], Any]
 
 
+def _truth(truth: Any) -> Any:
+    """``truth``, or a clear error when the run's world has none."""
+    if truth is None:
+        raise ValueError("this run's world has no truth (only the synthetic world has one)")
+    return truth
+
+
 def triplet_truth(
-    pipe: Pipeline, source: str, instruction: str, edited: str, memo: TruthMemo | None = None
+    tables: RunTables,
+    truth: Any,
+    source: str,
+    instruction: str,
+    edited: str,
+    memo: TruthMemo | None = None,
 ) -> Any:
     """The world's TripletTruth of (source blob, instruction, edited blob)."""
     key = (source, instruction, edited)
     if memo is not None and key in memo:
         return memo[key]
-    truth = pipe.backends.truth
-    if truth is None:
-        raise ValueError("this run's world has no truth (only the synthetic world has one)")
-    blobs = pipe.store.blobs
-    verdict = truth.triplet(blobs.get(source), instruction, blobs.get(edited))
+    blobs = tables.store.blobs
+    verdict = _truth(truth).triplet(blobs.get(source), instruction, blobs.get(edited))
     if memo is not None:
         memo[key] = verdict
     return verdict
 
 
+def truths_of(
+    tables: RunTables,
+    truth: Any,
+    rows: pa.Table,
+    memo: TruthMemo | None = None,
+    images: Sequence[str] = ("source_image", "instruction", "edited_image"),
+) -> list[Any]:
+    """The world's TripletTruth of each row of ``rows`` (the columns ``images`` name the
+    source, instruction and edited image); each distinct triple is judged once."""
+    memo = {} if memo is None else memo
+    cols = [rows.column(name).to_pylist() for name in images]
+    return [triplet_truth(tables, truth, s, i, e, memo) for s, i, e in zip(*cols, strict=True)]
+
+
 def candidate_truth(
-    pipe: Pipeline, candidate_ids: set[str] | None = None, memo: TruthMemo | None = None
+    tables: RunTables,
+    truth: Any,
+    candidate_ids: pa.Array | Sequence[str] | None = None,
+    memo: TruthMemo | None = None,
 ) -> dict[str, Any]:
     """Truth for candidates (all by default): id → the world's TripletTruth."""
-    return {
-        c.candidate_id: triplet_truth(pipe, c.source_image, c.instruction, c.image, memo)
-        for c in pipe.rows("candidates")
-        if candidate_ids is None or c.candidate_id in candidate_ids
-    }
+    cands = tables.read("candidates", ["candidate_id", "source_image", "instruction", "image"])
+    if candidate_ids is not None:
+        wanted = (
+            pa.array(list(candidate_ids), pa.string())
+            if not isinstance(candidate_ids, pa.Array)
+            else candidate_ids
+        )
+        cands = cands.filter(pc.is_in(cands.column("candidate_id"), value_set=wanted))
+    verdicts = truths_of(tables, truth, cands, memo, ("source_image", "instruction", "image"))
+    return dict(zip(cands.column("candidate_id").to_pylist(), verdicts, strict=True))
 
 
-def judge_vs_truth(pipe: Pipeline, memo: TruthMemo | None = None) -> dict[str, Any]:
-    """Precision, recall and Spearman ρ of the hard validator's verdicts against truth."""
-    verdicts = [v for v in pipe.rows("validator") if v.error is None]
-    truths = candidate_truth(pipe, {v.subject_id for v in verdicts}, memo)
-    passed = [v for v in verdicts if v.passed]
-    correct = [v for v in verdicts if truths[v.subject_id].correct]
-    true_pos = sum(truths[v.subject_id].correct for v in passed)
-    if len(verdicts) < 3:
+def judge_vs_truth(tables: RunTables, truth: Any, memo: TruthMemo | None = None) -> dict[str, Any]:
+    """Precision, recall and Spearman ρ of the hard validator's verdicts against truth,
+    and the share of mined triplets (origin ``mined`` only) that are truly correct."""
+    _truth(truth)
+    verdicts = tables.read("validator", ["subject_id", "passed", "adherence", "aesthetic", "error"])
+    verdicts = verdicts.filter(pc.is_null(verdicts.column("error")))
+    passed = pc.fill_null(verdicts.column("passed"), False).to_numpy(zero_copy_only=False)
+    scored = verdicts.num_rows
+    if scored < 3:
         return {
-            "scored": len(verdicts),
-            "passed": len(passed),
+            "scored": scored,
+            "passed": int(passed.sum()),
             "precision": None,
             "recall": None,
             "spearman": None,
         }
+    truths = candidate_truth(tables, truth, verdicts.column("subject_id").combine_chunks(), memo)
+    ids = verdicts.column("subject_id").to_pylist()
+    correct = np.array([bool(truths[i].correct) for i in ids])
+    true_adh = np.array([truths[i].adherence for i in ids], dtype=np.float64)
+    true_aes = np.array([truths[i].aesthetic for i in ids], dtype=np.float64)
+    true_pos = int((correct & passed).sum())
     with warnings.catch_warnings():  # a constant input gives NaN, reported as None
         warnings.simplefilter("ignore")
-        rho_adh = spearmanr(
-            [v.adherence for v in verdicts], [truths[v.subject_id].adherence for v in verdicts]
-        )
-        rho_aes = spearmanr(
-            [v.aesthetic for v in verdicts], [truths[v.subject_id].aesthetic for v in verdicts]
-        )
-    mined = pipe.triplets() if pipe.store.tables.exists("mined") else []
-    mined_ok = sum(truths[t.candidate_id].correct for t in mined if t.candidate_id in truths)
-    gate = gate_vs_truth(pipe)
+        rho_adh = spearmanr(_floats(verdicts.column("adherence")), true_adh)
+        rho_aes = spearmanr(_floats(verdicts.column("aesthetic")), true_aes)
+    mined_share = None
+    if tables.exists("mined"):
+        mined = tables.by_origin("mined", ["candidate_id"]).column("candidate_id").to_pylist()
+        judged = [truths[c].correct for c in mined if c in truths]
+        mined_share = round(float(sum(judged) / len(mined)), 4) if mined else None
     return {
-        "scored": len(verdicts),
-        "passed": len(passed),
-        "truly_correct": len(correct),
-        "precision": round(float(true_pos / len(passed)), 4) if passed else None,
-        "recall": round(float(true_pos / len(correct)), 4) if correct else None,
+        "scored": scored,
+        "passed": int(passed.sum()),
+        "truly_correct": int(correct.sum()),
+        "precision": round(true_pos / int(passed.sum()), 4) if passed.any() else None,
+        "recall": round(true_pos / int(correct.sum()), 4) if correct.any() else None,
         "spearman": _round(rho_adh.statistic),
         "spearman_aesthetic": _round(rho_aes.statistic),
-        "mined_correct_share": round(float(mined_ok / len(mined)), 4) if mined else None,
-        "gate_agreement": gate,
+        "mined_correct_share": mined_share,
+        "gate_agreement": gate_vs_truth(tables, truth),
     }
 
 
-def audit(pipe: Pipeline, memo: TruthMemo | None = None) -> dict[str, float | None]:
+def audit(tables: RunTables, truth: Any, memo: TruthMemo | None = None) -> dict[str, float | None]:
     """Share of exported triplets that are truly correct, by origin (mined, inverted,
     composed): the truth checks each (source, instruction, edited) as a whole, so an
     inverse or composed instruction is judged on the images it claims to connect."""
-    correct: dict[str, int] = {}
-    total: dict[str, int] = {}
-    for t in pipe.triplets():
-        verdict = triplet_truth(pipe, t.source_image, t.instruction, t.edited_image, memo)
-        total[t.origin] = total.get(t.origin, 0) + 1
-        correct[t.origin] = correct.get(t.origin, 0) + bool(verdict.correct)
-    return {o: round(correct[o] / total[o], 4) for o in sorted(total)}
+    rows = tables.triplets(["origin", "source_image", "instruction", "edited_image"])
+    correct = np.array([bool(v.correct) for v in truths_of(tables, truth, rows, memo)])
+    origins = np.asarray(rows.column("origin").to_pylist(), dtype=object)
+    return {o: round(float(correct[origins == o].mean()), 4) for o in sorted(set(origins.tolist()))}
 
 
-def gate_vs_truth(pipe: Pipeline) -> float | None:
+def gate_vs_truth(tables: RunTables, truth: Any) -> float | None:
     """Share of sources where the plausibility gate agrees with the truth."""
-    truth = pipe.backends.truth
-    verdicts = {v.subject_id: v for v in pipe.rows("plausibility")}
-    agree = total = 0
-    for s in pipe.rows("sources"):
-        if s.source_id in verdicts:
-            total += 1
-            agree += truth.source(pipe.store.blobs.get(s.image)).plausible == (
-                verdicts[s.source_id].passed
-            )
-    return round(agree / total, 4) if total else None
+    sources = tables.read("sources", ["source_id", "image"])
+    verdicts = tables.passed_mask("plausibility")
+    pos = positions(sources.column("source_id"), verdicts.column("subject_id"))
+    judged = pos >= 0
+    if not judged.any():
+        return None
+    images = np.asarray(sources.column("image").to_pylist(), dtype=object)[judged]
+    gate = pc.fill_null(verdicts.column("passed"), False).to_numpy(zero_copy_only=False)[
+        pos[judged]
+    ]
+    blobs = tables.store.blobs
+    plausible = np.array([_truth(truth).source(blobs.get(rel)).plausible for rel in images])
+    return round(float((plausible == gate).mean()), 4)
+
+
+def _floats(values: Any) -> np.ndarray:
+    """A nullable float column as numpy (null → NaN)."""
+    return pc.fill_null(values, float("nan")).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _round(x: float) -> float | None:

@@ -7,58 +7,86 @@ and capped per source, so a source with many accepted edits does not dominate.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from nhr.backends.base import InstructionWriter
-from nhr.records import ComposeJob, DraftRow, TripletRow
+from nhr.records import ComposeJob, DraftRow
 from nhr.seeds import rng_for
 from nhr.stages.base import Stage
 from nhr.stages.inversion import checked_text
+from nhr.tables import flat, group_starts, positions, take, typed_table
 
 
 def plan_compose_jobs(
-    forwards: list[TripletRow],
-    inverses: dict[str, str],
+    forwards: pa.Table,
+    inverses: pa.Table,
     max_pairs_per_source: int,
     seed: int,
-) -> list[ComposeJob]:
-    """Ordered pairs of consistent forward triplets of the same source, capped per source.
+) -> pa.Table:
+    """Ordered pairs of consistent forward triplets of the same source, capped per source
+    (a ``ComposeJob`` table).
 
-    ``inverses`` maps a forward triplet id to its (accepted) inverse instruction; only
-    forwards with one can be the first edit of a pair. Pairs whose two edited images are
-    identical are skipped (they would be a no-op instruction).
+    ``inverses`` holds the accepted inverse triplets (``parents[0]`` is the forward,
+    ``instruction`` the inverse instruction); only forwards with one can be the first
+    edit of a pair. Pairs whose two edited images are identical are skipped (they would
+    be a no-op instruction). Per source, the pairs (a, b) in order of a's then b's id are
+    drawn in the order of a permutation seeded by (seed, source id).
     """
-    by_source: dict[str, list[TripletRow]] = defaultdict(list)
-    for t in forwards:
-        by_source[t.source_id].append(t)
-    jobs = []
-    for source_id in sorted(by_source):
-        group = sorted(by_source[source_id], key=lambda t: t.triplet_id)
-        pairs = [
-            (a, b)
-            for a in group
-            for b in group
-            if a.triplet_id != b.triplet_id
-            and a.triplet_id in inverses
-            and a.edited_image != b.edited_image
-        ]
-        order = rng_for(seed, source_id, "compose").permutation(len(pairs))
-        for i in order[:max_pairs_per_source]:
-            a, b = pairs[int(i)]
-            jobs.append(
-                ComposeJob(
-                    job_id=f"c-{a.triplet_id}--{b.triplet_id}",
-                    first=a.triplet_id,
-                    second=b.triplet_id,
-                    first_image=a.edited_image,
-                    second_image=b.edited_image,
-                    first_inverse=inverses[a.triplet_id],
-                    second_instruction=b.instruction,
-                    prompt=a.prompt,
-                )
-            )
-    return jobs
+    order = forwards.select(["source_id", "triplet_id", "edited_image", "prompt", "instruction"])
+    order = order.sort_by([("source_id", "ascending"), ("triplet_id", "ascending")])
+    inverse_of = positions(
+        order.column("triplet_id"), pc.list_element(inverses.column("parents"), 0)
+    )
+    starts = group_starts(order, ["source_id"])
+    sizes = np.diff(np.append(starts, order.num_rows))
+    # every ordered pair (a, b) within a source, a-major: a repeats |group| times
+    group_of = np.repeat(np.arange(len(starts)), sizes)
+    a = np.repeat(np.arange(order.num_rows), sizes[group_of])
+    offset = np.arange(len(a)) - np.repeat(
+        np.cumsum(sizes[group_of]) - sizes[group_of], sizes[group_of]
+    )
+    b = starts[group_of[a]] + offset
+    images = flat(order.column("edited_image"))
+    ok = (a != b) & (inverse_of[a] >= 0)
+    if len(a):
+        ok &= pc.not_equal(images.take(pa.array(a)), images.take(pa.array(b))).to_numpy(
+            zero_copy_only=False
+        )
+    a, b = a[ok], b[ok]
+    pair_group = group_of[a]
+    counts = np.bincount(pair_group, minlength=len(starts))
+    first_pair = np.cumsum(counts) - counts
+    sources = flat(order.column("source_id")).take(pa.array(starts, pa.int64())).to_pylist()
+    chosen = [
+        first_pair[g]
+        + rng_for(seed, sources[g], "compose").permutation(int(n))[:max_pairs_per_source]
+        for g, n in enumerate(counts)
+        if n
+    ]
+    pick = np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
+    a, b = a[pick], b[pick]
+    first, second = take(order, a), take(order, b)
+    texts = take(inverses, inverse_of[a]).column("instruction")
+    job_id = pc.binary_join_element_wise(
+        "c-", first.column("triplet_id"), "--", second.column("triplet_id"), ""
+    )
+    return typed_table(
+        {
+            "job_id": job_id,
+            "first": first.column("triplet_id"),
+            "second": second.column("triplet_id"),
+            "first_image": first.column("edited_image"),
+            "second_image": second.column("edited_image"),
+            "first_inverse": texts,
+            "second_instruction": second.column("instruction"),
+            "prompt": first.column("prompt"),
+        },
+        ComposeJob.schema(),
+    )
 
 
 class CompositionStage(Stage[ComposeJob, DraftRow]):

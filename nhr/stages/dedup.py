@@ -10,6 +10,9 @@
   are never merged on a hash collision alone.
 
 Kept first: mined over inverted over composed, then the higher score, then the id.
+Hashes live in a table keyed by image (``image_hashes``), computed once per image and
+reused by every later dedup of the run, so a rerun loads no image but those a hash match
+must confirm on pixels.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
-from nhr.records import TripletRow
+from nhr.tables import SCHEMAS, flat, take
 
 ORIGIN_RANK = {"mined": 0, "inverted": 1, "composed": 2}
 
@@ -43,6 +48,10 @@ def changed_share(a: Image.Image, b: Image.Image, threshold: int = 40) -> float:
     return float((np.abs(x - y).max(axis=2) > threshold).mean())
 
 
+HASHES_TABLE = "image_hashes"
+HASHES_SCHEMA = SCHEMAS[HASHES_TABLE]
+
+
 class BandIndex:
     """Finds kept rows whose 64-bit hash is within ``max_distance`` bits of a query.
 
@@ -54,28 +63,27 @@ class BandIndex:
     def __init__(self, max_distance: int) -> None:
         self.max_distance = max_distance
         self.n_bands = max_distance + 1
-        self.buckets: dict[tuple[int, int], list[tuple[int, TripletRow]]] = defaultdict(list)
+        edges = np.linspace(0, 64, self.n_bands + 1).astype(int)
+        self.edges = [(int(lo), (1 << int(hi - lo)) - 1) for lo, hi in itertools.pairwise(edges)]
+        self.buckets: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
 
     def _bands(self, bits: int) -> list[tuple[int, int]]:
-        edges = np.linspace(0, 64, self.n_bands + 1).astype(int)
-        return [
-            (i, (bits >> int(lo)) & ((1 << int(hi - lo)) - 1))
-            for i, (lo, hi) in enumerate(itertools.pairwise(edges))
-        ]
+        return [(i, (bits >> lo) & mask) for i, (lo, mask) in enumerate(self.edges)]
 
-    def add(self, bits: int, row: TripletRow) -> None:
-        """Index a kept row by its hash."""
+    def add(self, bits: int, row: int) -> None:
+        """Index a kept row (its position) by its hash."""
         for band in self._bands(bits):
             self.buckets[band].append((bits, row))
 
-    def near(self, bits: int) -> list[TripletRow]:
-        """Kept rows whose hash is within ``max_distance`` bits, each once."""
-        found: dict[str, TripletRow] = {}
+    def near(self, bits: int) -> list[int]:
+        """Kept rows whose hash is within ``max_distance`` bits, each once, in the order
+        they are found band by band."""
+        found: dict[int, None] = {}
         for band in self._bands(bits):
             for other_bits, row in self.buckets.get(band, []):
                 if (other_bits ^ bits).bit_count() <= self.max_distance:
-                    found[row.triplet_id] = row
-        return list(found.values())
+                    found[row] = None
+        return list(found)
 
 
 def hash_bits(image: Image.Image) -> int:
@@ -84,50 +92,94 @@ def hash_bits(image: Image.Image) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
+def image_hashes(
+    images: pa.Array | pa.ChunkedArray,
+    known: pa.Table | None,
+    load: Callable[[str], Image.Image],
+) -> tuple[pa.Table, dict[str, int]]:
+    """The perceptual-hash table (``image``, ``phash``) covering ``images``: the rows of
+    ``known`` plus a hash for each image not in it (the only images loaded), and how many
+    were reused and computed."""
+    known = known if known is not None else HASHES_SCHEMA.empty_table()
+    images = pc.unique(flat(images))
+    missing = images.filter(pc.invert(pc.is_in(images, value_set=flat(known.column("image")))))
+    new = [hash_bits(load(rel)) for rel in missing.to_pylist()]
+    table = pa.concat_tables(
+        [
+            known.cast(HASHES_SCHEMA),
+            pa.table({"image": missing.cast(pa.string()), "phash": pa.array(new, pa.uint64())}),
+        ]
+    )
+    return table, {"reused": len(images) - len(missing), "computed": len(missing)}
+
+
 def dedup(
-    rows: list[TripletRow],
+    rows: pa.Table,
+    hashes: pa.Table,
     load: Callable[[str], Image.Image],
     max_distance: int = 4,
     max_changed_share: float = 0.001,
-) -> tuple[list[TripletRow], dict[str, int], dict[str, str]]:
-    """Kept rows, drops by reason, and for each dropped id the id of the row it duplicates."""
-    ordered = sorted(rows, key=lambda r: (ORIGIN_RANK.get(r.origin, 9), -r.score, r.triplet_id))
-    hashes: dict[str, int] = {}
+) -> tuple[pa.Table, dict[str, int], dict[str, str]]:
+    """Kept rows (in keep order), drops by reason, and for each dropped id the id of the
+    row it duplicates. ``hashes`` is the table from :func:`image_hashes`; images are
+    loaded only to confirm a hash match on pixels."""
+    rank = pc.fill_null(
+        pc.index_in(rows.column("origin"), value_set=pa.array(list(ORIGIN_RANK))), len(ORIGIN_RANK)
+    )
+    order = (
+        pa.table(
+            {
+                "rank": rank,
+                "score": rows.column("score"),
+                "triplet_id": rows.column("triplet_id"),
+                "row": np.arange(rows.num_rows),
+            }
+        )
+        .sort_by([("rank", "ascending"), ("score", "descending"), ("triplet_id", "ascending")])
+        .column("row")
+        .to_numpy()
+    )
+    ordered = take(rows, order)
+    ids = ordered.column("triplet_id").to_pylist()
+    sources = ordered.column("source_image").to_pylist()
+    edits = ordered.column("edited_image").to_pylist()
+    bits = dict(
+        zip(hashes.column("image").to_pylist(), hashes.column("phash").to_pylist(), strict=True)
+    )
+    images: dict[str, Image.Image] = {}
 
-    def bits_of(rel: str) -> int:
-        if rel not in hashes:
-            hashes[rel] = hash_bits(load(rel))
-        return hashes[rel]
+    def image(rel: str) -> Image.Image:
+        if rel not in images:
+            images[rel] = load(rel)
+        return images[rel]
 
     index = BandIndex(max_distance)
-    kept: list[TripletRow] = []
+    keep = np.zeros(len(ids), dtype=bool)
     seen_pairs: dict[tuple[str, str], str] = {}
     drops: Counter[str] = Counter()
     duplicate_of: dict[str, str] = {}
-    for row in ordered:
-        pair = (row.source_image, row.edited_image)
+    for i, (tid, src, edit) in enumerate(zip(ids, sources, edits, strict=True)):
+        pair = (src, edit)
         if pair in seen_pairs:
             drops["exact_duplicate"] += 1
-            duplicate_of[row.triplet_id] = seen_pairs[pair]
+            duplicate_of[tid] = seen_pairs[pair]
             continue
-        h_edit = bits_of(row.edited_image)
+        h_edit = bits[edit]
         match = next(
             (
-                other
-                for other in index.near(bits_of(row.source_image))
-                if (bits_of(other.edited_image) ^ h_edit).bit_count() <= max_distance
-                and changed_share(load(other.source_image), load(row.source_image))
-                <= max_changed_share
-                and changed_share(load(other.edited_image), load(row.edited_image))
-                <= max_changed_share
+                j
+                for j in index.near(bits[src])
+                if (bits[edits[j]] ^ h_edit).bit_count() <= max_distance
+                and changed_share(image(sources[j]), image(src)) <= max_changed_share
+                and changed_share(image(edits[j]), image(edit)) <= max_changed_share
             ),
             None,
         )
         if match is not None:
             drops["near_duplicate"] += 1
-            duplicate_of[row.triplet_id] = match.triplet_id
+            duplicate_of[tid] = ids[match]
             continue
-        kept.append(row)
-        seen_pairs[pair] = row.triplet_id
-        index.add(bits_of(row.source_image), row)
-    return kept, dict(drops), duplicate_of
+        keep[i] = True
+        seen_pairs[pair] = tid
+        index.add(bits[src], i)
+    return ordered.filter(pa.array(keep)), dict(drops), duplicate_of

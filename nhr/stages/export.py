@@ -10,22 +10,24 @@ Shard names carry a fingerprint of their content (``train-<fp>-00000-of-00002.pa
 and the card's patterns name it: ``datasets`` caches a local folder by its card's
 patterns, so without it a re-export into the same path would load the stale cache.
 The folder is built beside the old one and swapped in with renames, so an interrupted
-export never leaves half a dataset.
+export never leaves half a dataset. Rows stream through: the triplets are read in
+batches and each shard embeds its own images only, so memory holds one shard at a time
+whatever the size of the run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nhr.records import TripletRow
-from nhr.stages.preference import PreferencePair
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from nhr.store import BlobStore, atomic_write_bytes
 
 TEXT_COLUMNS = (
@@ -47,18 +49,6 @@ TEXT_COLUMNS = (
 )
 INT_COLUMNS = ("width", "height", "t2i_seed", "t2i_steps", "edit_seed", "edit_steps")
 FLOAT_COLUMNS = ("adherence", "aesthetic", "score", "edit_guidance")
-
-
-@dataclass(frozen=True)
-class Chain:
-    """A multi-turn sequence: images I0, Ie1, … and the instruction of each turn."""
-
-    chain_id: str
-    images: tuple[str, ...]
-    instructions: tuple[str, ...]
-    triplet_ids: tuple[str, ...]
-    width: int
-    height: int
 
 
 def triplet_features() -> Any:
@@ -121,54 +111,57 @@ def preference_features() -> Any:
     return datasets.Features(feats)
 
 
-def _preference_columns(rows: list[PreferencePair], blobs: BlobStore) -> dict[str, list[Any]]:
-    """Column lists for a shard of preference pairs."""
-    images = ("source_image", "chosen_image", "rejected_image")
-    cols: dict[str, list[Any]] = {
-        name: [_image(blobs, getattr(r, name)) for r in rows] for name in images
-    }
-    for name in preference_features():
-        if name not in images:
-            cols[name] = [getattr(r, name) for r in rows]
-    return cols
+def _images(blobs: BlobStore, rels: list[str]) -> list[dict[str, Any]]:
+    """Embedded image cells: the PNG bytes, named by their hash."""
+    return [{"bytes": blobs.read_bytes(rel), "path": Path(rel).name} for rel in rels]
 
 
-def _image(blobs: BlobStore, rel: str) -> dict[str, Any]:
-    """An embedded image cell: the PNG bytes, named by their hash."""
-    return {"bytes": blobs.read_bytes(rel), "path": Path(rel).name}
+IMAGE_COLUMNS = {
+    "default": ("source_image", "edited_image"),
+    "preference": ("source_image", "chosen_image", "rejected_image"),
+}
 
 
-def _triplet_columns(rows: list[TripletRow], blobs: BlobStore) -> dict[str, list[Any]]:
-    """Column lists for a shard of triplets."""
-    cols: dict[str, list[Any]] = {
-        "source_image": [_image(blobs, r.source_image) for r in rows],
-        "edited_image": [_image(blobs, r.edited_image) for r in rows],
-    }
-    for name in TEXT_COLUMNS + INT_COLUMNS + FLOAT_COLUMNS:
-        cols[name] = [getattr(r, name) for r in rows]
-    cols["parents"] = [list(r.parents) for r in rows]
-    return cols
+def _shard_table(config: str, part: pa.Table, blobs: BlobStore, features: Any) -> pa.Table:
+    """One shard of a config with its images embedded, typed by its features."""
+    schema = features.arrow_schema
+    columns = []
+    for field in schema:
+        if field.name in IMAGE_COLUMNS.get(config, ()):
+            values = _images(blobs, part.column(field.name).to_pylist())
+        elif config == "multiturn" and field.name == "images":
+            values = [_images(blobs, rels) for rels in part.column("images").to_pylist()]
+        elif config == "multiturn" and field.name == "turns":
+            values = [len(i) for i in part.column("instructions").to_pylist()]
+        else:
+            columns.append(part.column(field.name).cast(field.type))
+            continue
+        columns.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _chain_columns(rows: list[Chain], blobs: BlobStore) -> dict[str, list[Any]]:
-    """Column lists for a shard of chains."""
-    return {
-        "chain_id": [c.chain_id for c in rows],
-        "images": [[_image(blobs, rel) for rel in c.images] for c in rows],
-        "instructions": [list(c.instructions) for c in rows],
-        "triplet_ids": [list(c.triplet_ids) for c in rows],
-        "turns": [len(c.instructions) for c in rows],
-        "width": [c.width for c in rows],
-        "height": [c.height for c in rows],
-    }
+def _rechunk(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly ``rows`` rows (the last one shorter) from a stream of batches."""
+    pending: list[pa.Table] = []
+    held = 0
+    for batch in batches:
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        pending.append(table)
+        held += table.num_rows
+        while held >= rows:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, rows)
+            rest = whole.slice(rows)
+            pending, held = [rest], rest.num_rows
+    if held:
+        yield pa.concat_tables(pending)
 
 
-def fingerprint(rows: list[Any]) -> str:
-    """A short hash of what a config's rows hold (ids, images, instructions, scores)."""
-    digest = hashlib.sha256()
-    for r in rows:
-        digest.update(repr(sorted(vars(r).items())).encode())
-    return digest.hexdigest()[:12]
+def _digest(digest: Any, part: pa.Table) -> None:
+    """Feed what a shard holds (every column but the embedded bytes) into ``digest``."""
+    for name in sorted(part.column_names):
+        digest.update(name.encode())
+        digest.update(json.dumps(part.column(name).to_pylist(), default=str).encode())
 
 
 def _pct(change: float | None) -> str:
@@ -178,14 +171,15 @@ def _pct(change: float | None) -> str:
 
 def card_body(
     name: str,
-    rows: list[TripletRow],
+    by_origin: dict[str, int],
+    by_type: dict[str, int],
     funnel: list[dict[str, Any]],
     chains: int,
     preferences: int = 0,
 ) -> str:
-    """The dataset card's text: what it is, counts, the funnel, fields."""
-    by_type = Counter(r.edit_type for r in rows)
-    by_origin = Counter(r.origin for r in rows)
+    """The dataset card's text: what it is, counts (triplets by origin and by edit type),
+    the funnel, fields."""
+    rows = sum(by_origin.values())
     lines = [
         f"# {name}",
         "",
@@ -194,7 +188,7 @@ def card_body(
         "its hard validator (both scores ≥ threshold, argmax of √(adherence·aesthetic) "
         "per source and instruction).",
         "",
-        f"**Triplets:** {len(rows)} (config `default`); **multi-turn chains:** {chains} "
+        f"**Triplets:** {rows} (config `default`); **multi-turn chains:** {chains} "
         f"(config `multiturn`); **preference pairs:** {preferences} (config `preference`)",
         "",
         "## Funnel",
@@ -294,60 +288,77 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     if config not in infos:
         raise ValueError(f"{folder} has no config {config!r}; it has {sorted(infos)}")
     if infos[config]["splits"][0]["num_examples"] == 0:
-        features = CONFIGS[config][2]()
+        features = CONFIGS[config][1]()
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     return datasets.load_dataset(str(folder), config, split="train")
 
 
-# config name → (shard prefix, column builder, features)
-CONFIGS: dict[str, tuple[str, Callable[[list[Any], BlobStore], dict[str, list[Any]]], Any]] = {
-    "default": ("train", _triplet_columns, triplet_features),
-    "multiturn": ("multiturn", _chain_columns, chain_features),
-    "preference": ("preference", _preference_columns, preference_features),
+# config name → (shard prefix, features)
+CONFIGS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "default": ("train", triplet_features),
+    "multiturn": ("multiturn", chain_features),
+    "preference": ("preference", preference_features),
 }
 
 
 def _write_config(
-    tmp: Path, config: str, rows: list[Any], blobs: BlobStore, shard_rows: int
-) -> str:
-    """Write one config's shards into ``tmp/data``; returns its glob pattern."""
-    import datasets
-
-    prefix, columns, features = CONFIGS[config]
-    fp = fingerprint(rows)
-    n_shards = max(1, -(-len(rows) // shard_rows))
-    for i in range(n_shards):
-        part = rows[i * shard_rows : (i + 1) * shard_rows]
-        ds = datasets.Dataset.from_dict(columns(part, blobs), features=features())
-        ds.to_parquet(str(tmp / "data" / f"{prefix}-{fp}-{i:05d}-of-{n_shards:05d}.parquet"))
-    return f"data/{prefix}-{fp}-*.parquet"
+    tmp: Path,
+    config: str,
+    batches: Iterable[pa.RecordBatch | pa.Table],
+    blobs: BlobStore,
+    shard_rows: int,
+) -> tuple[str, int]:
+    """Stream one config's rows into shards in ``tmp/data``, one shard's images in memory
+    at a time; returns its glob pattern and its row count. Shards are written under
+    temporary names and renamed once the content fingerprint is known."""
+    prefix, features = CONFIGS[config]
+    feats = features()
+    digest = hashlib.sha256()
+    written: list[Path] = []
+    rows = 0
+    for part in _rechunk(batches, shard_rows):
+        _digest(digest, part)
+        path = tmp / "data" / f".{prefix}-{len(written):05d}.parquet"
+        pq.write_table(_shard_table(config, part, blobs, feats), path)
+        written.append(path)
+        rows += part.num_rows
+    if not written:  # an empty config still gets one (empty) shard
+        pq.write_table(feats.arrow_schema.empty_table(), tmp / "data" / f".{prefix}-00000.parquet")
+        written.append(tmp / "data" / f".{prefix}-00000.parquet")
+    fp = digest.hexdigest()[:12]
+    for i, path in enumerate(written):
+        path.rename(tmp / "data" / f"{prefix}-{fp}-{i:05d}-of-{len(written):05d}.parquet")
+    return f"data/{prefix}-{fp}-*.parquet", rows
 
 
 def export_dataset(
-    rows: list[TripletRow],
+    rows: Iterable[pa.RecordBatch | pa.Table],
     blobs: BlobStore,
     out_dir: Path,
     body: str,
     shard_rows: int = 1000,
-    chains: list[Chain] | None = None,
-    preferences: list[PreferencePair] | None = None,
+    chains: pa.Table | None = None,
+    preferences: pa.Table | None = None,
 ) -> list[Path]:
-    """Write the dataset folder (shards + card) and swap it into place; returns shards."""
-    import datasets
+    """Write the dataset folder (shards + card) and swap it into place; returns shards.
 
-    datasets.disable_progress_bars()  # the stage draws no bars; the notebook shows the result
+    ``rows`` streams the triplets (record batches of the ``TripletRow`` schema);
+    ``chains`` (from ``bootstrap.chains``) and ``preferences`` (from
+    ``preference_pairs``) are tables of image paths, embedded shard by shard."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=out_dir.parent))
     try:
         (tmp / "data").mkdir()
-        chains = chains or []
-        parts = {"default": rows, "multiturn": chains, "preference": preferences or []}
-        configs = {
-            name: (_write_config(tmp, name, part, blobs, shard_rows), len(part))
-            for name, part in parts.items()
+        parts: dict[str, Iterable[pa.RecordBatch | pa.Table]] = {
+            "default": rows,
+            "multiturn": [] if chains is None else [chains],
+            "preference": [] if preferences is None else [preferences],
         }
-        card = _front_matter(configs, len(rows)) + body
+        configs = {
+            name: _write_config(tmp, name, part, blobs, shard_rows) for name, part in parts.items()
+        }
+        card = _front_matter(configs, configs["default"][1]) + body
         atomic_write_bytes(tmp / "README.md", card.encode())
         old = out_dir.with_name(f".old-{out_dir.name}")
         if old.exists():

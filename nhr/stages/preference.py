@@ -10,83 +10,152 @@ argmax are good edits, not negatives, and are never used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from nhr.records import CandidateRow, TripletRow, Verdict
+from nhr.tables import flat, group_starts, positions, required_positions, take
+
+PREFERENCE_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("triplet_id", pa.string()),
+        ("rejected_candidate_id", pa.string()),
+        ("source_image", pa.string()),
+        ("instruction", pa.string()),
+        ("chosen_image", pa.string()),
+        ("rejected_image", pa.string()),
+        ("chosen_adherence", pa.float64()),
+        ("chosen_aesthetic", pa.float64()),
+        ("rejected_stage", pa.string()),
+        ("rejected_reason", pa.string()),
+        ("rejected_adherence", pa.float64()),
+        ("rejected_aesthetic", pa.float64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+    ]
+)
 
 
-@dataclass(frozen=True)
-class PreferencePair:
-    """(source, instruction, chosen edit, rejected edit) with the rejected one's verdict."""
-
-    pair_id: str
-    triplet_id: str
-    rejected_candidate_id: str
-    source_image: str
-    instruction: str
-    chosen_image: str
-    rejected_image: str
-    chosen_adherence: float
-    chosen_aesthetic: float
-    rejected_stage: str
-    rejected_reason: str
-    rejected_adherence: float | None
-    rejected_aesthetic: float | None
-    width: int
-    height: int
+def first_failures(verdicts: dict[str, pa.Table]) -> pa.Table:
+    """Per failed subject, the first stage (in the order of ``verdicts``) that failed it:
+    ``subject_id``, ``rank`` (that stage's position), ``stage``, ``reason``, scores."""
+    parts = []
+    for rank, (stage, table) in enumerate(verdicts.items()):
+        failed = table.filter(pc.invert(pc.fill_null(table.column("passed"), False)))
+        parts.append(
+            pa.table(
+                {
+                    "subject_id": flat(failed.column("subject_id")),
+                    "rank": pa.array(np.full(failed.num_rows, rank), pa.int64()),
+                    "stage": pa.repeat(pa.scalar(stage), failed.num_rows),
+                    "reason": flat(failed.column("reason")),
+                    "adherence": flat(failed.column("adherence")).cast(pa.float64()),
+                    "aesthetic": flat(failed.column("aesthetic")).cast(pa.float64()),
+                }
+            )
+        )
+    if not parts:
+        return pa.table({"subject_id": pa.array([], pa.string()), "rank": pa.array([], pa.int64())})
+    every = pa.concat_tables(parts)
+    # the first failure of a subject: stable order is by rank already
+    first = positions(every.column("subject_id"), every.column("subject_id"))
+    return every.filter(pa.array(first == np.arange(every.num_rows)))
 
 
 def preference_pairs(
-    mined: list[TripletRow],
-    candidates: list[CandidateRow],
-    verdicts: dict[str, list[Verdict]],
+    mined: pa.Table,
+    candidates: pa.Table,
+    verdicts: dict[str, pa.Table],
     per_group: int = 1,
-) -> list[PreferencePair]:
-    """Pairs for every mined triplet; ``verdicts`` maps a stage name (``prefilter``,
-    ``lowlevel``, ``validator``, in pipeline order) to its verdicts."""
-    if per_group <= 0:
-        return []
-    failed: dict[str, tuple[int, str, Verdict]] = {}
-    for rank, (stage, rows) in enumerate(verdicts.items()):
-        for v in rows:
-            if not v.passed and v.subject_id not in failed:
-                failed[v.subject_id] = (rank, stage, v)
-    groups: dict[tuple[str, str], list[CandidateRow]] = {}
-    for c in candidates:
-        if c.candidate_id in failed:
-            groups.setdefault((c.source_id, c.instruction_id), []).append(c)
-    by_id = {c.candidate_id: c for c in candidates}
-
-    def hardness(c: CandidateRow) -> tuple[int, float, str]:
-        """Later stage first, then higher scores: the negatives closest to a pass."""
-        rank, _, v = failed[c.candidate_id]
-        return (-rank, -(v.adherence or 0.0) * (v.aesthetic or 0.0), c.candidate_id)
-
-    pairs = []
-    for t in mined:
-        chosen = by_id[t.candidate_id]
-        group = groups.get((chosen.source_id, chosen.instruction_id), [])
-        for c in sorted(group, key=hardness)[:per_group]:
-            if c.image == chosen.image:
-                continue
-            _, stage, v = failed[c.candidate_id]
-            pairs.append(
-                PreferencePair(
-                    pair_id=f"pref-{t.triplet_id}-{c.candidate_id}",
-                    triplet_id=t.triplet_id,
-                    rejected_candidate_id=c.candidate_id,
-                    source_image=t.source_image,
-                    instruction=t.instruction,
-                    chosen_image=t.edited_image,
-                    rejected_image=c.image,
-                    chosen_adherence=t.adherence,
-                    chosen_aesthetic=t.aesthetic,
-                    rejected_stage=stage,
-                    rejected_reason=v.reason,
-                    rejected_adherence=v.adherence,
-                    rejected_aesthetic=v.aesthetic,
-                    width=t.width,
-                    height=t.height,
-                )
+) -> pa.Table:
+    """Pairs for every mined triplet (a ``PREFERENCE_SCHEMA`` table, in the order of
+    ``mined``, each triplet's negatives hardest first); ``verdicts`` maps a stage name
+    (``prefilter``, ``lowlevel``, ``validator``, in pipeline order) to its verdicts."""
+    if per_group <= 0 or not verdicts or not mined.num_rows:
+        return PREFERENCE_SCHEMA.empty_table()
+    failed = first_failures(verdicts)
+    cpos = positions(failed.column("subject_id"), candidates.column("candidate_id"))
+    failed = failed.filter(pa.array(cpos >= 0))
+    cand = take(candidates, cpos[cpos >= 0])
+    adh = pc.fill_null(failed.column("adherence"), 0.0).to_numpy(zero_copy_only=False)
+    aes = pc.fill_null(failed.column("aesthetic"), 0.0).to_numpy(zero_copy_only=False)
+    hard = np.nan_to_num(adh, nan=0.0) * np.nan_to_num(aes, nan=0.0) + 0.0
+    negatives = pa.table(
+        {
+            "source_id": cand.column("source_id"),
+            "instruction_id": cand.column("instruction_id"),
+            "rank": failed.column("rank"),
+            "hard": hard,
+            "candidate_id": cand.column("candidate_id"),
+            "image": cand.column("image"),
+            "stage": failed.column("stage"),
+            "reason": failed.column("reason"),
+            "adherence": failed.column("adherence"),
+            "aesthetic": failed.column("aesthetic"),
+        }
+    ).sort_by(
+        [
+            ("source_id", "ascending"),
+            ("instruction_id", "ascending"),
+            ("rank", "descending"),
+            ("hard", "descending"),
+            ("candidate_id", "ascending"),
+        ]
+    )
+    starts = group_starts(negatives, ["source_id", "instruction_id"])
+    sizes = np.diff(np.append(starts, negatives.num_rows))
+    place = np.arange(negatives.num_rows) - np.repeat(starts, sizes)
+    negatives = negatives.filter(pa.array(place < per_group))
+    chosen = take(
+        candidates,
+        required_positions(
+            mined.column("candidate_id"), candidates.column("candidate_id"), "mined candidate"
+        ),
+    )
+    left = pa.table(
+        {
+            "source_id": chosen.column("source_id"),
+            "instruction_id": chosen.column("instruction_id"),
+            "order": np.arange(mined.num_rows),
+        }
+    )
+    right = negatives.append_column("place", pa.array(np.arange(negatives.num_rows)))
+    joined = left.join(right, ["source_id", "instruction_id"], join_type="inner").sort_by(
+        [("order", "ascending"), ("place", "ascending")]
+    )
+    t = take(mined, joined.column("order").to_numpy())
+    keep = pc.not_equal(
+        joined.column("image"), take(chosen, joined.column("order").to_numpy()).column("image")
+    )
+    t, joined = t.filter(keep), joined.filter(keep)
+    pair_id = pc.binary_join_element_wise(
+        "pref-", t.column("triplet_id"), "-", joined.column("candidate_id"), ""
+    )
+    return pa.Table.from_arrays(
+        [
+            flat(col).cast(field.type)
+            for col, field in zip(
+                [
+                    pair_id,
+                    t.column("triplet_id"),
+                    joined.column("candidate_id"),
+                    t.column("source_image"),
+                    t.column("instruction"),
+                    t.column("edited_image"),
+                    joined.column("image"),
+                    t.column("adherence"),
+                    t.column("aesthetic"),
+                    joined.column("stage"),
+                    joined.column("reason"),
+                    joined.column("adherence"),
+                    joined.column("aesthetic"),
+                    t.column("width"),
+                    t.column("height"),
+                ],
+                PREFERENCE_SCHEMA,
+                strict=True,
             )
-    return pairs
+        ],
+        schema=PREFERENCE_SCHEMA,
+    )

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter, defaultdict
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from nhr.backends.base import Judge
-from nhr.records import CandidateRow, DraftRow, PromptRow, SourceRow, TripletRow, Verdict
+from nhr.records import CandidateRow, DraftRow, TripletRow, Verdict
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
+from nhr.tables import constant, flat, group_starts, required_positions, typed_table
 
 
 def geometric_score(adherence: float, aesthetic: float) -> float:
@@ -94,60 +98,82 @@ class ComposedValidatorStage(ValidatorStage):
     input_type = DraftRow
 
 
+def geometric_scores(adherence: pa.ChunkedArray, aesthetic: pa.ChunkedArray) -> np.ndarray:
+    """√(adherence · aesthetic) of whole columns; a missing score counts as 0."""
+    adh = np.nan_to_num(pc.fill_null(adherence, 0.0).to_numpy(zero_copy_only=False), nan=0.0)
+    aes = np.nan_to_num(pc.fill_null(aesthetic, 0.0).to_numpy(zero_copy_only=False), nan=0.0)
+    return np.sqrt(np.maximum(adh, 0.0) * np.maximum(aes, 0.0))
+
+
 def select_argmax(
-    candidates: list[CandidateRow],
-    verdicts: list[Verdict],
-    sources: dict[str, SourceRow],
-    prompts: dict[str, PromptRow],
-) -> tuple[list[TripletRow], dict[str, int]]:
+    candidates: pa.Table,
+    verdicts: pa.Table,
+    sources: pa.Table,
+    prompts: pa.Table,
+) -> tuple[pa.Table, dict[str, int]]:
     """Keep, per (source, instruction), the passed candidate with the highest
-    √(adh·aes) (ties: lowest candidate id). Returns the mined triplets and the drops by
-    reason (``not_argmax`` for passed candidates that lost to a sibling)."""
-    by_id = {c.candidate_id: c for c in candidates}
-    groups: dict[tuple[str, str], list[tuple[float, str, Verdict]]] = defaultdict(list)
-    for v in verdicts:
-        if v.passed:
-            c = by_id[v.subject_id]
-            score = geometric_score(v.adherence or 0.0, v.aesthetic or 0.0)
-            groups[(c.source_id, c.instruction_id)].append((-score, c.candidate_id, v))
-    drops: Counter[str] = Counter()
-    triplets = []
-    for key in sorted(groups):
-        ranked = sorted(groups[key], key=lambda t: (t[0], t[1]))
-        drops["not_argmax"] += len(ranked) - 1
-        neg_score, cid, v = ranked[0]
-        c, src = by_id[cid], sources[by_id[cid].source_id]
-        prompt = prompts[c.prompt_id]
-        triplets.append(
-            TripletRow(
-                triplet_id=f"m-{cid}",
-                origin="mined",
-                parents=(cid,),
-                source_image=c.source_image,
-                edited_image=c.image,
-                instruction=c.instruction,
-                edit_type=c.edit_type,
-                style=c.style,
-                width=c.width,
-                height=c.height,
-                adherence=float(v.adherence or 0.0),
-                aesthetic=float(v.aesthetic or 0.0),
-                score=-neg_score,
-                prompt_id=c.prompt_id,
-                prompt=prompt.text,
-                source_id=c.source_id,
-                candidate_id=cid,
-                t2i_model=src.model_id,
-                t2i_seed=src.seed,
-                t2i_steps=src.steps,
-                editor_model=c.model_id,
-                edit_seed=c.seed,
-                edit_steps=c.steps,
-                edit_guidance=c.guidance,
-                prompter_version=prompt.prompter_version,
-                writer_version=prompt.prompter_version,
-                judge_id=v.judge_id,
-                judge_prompt_version=v.prompt_version,
-            )
-        )
-    return triplets, dict(drops)
+    √(adh·aes) (ties: lowest candidate id). Returns the mined triplets (a ``TripletRow``
+    table, ordered by source and instruction id) and the drops by reason
+    (``not_argmax`` for passed candidates that lost to a sibling)."""
+    passed = verdicts.filter(pc.fill_null(verdicts.column("passed"), False))
+    cpos = required_positions(
+        passed.column("subject_id"), candidates.column("candidate_id"), "validated candidate"
+    )
+    cand = candidates.take(pa.array(cpos, pa.int64()))
+    ranked = pa.table(
+        {
+            "source_id": cand.column("source_id"),
+            "instruction_id": cand.column("instruction_id"),
+            "score": geometric_scores(passed.column("adherence"), passed.column("aesthetic")),
+            "candidate_id": cand.column("candidate_id"),
+            "row": np.arange(passed.num_rows),
+        }
+    ).sort_by(
+        [
+            ("source_id", "ascending"),
+            ("instruction_id", "ascending"),
+            ("score", "descending"),
+            ("candidate_id", "ascending"),
+        ]
+    )
+    starts = group_starts(ranked, ["source_id", "instruction_id"])
+    drops = {"not_argmax": int(passed.num_rows - len(starts))} if len(starts) else {}
+    rows = pa.array(ranked.column("row").to_numpy()[starts], pa.int64())
+    v, c = passed.take(rows), cand.take(rows)
+    spos = required_positions(c.column("source_id"), sources.column("source_id"), "source")
+    ppos = required_positions(c.column("prompt_id"), prompts.column("prompt_id"), "prompt")
+    src = sources.take(pa.array(spos, pa.int64()))
+    prm = prompts.take(pa.array(ppos, pa.int64()))
+    cid = flat(c.column("candidate_id"))
+    n = len(cid)
+    columns = {
+        "triplet_id": pc.binary_join_element_wise("m-", cid, ""),
+        "origin": constant("mined", n),
+        "parents": pa.ListArray.from_arrays(pa.array(np.arange(n + 1), pa.int32()), cid),
+        "source_image": c.column("source_image"),
+        "edited_image": c.column("image"),
+        "instruction": c.column("instruction"),
+        "edit_type": c.column("edit_type"),
+        "style": c.column("style"),
+        "width": c.column("width"),
+        "height": c.column("height"),
+        "adherence": pc.fill_null(v.column("adherence"), 0.0),
+        "aesthetic": pc.fill_null(v.column("aesthetic"), 0.0),
+        "score": ranked.column("score").take(pa.array(starts, pa.int64())),
+        "prompt_id": c.column("prompt_id"),
+        "prompt": prm.column("text"),
+        "source_id": c.column("source_id"),
+        "candidate_id": cid,
+        "t2i_model": src.column("model_id"),
+        "t2i_seed": src.column("seed"),
+        "t2i_steps": src.column("steps"),
+        "editor_model": c.column("model_id"),
+        "edit_seed": c.column("seed"),
+        "edit_steps": c.column("steps"),
+        "edit_guidance": c.column("guidance"),
+        "prompter_version": prm.column("prompter_version"),
+        "writer_version": prm.column("prompter_version"),
+        "judge_id": v.column("judge_id"),
+        "judge_prompt_version": v.column("prompt_version"),
+    }
+    return typed_table(columns, TripletRow.schema()), drops
