@@ -124,14 +124,14 @@ def test_lowlevel_check_passes_97_percent_of_null_edits(tmp_path: Path) -> None:
             steps=20,
             guidance=2.5,
         )
-        for i in range(4000)
+        for i in range(2000)
     ]
     candidates = EditStage(world.backend("editor"), blobs).process_batch(jobs)
     verdicts = LowLevelStage(blobs, 40, 0.005).process_batch(candidates)
     rate = sum(v.passed for v in verdicts) / len(verdicts)
-    assert abs(rate - null.LOWLEVEL_RATE) < 0.01, rate
+    assert abs(rate - null.LOWLEVEL_RATE) < 0.012, rate
     assert {v.reason for v in verdicts} == {"ok", "fragmented_change"}
-    # blocks and speckles of 16 sources: a few hundred blobs for 4,000 edits
+    # blocks and speckles of 16 sources: a few hundred blobs for 2,000 edits
     assert len(list((tmp_path / "blobs").rglob("*.png"))) <= 16 * (
         1 + null.BLOCK_VARIANTS + null.SPECKLE_VARIANTS
     )
