@@ -156,6 +156,23 @@ for _backend in ("gemini", "openai"):
 # --- end remote model APIs ---
 
 
+# --- the null world (instant backends for engine benchmarks) ---
+def _null(role: str) -> Factory:
+    """The factory of a role in the run's one null world (``nhr.backends.null``)."""
+
+    def make(ctx: BuildContext) -> Any:
+        from nhr.backends.null import NullWorld
+
+        return ctx.shared("null-world", NullWorld).backend(role)
+
+    return make
+
+
+for _role in REGISTRY:
+    REGISTRY[_role]["null"] = _null(_role)
+# --- end null world ---
+
+
 def known(role: str) -> tuple[str, ...]:
     """Backend names registered for a role."""
     return tuple(REGISTRY[role])
