@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nhr.records import ComposeJob, DraftRow, TripletRow, from_table
+from nhr.records import TripletRow
 from nhr.runner import Runner, StageResult
 from nhr.stages.composition import CompositionStage, plan_compose_jobs
 from nhr.stages.dedup import HASHES_TABLE, dedup, image_hashes
@@ -192,7 +192,7 @@ class Bootstrap:
             return None
         stage = InversionStage(self.backends().inverter)
         mined = self.tables.read("mined")
-        return self.runner.run(stage, from_table(mined, TripletRow))  # until the runner takes Arrow
+        return self.runner.run(stage, mined)
 
     def backward(self) -> StageResult | None:
         """Stage 9: the hard validator on every written inverse triplet."""
@@ -202,7 +202,7 @@ class Bootstrap:
         stage = BackwardStage(
             self.backends().validator, self.tables.store.blobs, self.cfg.threshold
         )
-        return self.runner.run(stage, from_table(drafts, DraftRow))  # until the runner takes Arrow
+        return self.runner.run(stage, drafts)
 
     def _written(self, name: str) -> pa.Table:
         """Drafts of a writer table that carry an instruction (no skip reason)."""
@@ -230,7 +230,7 @@ class Bootstrap:
             return None
         jobs = self.compose_jobs()
         stage = CompositionStage(self.backends().inverter)
-        return self.runner.run(stage, from_table(jobs, ComposeJob))  # until the runner takes Arrow
+        return self.runner.run(stage, jobs)
 
     def validate_composed(self) -> StageResult | None:
         """The hard validator on composed triplets (when COMPOSE_VALIDATE)."""
@@ -240,7 +240,7 @@ class Bootstrap:
         stage = ComposedValidatorStage(
             self.backends().validator, self.tables.store.blobs, self.cfg.threshold
         )
-        return self.runner.run(stage, from_table(drafts, DraftRow))  # until the runner takes Arrow
+        return self.runner.run(stage, drafts)
 
     def composed(self, forwards: pa.Table) -> tuple[pa.Table, Counter[str]]:
         """Composed triplets that pass (both parents consistent), and the drops."""

@@ -210,12 +210,12 @@ class Pipeline:
         stage = LowLevelStage(
             self.store.blobs, self.cfg.diff_threshold, self.cfg.min_component_share
         )
-        return self.runner.run(stage, self.survivors("prefilter"))
+        return self.runner.run(stage, self.tables.survivors("prefilter"))
 
     def validate(self) -> StageResult:
         """Stage 7: the hard validator over the survivors of the enabled filters."""
         stage = ValidatorStage(self.backends.validator, self.store.blobs, self.cfg.threshold)
-        return self.runner.run(stage, self.survivors("lowlevel"))
+        return self.runner.run(stage, self.tables.survivors("lowlevel"))
 
     def select(self) -> StageResult:
         """Argmax selection per (source, instruction) → the ``mined`` table."""
@@ -292,6 +292,13 @@ class Pipeline:
             for origin in origins
             for t in from_table(self.tables.by_origin(origin).slice(0, per_origin), TripletRow)
         ]
+
+    def write_summary(self, with_truth: bool = True) -> dict[str, Any]:
+        """Write ``summary.json`` (the funnel, stats, cost and, where the world knows it,
+        the truth audit) and return it."""
+        from nhr.summary import write_summary
+
+        return write_summary(self.tables, self.cfg, self.backends.truth, with_truth)
 
     def export(self, name: str | None = None) -> StageResult:
         """Stage 11: write ``dataset/`` (parquet shards with images + card)."""

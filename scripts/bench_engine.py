@@ -217,7 +217,6 @@ def open_pipeline(run_dir: Path, params: dict[str, Any]) -> Any:
 def run_bench(run_dir: Path, params: dict[str, Any], time_limit: float) -> dict[str, Any]:
     """Run the chain and the summary in ``run_dir``; the figures of every step."""
     from nhr.pipeline import CHAIN
-    from nhr.summary import write_summary
 
     steps: list[dict[str, Any]] = []
     report: dict[str, Any] = {"completed": False, "stopped_in": None}
@@ -238,7 +237,7 @@ def run_bench(run_dir: Path, params: dict[str, Any], time_limit: float) -> dict[
             before = stats_snapshot(run_dir)
             t0, cpu0 = time.perf_counter(), cpu_seconds()
             if step == "summary":
-                write_summary(pipe)
+                pipe.write_summary()
             else:
                 resolve(pipe, step)()
             steps.append(step_figures(step, run_dir, before, t0, cpu0))
