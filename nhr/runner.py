@@ -3,7 +3,9 @@
 The runner skips input keys already covered by a finished shard, so a rerun after a
 crash repeats nothing and loses nothing. Each batch's output is written as one shard
 (temp file, then rename) that records the keys it covers and the seconds it took.
-API-bound stages can process several batches at once (``workers``).
+Batches run in an executor (``nhr.executors``): worker processes for CPU-bound stages,
+threads for API-bound ones, up to ``workers`` batches at once (0: one per core); the
+runner alone writes shards, as each batch finishes.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import json
 import os
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from nhr.errors import RunFolderError
+from nhr.executors import BatchDone, executor_for
 from nhr.lock import RunLock
 from nhr.records import Record, from_table, to_table
 from nhr.stages.base import Stage
@@ -143,7 +146,6 @@ class Runner:
         ]
         processed = 0
         if batches:
-            stage.setup()
             bar = tqdm(
                 total=len(inputs),
                 initial=len(inputs) - len(pending),
@@ -189,24 +191,16 @@ class Runner:
         bar: tqdm,
         usage: Counter[str],
     ) -> tuple[float, int]:
-        """Process batches with up to ``workers`` in flight; write each as it finishes.
-        Each shard records the API usage since the previous write (added to ``usage``):
-        with batches in flight the split between shards is approximate, the sum exact."""
-
-        def timed(batch: list[Record]) -> tuple[list[Record], list[Record], float]:
-            t0 = time.perf_counter()
-            out = stage.process_batch(batch)
-            return batch, out, time.perf_counter() - t0
-
+        """Process batches in the stage's executor, up to its slots in flight; write each
+        as it finishes, with the API usage it added (also added to ``usage``)."""
         processed = 0
-        mark = stage.usage()
         queue = list(reversed(batches))
-        in_flight: set[Future[tuple[list[Record], list[Record], float]]] = set()
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        in_flight: set[Future[BatchDone]] = set()
+        with executor_for(stage, self.workers) as pool:
             while queue or in_flight:
                 while (
                     queue
-                    and len(in_flight) < self.workers
+                    and len(in_flight) < pool.slots
                     and not (budget_seconds and spent >= budget_seconds)
                 ):
                     if not parent_alive():
@@ -214,33 +208,28 @@ class Runner:
                             "the `nhr run` that started this kernel is gone",
                             "rerun `nhr run`; it resumes where this stopped",
                         )
-                    in_flight.add(pool.submit(timed, queue.pop()))
+                    in_flight.add(pool.submit(queue.pop()))
                 if not in_flight:
                     break
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    batch, out, seconds = future.result()
-                    now = stage.usage()
-                    delta = {k: v - mark.get(k, 0.0) for k, v in now.items()}
-                    mark = now
-                    usage.update(delta)
-                    self._write(stage, batch, out, seconds, delta, expected, settings)
-                    spent += seconds
-                    processed += len(batch)
-                    bar.update(len(batch))
+                    done = future.result()
+                    usage.update(done.usage)
+                    self._write(stage, done, expected, settings)
+                    spent += done.seconds
+                    processed += len(done.batch)
+                    bar.update(len(done.batch))
         return spent, processed
 
     def _write(
         self,
         stage: Stage,
-        batch: list[Record],
-        out: list[Record],
-        seconds: float,
-        usage: dict[str, float],
+        done: BatchDone,
         expected: str,
         settings: dict[str, Any],
     ) -> None:
         """Write one batch's output shard, named after the keys it covers."""
+        batch, out = done.batch, done.outputs
         for row in out:
             if not isinstance(row, stage.output_type):
                 raise TypeError(
@@ -250,10 +239,10 @@ class Runner:
         keys = [r.id for r in batch]
         shard = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
         info = {
-            "usage": usage,
+            "usage": done.usage,
             "settings_hash": expected,
             "settings": settings,
-            "seconds": seconds,
+            "seconds": done.seconds,
             "rows_in": len(batch),
             "rows_out": len(out),
         }

@@ -10,7 +10,7 @@ an edit. A candidate with no changed pixel at all is dropped as ``no_change``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -107,6 +107,7 @@ class LowLevelStage(Stage[CandidateRow, Verdict]):
     name = "lowlevel"
     input_type = CandidateRow
     output_type = Verdict
+    work: ClassVar[str | None] = "cpu"  # numpy/scipy over every pixel pair
 
     def __init__(self, blobs: BlobStore, threshold: int = 40, min_share: float = 0.005) -> None:
         self.blobs = blobs
