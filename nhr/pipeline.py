@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
@@ -36,6 +34,9 @@ from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
 from nhr.stages.validator import ValidatorStage, select_argmax
 from nhr.store import RunStore
+
+if TYPE_CHECKING:  # pandas costs a notebook half a second; only ``frame`` needs it
+    import pandas as pd
 
 TABLE_TYPES: dict[str, type] = {
     "prompts": PromptRow,
