@@ -149,7 +149,7 @@ class BatchExecutor(ABC):
 
 class ThreadExecutor(BatchExecutor):
     """Batches in up to ``threads`` threads of this process (``setup()`` once, here,
-    before the first batch).
+    before the first batch); with one thread, in the caller's thread, no handoff.
 
     With several batches in flight, the usage each batch reports is the stage's usage
     since the previous batch finished: the split between batches is approximate, the
@@ -158,6 +158,7 @@ class ThreadExecutor(BatchExecutor):
     def __init__(self, stage: Stage, threads: int) -> None:
         super().__init__(stage, max(1, threads))
         self._pool: ThreadPoolExecutor | None = None
+        self._ready = False
         self._lock = threading.Lock()
         self._mark: dict[str, float] = {}
 
@@ -176,11 +177,20 @@ class ThreadExecutor(BatchExecutor):
         return BatchDone(batch, out, seconds, delta, tag)
 
     def submit(self, batch: list[Record], tag: Any = None) -> Future[BatchDone]:
-        if self._pool is None:
+        if not self._ready:
             self.stage.setup()
             self._mark = self.stage.usage()
-            self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=self.stage.name)
-        return self._pool.submit(self._run, batch, tag)
+            self._ready = True
+        if self.slots > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=self.stage.name)
+            return self._pool.submit(self._run, batch, tag)
+        done: Future[BatchDone] = Future()
+        try:
+            done.set_result(self._run(batch, tag))
+        except Exception as err:
+            done.set_exception(err)
+        return done
 
     def close(self, abort: bool = False) -> None:
         if self._pool is not None:
