@@ -279,7 +279,14 @@ class PipelineConfig:
     # --- end evaluation ---
     # running
     batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
-    workers: int = _f(1, "batches processed at once (for API-bound stages)", 1, 1024)
+    # --- local engine (runtime: changes no output) ---
+    workers: int = _f(
+        0,
+        "batches at once: processes for CPU-bound stages, threads for API-bound (0: one per core)",
+        0,
+        1024,
+    )
+    # --- end local engine ---
     # stage 11: export
     export_shard_rows: int = _f(1000, "rows per exported parquet shard", 1, 10**7)
     export_preference_pairs: int = _f(

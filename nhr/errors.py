@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NhrError(Exception):
     """An error a user can fix; ``str(err)`` is one line naming the problem and the fix."""
@@ -10,6 +12,10 @@ class NhrError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} — {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as (problem, fix), so the error crosses from a worker process intact."""
+        return type(self), (self.problem, self.fix), self.__dict__
 
 
 class ConfigError(NhrError):

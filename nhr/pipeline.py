@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,6 +31,9 @@ from nhr.stages.validator import ValidatorStage, select_argmax
 from nhr.store import RunStore
 from nhr.summary import funnel, with_changes
 from nhr.tables import SUBJECTS, TABLE_TYPES, RunTables
+
+if TYPE_CHECKING:  # pandas costs a notebook half a second; only ``frame`` needs it
+    import pandas as pd
 
 # every step of the chain in order, as Pipeline method paths
 CHAIN = (

@@ -10,12 +10,20 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from nhr.store import BlobStore
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot, imported on first use: a notebook that draws nothing does not
+    pay its second of start-up."""
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save(fig: Figure, run_dir: Path | str, name: str) -> Path:
@@ -29,6 +37,7 @@ def save(fig: Figure, run_dir: Path | str, name: str) -> Path:
 def funnel(ours: Sequence[dict[str, Any]], paper: Sequence[dict[str, Any]]) -> Figure:
     """Rows after each stage (left) and each step's change, ours beside the paper's
     Table 2 (right)."""
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.6))
     names = [r["stage"] for r in ours]
     ax1.barh(names[::-1], [r["rows"] for r in ours][::-1], color="#4C72B0")
@@ -64,6 +73,7 @@ def funnel(ours: Sequence[dict[str, Any]], paper: Sequence[dict[str, Any]]) -> F
 
 def score_histograms(verdicts: Sequence[Any], threshold: float) -> Figure:
     """Histograms of the hard validator's two scores, with the pass threshold."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     for ax, field, label in zip(
         axes, ("adherence", "aesthetic"), ("InstructionAdherence", "ImageAesthetic"), strict=True
@@ -85,6 +95,7 @@ def edit_types(candidates: Sequence[Any], triplets: Sequence[Any]) -> Figure:
     gen = Counter(c.edit_type for c in candidates)
     got = Counter(t.edit_type for t in triplets)
     types = sorted(gen, key=lambda t: -got.get(t, 0))
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
     ax1.bar(types, [got.get(t, 0) for t in types], color="#8172B3")
     ax1.set_ylabel("triplets")
@@ -100,6 +111,7 @@ def edit_types(candidates: Sequence[Any], triplets: Sequence[Any]) -> Figure:
 
 def resolutions(rows: Sequence[Any]) -> Figure:
     """Width × height of images, with aspect-ratio guides."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ws, hs = [r.width for r in rows], [r.height for r in rows]
     ax.scatter(ws, hs, s=8, alpha=0.5)
@@ -130,6 +142,7 @@ def sample_grid(
     """
     n = max(1, len(rows))
     nrows = -(-n // columns)
+    plt = _pyplot()
     fig, axes = plt.subplots(
         nrows, columns * 2, figsize=(columns * 4.4, nrows * 2.6), squeeze=False
     )
@@ -175,6 +188,7 @@ def image_grid(
     """Single images (e.g. sources) in a grid, each with a title."""
     n = max(1, len(images))
     nrows = -(-n // columns)
+    plt = _pyplot()
     fig, axes = plt.subplots(nrows, columns, figsize=(columns * 3.2, nrows * 2.8), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")

@@ -6,8 +6,10 @@ can stream through. The runner skips input keys the table's ledger already cover
 rerun after a crash repeats nothing and loses nothing; it builds records only for
 ``process_batch``, and buffers outputs into shards of many rows (a shard closes by rows,
 bytes or seconds; each is committed by a ledger entry with the keys it covers, the
-seconds it took and the API usage). API-bound stages can process several batches at
-once (``workers``). Stats come from the ledger, never from re-reading rows.
+seconds it took and the API usage). Batches run in an executor (``nhr.executors``):
+worker processes for CPU-bound stages, threads for API-bound ones, up to ``workers``
+batches at once (0: one per core); the runner alone writes shards. Stats come from the
+ledger, never from re-reading rows.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from nhr.errors import RunFolderError
+from nhr.executors import BatchDone, executor_for
 from nhr.hashing import DoneKeys, KeySet, fingerprints
 from nhr.lock import RunLock
 from nhr.records import Record, from_table
@@ -329,23 +332,15 @@ class Runner:
         bar: tqdm,
         counts: Counter[str],
     ) -> None:
-        """Process batches with up to ``workers`` in flight; buffer each as it finishes.
-        Each batch records the API usage since the previous one: with batches in flight
-        the split between shards is approximate, the sum exact. Once the budget is
-        spent, the remaining inputs are still read (to count them), not processed."""
-
-        def timed(batch: _Batch) -> tuple[_Batch, list[Record], float]:
-            t0 = time.perf_counter()
-            out = stage.process_batch(batch.records)
-            return batch, out, time.perf_counter() - t0
-
-        mark: dict[str, float] | None = None
-        in_flight: set[Future[tuple[_Batch, list[Record], float]]] = set()
+        """Process batches in the stage's executor (worker processes for cpu work,
+        threads otherwise), up to its slots in flight; buffer each as it finishes, with
+        the API usage it added. Once the budget is spent, the remaining inputs are still
+        read (to count them), not processed."""
+        in_flight: set[Future[BatchDone]] = set()
         exhausted = False
-        pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
-        try:
+        with executor_for(stage, self.workers) as pool:
             while True:
-                while not exhausted and len(in_flight) < self.workers:
+                while not exhausted and len(in_flight) < pool.slots:
                     if budget_seconds and spent >= budget_seconds:
                         for _ in batches:  # count the rest, schedule none
                             pass
@@ -360,31 +355,18 @@ class Runner:
                             "the `nhr run` that started this kernel is gone",
                             "rerun `nhr run`; it resumes where this stopped",
                         )
-                    if mark is None:
-                        stage.setup()
-                        mark = stage.usage()
-                    if pool is None:  # one worker: no thread handoff per batch
-                        done: Future[tuple[_Batch, list[Record], float]] = Future()
-                        done.set_result(timed(batch.build(stage.input_type)))
-                        in_flight.add(done)
-                    else:
-                        in_flight.add(pool.submit(timed, batch.build(stage.input_type)))
+                    in_flight.add(pool.submit(batch.build(stage.input_type).records, batch))
                 if not in_flight:
                     break
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    batch, out, seconds = future.result()
-                    now = stage.usage()
-                    delta = {k: v - (mark or {}).get(k, 0.0) for k, v in now.items()}
-                    mark = now
-                    self._check(stage, out)
-                    writer.add(out, batch.keys, seconds, delta)
-                    spent += seconds
+                    done = future.result()
+                    batch = done.tag
+                    self._check(stage, done.outputs)
+                    writer.add(done.outputs, batch.keys, done.seconds, done.usage)
+                    spent += done.seconds
                     counts["processed"] += batch.size
                     bar.update(batch.size)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
 
     @staticmethod
     def _check(stage: Stage, out: list[Record]) -> None:

@@ -344,6 +344,7 @@ class DiffusersEditor:
     pipeline_class: str = ""
     default_model: str = ""
     default_area: int = 1024 * 1024
+    work = "device"  # the model stays resident: one batch at a time, in this process
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ class DiffusersTextToImage:
     """A ``TextToImage`` backend over a diffusers text-to-image pipeline."""
 
     default_model = "black-forest-labs/FLUX.1-schnell"
+    work = "device"  # the model stays resident: one batch at a time, in this process
 
     def __init__(
         self,

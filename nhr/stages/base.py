@@ -24,6 +24,9 @@ class Stage(ABC, Generic[In, Out]):
     input_type: ClassVar[type[Record]]
     output_type: ClassVar[type[Record]]
     resources: ClassVar[dict[str, float]] = {"num_cpus": 1.0}
+    # what the stage's own code spends per batch ("cpu", "io", "device"); None: only its
+    # backends' own ``work`` declarations decide (see nhr.executors)
+    work: ClassVar[str | None] = None
 
     def setup(self) -> None:
         """Load models or open clients; called once per worker before the first batch."""

@@ -10,18 +10,19 @@ an edit. A candidate with no changed pixel at all is dropped as ``no_change``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from nhr.backends.base import Judge
 from nhr.records import CandidateRow, Verdict
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
 
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+# the 4-connected neighbourhood (scipy.ndimage.generate_binary_structure(2, 1)), spelled
+# out so that importing the stages does not import scipy
+FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
 class PrefilterStage(Stage[CandidateRow, Verdict]):
@@ -96,6 +97,8 @@ def change_components(
     n_changed = int(changed.sum())
     if n_changed == 0:
         return 0, 0, 0
+    from scipy import ndimage
+
     labels, n = ndimage.label(changed, structure=FOUR_CONNECTED)
     largest = int(np.bincount(labels.ravel())[1:].max())
     return n_changed, int(n), largest
@@ -107,6 +110,7 @@ class LowLevelStage(Stage[CandidateRow, Verdict]):
     name = "lowlevel"
     input_type = CandidateRow
     output_type = Verdict
+    work: ClassVar[str | None] = "cpu"  # numpy/scipy over every pixel pair
 
     def __init__(self, blobs: BlobStore, threshold: int = 40, min_share: float = 0.005) -> None:
         self.blobs = blobs

@@ -67,6 +67,7 @@ class SyntheticEditor:
     """Applies instructions to world images; output is always the input's size."""
 
     model_id = "synthetic-editor-v1"
+    work = "cpu"  # re-renders in Python and numpy: worth a process per core
 
     def __init__(self, truth: SyntheticTruth) -> None:
         self.truth = truth

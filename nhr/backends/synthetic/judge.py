@@ -102,6 +102,7 @@ class SyntheticJudge:
     """A judge for the synthetic world implementing the ``Judge`` protocol."""
 
     judge_id = "synthetic-judge-v1"
+    work = "cpu"  # looks at pixels in Python and numpy: worth a process per core
     prompt_version = "synthetic-judge-prompt-v1"
 
     def __init__(self, noise: float = 1.0) -> None:

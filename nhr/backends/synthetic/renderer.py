@@ -37,6 +37,7 @@ class SyntheticRenderer:
     """Renders synthetic-world prompts; records each image's layout in the truth store."""
 
     model_id = "synthetic-t2i-v1"
+    work = "cpu"  # rasterizes in Python and numpy: worth a process per core
     size_multiple = 8
 
     def __init__(self, truth: SyntheticTruth, implausible_rate: float = 0.4) -> None:
