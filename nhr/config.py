@@ -278,15 +278,22 @@ class PipelineConfig:
     )
     # --- end evaluation ---
     # running
-    batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
-    # --- local engine (runtime: changes no output) ---
+    batch_size: int = _f(16, "rows per batch of a stage", 1, 100_000)
+    # --- engine --- (runtime: how work is run and split into shards, never which rows)
     workers: int = _f(
         0,
         "batches at once: processes for CPU-bound stages, threads for API-bound (0: one per core)",
         0,
         1024,
     )
-    # --- end local engine ---
+    shard_rows: int = _f(50_000, "rows per table shard (the runner buffers up to this)", 1, 10**8)
+    shard_flush_seconds: float = _f(
+        60.0,
+        "seconds before buffered rows are committed (a crash loses at most this)",
+        0.0,
+        86400.0,
+    )
+    # --- end engine ---
     # stage 11: export
     export_shard_rows: int = _f(1000, "rows per exported parquet shard", 1, 10**7)
     export_preference_pairs: int = _f(

@@ -60,7 +60,14 @@ class Pipeline:
     def __init__(self, run_dir: Path | str, cfg: PipelineConfig, progress: bool = True) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
-        self.runner = Runner(self.store, cfg.batch_size, cfg.workers, progress)
+        self.runner = Runner(
+            self.store,
+            cfg.batch_size,
+            cfg.workers,
+            progress,
+            shard_rows=cfg.shard_rows,
+            flush_seconds=cfg.shard_flush_seconds,
+        )
         self._backends: Backends | None = None
         enabled = [name for name, on in self.filters() if on]
         self.tables = RunTables(self.store, enabled)

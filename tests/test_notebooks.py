@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from nhr.store import RunStore
 from tests.conftest import NHR, ROOT
 
 pytestmark = pytest.mark.notebook
@@ -31,11 +32,11 @@ TABLES = (
 
 def _rows(run_dir: Path, table: str) -> list[str]:
     """A table's rows as sorted JSON strings, without the timing columns."""
+    tables = RunStore(run_dir).tables
     out = []
-    for path in sorted((run_dir / "tables" / table).glob("part-*.parquet")):
-        for row in pq.read_table(path).to_pylist():
-            row.pop("seconds", None)
-            out.append(json.dumps(row, sort_keys=True))
+    for row in tables.read(table).to_pylist() if tables.exists(table) else []:
+        row.pop("seconds", None)
+        out.append(json.dumps(row, sort_keys=True))
     return sorted(out)
 
 
@@ -107,10 +108,10 @@ def test_sigkill_during_edits_then_rerun_gives_the_same_rows(tiny_run, tmp_path)
     run_dir = tmp_path / "killed"
     args = [*NHR, "run", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    shards = run_dir / "tables" / "candidates"
+    ledger = run_dir / "tables" / "candidates" / "ledger"  # tiny.yaml commits every batch
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if shards.is_dir() and list(shards.glob("part-*.parquet")):
+        if ledger.is_dir() and list(ledger.glob("*.parquet")):
             break
         time.sleep(0.01)
     assert proc.poll() is None, "nhr run ended before the edits stage began"
@@ -141,7 +142,8 @@ def test_a_damaged_image_is_named_then_repaired(tiny_run, tmp_path):
 
     run_dir = tmp_path / "damaged"
     shutil.copytree(tiny_run, run_dir)
-    shard = sorted((run_dir / "tables" / "candidates").glob("part-*.parquet"))[0]
+    tables = RunStore(run_dir).tables
+    shard = tables.shard_path("candidates", tables.entries("candidates")[0])
     victim = pq.read_table(shard, columns=["image"]).column("image")[0].as_py()
     (run_dir / victim).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     shutil.rmtree(run_dir / "tables" / "prefilter")  # so the stages read it again
