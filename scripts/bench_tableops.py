@@ -206,12 +206,12 @@ def _timed(out: dict[str, float], name: str, fn: Any) -> Any:
 
 def measure(run: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Seconds per step with whatever ``nhr`` this process imports."""
-    import importlib.util
+    import importlib
 
     from nhr.config import PipelineConfig
     from nhr.pipeline import Pipeline
 
-    new = importlib.util.find_spec("nhr.tables") is not None
+    new = hasattr(importlib.import_module("nhr.stages.dedup"), "image_hashes")
     saved = run / "config.yaml"
     if saved.is_file():
         import yaml
