@@ -104,57 +104,57 @@ class Bootstrap:
 
     def invert(self) -> StageResult | None:
         """Stage 8: an inverse instruction for every mined triplet (None when disabled)."""
-        if not self.cfg.inversion:
+        if not self.cfg.bootstrap.inversion:
             return None
         stage = InversionStage(self.pipe.backends.inverter)
         return self.pipe.runner.run(stage, self.pipe.rows("mined"))
 
     def backward(self) -> StageResult | None:
         """Stage 9: the hard validator on every written inverse triplet."""
-        if not self.cfg.inversion:
+        if not self.cfg.bootstrap.inversion:
             return None
         drafts = [d for d in self.pipe.rows("inversion") if not d.skip_reason]
         stage = BackwardStage(
-            self.pipe.backends.validator, self.pipe.store.blobs, self.cfg.threshold
+            self.pipe.backends.validator, self.pipe.store.blobs, self.cfg.validation.threshold
         )
         return self.pipe.runner.run(stage, drafts)
 
     def consistent(self) -> tuple[list[TripletRow], list[TripletRow], Counter[str]]:
         """Forwards and inverses that survive backward consistency, and the drops."""
         mined = self.pipe.rows("mined")
-        if not self.cfg.inversion:
+        if not self.cfg.bootstrap.inversion:
             return mined, [], Counter()
         return backward_consistency(mined, self.pipe.rows("inversion"), self.pipe.rows("backward"))
 
     def compose(self) -> StageResult | None:
         """Stage 10: composed instructions for capped pairs of consistent edits."""
-        if not (self.cfg.inversion and self.cfg.composition):
+        if not (self.cfg.bootstrap.inversion and self.cfg.bootstrap.composition):
             return None
         forwards, inverses, _ = self.consistent()
         texts = {i.parents[0]: i.instruction for i in inverses}
-        jobs = plan_compose_jobs(forwards, texts, self.cfg.compose_max_pairs, self.cfg.seed)
+        jobs = plan_compose_jobs(forwards, texts, self.cfg.bootstrap.compose_max_pairs, self.cfg.run.seed)
         stage = CompositionStage(self.pipe.backends.inverter)
         return self.pipe.runner.run(stage, jobs)
 
     def validate_composed(self) -> StageResult | None:
         """The hard validator on composed triplets (when COMPOSE_VALIDATE)."""
-        if not (self.cfg.inversion and self.cfg.composition and self.cfg.compose_validate):
+        if not (self.cfg.bootstrap.inversion and self.cfg.bootstrap.composition and self.cfg.bootstrap.compose_validate):
             return None
         drafts = [d for d in self.pipe.rows("composition") if not d.skip_reason]
         stage = ComposedValidatorStage(
-            self.pipe.backends.validator, self.pipe.store.blobs, self.cfg.threshold
+            self.pipe.backends.validator, self.pipe.store.blobs, self.cfg.validation.threshold
         )
         return self.pipe.runner.run(stage, drafts)
 
     def composed(self, forwards: list[TripletRow]) -> tuple[list[TripletRow], Counter[str]]:
         """Composed triplets that pass (both parents consistent), and the drops."""
         drops: Counter[str] = Counter()
-        if not (self.cfg.inversion and self.cfg.composition):
+        if not (self.cfg.bootstrap.inversion and self.cfg.bootstrap.composition):
             return [], drops
         by_id = {t.triplet_id: t for t in forwards}
         verdicts = (
             {v.subject_id: v for v in self.pipe.rows("composed_validator")}
-            if self.cfg.compose_validate
+            if self.cfg.bootstrap.compose_validate
             else {}
         )
         out = []
@@ -167,7 +167,7 @@ class Bootstrap:
                 drops["compose_parent_dropped"] += 1
                 continue
             verdict = verdicts.get(d.triplet_id)
-            if self.cfg.compose_validate and (verdict is None or not verdict.passed):
+            if self.cfg.bootstrap.compose_validate and (verdict is None or not verdict.passed):
                 drops["compose_failed_validator"] += 1
                 continue
             fallback = (
@@ -186,9 +186,9 @@ class Bootstrap:
             drops.update(compose_drops)
             rows = forwards + inverses + composed
             counts = {"mined": len(forwards), "inverted": len(inverses), "composed": len(composed)}
-            if self.cfg.dedup:
+            if self.cfg.bootstrap.dedup:
                 kept, dedup_drops, _ = dedup(
-                    rows, self.pipe.store.blobs.get, self.cfg.dedup_max_distance
+                    rows, self.pipe.store.blobs.get, self.cfg.bootstrap.dedup_max_distance
                 )
                 drops.update(dedup_drops)
             else:

@@ -89,7 +89,7 @@ class Pipeline:
     def __init__(self, run_dir: Path | str, cfg: PipelineConfig, progress: bool = True) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
-        self.runner = Runner(self.store, cfg.batch_size, cfg.workers, progress)
+        self.runner = Runner(self.store, cfg.run.batch_size, cfg.run.workers, progress)
         self._backends: Backends | None = None
         self.bootstrap = Bootstrap(self)
 
@@ -134,8 +134,8 @@ class Pipeline:
     def filters(self) -> list[tuple[str, bool]]:
         """The candidate filters (verdict tables) in pipeline order, with whether each runs."""
         return [
-            ("prefilter", self.cfg.prefilter),
-            ("lowlevel", self.cfg.lowlevel),
+            ("prefilter", self.cfg.filters.prefilter),
+            ("lowlevel", self.cfg.filters.lowlevel),
             ("validator", True),
         ]
 
@@ -164,21 +164,20 @@ class Pipeline:
     # ---- stages --------------------------------------------------------------------
     def prompts(self) -> StageResult:
         """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each."""
-        stage = PromptStage(self.backends.prompter, self.cfg.k_instructions)
-        return self.runner.run(stage, plan_prompt_jobs(self.cfg.n_prompts, self.cfg.seed))
+        stage = PromptStage(self.backends.prompter, self.cfg.prompts.k_instructions)
+        return self.runner.run(stage, plan_prompt_jobs(self.cfg.prompts.n_prompts, self.cfg.run.seed))
 
     def sources(self) -> StageResult:
         """Stage 2: N_SOURCE_SEEDS source images per prompt."""
-        c = self.cfg
         stage = SourceStage(
             self.backends.t2i,
             self.store.blobs,
-            c.n_source_seeds,
-            (c.long_side_min, c.long_side_max),
-            c.aspect_max,
-            c.t2i_steps,
-            c.t2i_guidance,
-            c.seed,
+            self.cfg.sources.n_source_seeds,
+            (self.cfg.sources.long_side_min, self.cfg.sources.long_side_max),
+            self.cfg.sources.aspect_max,
+            self.cfg.sources.t2i_steps,
+            self.cfg.sources.t2i_guidance,
+            self.cfg.run.seed,
         )
         return self.runner.run(stage, self.rows("prompts"))
 
@@ -189,18 +188,17 @@ class Pipeline:
 
     def edit_jobs(self) -> list[Any]:
         """The scheduler's job list over the gated sources (seeded order, capped)."""
-        c = self.cfg
         keep = self.passed_ids("plausibility")
         sources = [s for s in self.rows("sources") if s.source_id in keep]
         prompts = {p.prompt_id: p for p in self.rows("prompts")}
         return plan_edit_jobs(
             sources,
             prompts,
-            c.m_edit_seeds,
-            (c.edit_steps_min, c.edit_steps_max),
-            c.edit_guidance,
-            c.seed,
-            c.max_edit_jobs,
+            self.cfg.edits.m_edit_seeds,
+            (self.cfg.edits.edit_steps_min, self.cfg.edits.edit_steps_max),
+            self.cfg.edits.edit_guidance,
+            self.cfg.run.seed,
+            self.cfg.edits.max_edit_jobs,
         )
 
     def edits(self) -> StageResult:
@@ -210,31 +208,31 @@ class Pipeline:
         return self.runner.run(
             stage,
             jobs,
-            budget_seconds=self.cfg.edit_budget_seconds,
+            budget_seconds=self.cfg.edits.edit_budget_seconds,
             extra_stats={"grid_jobs": len(jobs)},
         )
 
     def prefilter(self) -> StageResult | None:
         """Stage 5: the soft pre-filter over every candidate (None when disabled)."""
-        if not self.cfg.prefilter:
+        if not self.cfg.filters.prefilter:
             return None
         stage = PrefilterStage(
-            self.backends.prefilter_judge, self.store.blobs, self.cfg.prefilter_min_score
+            self.backends.prefilter_judge, self.store.blobs, self.cfg.filters.prefilter_min_score
         )
         return self.runner.run(stage, self.rows("candidates"))
 
     def lowlevel(self) -> StageResult | None:
         """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
-        if not self.cfg.lowlevel:
+        if not self.cfg.filters.lowlevel:
             return None
         stage = LowLevelStage(
-            self.store.blobs, self.cfg.diff_threshold, self.cfg.min_component_share
+            self.store.blobs, self.cfg.filters.diff_threshold, self.cfg.filters.min_component_share
         )
         return self.runner.run(stage, self.survivors("prefilter"))
 
     def validate(self) -> StageResult:
         """Stage 7: the hard validator over the survivors of the enabled filters."""
-        stage = ValidatorStage(self.backends.validator, self.store.blobs, self.cfg.threshold)
+        stage = ValidatorStage(self.backends.validator, self.store.blobs, self.cfg.validation.threshold)
         return self.runner.run(stage, self.survivors("lowlevel"))
 
     def select(self) -> StageResult:
@@ -278,7 +276,7 @@ class Pipeline:
             if enabled and self.store.tables.exists(name)
         }
         return preference_pairs(
-            mined, self.rows("candidates"), verdicts, self.cfg.export_preference_pairs
+            mined, self.rows("candidates"), verdicts, self.cfg.export.export_preference_pairs
         )
 
     def by_origin(self, origin: str) -> list[TripletRow]:
@@ -312,7 +310,7 @@ class Pipeline:
             self.store.blobs,
             self.store.root / "dataset",
             body,
-            self.cfg.export_shard_rows,
+            self.cfg.export.export_shard_rows,
             chains,
             prefs,
         )

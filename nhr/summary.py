@@ -54,15 +54,15 @@ def _bootstrap_steps(pipe: Pipeline, mined: int) -> list[tuple[str, int, bool]]:
     before = stats["by_origin_before_dedup"]
     cfg = pipe.cfg
     written = 0
-    if cfg.inversion and pipe.store.tables.exists("inversion"):
+    if cfg.bootstrap.inversion and pipe.store.tables.exists("inversion"):
         written = sum(not d.skip_reason for d in pipe.rows("inversion"))
     consistent = before["mined"] + before["inverted"]
     composed = consistent + before["composed"]
     return [
-        ("after inversion", mined + written, not cfg.inversion),
-        ("after backward consistency", consistent, not cfg.inversion),
-        ("after composition", composed, not (cfg.inversion and cfg.composition)),
-        ("after dedup", stats["rows_out"], not cfg.dedup),
+        ("after inversion", mined + written, not cfg.bootstrap.inversion),
+        ("after backward consistency", consistent, not cfg.bootstrap.inversion),
+        ("after composition", composed, not (cfg.bootstrap.inversion and cfg.bootstrap.composition)),
+        ("after dedup", stats["rows_out"], not cfg.bootstrap.dedup),
     ]
 
 

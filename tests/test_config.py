@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_defaults_are_the_papers():
     cfg = PipelineConfig()
-    assert (cfg.n_source_seeds, cfg.m_edit_seeds, cfg.t2i_steps) == (10, 5, 4)
-    assert (cfg.long_side_min, cfg.long_side_max, cfg.aspect_max) == (860, 2200, 6.0)
-    assert (cfg.edit_steps_min, cfg.edit_steps_max) == (18, 28)
-    assert (cfg.diff_threshold, cfg.min_component_share, cfg.threshold) == (40, 0.005, 4.7)
+    assert (cfg.sources.n_source_seeds, cfg.edits.m_edit_seeds, cfg.sources.t2i_steps) == (10, 5, 4)
+    assert (cfg.sources.long_side_min, cfg.sources.long_side_max, cfg.sources.aspect_max) == (860, 2200, 6.0)
+    assert (cfg.edits.edit_steps_min, cfg.edits.edit_steps_max) == (18, 28)
+    assert (cfg.filters.diff_threshold, cfg.filters.min_component_share, cfg.validation.threshold) == (40, 0.005, 4.7)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_bad_values_are_refused_with_a_fix(params, needle):
 
 def test_run_config_loads_and_overrides(tmp_path):
     cfg = RunConfig.load(ROOT / "configs/demo.yaml", {"n_prompts": 7}, tmp_path / "r")
-    assert cfg.pipeline.n_prompts == 7
+    assert cfg.pipeline.prompts.n_prompts == 7
     assert cfg.run_dir == tmp_path / "r"
     assert all(p.is_file() for p in cfg.notebooks)
 

@@ -57,13 +57,13 @@ class DiffusersOptions:
     def from_config(cls, cfg: Any) -> DiffusersOptions:
         """The options a PipelineConfig gives."""
         return cls(
-            device=cfg.diffusers_device,
-            dtype=cfg.diffusers_dtype,
-            cpu_offload=cfg.diffusers_cpu_offload,
-            vae_tiling=cfg.diffusers_vae_tiling,
-            compile=cfg.diffusers_compile,
-            max_batch=cfg.diffusers_max_batch,
-            hf_token_env=cfg.hf_token_env,
+            device=cfg.diffusers.diffusers_device,
+            dtype=cfg.diffusers.diffusers_dtype,
+            cpu_offload=cfg.diffusers.diffusers_cpu_offload,
+            vae_tiling=cfg.diffusers.diffusers_vae_tiling,
+            compile=cfg.diffusers.diffusers_compile,
+            max_batch=cfg.diffusers.diffusers_max_batch,
+            hf_token_env=cfg.diffusers.hf_token_env,
         )
 
     def resolved_device(self) -> str:

@@ -45,9 +45,9 @@ def _world(ctx: BuildContext) -> Any:
         "synthetic-world",
         lambda: SyntheticWorld(
             truth_dir=Path(ctx.run_dir) / "truth",
-            seed=ctx.cfg.seed,
-            implausible_rate=ctx.cfg.synthetic_implausible_rate,
-            judge_noise=ctx.cfg.synthetic_judge_noise,
+            seed=ctx.cfg.run.seed,
+            implausible_rate=ctx.cfg.synthetic.synthetic_implausible_rate,
+            judge_noise=ctx.cfg.synthetic.synthetic_judge_noise,
         ),
     )
 
@@ -86,16 +86,16 @@ def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
 def _make_diffusers_t2i(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_t2i import DiffusersTextToImage
 
-    return DiffusersTextToImage(ctx.cfg.t2i_model, **_diffusers_kwargs(ctx))
+    return DiffusersTextToImage(ctx.cfg.sources.t2i_model, **_diffusers_kwargs(ctx))
 
 
 def _make_kontext(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_kontext import KontextEditor
 
     return KontextEditor(
-        ctx.cfg.editor_model,
-        max_area=ctx.cfg.edit_max_area,
-        preferred_resolutions=ctx.cfg.edit_preferred_resolutions,
+        ctx.cfg.edits.editor_model,
+        max_area=ctx.cfg.edits.edit_max_area,
+        preferred_resolutions=ctx.cfg.edits.edit_preferred_resolutions,
         **_diffusers_kwargs(ctx),
     )
 
@@ -104,7 +104,7 @@ def _make_qwen_edit(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_qwen_edit import QwenImageEditor
 
     return QwenImageEditor(
-        ctx.cfg.editor_model, max_area=ctx.cfg.edit_max_area, **_diffusers_kwargs(ctx)
+        ctx.cfg.edits.editor_model, max_area=ctx.cfg.edits.edit_max_area, **_diffusers_kwargs(ctx)
     )
 
 
@@ -112,9 +112,9 @@ def _make_pix2pix(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_pix2pix import Pix2PixEditor
 
     return Pix2PixEditor(
-        ctx.cfg.editor_model,
-        max_area=ctx.cfg.edit_max_area,
-        image_guidance=ctx.cfg.pix2pix_image_guidance,
+        ctx.cfg.edits.editor_model,
+        max_area=ctx.cfg.edits.edit_max_area,
+        image_guidance=ctx.cfg.edits.pix2pix_image_guidance,
         **_diffusers_kwargs(ctx),
     )
 
@@ -171,7 +171,7 @@ class Backends:
     def get(self, role: str) -> Any:
         """The backend of a role, built on first use."""
         if role not in self._built:
-            name = getattr(self.ctx.cfg, role)
+            name = self.ctx.cfg.value(role)
             factories = REGISTRY[role]
             if name not in factories:
                 raise BackendError(
@@ -189,7 +189,7 @@ class Backends:
     @property
     def truth(self) -> Any | None:
         """The synthetic world's truth when any role uses the synthetic world, else None."""
-        uses_world = any(getattr(self.ctx.cfg, role) == "synthetic" for role in REGISTRY)
+        uses_world = any(self.ctx.cfg.value(role) == "synthetic" for role in REGISTRY)
         return _world(self.ctx).truth if uses_world else None
 
 

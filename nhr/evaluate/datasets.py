@@ -439,9 +439,9 @@ def score_datasets(pipe: Pipeline, specs: list[DatasetSpec]) -> pd.DataFrame:
     samples = []
     for spec in specs:
         samples += sample_dataset(
-            spec, cfg.eval_samples, cfg.eval_sample_seed, pipe.store.blobs, pipe.store
+            spec, cfg.evaluation.eval_samples, cfg.evaluation.eval_sample_seed, pipe.store.blobs, pipe.store
         )
-    stage = DatasetScoreStage(pipe.backends.validator, pipe.store.blobs, cfg.threshold)
+    stage = DatasetScoreStage(pipe.backends.validator, pipe.store.blobs, cfg.validation.threshold)
     verdicts = {v.subject_id: v for v in pipe.runner.run(stage, samples).rows}
     rows = []
     for spec in specs:
@@ -553,19 +553,19 @@ def evaluation_specs(
     """The datasets a notebook scores: the evaluated run's export (named after its
     folder) first, then ``EVAL_DATASETS``, then, with ``EVAL_CONTRAST``, the two worse
     datasets made from the evaluated run (written under ``out_dir``)."""
-    entries = list(cfg.eval_datasets)
+    entries = list(cfg.evaluation.eval_datasets)
     if evaluated is not None:
         export = evaluated.store.root / "dataset"
         if export.is_dir() and str(export) not in {e.partition("=")[2] for e in entries}:
             entries.insert(0, f"{evaluated.store.root.name}={export}")
-        if cfg.eval_contrast:
-            made = build_contrast_datasets(evaluated, Path(out_dir), cfg.eval_samples)
+        if cfg.evaluation.eval_contrast:
+            made = build_contrast_datasets(evaluated, Path(out_dir), cfg.evaluation.eval_samples)
             entries += [f"{name}={path}" for name, path in made.items()]
     if not entries:
         raise DatasetError(
             "no dataset to score", "set EVAL_DATASETS, or EVAL_RUN_DIR to a run with a dataset"
         )
-    return parse_specs(entries, cfg.eval_columns)
+    return parse_specs(entries, cfg.evaluation.eval_columns)
 
 
 def records(table: pd.DataFrame) -> list[dict[str, Any]]:
