@@ -132,13 +132,19 @@ class Bootstrap:
             return None
         forwards, inverses, _ = self.consistent()
         texts = {i.parents[0]: i.instruction for i in inverses}
-        jobs = plan_compose_jobs(forwards, texts, self.cfg.bootstrap.compose_max_pairs, self.cfg.run.seed)
+        jobs = plan_compose_jobs(
+            forwards, texts, self.cfg.bootstrap.compose_max_pairs, self.cfg.run.seed
+        )
         stage = CompositionStage(self.pipe.backends.inverter)
         return self.pipe.runner.run(stage, jobs)
 
     def validate_composed(self) -> StageResult | None:
         """The hard validator on composed triplets (when COMPOSE_VALIDATE)."""
-        if not (self.cfg.bootstrap.inversion and self.cfg.bootstrap.composition and self.cfg.bootstrap.compose_validate):
+        if not (
+            self.cfg.bootstrap.inversion
+            and self.cfg.bootstrap.composition
+            and self.cfg.bootstrap.compose_validate
+        ):
             return None
         drafts = [d for d in self.pipe.rows("composition") if not d.skip_reason]
         stage = ComposedValidatorStage(

@@ -83,13 +83,30 @@ CHAIN = (
 )
 
 
+class ConfiguredRunner(Runner):
+    """The runner of a pipeline: gives each stage the output-changing config of the blocks
+    it reads (``PipelineConfig.stage_settings``) before running it, so its settings hash
+    covers every field that changes its output and no runtime field."""
+
+    def __init__(self, cfg: PipelineConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cfg = cfg
+
+    def run(self, stage: Any, *args: Any, **kwargs: Any) -> StageResult:
+        """``Runner.run`` after setting ``stage.config``."""
+        stage.config = self.cfg.stage_settings(stage.name)
+        return super().run(stage, *args, **kwargs)
+
+
 class Pipeline:
     """The chain over one run folder and one validated config."""
 
     def __init__(self, run_dir: Path | str, cfg: PipelineConfig, progress: bool = True) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
-        self.runner = Runner(self.store, cfg.run.batch_size, cfg.run.workers, progress)
+        self.runner = ConfiguredRunner(
+            cfg, self.store, cfg.run.batch_size, cfg.run.workers, progress
+        )
         self._backends: Backends | None = None
         self.bootstrap = Bootstrap(self)
 
@@ -165,7 +182,9 @@ class Pipeline:
     def prompts(self) -> StageResult:
         """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each."""
         stage = PromptStage(self.backends.prompter, self.cfg.prompts.k_instructions)
-        return self.runner.run(stage, plan_prompt_jobs(self.cfg.prompts.n_prompts, self.cfg.run.seed))
+        return self.runner.run(
+            stage, plan_prompt_jobs(self.cfg.prompts.n_prompts, self.cfg.run.seed)
+        )
 
     def sources(self) -> StageResult:
         """Stage 2: N_SOURCE_SEEDS source images per prompt."""
@@ -232,7 +251,9 @@ class Pipeline:
 
     def validate(self) -> StageResult:
         """Stage 7: the hard validator over the survivors of the enabled filters."""
-        stage = ValidatorStage(self.backends.validator, self.store.blobs, self.cfg.validation.threshold)
+        stage = ValidatorStage(
+            self.backends.validator, self.store.blobs, self.cfg.validation.threshold
+        )
         return self.runner.run(stage, self.survivors("lowlevel"))
 
     def select(self) -> StageResult:

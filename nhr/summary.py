@@ -61,7 +61,11 @@ def _bootstrap_steps(pipe: Pipeline, mined: int) -> list[tuple[str, int, bool]]:
     return [
         ("after inversion", mined + written, not cfg.bootstrap.inversion),
         ("after backward consistency", consistent, not cfg.bootstrap.inversion),
-        ("after composition", composed, not (cfg.bootstrap.inversion and cfg.bootstrap.composition)),
+        (
+            "after composition",
+            composed,
+            not (cfg.bootstrap.inversion and cfg.bootstrap.composition),
+        ),
         ("after dedup", stats["rows_out"], not cfg.bootstrap.dedup),
     ]
 

@@ -421,7 +421,3 @@ class DiffusersEditor:
     def usage(self) -> dict[str, float]:
         """Calls, images, device seconds and load seconds so far."""
         return self.holder.usage()
-
-    def unload(self) -> None:
-        """Drop the pipeline (frees its memory; the next edit loads it again)."""
-        self.holder.pipe = None

@@ -4,7 +4,9 @@ Each role (``prompter``, ``t2i``, ``gate_judge``, ``editor``, ``prefilter_judge`
 ``validator``, ``inverter``) maps backend names to factories. A factory takes the build
 context and returns an object implementing the role's protocol (``nhr.backends.base``);
 heavy dependencies are imported inside the factory, so an unused backend costs nothing
-and a missing one fails with the extra to install. Adding a backend is adding an entry.
+and a missing one fails with the extra to install. Adding a backend is adding an entry
+here and its name in ``nhr.backends.names`` (where the config checks backend names
+without importing this module; a mismatch stops this module from loading).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nhr.backends import names
 from nhr.config import PipelineConfig
 from nhr.errors import BackendError
 
@@ -69,7 +72,7 @@ REGISTRY: dict[str, dict[str, Factory]] = {
     "inverter": {"synthetic": lambda ctx: _synthetic_inverter()},
 }
 
-# --- diffusers backends (issue 4): register factories here ---
+# --- diffusers backends ---
 DIFFUSERS_RESIDENCY = "diffusers-residency"  # shared name: one diffusers model on the GPU
 
 
@@ -138,7 +141,7 @@ for _role in ("gate_judge", "prefilter_judge", "validator"):
 # --- end diffusers backends ---
 
 
-# --- remote model APIs (issue 5): register factories here ---
+# --- remote model APIs ---
 def _remote(backend: str, role: str) -> Factory:
     """The factory of a role on a remote model API (``nhr.backends.api_roles``)."""
 
@@ -154,6 +157,26 @@ for _backend in ("gemini", "openai"):
     for _role in ("prompter", "gate_judge", "prefilter_judge", "validator", "inverter"):
         REGISTRY[_role][_backend] = _remote(_backend, _role)
 # --- end remote model APIs ---
+
+
+def _check_names() -> None:
+    """Refuse to load when the factories and ``nhr.backends.names`` (which the config
+    checks backend names against) disagree."""
+    for role in names.ROLES:
+        declared, built = set(names.known(role)), set(REGISTRY.get(role, {}))
+        if declared != built or set(REGISTRY) != set(names.ROLES):
+            raise RuntimeError(
+                f"backends of {role!r}: nhr.backends.names declares {sorted(declared)}, "
+                f"the registry builds {sorted(built)}; add the name to both"
+            )
+        for name in built:
+            if name not in names.FAMILY_BLOCKS:
+                raise RuntimeError(
+                    f"backend {name!r} has no entry in nhr.backends.names.FAMILY_BLOCKS"
+                )
+
+
+_check_names()
 
 
 def known(role: str) -> tuple[str, ...]:

@@ -435,13 +435,18 @@ def score_datasets(pipe: Pipeline, specs: list[DatasetSpec]) -> pd.DataFrame:
     """
     import pandas as pd
 
-    cfg = pipe.cfg
     samples = []
     for spec in specs:
         samples += sample_dataset(
-            spec, cfg.evaluation.eval_samples, cfg.evaluation.eval_sample_seed, pipe.store.blobs, pipe.store
+            spec,
+            pipe.cfg.evaluation.eval_samples,
+            pipe.cfg.evaluation.eval_sample_seed,
+            pipe.store.blobs,
+            pipe.store,
         )
-    stage = DatasetScoreStage(pipe.backends.validator, pipe.store.blobs, cfg.validation.threshold)
+    stage = DatasetScoreStage(
+        pipe.backends.validator, pipe.store.blobs, pipe.cfg.validation.threshold
+    )
     verdicts = {v.subject_id: v for v in pipe.runner.run(stage, samples).rows}
     rows = []
     for spec in specs:

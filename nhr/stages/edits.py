@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from nhr.backends.base import Editor
 from nhr.records import CandidateRow, EditJob, PromptRow, SourceRow
@@ -64,13 +64,12 @@ class EditStage(Stage[EditJob, CandidateRow]):
     name = "candidates"
     input_type = EditJob
     output_type = CandidateRow
-    resources: ClassVar[dict[str, float]] = {"num_gpus": 1.0}
 
     def __init__(self, editor: Editor, blobs: BlobStore) -> None:
         self.editor = editor
         self.blobs = blobs
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {"editor": self.editor.model_id}
 
     def setup(self) -> None:
