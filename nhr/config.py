@@ -805,8 +805,7 @@ def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
     if refused:
         shown = ", ".join(f"{k}: {saved[k]!r} → {given[k]!r}" for k in refused[:5])
         raise RunFolderError(
-            f"{run_dir} was made with another config ({shown}; "
-            f"{'this changes' if len(refused) == 1 else 'these change'} outputs)",
+            f"{run_dir} was made with another config ({shown}), which changes outputs",
             f"keep {refused[0]}={saved[refused[0]]!r} to resume, or use a new run folder "
             "(--run-dir / RUN_DIR), or delete it to start over",
         )
