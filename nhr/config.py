@@ -555,11 +555,12 @@ BLOCKS: dict[str, type[Block]] = {
 
 
 def _field_table() -> dict[str, tuple[str, str]]:
-    """Flat lower-case name -> (block, field); flat names are unique across blocks."""
+    """Flat lower-case name -> (block, field). Flat names are unique across blocks, and
+    a flat name may be a block's name only for a field of that block."""
     table: dict[str, tuple[str, str]] = {}
     for block, cls in BLOCKS.items():
         for name in cls.model_fields:
-            if name in table or name in BLOCKS:
+            if name in table or (name in BLOCKS and name != block):
                 raise TypeError(f"config field {name!r} of {block} is not a unique flat name")
             table[name] = (block, name)
     return table

@@ -26,8 +26,9 @@ from PIL import Image
 from nhr.errors import BackendError, missing_extra
 
 OFFLOAD_FIX = (
-    "lower DIFFUSERS_MAX_BATCH or EDIT_MAX_AREA, or set DIFFUSERS_CPU_OFFLOAD: model "
-    "(sequential for the least memory) and DIFFUSERS_VAE_TILING: true"
+    "lower DIFFUSERS_MAX_BATCH, or set DIFFUSERS_CPU_OFFLOAD: model (sequential for the "
+    "least memory) and DIFFUSERS_VAE_TILING: true (all resume in the same run folder); "
+    "a lower EDIT_MAX_AREA also helps but changes outputs (a new run folder)"
 )
 
 
