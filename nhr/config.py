@@ -613,6 +613,32 @@ class PipelineConfig(BaseModel):
     evaluation: EvaluationBlock = EvaluationBlock()
     export: ExportBlock = ExportBlock()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _group_flat_names(cls, data: Any) -> Any:
+        """Accept flat names too (``PipelineConfig(editor="flux-kontext")``), grouped into
+        their blocks; a block given whole (a dict or a Block) is taken as it is."""
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        flat: dict[str, dict[str, Any]] = {}
+        for name, value in data.items():
+            if name in BLOCKS and isinstance(value, dict | Block):
+                out[name] = value
+            elif name.lower() in FIELDS:
+                block, fld = FIELDS[name.lower()]
+                flat.setdefault(block, {})[fld] = value
+            else:
+                raise ConfigError(
+                    f"unknown parameter {name!r}",
+                    f"use one of: {', '.join(sorted(k.upper() for k in FIELDS))}",
+                )
+        for block, values in flat.items():
+            given = out.get(block, {})
+            base = given.model_dump() if isinstance(given, Block) else dict(given)
+            out[block] = {**base, **values}
+        return out
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """Flat names of all fields, lower case."""
@@ -627,18 +653,16 @@ class PipelineConfig(BaseModel):
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PipelineConfig:
         """Build from flat UPPER_CASE (or lower case) names; unknown names are refused."""
-        grouped: dict[str, dict[str, Any]] = {}
+        flat: dict[str, Any] = {}
         for name, value in params.items():
-            key = name.lower()
-            if key not in FIELDS:
+            if name.lower() not in FIELDS:
                 raise ConfigError(
                     f"unknown parameter {name!r}",
                     f"use one of: {', '.join(sorted(k.upper() for k in FIELDS))}",
                 )
-            block, fld = FIELDS[key]
-            grouped.setdefault(block, {})[fld] = value
+            flat[name.lower()] = value
         try:
-            return cls(**{block: BLOCKS[block](**values) for block, values in grouped.items()})
+            return cls(**flat)
         except ValidationError as err:  # a type the checks above let through
             raise ConfigError(f"invalid config ({err})", "fix the named parameter") from None
 

@@ -87,6 +87,14 @@ def test_flat_names_map_onto_blocks_and_back():
     assert cfg.replace(N_PROMPTS=9).prompts.n_prompts == 9 and cfg.prompts.n_prompts == 100
 
 
+def test_the_constructor_takes_flat_names_and_blocks():
+    cfg = PipelineConfig(editor="flux-kontext", EDIT_MAX_AREA=4096, run={"seed": 3})
+    assert cfg.edits.editor == "flux-kontext" and cfg.edits.edit_max_area == 4096
+    assert cfg.run.seed == 3 and cfg == PipelineConfig.from_params(cfg.to_params())
+    with pytest.raises(ConfigError, match="unknown parameter 'nope'"):
+        PipelineConfig(nope=1)
+
+
 def test_blocks_are_frozen():
     cfg = PipelineConfig()
     with pytest.raises(Exception, match="frozen"):
