@@ -188,7 +188,7 @@ class Bootstrap:
 
     def invert(self) -> StageResult | None:
         """Stage 8: an inverse instruction for every mined triplet (None when disabled)."""
-        if not self.cfg.inversion:
+        if not self.cfg.bootstrap.inversion:
             return None
         stage = InversionStage(self.backends().inverter)
         mined = self.tables.read("mined")
@@ -196,11 +196,11 @@ class Bootstrap:
 
     def backward(self) -> StageResult | None:
         """Stage 9: the hard validator on every written inverse triplet."""
-        if not self.cfg.inversion:
+        if not self.cfg.bootstrap.inversion:
             return None
         drafts = self._written("inversion")
         stage = BackwardStage(
-            self.backends().validator, self.tables.store.blobs, self.cfg.threshold
+            self.backends().validator, self.tables.store.blobs, self.cfg.validation.threshold
         )
         return self.runner.run(stage, drafts)
 
@@ -213,7 +213,7 @@ class Bootstrap:
     def consistent(self) -> tuple[pa.Table, pa.Table, Counter[str]]:
         """Forwards and inverses that survive backward consistency, and the drops."""
         mined = self.tables.read("mined")
-        if not self.cfg.inversion:
+        if not self.cfg.bootstrap.inversion:
             return mined, TripletRow.schema().empty_table(), Counter()
         return backward_consistency(
             mined, self.tables.read("inversion"), self.tables.read("backward")
@@ -222,11 +222,13 @@ class Bootstrap:
     def compose_jobs(self) -> pa.Table:
         """The capped, seeded pairs of consistent edits that composition writes for."""
         forwards, inverses, _ = self.consistent()
-        return plan_compose_jobs(forwards, inverses, self.cfg.compose_max_pairs, self.cfg.seed)
+        return plan_compose_jobs(
+            forwards, inverses, self.cfg.bootstrap.compose_max_pairs, self.cfg.run.seed
+        )
 
     def compose(self) -> StageResult | None:
         """Stage 10: composed instructions for capped pairs of consistent edits."""
-        if not (self.cfg.inversion and self.cfg.composition):
+        if not (self.cfg.bootstrap.inversion and self.cfg.bootstrap.composition):
             return None
         jobs = self.compose_jobs()
         stage = CompositionStage(self.backends().inverter)
@@ -234,30 +236,35 @@ class Bootstrap:
 
     def validate_composed(self) -> StageResult | None:
         """The hard validator on composed triplets (when COMPOSE_VALIDATE)."""
-        if not (self.cfg.inversion and self.cfg.composition and self.cfg.compose_validate):
+        if not (
+            self.cfg.bootstrap.inversion
+            and self.cfg.bootstrap.composition
+            and self.cfg.bootstrap.compose_validate
+        ):
             return None
         drafts = self._written("composition")
         stage = ComposedValidatorStage(
-            self.backends().validator, self.tables.store.blobs, self.cfg.threshold
+            self.backends().validator, self.tables.store.blobs, self.cfg.validation.threshold
         )
         return self.runner.run(stage, drafts)
 
     def composed(self, forwards: pa.Table) -> tuple[pa.Table, Counter[str]]:
         """Composed triplets that pass (both parents consistent), and the drops."""
-        if not (self.cfg.inversion and self.cfg.composition):
+        if not (self.cfg.bootstrap.inversion and self.cfg.bootstrap.composition):
             return TripletRow.schema().empty_table(), Counter()
-        verdicts = self.tables.read("composed_validator") if self.cfg.compose_validate else None
+        verdicts = (
+            self.tables.read("composed_validator") if self.cfg.bootstrap.compose_validate else None
+        )
         return composed_triplets(forwards, self.tables.read("composition"), verdicts)
 
     def settings(self) -> dict[str, Any]:
         """What the assembled table depends on besides its input tables."""
-        c = self.cfg
         return {
-            "inversion": c.inversion,
-            "composition": c.composition,
-            "compose_validate": c.compose_validate,
-            "dedup": c.dedup,
-            "dedup_max_distance": c.dedup_max_distance,
+            "inversion": self.cfg.bootstrap.inversion,
+            "composition": self.cfg.bootstrap.composition,
+            "compose_validate": self.cfg.bootstrap.compose_validate,
+            "dedup": self.cfg.bootstrap.dedup,
+            "dedup_max_distance": self.cfg.bootstrap.dedup_max_distance,
         }
 
     def assemble(self) -> StageResult:
@@ -282,7 +289,7 @@ class Bootstrap:
                 "composed": composed.num_rows,
             }
             hashing: dict[str, Any] = {}
-            if self.cfg.dedup:
+            if self.cfg.bootstrap.dedup:
                 store = self.tables.store
                 hashes, hashing = image_hashes(
                     pc.unique(
@@ -296,7 +303,7 @@ class Bootstrap:
                 if hashing["computed"]:
                     store.tables.write_table(HASHES_TABLE, hashes, {"settings_hash": "whole-table"})
                 kept, dedup_drops, _ = dedup(
-                    rows, hashes, store.blobs.get, self.cfg.dedup_max_distance
+                    rows, hashes, store.blobs.get, self.cfg.bootstrap.dedup_max_distance
                 )
                 drops.update(dedup_drops)
             else:

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p_repair = sub.add_parser("repair", help="check a run's images; remove damaged ones")
     p_repair.add_argument("run_dir", type=Path)
     p_repair.add_argument("--dry-run", action="store_true", help="report, change nothing")
-    # --- more subcommands (issues 4, 5): add a parser here and a branch below ---
+    # --- more subcommands: add a parser here and a branch below ---
     p_tiny = sub.add_parser(
         "tiny-models", help="write tiny random diffusers pipelines (no download) to a folder"
     )
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             report = repair(args.run_dir, dry_run=args.dry_run)
             print("\n".join(report.lines()))
             return 0
-        # --- branches of more subcommands (issues 4, 5) ---
+        # --- branches of more subcommands ---
         if args.command == "tiny-models":
             from nhr.backends.tiny_diffusers import write_tiny_models
 

@@ -1,22 +1,34 @@
-"""The run configuration: one frozen, validated dataclass, and the YAML run config.
+"""The run configuration: frozen, validated blocks of settings, and the YAML run config.
 
-Notebooks expose each field they use as an UPPER_CASE literal in their ``parameters``
-cell; ``PipelineConfig.from_parameters(globals())`` turns those literals into a validated
-config. A run config YAML names the notebooks of a run, in order, and the parameters to
-pass them; ``nhr run`` validates it whole before anything runs.
+``PipelineConfig`` is made of one block per stage group and per backend family
+(``cfg.edits.m_edit_seeds``, ``cfg.diffusers.diffusers_dtype``); each block validates its
+own fields (types, ranges, choices, cross-field rules) where it is defined. Every field is
+either *output-changing* (a different value gives different rows) or *runtime* (batch
+sizes, concurrency, timeouts, caches: how a run goes, not what it makes); a resumed run
+folder accepts a changed runtime field and refuses a changed output-changing one.
+
+Notebooks expose each field they use as a flat UPPER_CASE literal in their ``parameters``
+cell (``M_EDIT_SEEDS``); a field's flat name is its name upper-cased, unique across
+blocks, and ``FIELDS`` maps each flat name onto its block.
+``PipelineConfig.from_params(PipelineConfig.params_in(globals()))`` turns those literals
+into a validated config. A run config YAML names the notebooks of a run, in order, and
+the parameters to pass them; ``nhr run`` validates it whole before anything runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nhr.backends import names
 from nhr.errors import ConfigError
+
+OUTPUT = "output"
+RUNTIME = "runtime"
 
 
 def _f(
@@ -26,167 +38,150 @@ def _f(
     hi: float | None = None,
     choices: tuple[Any, ...] | None = None,
     role: bool = False,
+    runtime: bool = False,
 ) -> Any:
-    """A config field with its documentation, allowed range or choices; ``role`` marks a
-    backend name, checked against the backend registry."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "role": role}
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    """A config field with its documentation, allowed range or choices. ``role`` marks a
+    backend name (checked against ``nhr.backends.names``); ``runtime`` marks a field that
+    changes how a run goes but not what it writes (a resume may change it)."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "role": role, "runtime": runtime}
+    value = tuple(default) if isinstance(default, list | tuple) else default
+    return Field(default=value, description=doc, json_schema_extra=meta)
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Every tunable of the mining chain; defaults are the paper's where it gives one."""
+class Block(BaseModel):
+    """A frozen group of config fields; values are checked before pydantic sees them, so
+    every error names the UPPER_CASE parameter and the fix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = {}
+        for name, value in data.items():
+            if name not in cls.model_fields:
+                raise ConfigError(
+                    f"unknown parameter {name.upper()!r} in block {cls.__name__}",
+                    f"use one of: {', '.join(n.upper() for n in cls.model_fields)}",
+                )
+            value = tuple(value) if isinstance(value, list) else value
+            info = cls.model_fields[name]
+            _check(name, value, info.annotation, info.description or "", _meta(cls, name))
+            out[name] = value
+        return out
+
+    @classmethod
+    def kind(cls, name: str) -> str:
+        """``output`` or ``runtime``: whether field ``name`` changes what a run writes."""
+        return RUNTIME if _meta(cls, name)["runtime"] else OUTPUT
+
+    def output_values(self) -> dict[str, Any]:
+        """The output-changing fields of this block, as plain values (tuples as lists)."""
+        return {
+            n: _plain(getattr(self, n)) for n in type(self).model_fields if self.kind(n) == OUTPUT
+        }
+
+    def rows(self, block: str) -> list[dict[str, Any]]:
+        """One row per field: block, PARAMETER, value, kind, doc (for a notebook table)."""
+        return [
+            {
+                "block": block,
+                "parameter": n.upper(),
+                "value": _plain(getattr(self, n)),
+                "kind": self.kind(n),
+                "doc": info.description,
+            }
+            for n, info in type(self).model_fields.items()
+        ]
+
+    def __repr_args__(self) -> Any:
+        return [(n, getattr(self, n)) for n in type(self).model_fields]
+
+
+def _meta(cls: type[BaseModel], name: str) -> dict[str, Any]:
+    """The ``_f`` metadata of a field."""
+    extra = cls.model_fields[name].json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as YAML and notebooks take them."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check(name: str, value: Any, hint: Any, doc: str, meta: dict[str, Any]) -> None:
+    """Validate one field's type and range, raising a ConfigError naming the fix."""
+    upper = name.upper()
+    origin = typing.get_origin(hint)
+    items = value if origin is tuple else (value,)
+    base = typing.get_args(hint)[0] if origin is tuple else hint
+    if origin is tuple and not isinstance(value, tuple):
+        raise ConfigError(f"{upper}={value!r} is not a list", f"give {upper} as a list, e.g. [2.5]")
+    for item in items:
+        ok = isinstance(item, base) and not (base is not bool and isinstance(item, bool))
+        if base is float and isinstance(item, int) and not isinstance(item, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(
+                f"{upper}={value!r} is not of type {base.__name__}",
+                f"give {upper} a {base.__name__} ({doc})",
+            )
+        choices = names.known(name) if meta.get("role") else meta.get("choices")
+        if choices is not None and item not in choices:
+            what = "a known backend" if meta.get("role") else "an allowed value"
+            raise ConfigError(
+                f"{upper}={item!r} is not {what}",
+                f"use one of: {', '.join(map(str, choices))}",
+            )
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if base in (int, float) and (
+            (lo is not None and item < lo) or (hi is not None and item > hi)
+        ):
+            raise ConfigError(
+                f"{upper}={item!r} is out of range", f"choose a value in [{lo}, {hi}] ({doc})"
+            )
+
+
+# ------------------------------------------------------------------------------- blocks
+class RunBlock(Block):
+    """How the chain runs: the master seed; batching, workers and table shards
+    (runtime: they change how work is run and split into files, never which rows)."""
 
     seed: int = _f(0, "master seed of the run", 0, 2**31 - 1)
-    # stage 1: prompts
+    batch_size: int = _f(16, "rows per processing batch", 1, 100_000, runtime=True)
+    workers: int = _f(
+        0,
+        "batches at once: processes for CPU-bound stages, threads for API-bound (0: one per core)",
+        0,
+        1024,
+        runtime=True,
+    )
+    shard_rows: int = _f(
+        50_000, "rows per table shard (the runner buffers up to this)", 1, 10**8, runtime=True
+    )
+    shard_flush_seconds: float = _f(
+        60.0,
+        "seconds before buffered rows are committed (a crash loses at most this)",
+        0.0,
+        86400.0,
+        runtime=True,
+    )
+
+
+class PromptsBlock(Block):
+    """Stage 1: the prompt writer and how many prompts and instructions it writes."""
+
     prompter: str = _f("synthetic", "prompt writer backend", role=True)
+    prompter_model: str = _f("", "prompt writer model id ('': the backend's default)")
     n_prompts: int = _f(100, "text-to-image prompts to write", 1, 10_000_000)
     k_instructions: int = _f(5, "edit instructions written per prompt (k)", 1, 50)
-    # stage 2: sources
-    t2i: str = _f("synthetic", "text-to-image backend", role=True)
-    n_source_seeds: int = _f(10, "source images per prompt (N)", 1, 1000)
-    long_side_min: int = _f(860, "smallest long side of a source, px", 16, 8192)
-    long_side_max: int = _f(2200, "largest long side of a source, px", 16, 8192)
-    aspect_max: float = _f(6.0, "most extreme aspect ratio (1:x to x:1)", 1.0, 16.0)
-    t2i_steps: int = _f(4, "text-to-image denoising steps", 1, 200)
-    t2i_guidance: float = _f(0.0, "text-to-image guidance scale", 0.0, 50.0)
-    # stage 3: plausibility gate
-    gate_judge: str = _f("synthetic", "plausibility gate backend", role=True)
-    # stage 4: edits
-    editor: str = _f("synthetic", "image editor backend", role=True)
-    m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
-    edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
-    edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
-    edit_guidance: tuple[float, ...] = _f((2.5,), "guidance values; each job draws one", 0.0, 50.0)
-    max_edit_jobs: int = _f(0, "cap on edit jobs drawn from the N×k×M grid (0: no cap)", 0, 10**9)
-    edit_budget_seconds: float = _f(0.0, "cap on editor seconds (0: no cap)", 0.0, 1e9)
-    # stages 5–7: filters and the hard validator
-    prefilter_judge: str = _f("synthetic", "soft pre-filter backend", role=True)
-    prefilter: bool = _f(True, "run the soft pre-filter")
-    prefilter_min_score: float = _f(
-        3.0, "soft pre-filter: drop if either score is below this", 1.0, 5.0
-    )
-    lowlevel: bool = _f(True, "run the low-level check")
-    diff_threshold: int = _f(40, "low-level check: |Ie−I0| above this is a changed pixel", 0, 255)
-    min_component_share: float = _f(
-        0.005, "low-level check: drop if largest component < this share of changed pixels", 0.0, 1.0
-    )
-    validator: str = _f("synthetic", "hard validator backend", role=True)
-    threshold: float = _f(4.7, "hard validator: pass iff both scores >= this", 1.0, 5.0)
-    # the synthetic world (used by every role named "synthetic")
-    synthetic_judge_noise: float = _f(
-        1.0, "synthetic judge: scale of its VLM-like scoring noise (0: none)", 0.0, 3.0
-    )
-    synthetic_implausible_rate: float = _f(
-        0.4, "synthetic renderer: share of renders that are implausible", 0.0, 1.0
-    )
-    # bootstrapping (stages 8-10)
-    inverter: str = _f("synthetic", "inverse/composed instruction writer backend", role=True)
-    inversion: bool = _f(True, "write inverse triplets and check backward consistency")
-    composition: bool = _f(True, "compose pairs of accepted edits of one source")
-    compose_validate: bool = _f(True, "score composed triplets with the hard validator")
-    compose_max_pairs: int = _f(4, "composed pairs drawn per source at most", 0, 1000)
-    dedup: bool = _f(True, "drop exact and near-duplicate triplets")
-    dedup_max_distance: int = _f(
-        4, "dedup: perceptual-hash bits two near-duplicate images may differ in", 0, 32
-    )
-    # model ids per role ("" = the backend's default model)
-    prompter_model: str = _f("", "prompt writer model id")
-    t2i_model: str = _f("", "text-to-image model id or local folder")
-    gate_model: str = _f("", "plausibility gate model id")
-    editor_model: str = _f("", "editor model id or local folder")
-    prefilter_model: str = _f("", "soft pre-filter model id")
-    validator_model: str = _f("", "hard validator model id (a tuned endpoint too)")
-    inverter_model: str = _f("", "inverse/composed instruction writer model id")
-    # --- diffusers backends (issue 4) ---
-    diffusers_device: str = _f(
-        "auto",
-        "diffusers device (auto: cuda if present, else cpu)",
-        choices=("auto", "cuda", "cpu", "mps"),
-    )
-    diffusers_dtype: str = _f(
-        "auto",
-        "diffusers weights dtype (auto: bfloat16 on cuda, float32 on cpu)",
-        choices=("auto", "bfloat16", "float16", "float32"),
-    )
-    diffusers_cpu_offload: str = _f(
-        "none",
-        "keep weights on the CPU, moving each model (or layer) in when used",
-        choices=("none", "model", "sequential"),
-    )
-    diffusers_vae_tiling: bool = _f(False, "decode/encode in tiles (less memory at high res)")
-    diffusers_compile: bool = _f(False, "torch.compile the denoiser (faster after a warm-up)")
-    diffusers_max_batch: int = _f(8, "most images per diffusers call (less: less memory)", 1, 1024)
-    edit_max_area: int = _f(
-        0, "pixels the editor works at, result resized to the source (0: model's own)", 0, 2**26
-    )
-    edit_preferred_resolutions: bool = _f(
-        True, "Kontext: edit at its nearest trained resolution (else at the source's aspect)"
-    )
-    pix2pix_image_guidance: float = _f(1.5, "InstructPix2Pix image guidance scale", 0.0, 50.0)
-    hf_token_env: str = _f("HF_TOKEN", "environment variable holding a Hugging Face token")
-    # --- end diffusers backends ---
-    # --- remote model APIs (issue 5) ---
-    api_concurrency: int = _f(16, "remote model calls in flight at once, per backend", 1, 4096)
-    api_rpm: float = _f(0.0, "requests per minute cap, per backend (0: none)", 0.0, 1e9)
-    api_tpm: float = _f(0.0, "tokens per minute cap, per backend (0: none)", 0.0, 1e12)
-    api_timeout_seconds: float = _f(60.0, "timeout of one remote call, s", 0.01, 3600.0)
-    api_attempts: int = _f(
-        6, "tries per call on 408/429/5xx, timeouts and dropped connections", 1, 100
-    )
-    api_backoff_seconds: float = _f(
-        1.0, "first retry wait when the server sends no Retry-After, s", 0.0, 600.0
-    )
-    api_backoff_max_seconds: float = _f(
-        60.0, "longest retry wait (a longer Retry-After is capped to this), s", 0.0, 3600.0
-    )
-    api_content_retries: int = _f(
-        1, "re-asks after a malformed, blocked, empty or out-of-range answer", 0, 10
-    )
-    api_cache: bool = _f(True, "cache answered requests, so a rerun makes no new calls")
-    api_cache_dir: str = _f("", "folder of api_cache.sqlite ('': the run folder)")
-    api_image_max_side: int = _f(
-        1024, "downscale images sent to a remote model to this long side (0: as is)", 0, 16384
-    )
-    api_max_output_tokens: int = _f(2048, "most tokens a remote model may answer with", 16, 65536)
-    api_writer_temperature: float = _f(
-        1.0, "temperature of the remote prompt writer (judges and inverter: 0)", 0.0, 2.0
-    )
-    api_prices: tuple[str, ...] = _f(
-        (
-            "gemini-2.5-flash=0.30/2.50",
-            "gemini-2.5-flash-lite=0.10/0.40",
-            "gemini-2.5-pro=1.25/10.00",
-            "gemini-3-flash-preview=0.50/3.00",
-            "gemini-2.0-flash=0.10/0.40",
-        ),
-        "USD per million tokens in/out, 'model=in/out' (unlisted models cost 0, counted)",
-    )
-    api_batch_discount: float = _f(0.5, "price factor of Gemini Batch API calls", 0.0, 1.0)
-    gemini_thinking_budget: int = _f(
-        0, "Gemini thinking tokens (0: none, as the validator wants; -1: model default)", -1, 65536
-    )
-    gemini_batch_roles: tuple[str, ...] = _f(
-        (),
-        "judge roles sent through the Gemini Batch API (half price, minutes to hours; "
-        "use a large BATCH_SIZE)",
-        choices=("gate_judge", "prefilter_judge", "validator"),
-    )
-    gemini_batch_poll_seconds: float = _f(30.0, "Gemini batch job poll interval, s", 0.01, 3600.0)
-    gemini_batch_max_wait_seconds: float = _f(
-        86400.0, "give up waiting for a batch job after this (rerun collects it), s", 0.1, 1e7
-    )
-    openai_base_url: str = _f(
-        "http://127.0.0.1:8000/v1", "base URL of the OpenAI-compatible endpoint (vLLM, SGLang)"
-    )
-    openai_default_model: str = _f(
-        "Qwen/Qwen2.5-VL-7B-Instruct", "model of the openai backend where a *_MODEL is ''"
-    )
-    openai_key_env: str = _f(
-        "OPENAI_API_KEY", "environment variable holding the endpoint's key (may be unset)"
-    )
+
+
+class PromptWriterBlock(Block):
+    """The taxonomy a remote prompt writer draws from."""
+
     prompt_topics: tuple[str, ...] = _f(
         (
             "animals",
@@ -239,8 +234,262 @@ class PipelineConfig:
     prompt_compound_share: float = _f(
         0.15, "share of compound (two-operation) instructions written", 0.0, 1.0
     )
-    # --- end remote model APIs ---
-    # --- evaluation (issue 6) ---
+
+
+class SourcesBlock(Block):
+    """Stage 2: the text-to-image backend and the source images it renders."""
+
+    t2i: str = _f("synthetic", "text-to-image backend", role=True)
+    t2i_model: str = _f("", "text-to-image model id or local folder ('': the default)")
+    n_source_seeds: int = _f(10, "source images per prompt (N)", 1, 1000)
+    long_side_min: int = _f(860, "smallest long side of a source, px", 16, 8192)
+    long_side_max: int = _f(2200, "largest long side of a source, px", 16, 8192)
+    aspect_max: float = _f(6.0, "most extreme aspect ratio (1:x to x:1)", 1.0, 16.0)
+    t2i_steps: int = _f(4, "text-to-image denoising steps", 1, 200)
+    t2i_guidance: float = _f(0.0, "text-to-image guidance scale", 0.0, 50.0)
+
+    @model_validator(mode="after")
+    def _sides(self) -> SourcesBlock:
+        if self.long_side_min > self.long_side_max:
+            raise ConfigError(
+                f"long_side_min={self.long_side_min} is above long_side_max={self.long_side_max}",
+                "set LONG_SIDE_MIN <= LONG_SIDE_MAX",
+            )
+        return self
+
+
+class GateBlock(Block):
+    """Stage 3: the plausibility gate's judge."""
+
+    gate_judge: str = _f("synthetic", "plausibility gate backend", role=True)
+    gate_model: str = _f("", "plausibility gate model id ('': the backend's default)")
+
+
+class EditsBlock(Block):
+    """Stage 4: the editor, the N×k×M job grid and how each job is edited."""
+
+    editor: str = _f("synthetic", "image editor backend", role=True)
+    editor_model: str = _f("", "editor model id or local folder ('': the default)")
+    m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
+    edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
+    edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
+    edit_guidance: tuple[float, ...] = _f((2.5,), "guidance values; each job draws one", 0.0, 50.0)
+    max_edit_jobs: int = _f(0, "cap on edit jobs drawn from the N×k×M grid (0: no cap)", 0, 10**9)
+    edit_budget_seconds: float = _f(
+        0.0, "cap on editor seconds (0: no cap; a resume may raise it)", 0.0, 1e9, runtime=True
+    )
+    edit_max_area: int = _f(
+        0, "pixels the editor works at, result resized to the source (0: model's own)", 0, 2**26
+    )
+    edit_preferred_resolutions: bool = _f(
+        True, "Kontext: edit at its nearest trained resolution (else at the source's aspect)"
+    )
+    pix2pix_image_guidance: float = _f(1.5, "InstructPix2Pix image guidance scale", 0.0, 50.0)
+
+    @model_validator(mode="after")
+    def _steps(self) -> EditsBlock:
+        if self.edit_steps_min > self.edit_steps_max:
+            raise ConfigError(
+                f"edit_steps_min={self.edit_steps_min} is above "
+                f"edit_steps_max={self.edit_steps_max}",
+                "set EDIT_STEPS_MIN <= EDIT_STEPS_MAX",
+            )
+        if not self.edit_guidance:
+            raise ConfigError("edit_guidance is empty", "give at least one value, e.g. [2.5]")
+        return self
+
+
+class FiltersBlock(Block):
+    """Stages 5–6: the soft pre-filter and the low-level check."""
+
+    prefilter_judge: str = _f("synthetic", "soft pre-filter backend", role=True)
+    prefilter_model: str = _f("", "soft pre-filter model id ('': the backend's default)")
+    prefilter: bool = _f(True, "run the soft pre-filter")
+    prefilter_min_score: float = _f(
+        3.0, "soft pre-filter: drop if either score is below this", 1.0, 5.0
+    )
+    lowlevel: bool = _f(True, "run the low-level check")
+    diff_threshold: int = _f(40, "low-level check: |Ie−I0| above this is a changed pixel", 0, 255)
+    min_component_share: float = _f(
+        0.005, "low-level check: drop if largest component < this share of changed pixels", 0.0, 1.0
+    )
+
+
+class ValidationBlock(Block):
+    """Stage 7 (and the bootstrap's checks): the hard validator and its threshold."""
+
+    validator: str = _f("synthetic", "hard validator backend", role=True)
+    validator_model: str = _f("", "hard validator model id (a tuned endpoint too)")
+    threshold: float = _f(4.7, "hard validator: pass iff both scores >= this", 1.0, 5.0)
+
+
+class SyntheticBlock(Block):
+    """The synthetic world, used by every role named ``synthetic``."""
+
+    synthetic_judge_noise: float = _f(
+        1.0, "synthetic judge: scale of its VLM-like scoring noise (0: none)", 0.0, 3.0
+    )
+    synthetic_implausible_rate: float = _f(
+        0.4, "synthetic renderer: share of renders that are implausible", 0.0, 1.0
+    )
+
+
+class BootstrapBlock(Block):
+    """Stages 8–10: inversion, composition and dedup."""
+
+    inverter: str = _f("synthetic", "inverse/composed instruction writer backend", role=True)
+    inverter_model: str = _f("", "inverse/composed instruction writer model id")
+    inversion: bool = _f(True, "write inverse triplets and check backward consistency")
+    composition: bool = _f(True, "compose pairs of accepted edits of one source")
+    compose_validate: bool = _f(True, "score composed triplets with the hard validator")
+    compose_max_pairs: int = _f(4, "composed pairs drawn per source at most", 0, 1000)
+    dedup: bool = _f(True, "drop exact and near-duplicate triplets")
+    dedup_max_distance: int = _f(
+        4, "dedup: perceptual-hash bits two near-duplicate images may differ in", 0, 32
+    )
+
+
+class DiffusersBlock(Block):
+    """The local diffusers backends: device and precision (output) and memory (runtime)."""
+
+    diffusers_device: str = _f(
+        "auto",
+        "diffusers device (auto: cuda if present, else cpu)",
+        choices=("auto", "cuda", "cpu", "mps"),
+    )
+    diffusers_dtype: str = _f(
+        "auto",
+        "diffusers weights dtype (auto: bfloat16 on cuda, float32 on cpu)",
+        choices=("auto", "bfloat16", "float16", "float32"),
+    )
+    diffusers_cpu_offload: str = _f(
+        "none",
+        "keep weights on the CPU, moving each model (or layer) in when used",
+        choices=("none", "model", "sequential"),
+        runtime=True,
+    )
+    diffusers_vae_tiling: bool = _f(
+        False, "decode/encode in tiles (less memory at high res)", runtime=True
+    )
+    diffusers_compile: bool = _f(
+        False, "torch.compile the denoiser (faster after a warm-up)", runtime=True
+    )
+    diffusers_max_batch: int = _f(
+        8, "most images per diffusers call (less: less memory)", 1, 1024, runtime=True
+    )
+    hf_token_env: str = _f(
+        "HF_TOKEN", "environment variable holding a Hugging Face token", runtime=True
+    )
+
+
+class ApiBlock(Block):
+    """Remote model APIs: what is asked (output) and how hard and fast (runtime)."""
+
+    api_concurrency: int = _f(
+        16, "remote model calls in flight at once, per backend", 1, 4096, runtime=True
+    )
+    api_rpm: float = _f(
+        0.0, "requests per minute cap, per backend (0: none)", 0.0, 1e9, runtime=True
+    )
+    api_tpm: float = _f(
+        0.0, "tokens per minute cap, per backend (0: none)", 0.0, 1e12, runtime=True
+    )
+    api_timeout_seconds: float = _f(
+        60.0, "timeout of one remote call, s", 0.01, 3600.0, runtime=True
+    )
+    api_attempts: int = _f(
+        6, "tries per call on 408/429/5xx, timeouts and dropped connections", 1, 100, runtime=True
+    )
+    api_backoff_seconds: float = _f(
+        1.0, "first retry wait when the server sends no Retry-After, s", 0.0, 600.0, runtime=True
+    )
+    api_backoff_max_seconds: float = _f(
+        60.0,
+        "longest retry wait (a longer Retry-After is capped to this), s",
+        0.0,
+        3600.0,
+        runtime=True,
+    )
+    api_content_retries: int = _f(
+        1,
+        "re-asks after a malformed, blocked, empty or out-of-range answer",
+        0,
+        10,
+        runtime=True,
+    )
+    api_cache: bool = _f(
+        True, "cache answered requests, so a rerun makes no new calls", runtime=True
+    )
+    api_cache_dir: str = _f("", "folder of api_cache.sqlite ('': the run folder)", runtime=True)
+    api_image_max_side: int = _f(
+        1024, "downscale images sent to a remote model to this long side (0: as is)", 0, 16384
+    )
+    api_max_output_tokens: int = _f(2048, "most tokens a remote model may answer with", 16, 65536)
+    api_writer_temperature: float = _f(
+        1.0, "temperature of the remote prompt writer (judges and inverter: 0)", 0.0, 2.0
+    )
+    api_prices: tuple[str, ...] = _f(
+        (
+            "gemini-2.5-flash=0.30/2.50",
+            "gemini-2.5-flash-lite=0.10/0.40",
+            "gemini-2.5-pro=1.25/10.00",
+            "gemini-3-flash-preview=0.50/3.00",
+            "gemini-2.0-flash=0.10/0.40",
+        ),
+        "USD per million tokens in/out, 'model=in/out' (unlisted models cost 0, counted)",
+        runtime=True,
+    )
+    api_batch_discount: float = _f(
+        0.5, "price factor of Gemini Batch API calls", 0.0, 1.0, runtime=True
+    )
+
+
+class GeminiBlock(Block):
+    """The Gemini backend: thinking budget (output) and the Batch API (runtime)."""
+
+    gemini_thinking_budget: int = _f(
+        0, "Gemini thinking tokens (0: none, as the validator wants; -1: model default)", -1, 65536
+    )
+    gemini_batch_roles: tuple[str, ...] = _f(
+        (),
+        "judge roles sent through the Gemini Batch API (half price, minutes to hours; "
+        "use a large BATCH_SIZE)",
+        choices=("gate_judge", "prefilter_judge", "validator"),
+        runtime=True,
+    )
+    gemini_batch_poll_seconds: float = _f(
+        30.0, "Gemini batch job poll interval, s", 0.01, 3600.0, runtime=True
+    )
+    gemini_batch_max_wait_seconds: float = _f(
+        86400.0,
+        "give up waiting for a batch job after this (rerun collects it), s",
+        0.1,
+        1e7,
+        runtime=True,
+    )
+
+
+class OpenAIBlock(Block):
+    """The OpenAI-compatible backend (vLLM, SGLang): its model (output), where (runtime)."""
+
+    openai_base_url: str = _f(
+        "http://127.0.0.1:8000/v1",
+        "base URL of the OpenAI-compatible endpoint (vLLM, SGLang)",
+        runtime=True,
+    )
+    openai_default_model: str = _f(
+        "Qwen/Qwen2.5-VL-7B-Instruct", "model of the openai backend where a *_MODEL is ''"
+    )
+    openai_key_env: str = _f(
+        "OPENAI_API_KEY",
+        "environment variable holding the endpoint's key (may be unset)",
+        runtime=True,
+    )
+
+
+class EvaluationBlock(Block):
+    """Evaluation notebooks: datasets scored, validator calibration, survival, ablations."""
+
     eval_run_dir: str = _f("", "mined run to calibrate and to survey ('': this run)")
     eval_datasets: tuple[str, ...] = _f(
         (), "datasets to score: a registry name (nhr.evaluate.datasets) or 'NAME=PATH_OR_HUB_ID'"
@@ -265,7 +514,9 @@ class PipelineConfig:
     eval_survival_min_drop: float = _f(
         0.1, "survival curve: a cliff drops at least this share in one step", 0.0, 1.0
     )
-    eval_ablation_dir: str = _f("results/ablations", "folder of the ablation runs, one each")
+    eval_ablation_dir: str = _f(
+        "results/ablations", "folder of the ablation runs, one each", runtime=True
+    )
     eval_ablation_n: tuple[int, ...] = _f((2, 6), "N_SOURCE_SEEDS values of the ablation", 1, 1000)
     eval_ablation_m: tuple[int, ...] = _f((1, 6), "M_EDIT_SEEDS values of the ablation", 1, 100)
     eval_ablation_thresholds: tuple[float, ...] = _f(
@@ -276,124 +527,232 @@ class PipelineConfig:
         "filters the ablation switches off, one at a time",
         choices=("prefilter", "lowlevel"),
     )
-    # --- end evaluation ---
-    # running
-    batch_size: int = _f(16, "rows per batch of a stage", 1, 100_000)
-    # --- engine --- (runtime: how work is run and split into shards, never which rows)
-    workers: int = _f(
-        0,
-        "batches at once: processes for CPU-bound stages, threads for API-bound (0: one per core)",
-        0,
-        1024,
+
+    @model_validator(mode="after")
+    def _survival(self) -> EvaluationBlock:
+        if self.eval_survival_min > self.eval_survival_max:
+            raise ConfigError(
+                f"eval_survival_min={self.eval_survival_min} is above "
+                f"eval_survival_max={self.eval_survival_max}",
+                "set EVAL_SURVIVAL_MIN <= EVAL_SURVIVAL_MAX",
+            )
+        return self
+
+
+class ExportBlock(Block):
+    """Stage 11: the exported dataset."""
+
+    export_shard_rows: int = _f(
+        1000, "rows per exported parquet shard (same rows, other files)", 1, 10**7, runtime=True
     )
-    shard_rows: int = _f(50_000, "rows per table shard (the runner buffers up to this)", 1, 10**8)
-    shard_flush_seconds: float = _f(
-        60.0,
-        "seconds before buffered rows are committed (a crash loses at most this)",
-        0.0,
-        86400.0,
-    )
-    # --- end engine ---
-    # stage 11: export
-    export_shard_rows: int = _f(1000, "rows per exported parquet shard", 1, 10**7)
     export_preference_pairs: int = _f(
         1, "rejected edits paired with each mined triplet in the preference config", 0, 100
     )
 
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            _check(f.name, value, hints[f.name], f.metadata)
-        if self.long_side_min > self.long_side_max:
-            raise ConfigError(
-                f"long_side_min={self.long_side_min} is above long_side_max={self.long_side_max}",
-                "set LONG_SIDE_MIN <= LONG_SIDE_MAX",
-            )
-        if self.edit_steps_min > self.edit_steps_max:
-            raise ConfigError(
-                f"edit_steps_min={self.edit_steps_min} is above "
-                f"edit_steps_max={self.edit_steps_max}",
-                "set EDIT_STEPS_MIN <= EDIT_STEPS_MAX",
-            )
-        if not self.edit_guidance:
-            raise ConfigError("edit_guidance is empty", "give at least one value, e.g. [2.5]")
+
+# ------------------------------------------------------------------------ the whole config
+BLOCKS: dict[str, type[Block]] = {
+    "run": RunBlock,
+    "prompts": PromptsBlock,
+    "prompt_writer": PromptWriterBlock,
+    "sources": SourcesBlock,
+    "gate": GateBlock,
+    "edits": EditsBlock,
+    "filters": FiltersBlock,
+    "validation": ValidationBlock,
+    "synthetic": SyntheticBlock,
+    "bootstrap": BootstrapBlock,
+    "diffusers": DiffusersBlock,
+    "api": ApiBlock,
+    "gemini": GeminiBlock,
+    "openai": OpenAIBlock,
+    "evaluation": EvaluationBlock,
+    "export": ExportBlock,
+}
+
+
+def _field_table() -> dict[str, tuple[str, str]]:
+    """Flat lower-case name -> (block, field). Flat names are unique across blocks, and
+    a flat name may be a block's name only for a field of that block."""
+    table: dict[str, tuple[str, str]] = {}
+    for block, cls in BLOCKS.items():
+        for name in cls.model_fields:
+            if name in table or (name in BLOCKS and name != block):
+                raise TypeError(f"config field {name!r} of {block} is not a unique flat name")
+            table[name] = (block, name)
+    return table
+
+
+FIELDS: dict[str, tuple[str, str]] = _field_table()
+# the role fields (backend names), each in the block of the stage that uses it
+ROLE_BLOCK: dict[str, str] = {role: FIELDS[role][0] for role in names.ROLES}
+
+# each stage (by its output table): the blocks it reads and the backend roles it calls
+STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "prompts": (("prompts", "prompt_writer"), ("prompter",)),
+    "sources": (("sources",), ("t2i",)),
+    "plausibility": (("gate",), ("gate_judge",)),
+    "candidates": (("edits",), ("editor",)),
+    "prefilter": (("filters",), ("prefilter_judge",)),
+    "lowlevel": (("filters",), ()),
+    "validator": (("validation",), ("validator",)),
+    "inversion": (("bootstrap",), ("inverter",)),
+    "backward": (("validation", "bootstrap"), ("validator",)),
+    "composition": (("bootstrap",), ("inverter",)),
+    "composed_validator": (("validation", "bootstrap"), ("validator",)),
+    "eval_scores": (("validation", "evaluation"), ("validator",)),
+    "export": (("export",), ()),
+}
+_MINING_BLOCKS = tuple(b for b in BLOCKS if b != "evaluation")
+
+
+class PipelineConfig(BaseModel):
+    """Every tunable of the mining chain, in blocks; defaults are the paper's where it
+    gives one. Read a field as ``cfg.<block>.<field>``; flat UPPER_CASE names map onto
+    blocks through ``FIELDS``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run: RunBlock = RunBlock()
+    prompts: PromptsBlock = PromptsBlock()
+    prompt_writer: PromptWriterBlock = PromptWriterBlock()
+    sources: SourcesBlock = SourcesBlock()
+    gate: GateBlock = GateBlock()
+    edits: EditsBlock = EditsBlock()
+    filters: FiltersBlock = FiltersBlock()
+    validation: ValidationBlock = ValidationBlock()
+    synthetic: SyntheticBlock = SyntheticBlock()
+    bootstrap: BootstrapBlock = BootstrapBlock()
+    diffusers: DiffusersBlock = DiffusersBlock()
+    api: ApiBlock = ApiBlock()
+    gemini: GeminiBlock = GeminiBlock()
+    openai: OpenAIBlock = OpenAIBlock()
+    evaluation: EvaluationBlock = EvaluationBlock()
+    export: ExportBlock = ExportBlock()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_flat_names(cls, data: Any) -> Any:
+        """Accept flat names too (``PipelineConfig(editor="flux-kontext")``), grouped into
+        their blocks; a block given whole (a dict or a Block) is taken as it is."""
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        flat: dict[str, dict[str, Any]] = {}
+        for name, value in data.items():
+            if name in BLOCKS and isinstance(value, dict | Block):
+                out[name] = value
+            elif name.lower() in FIELDS:
+                block, fld = FIELDS[name.lower()]
+                flat.setdefault(block, {})[fld] = value
+            else:
+                raise ConfigError(
+                    f"unknown parameter {name!r}",
+                    f"use one of: {', '.join(sorted(k.upper() for k in FIELDS))}",
+                )
+        for block, values in flat.items():
+            given = out.get(block, {})
+            base = given.model_dump() if isinstance(given, Block) else dict(given)
+            out[block] = {**base, **values}
+        return out
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        """Names of all fields, lower case."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        """Flat names of all fields, lower case."""
+        return tuple(FIELDS)
+
+    @classmethod
+    def kind(cls, name: str) -> str:
+        """``output`` or ``runtime`` for a flat field name (either case)."""
+        block, fld = FIELDS[name.lower()]
+        return BLOCKS[block].kind(fld)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PipelineConfig:
-        """Build from UPPER_CASE (or lower case) parameter names; unknown names are refused."""
-        known = set(cls.field_names())
-        values = {}
+        """Build from flat UPPER_CASE (or lower case) names; unknown names are refused."""
+        flat: dict[str, Any] = {}
         for name, value in params.items():
-            key = name.lower()
-            if key not in known:
+            if name.lower() not in FIELDS:
                 raise ConfigError(
                     f"unknown parameter {name!r}",
-                    f"use one of: {', '.join(sorted(k.upper() for k in known))}",
+                    f"use one of: {', '.join(sorted(k.upper() for k in FIELDS))}",
                 )
-            values[key] = tuple(value) if isinstance(value, list) else value
-        return cls(**values)
+            flat[name.lower()] = value
+        try:
+            return cls(**flat)
+        except ValidationError as err:  # a type the checks above let through
+            raise ConfigError(f"invalid config ({err})", "fix the named parameter") from None
 
     @classmethod
     def params_in(cls, namespace: dict[str, Any]) -> dict[str, Any]:
         """The UPPER_CASE names in a notebook's globals that are config fields."""
-        known = {n.upper() for n in cls.field_names()}
+        known = {n.upper() for n in FIELDS}
         return {k: v for k, v in namespace.items() if k in known}
 
     def to_params(self) -> dict[str, Any]:
-        """The config as UPPER_CASE literals (tuples as lists), as notebooks take them."""
-        return {
-            f.name.upper(): list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
+        """The config as flat UPPER_CASE literals (tuples as lists), as notebooks take them."""
+        return {name.upper(): _plain(self.value(name)) for name in FIELDS}
+
+    def value(self, name: str) -> Any:
+        """A field by its flat name (either case), e.g. a role's backend name."""
+        block, fld = FIELDS[name.lower()]
+        return getattr(getattr(self, block), fld)
+
+    def replace(self, **params: Any) -> PipelineConfig:
+        """A copy with some flat fields changed (validated like ``from_params``)."""
+        return type(self).from_params({**self.to_params(), **params})
+
+    def backend_blocks(self, roles: tuple[str, ...]) -> tuple[str, ...]:
+        """The backend-family blocks the backends of ``roles`` read, as configured."""
+        out: list[str] = []
+        for role in roles:
+            for block in names.FAMILY_BLOCKS.get(self.value(role), ()):
+                if block not in out:
+                    out.append(block)
+        return tuple(out)
+
+    def stage_blocks(self, stage: str) -> tuple[str, ...]:
+        """The blocks a stage (by its output table) reads: ``run``, its own blocks, its
+        roles' blocks and the backend-family blocks of the backends configured for them.
+        A stage missing from ``STAGES`` reads every block but ``evaluation``."""
+        blocks, roles = STAGES.get(stage, (_MINING_BLOCKS, names.ROLES))
+        wanted = ["run", *blocks, *(ROLE_BLOCK[r] for r in roles), *self.backend_blocks(roles)]
+        return tuple(dict.fromkeys(wanted))
+
+    def stage_settings(self, stage: str) -> dict[str, dict[str, Any]]:
+        """The output-changing fields of every block a stage reads, by block: what the
+        stage's settings hash covers, so a new output field cannot be left out of it."""
+        return {b: getattr(self, b).output_values() for b in self.stage_blocks(stage)}
+
+    def table(self, *names_: str) -> Any:
+        """The fields of the named blocks or stages (a stage: the blocks it reads; none
+        given: all) as a DataFrame of block, parameter, value, kind (output or runtime) and
+        doc: what a notebook shows of its config."""
+        import pandas as pd
+
+        chosen: list[str] = []
+        for name in names_ or tuple(BLOCKS):
+            if name in STAGES:
+                chosen += self.stage_blocks(name)
+            elif name in BLOCKS:
+                chosen.append(name)
+            else:
+                raise ConfigError(
+                    f"unknown config block or stage {name!r}",
+                    f"use a block ({', '.join(BLOCKS)}) or a stage ({', '.join(STAGES)})",
+                )
+        rows = [row for b in dict.fromkeys(chosen) for row in getattr(self, b).rows(b)]
+        return pd.DataFrame(rows).set_index(["block", "parameter"])
+
+    def __repr_args__(self) -> Any:
+        return [(b, getattr(self, b)) for b in BLOCKS]
 
 
-def _check(name: str, value: Any, hint: Any, meta: Any) -> None:
-    """Validate one field's type and range, raising a ConfigError naming the fix."""
-    upper = name.upper()
-    origin = typing.get_origin(hint)
-    items = value if origin is tuple else (value,)
-    base = typing.get_args(hint)[0] if origin is tuple else hint
-    if origin is tuple and not isinstance(value, tuple):
-        raise ConfigError(f"{upper}={value!r} is not a list", f"give {upper} as a list, e.g. [2.5]")
-    for item in items:
-        ok = isinstance(item, base) and not (base is not bool and isinstance(item, bool))
-        if base is float and isinstance(item, int) and not isinstance(item, bool):
-            ok = True
-        if not ok:
-            raise ConfigError(
-                f"{upper}={value!r} is not of type {base.__name__}",
-                f"give {upper} a {base.__name__} ({meta['doc']})",
-            )
-        choices = meta["choices"]
-        if meta["role"]:
-            from nhr.backends.registry import known
-
-            choices = known(name)
-        if choices is not None and item not in choices:
-            what = "a known backend" if meta["role"] else "an allowed value"
-            raise ConfigError(
-                f"{upper}={item!r} is not {what}",
-                f"use one of: {', '.join(map(str, choices))}",
-            )
-        lo, hi = meta["lo"], meta["hi"]
-        if base in (int, float) and (
-            (lo is not None and item < lo) or (hi is not None and item > hi)
-        ):
-            raise ConfigError(
-                f"{upper}={item!r} is out of range",
-                f"choose a value in [{lo}, {hi}] ({meta['doc']})",
-            )
-
-
-@dataclass(frozen=True)
-class RunConfig:
+# ------------------------------------------------------------------- run config and resume
+class RunConfig(BaseModel):
     """A run config file: the run's name and folder, notebooks in order, and parameters."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     name: str
     run_dir: Path
@@ -448,16 +807,23 @@ class RunConfig:
             params[key.upper()] = value
         pipeline = PipelineConfig.from_params(params)
         folder = run_dir or Path(data.get("run_dir") or f"results/{name}")
-        return cls(name, Path(folder), tuple(nb_paths), pipeline, path)
+        return cls(
+            name=name,
+            run_dir=Path(folder),
+            notebooks=tuple(nb_paths),
+            pipeline=pipeline,
+            source=path,
+        )
 
 
 def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
     """The config of a run folder, given (some of) its parameters.
 
     ``config.yaml`` in the run folder records every parameter given so far (``nhr run``
-    gives them all at once; notebooks run by hand add theirs one by one). A parameter
-    that disagrees with the recorded value is refused, so one run folder never mixes
-    settings; parameters never given take the defaults.
+    gives them all at once; notebooks run by hand add theirs one by one). A runtime
+    parameter may change on resume (the new value is recorded); an output-changing one that
+    disagrees with the recorded value is refused, so one run folder never mixes outputs
+    made with different settings. Parameters never given take the defaults.
     """
     from nhr.errors import RunFolderError
     from nhr.store import atomic_write_bytes
@@ -476,12 +842,14 @@ def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
                 f"{path} is damaged or from another version ({err})",
                 "use a new run folder, or delete this one to start over",
             ) from None
-    diff = sorted(k for k in given if k in saved and saved[k] != given[k])
-    if diff:
-        shown = ", ".join(f"{k}: {saved[k]!r} → {given[k]!r}" for k in diff[:5])
+    changed = sorted(k for k in given if k in saved and saved[k] != given[k])
+    refused = [k for k in changed if PipelineConfig.kind(k) == OUTPUT]
+    if refused:
+        shown = ", ".join(f"{k}: {saved[k]!r} → {given[k]!r}" for k in refused[:5])
         raise RunFolderError(
-            f"{run_dir} was made with another config ({shown})",
-            "use a new run folder (--run-dir / RUN_DIR), or delete it to start over",
+            f"{run_dir} was made with another config ({shown}), which changes outputs",
+            f"keep {refused[0]}={saved[refused[0]]!r} to resume, or use a new run folder "
+            "(--run-dir / RUN_DIR), or delete it to start over",
         )
     merged = {**saved, **given}
     if merged != saved or not path.is_file():

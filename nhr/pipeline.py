@@ -54,19 +54,35 @@ CHAIN = (
 )
 
 
+class ConfiguredRunner(Runner):
+    """The runner of a pipeline: gives each stage the output-changing config of the blocks
+    it reads (``PipelineConfig.stage_settings``) before running it, so its settings hash
+    covers every field that changes its output and no runtime field."""
+
+    def __init__(self, cfg: PipelineConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cfg = cfg
+
+    def run(self, stage: Any, *args: Any, **kwargs: Any) -> StageResult:
+        """``Runner.run`` after setting ``stage.config``."""
+        stage.config = self.cfg.stage_settings(stage.name)
+        return super().run(stage, *args, **kwargs)
+
+
 class Pipeline:
     """The chain over one run folder and one validated config."""
 
     def __init__(self, run_dir: Path | str, cfg: PipelineConfig, progress: bool = True) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
-        self.runner = Runner(
+        self.runner = ConfiguredRunner(
+            cfg,
             self.store,
-            cfg.batch_size,
-            cfg.workers,
+            cfg.run.batch_size,
+            cfg.run.workers,
             progress,
-            shard_rows=cfg.shard_rows,
-            flush_seconds=cfg.shard_flush_seconds,
+            shard_rows=cfg.run.shard_rows,
+            flush_seconds=cfg.run.shard_flush_seconds,
         )
         self._backends: Backends | None = None
         enabled = [name for name, on in self.filters() if on]
@@ -130,8 +146,8 @@ class Pipeline:
     def filters(self) -> list[tuple[str, bool]]:
         """The candidate filters (verdict tables) in pipeline order, with whether each runs."""
         return [
-            ("prefilter", self.cfg.prefilter),
-            ("lowlevel", self.cfg.lowlevel),
+            ("prefilter", self.cfg.filters.prefilter),
+            ("lowlevel", self.cfg.filters.lowlevel),
             ("validator", True),
         ]
 
@@ -153,21 +169,22 @@ class Pipeline:
     # ---- stages --------------------------------------------------------------------
     def prompts(self) -> StageResult:
         """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each."""
-        stage = PromptStage(self.backends.prompter, self.cfg.k_instructions)
-        return self.runner.run(stage, plan_prompt_jobs(self.cfg.n_prompts, self.cfg.seed))
+        stage = PromptStage(self.backends.prompter, self.cfg.prompts.k_instructions)
+        return self.runner.run(
+            stage, plan_prompt_jobs(self.cfg.prompts.n_prompts, self.cfg.run.seed)
+        )
 
     def sources(self) -> StageResult:
         """Stage 2: N_SOURCE_SEEDS source images per prompt."""
-        c = self.cfg
         stage = SourceStage(
             self.backends.t2i,
             self.store.blobs,
-            c.n_source_seeds,
-            (c.long_side_min, c.long_side_max),
-            c.aspect_max,
-            c.t2i_steps,
-            c.t2i_guidance,
-            c.seed,
+            self.cfg.sources.n_source_seeds,
+            (self.cfg.sources.long_side_min, self.cfg.sources.long_side_max),
+            self.cfg.sources.aspect_max,
+            self.cfg.sources.t2i_steps,
+            self.cfg.sources.t2i_guidance,
+            self.cfg.run.seed,
         )
         return self.runner.run(stage, self.table("prompts"))
 
@@ -185,11 +202,11 @@ class Pipeline:
         return plan_edit_jobs(
             sources,
             self.table("prompts", ["prompt_id", "instructions", "edit_types"]),
-            self.cfg.m_edit_seeds,
-            (self.cfg.edit_steps_min, self.cfg.edit_steps_max),
-            self.cfg.edit_guidance,
-            self.cfg.seed,
-            self.cfg.max_edit_jobs,
+            self.cfg.edits.m_edit_seeds,
+            (self.cfg.edits.edit_steps_min, self.cfg.edits.edit_steps_max),
+            self.cfg.edits.edit_guidance,
+            self.cfg.run.seed,
+            self.cfg.edits.max_edit_jobs,
         )
 
     def edits(self) -> StageResult:
@@ -199,31 +216,33 @@ class Pipeline:
         return self.runner.run(
             stage,
             plan,
-            budget_seconds=self.cfg.edit_budget_seconds,
+            budget_seconds=self.cfg.edits.edit_budget_seconds,
             extra_stats={"grid_jobs": len(plan), "grid_size": plan.grid_size},
         )
 
     def prefilter(self) -> StageResult | None:
         """Stage 5: the soft pre-filter over every candidate (None when disabled)."""
-        if not self.cfg.prefilter:
+        if not self.cfg.filters.prefilter:
             return None
         stage = PrefilterStage(
-            self.backends.prefilter_judge, self.store.blobs, self.cfg.prefilter_min_score
+            self.backends.prefilter_judge, self.store.blobs, self.cfg.filters.prefilter_min_score
         )
         return self.runner.run(stage, self.table("candidates"))
 
     def lowlevel(self) -> StageResult | None:
         """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
-        if not self.cfg.lowlevel:
+        if not self.cfg.filters.lowlevel:
             return None
         stage = LowLevelStage(
-            self.store.blobs, self.cfg.diff_threshold, self.cfg.min_component_share
+            self.store.blobs, self.cfg.filters.diff_threshold, self.cfg.filters.min_component_share
         )
         return self.runner.run(stage, self.tables.survivors("prefilter"))
 
     def validate(self) -> StageResult:
         """Stage 7: the hard validator over the survivors of the enabled filters."""
-        stage = ValidatorStage(self.backends.validator, self.store.blobs, self.cfg.threshold)
+        stage = ValidatorStage(
+            self.backends.validator, self.store.blobs, self.cfg.validation.threshold
+        )
         return self.runner.run(stage, self.tables.survivors("lowlevel"))
 
     def select(self) -> StageResult:
@@ -285,7 +304,7 @@ class Pipeline:
                 "candidates", ["candidate_id", "source_id", "instruction_id", "image"]
             ),
             verdicts,
-            self.cfg.export_preference_pairs,
+            self.cfg.export.export_preference_pairs,
         )
 
     def by_origin(self, origin: str) -> list[TripletRow]:
@@ -321,8 +340,8 @@ class Pipeline:
         name = name or self.store.root.name
         settings = {
             "name": name,
-            "shard_rows": self.cfg.export_shard_rows,
-            "preference_pairs": self.cfg.export_preference_pairs,
+            "shard_rows": self.cfg.export.export_shard_rows,
+            "preference_pairs": self.cfg.export.export_preference_pairs,
             "source": source,
         }
         inputs = [source, "mined", "candidates", "sources", "prompts", "plausibility"]
@@ -355,7 +374,7 @@ class Pipeline:
             chains.num_rows,
             prefs.num_rows,
         )
-        batch = self.cfg.export_shard_rows
+        batch = self.cfg.export.export_shard_rows
         shards = export_dataset(
             self.tables.iter_batches(source, TripletRow.schema().names, batch),
             self.store.blobs,

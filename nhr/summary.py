@@ -54,16 +54,20 @@ def _bootstrap_steps(tables: RunTables, cfg: Any, mined: int) -> list[tuple[str,
         return []
     before = stats["by_origin_before_dedup"]
     written = 0
-    if cfg.inversion and tables.exists("inversion"):
+    if cfg.bootstrap.inversion and tables.exists("inversion"):
         reasons = tables.read("inversion", ["skip_reason"]).column("skip_reason")
         written = int(pc.sum(pc.fill_null(pc.equal(pc.utf8_length(reasons), 0), True)).as_py() or 0)
     consistent = before["mined"] + before["inverted"]
     composed = consistent + before["composed"]
     return [
-        ("after inversion", mined + written, not cfg.inversion),
-        ("after backward consistency", consistent, not cfg.inversion),
-        ("after composition", composed, not (cfg.inversion and cfg.composition)),
-        ("after dedup", stats["rows_out"], not cfg.dedup),
+        ("after inversion", mined + written, not cfg.bootstrap.inversion),
+        ("after backward consistency", consistent, not cfg.bootstrap.inversion),
+        (
+            "after composition",
+            composed,
+            not (cfg.bootstrap.inversion and cfg.bootstrap.composition),
+        ),
+        ("after dedup", stats["rows_out"], not cfg.bootstrap.dedup),
     ]
 
 

@@ -240,11 +240,11 @@ def measure(run: Path, params: dict[str, Any]) -> dict[str, Any]:
         def first() -> Any:
             hashes, _ = image_hashes(images, None, load)
             pipe.store.tables.write_table("image_hashes", hashes, {})
-            return dedup(rows, hashes, load, cfg.dedup_max_distance)
+            return dedup(rows, hashes, load, cfg.bootstrap.dedup_max_distance)
 
         def rerun() -> Any:
             hashes, _ = image_hashes(images, pipe.tables.read("image_hashes"), load)
-            return dedup(rows, hashes, load, cfg.dedup_max_distance)
+            return dedup(rows, hashes, load, cfg.bootstrap.dedup_max_distance)
 
         _timed(t, "dedup", first)
         _timed(t, "dedup_rerun", rerun)
@@ -267,14 +267,14 @@ def measure(run: Path, params: dict[str, Any]) -> dict[str, Any]:
         def plan() -> Any:
             f, i, _ = pipe.bootstrap.consistent()
             texts = {x.parents[0]: x.instruction for x in i}
-            return plan_compose_jobs(f, texts, cfg.compose_max_pairs, cfg.seed)
+            return plan_compose_jobs(f, texts, cfg.bootstrap.compose_max_pairs, cfg.run.seed)
 
         _timed(t, "compose_plan", plan)
         comp, _ = pipe.bootstrap.composed(fwd)
         rows = fwd + inv + comp
         load = pipe.store.blobs.get
-        _timed(t, "dedup", lambda: dedup(rows, load, cfg.dedup_max_distance))
-        _timed(t, "dedup_rerun", lambda: dedup(rows, load, cfg.dedup_max_distance))
+        _timed(t, "dedup", lambda: dedup(rows, load, cfg.bootstrap.dedup_max_distance))
+        _timed(t, "dedup_rerun", lambda: dedup(rows, load, cfg.bootstrap.dedup_max_distance))
         _timed(t, "assemble", pipe.bootstrap.assemble)
         _timed(
             t,

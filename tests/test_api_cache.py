@@ -102,9 +102,12 @@ def test_versions_go_on_every_row(srv, tmp_path):
         assert b.prompter.version == "prompter-v1"
         drafts = b.prompter.write([PromptRequest(f"p{i}", i, 3, None) for i in range(4)])
     assert [len(d.instructions) for d in drafts] == [3, 3, 3, 3]
-    assert all(d.topic in cfg.prompt_topics and d.style in cfg.prompt_styles for d in drafts)
+    assert all(
+        d.topic in cfg.prompt_writer.prompt_topics and d.style in cfg.prompt_writer.prompt_styles
+        for d in drafts
+    )
     ops = {i.edit_type for d in drafts for i in d.instructions}
-    assert ops <= {*cfg.prompt_edit_ops, "compound"}
+    assert ops <= {*cfg.prompt_writer.prompt_edit_ops, "compound"}
 
 
 def test_delete_only_taxonomy_and_image_downscale(srv, tmp_path):

@@ -117,7 +117,7 @@ def test_judges_under_faults(tmp_path, monkeypatch, backend):
 
         def run_all():
             with remote_backends(cfg, store.root) as b:
-                runner = Runner(store, cfg.batch_size, cfg.workers, progress=False)
+                runner = Runner(store, cfg.run.batch_size, cfg.run.workers, progress=False)
                 return [
                     runner.run(PlausibilityStage(b.gate_judge, store.blobs), sources),
                     runner.run(PrefilterStage(b.prefilter_judge, store.blobs, 3.0), cands),

@@ -200,7 +200,7 @@ def test_scheduler_cap_budget_and_resume_with_a_real_editor(tiny_dir, tmp_path):
     again = pipe.edits()
     assert (again.stats["rows_out"], again.stats["processed_rows"]) == (4, 0)
     # a larger budget resumes: the 6 remaining jobs run, the first 4 are not redone
-    cfg = dataclasses.replace(pipe.cfg, edit_budget_seconds=0.0)
+    cfg = pipe.cfg.replace(edit_budget_seconds=0.0)
     resumed = Pipeline(tmp_path / "run", cfg, progress=False).edits()
     assert (resumed.stats["resumed_rows"], resumed.stats["processed_rows"]) == (4, 6)
     assert resumed.stats["rows_out"] == 10 and resumed.stats["usage"]["images"] == 10

@@ -137,7 +137,7 @@ def test_config_refuses_unknown_device_and_backend():
     cfg = PipelineConfig(
         editor="qwen-image-edit", t2i="diffusers", gate_judge="plumbing-accept-all"
     )
-    assert cfg.diffusers_dtype == "auto" and cfg.edit_max_area == 0
+    assert cfg.diffusers.diffusers_dtype == "auto" and cfg.edits.edit_max_area == 0
 
 
 def test_qwen_editor_call_arguments_and_sizes():

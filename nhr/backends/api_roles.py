@@ -522,37 +522,37 @@ def make_client(cfg: PipelineConfig, run_dir: Path, backend: str) -> RemoteClien
     if backend == "gemini":
         from nhr.backends.gemini import GeminiTransport
 
-        transport: Any = GeminiTransport(cfg.gemini_thinking_budget)
+        transport: Any = GeminiTransport(cfg.gemini.gemini_thinking_budget)
     elif backend == "openai":
         from nhr.backends.openai_compat import OpenAITransport
 
         transport = OpenAITransport(
-            cfg.openai_base_url, cfg.openai_key_env, max(cfg.api_concurrency, 8)
+            cfg.openai.openai_base_url, cfg.openai.openai_key_env, max(cfg.api.api_concurrency, 8)
         )
     else:
         raise BackendError(f"unknown remote backend {backend!r}", "use gemini or openai")
     settings = ClientSettings(
-        concurrency=cfg.api_concurrency,
-        rpm=cfg.api_rpm,
-        tpm=cfg.api_tpm,
-        timeout=cfg.api_timeout_seconds,
-        attempts=cfg.api_attempts,
-        backoff_initial=cfg.api_backoff_seconds,
-        backoff_max=cfg.api_backoff_max_seconds,
-        content_retries=cfg.api_content_retries,
+        concurrency=cfg.api.api_concurrency,
+        rpm=cfg.api.api_rpm,
+        tpm=cfg.api.api_tpm,
+        timeout=cfg.api.api_timeout_seconds,
+        attempts=cfg.api.api_attempts,
+        backoff_initial=cfg.api.api_backoff_seconds,
+        backoff_max=cfg.api.api_backoff_max_seconds,
+        content_retries=cfg.api.api_content_retries,
     )
-    folder = Path(cfg.api_cache_dir) if cfg.api_cache_dir else Path(run_dir)
-    cache = RequestCache(folder / CACHE_FILE, enabled=cfg.api_cache)
-    prices = PriceTable.parse(cfg.api_prices, cfg.api_batch_discount)
+    folder = Path(cfg.api.api_cache_dir) if cfg.api.api_cache_dir else Path(run_dir)
+    cache = RequestCache(folder / CACHE_FILE, enabled=cfg.api.api_cache)
+    prices = PriceTable.parse(cfg.api.api_prices, cfg.api.api_batch_discount)
     return RemoteClient(transport, settings, cache, prices)
 
 
 def model_for(cfg: PipelineConfig, backend: str, role: str) -> str:
     """The model id of a role: its ``*_MODEL`` field, else the backend's default."""
-    given = getattr(cfg, ROLE_MODEL[role])
+    given = cfg.value(ROLE_MODEL[role])
     if given:
         return given
-    return cfg.openai_default_model if backend == "openai" else DEFAULT_MODELS[backend]
+    return cfg.openai.openai_default_model if backend == "openai" else DEFAULT_MODELS[backend]
 
 
 def build_role(ctx: Any, backend: str, role: str) -> Any:
@@ -562,24 +562,24 @@ def build_role(ctx: Any, backend: str, role: str) -> Any:
     model = model_for(cfg, backend, role)
     if role == "prompter":
         taxonomy = Taxonomy(
-            cfg.prompt_topics,
-            cfg.prompt_styles,
-            cfg.prompt_edit_ops,
-            cfg.prompt_max_objects,
-            cfg.prompt_compound_share,
+            cfg.prompt_writer.prompt_topics,
+            cfg.prompt_writer.prompt_styles,
+            cfg.prompt_writer.prompt_edit_ops,
+            cfg.prompt_writer.prompt_max_objects,
+            cfg.prompt_writer.prompt_compound_share,
         )
         return RemotePromptWriter(
-            client, model, taxonomy, cfg.api_writer_temperature, cfg.api_max_output_tokens
+            client, model, taxonomy, cfg.api.api_writer_temperature, cfg.api.api_max_output_tokens
         )
     if role == "inverter":
-        return RemoteInstructionWriter(client, model, 0.0, cfg.api_max_output_tokens)
+        return RemoteInstructionWriter(client, model, 0.0, cfg.api.api_max_output_tokens)
     asker = None
-    if role in cfg.gemini_batch_roles:
+    if role in cfg.gemini.gemini_batch_roles:
         from nhr.backends.gemini import GeminiBatchMode
 
         asker = GeminiBatchMode(
-            client, cfg.gemini_batch_poll_seconds, cfg.gemini_batch_max_wait_seconds
+            client, cfg.gemini.gemini_batch_poll_seconds, cfg.gemini.gemini_batch_max_wait_seconds
         )
     return RemoteJudge(
-        client, model, role, cfg.api_image_max_side, cfg.api_max_output_tokens, asker
+        client, model, role, cfg.api.api_image_max_side, cfg.api.api_max_output_tokens, asker
     )

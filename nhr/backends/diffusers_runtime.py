@@ -26,8 +26,9 @@ from PIL import Image
 from nhr.errors import BackendError, missing_extra
 
 OFFLOAD_FIX = (
-    "lower DIFFUSERS_MAX_BATCH or EDIT_MAX_AREA, or set DIFFUSERS_CPU_OFFLOAD: model "
-    "(sequential for the least memory) and DIFFUSERS_VAE_TILING: true"
+    "lower DIFFUSERS_MAX_BATCH, or set DIFFUSERS_CPU_OFFLOAD: model (sequential for the "
+    "least memory) and DIFFUSERS_VAE_TILING: true (all resume in the same run folder); "
+    "a lower EDIT_MAX_AREA also helps but changes outputs (a new run folder)"
 )
 
 
@@ -57,13 +58,13 @@ class DiffusersOptions:
     def from_config(cls, cfg: Any) -> DiffusersOptions:
         """The options a PipelineConfig gives."""
         return cls(
-            device=cfg.diffusers_device,
-            dtype=cfg.diffusers_dtype,
-            cpu_offload=cfg.diffusers_cpu_offload,
-            vae_tiling=cfg.diffusers_vae_tiling,
-            compile=cfg.diffusers_compile,
-            max_batch=cfg.diffusers_max_batch,
-            hf_token_env=cfg.hf_token_env,
+            device=cfg.diffusers.diffusers_device,
+            dtype=cfg.diffusers.diffusers_dtype,
+            cpu_offload=cfg.diffusers.diffusers_cpu_offload,
+            vae_tiling=cfg.diffusers.diffusers_vae_tiling,
+            compile=cfg.diffusers.diffusers_compile,
+            max_batch=cfg.diffusers.diffusers_max_batch,
+            hf_token_env=cfg.diffusers.hf_token_env,
         )
 
     def resolved_device(self) -> str:
@@ -422,7 +423,3 @@ class DiffusersEditor:
     def usage(self) -> dict[str, float]:
         """Calls, images, device seconds and load seconds so far."""
         return self.holder.usage()
-
-    def unload(self) -> None:
-        """Drop the pipeline (frees its memory; the next edit loads it again)."""
-        self.holder.pipe = None

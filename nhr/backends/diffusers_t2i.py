@@ -83,10 +83,6 @@ class DiffusersTextToImage:
         """Calls, images, device seconds and load seconds so far."""
         return self.holder.usage()
 
-    def unload(self) -> None:
-        """Drop the pipeline (frees its memory; the next call loads it again)."""
-        self.holder.pipe = None
-
     def load(self) -> Any:
         """Load the pipeline now (else it loads on first use)."""
         return self.holder.get()

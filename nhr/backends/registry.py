@@ -4,7 +4,9 @@ Each role (``prompter``, ``t2i``, ``gate_judge``, ``editor``, ``prefilter_judge`
 ``validator``, ``inverter``) maps backend names to factories. A factory takes the build
 context and returns an object implementing the role's protocol (``nhr.backends.base``);
 heavy dependencies are imported inside the factory, so an unused backend costs nothing
-and a missing one fails with the extra to install. Adding a backend is adding an entry.
+and a missing one fails with the extra to install. Adding a backend is adding an entry
+here and its name in ``nhr.backends.names`` (where the config checks backend names
+without importing this module; a mismatch stops this module from loading).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nhr.backends import names
 from nhr.config import PipelineConfig
 from nhr.errors import BackendError
 
@@ -45,9 +48,9 @@ def _world(ctx: BuildContext) -> Any:
         "synthetic-world",
         lambda: SyntheticWorld(
             truth_dir=Path(ctx.run_dir) / "truth",
-            seed=ctx.cfg.seed,
-            implausible_rate=ctx.cfg.synthetic_implausible_rate,
-            judge_noise=ctx.cfg.synthetic_judge_noise,
+            seed=ctx.cfg.run.seed,
+            implausible_rate=ctx.cfg.synthetic.synthetic_implausible_rate,
+            judge_noise=ctx.cfg.synthetic.synthetic_judge_noise,
         ),
     )
 
@@ -69,7 +72,7 @@ REGISTRY: dict[str, dict[str, Factory]] = {
     "inverter": {"synthetic": lambda ctx: _synthetic_inverter()},
 }
 
-# --- diffusers backends (issue 4): register factories here ---
+# --- diffusers backends ---
 DIFFUSERS_RESIDENCY = "diffusers-residency"  # shared name: one diffusers model on the GPU
 
 
@@ -86,16 +89,16 @@ def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
 def _make_diffusers_t2i(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_t2i import DiffusersTextToImage
 
-    return DiffusersTextToImage(ctx.cfg.t2i_model, **_diffusers_kwargs(ctx))
+    return DiffusersTextToImage(ctx.cfg.sources.t2i_model, **_diffusers_kwargs(ctx))
 
 
 def _make_kontext(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_kontext import KontextEditor
 
     return KontextEditor(
-        ctx.cfg.editor_model,
-        max_area=ctx.cfg.edit_max_area,
-        preferred_resolutions=ctx.cfg.edit_preferred_resolutions,
+        ctx.cfg.edits.editor_model,
+        max_area=ctx.cfg.edits.edit_max_area,
+        preferred_resolutions=ctx.cfg.edits.edit_preferred_resolutions,
         **_diffusers_kwargs(ctx),
     )
 
@@ -104,7 +107,7 @@ def _make_qwen_edit(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_qwen_edit import QwenImageEditor
 
     return QwenImageEditor(
-        ctx.cfg.editor_model, max_area=ctx.cfg.edit_max_area, **_diffusers_kwargs(ctx)
+        ctx.cfg.edits.editor_model, max_area=ctx.cfg.edits.edit_max_area, **_diffusers_kwargs(ctx)
     )
 
 
@@ -112,9 +115,9 @@ def _make_pix2pix(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_pix2pix import Pix2PixEditor
 
     return Pix2PixEditor(
-        ctx.cfg.editor_model,
-        max_area=ctx.cfg.edit_max_area,
-        image_guidance=ctx.cfg.pix2pix_image_guidance,
+        ctx.cfg.edits.editor_model,
+        max_area=ctx.cfg.edits.edit_max_area,
+        image_guidance=ctx.cfg.edits.pix2pix_image_guidance,
         **_diffusers_kwargs(ctx),
     )
 
@@ -138,7 +141,7 @@ for _role in ("gate_judge", "prefilter_judge", "validator"):
 # --- end diffusers backends ---
 
 
-# --- remote model APIs (issue 5): register factories here ---
+# --- remote model APIs ---
 def _remote(backend: str, role: str) -> Factory:
     """The factory of a role on a remote model API (``nhr.backends.api_roles``)."""
 
@@ -173,6 +176,26 @@ for _role in REGISTRY:
 # --- end null world ---
 
 
+def _check_names() -> None:
+    """Refuse to load when the factories and ``nhr.backends.names`` (which the config
+    checks backend names against) disagree."""
+    for role in names.ROLES:
+        declared, built = set(names.known(role)), set(REGISTRY.get(role, {}))
+        if declared != built or set(REGISTRY) != set(names.ROLES):
+            raise RuntimeError(
+                f"backends of {role!r}: nhr.backends.names declares {sorted(declared)}, "
+                f"the registry builds {sorted(built)}; add the name to both"
+            )
+        for name in built:
+            if name not in names.FAMILY_BLOCKS:
+                raise RuntimeError(
+                    f"backend {name!r} has no entry in nhr.backends.names.FAMILY_BLOCKS"
+                )
+
+
+_check_names()
+
+
 def known(role: str) -> tuple[str, ...]:
     """Backend names registered for a role."""
     return tuple(REGISTRY[role])
@@ -188,7 +211,7 @@ class Backends:
     def get(self, role: str) -> Any:
         """The backend of a role, built on first use."""
         if role not in self._built:
-            name = getattr(self.ctx.cfg, role)
+            name = self.ctx.cfg.value(role)
             factories = REGISTRY[role]
             if name not in factories:
                 raise BackendError(
@@ -206,7 +229,7 @@ class Backends:
     @property
     def truth(self) -> Any | None:
         """The synthetic world's truth when any role uses the synthetic world, else None."""
-        uses_world = any(getattr(self.ctx.cfg, role) == "synthetic" for role in REGISTRY)
+        uses_world = any(self.ctx.cfg.value(role) == "synthetic" for role in REGISTRY)
         return _world(self.ctx).truth if uses_world else None
 
 

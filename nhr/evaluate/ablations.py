@@ -54,16 +54,16 @@ def ablation_grid(cfg: PipelineConfig) -> list[Variant]:
     """The base run and one run per changed value (values equal to the base are skipped)."""
     grid = [Variant("base", None)]
     axes = (
-        ("n_source_seeds", cfg.eval_ablation_n),
-        ("m_edit_seeds", cfg.eval_ablation_m),
-        ("threshold", cfg.eval_ablation_thresholds),
+        ("n_source_seeds", cfg.evaluation.eval_ablation_n),
+        ("m_edit_seeds", cfg.evaluation.eval_ablation_m),
+        ("threshold", cfg.evaluation.eval_ablation_thresholds),
     )
     for name, values in axes:
         for v in values:
-            if v != getattr(cfg, name):
+            if v != cfg.value(name):
                 grid.append(Variant(name, v, {name.upper(): v}))
-    for switch in cfg.eval_ablation_switches:
-        if getattr(cfg, switch):
+    for switch in cfg.evaluation.eval_ablation_switches:
+        if cfg.value(switch):
             grid.append(Variant(switch, False, {switch.upper(): False}))
     return grid
 
@@ -113,7 +113,7 @@ def run_ablations(cfg: PipelineConfig, root: Path | str | None = None) -> pd.Dat
     """Run every variant of ``cfg``'s grid and tabulate them (base first)."""
     rows = []
     for variant in ablation_grid(cfg):
-        pipe = run_variant(root or cfg.eval_ablation_dir, cfg, variant)
+        pipe = run_variant(root or cfg.evaluation.eval_ablation_dir, cfg, variant)
         rows.append(measure(pipe, variant))
     return ablation_table(rows)
 

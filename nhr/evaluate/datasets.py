@@ -441,8 +441,10 @@ def score_datasets(
     store = runner.store
     samples = []
     for spec in specs:
-        samples += sample_dataset(spec, cfg.eval_samples, cfg.eval_sample_seed, store.blobs, store)
-    stage = DatasetScoreStage(validator, store.blobs, cfg.threshold)
+        samples += sample_dataset(
+            spec, cfg.evaluation.eval_samples, cfg.evaluation.eval_sample_seed, store.blobs, store
+        )
+    stage = DatasetScoreStage(validator, store.blobs, cfg.validation.threshold)
     runner.run(stage, samples)
     scored = from_table(store.tables.read(SCORES_TABLE, Verdict.schema()), Verdict)
     verdicts = {v.subject_id: v for v in scored}
@@ -565,19 +567,19 @@ def evaluation_specs(
     """The datasets a notebook scores: the evaluated run's export (named after its
     folder) first, then ``EVAL_DATASETS``, then, with ``EVAL_CONTRAST``, the two worse
     datasets made from the evaluated run (written under ``out_dir``)."""
-    entries = list(cfg.eval_datasets)
+    entries = list(cfg.evaluation.eval_datasets)
     if evaluated is not None:
         export = evaluated.store.root / "dataset"
         if export.is_dir() and str(export) not in {e.partition("=")[2] for e in entries}:
             entries.insert(0, f"{evaluated.store.root.name}={export}")
-        if cfg.eval_contrast:
-            made = build_contrast_datasets(evaluated, Path(out_dir), cfg.eval_samples)
+        if cfg.evaluation.eval_contrast:
+            made = build_contrast_datasets(evaluated, Path(out_dir), cfg.evaluation.eval_samples)
             entries += [f"{name}={path}" for name, path in made.items()]
     if not entries:
         raise DatasetError(
             "no dataset to score", "set EVAL_DATASETS, or EVAL_RUN_DIR to a run with a dataset"
         )
-    return parse_specs(entries, cfg.eval_columns)
+    return parse_specs(entries, cfg.evaluation.eval_columns)
 
 
 def records(table: pd.DataFrame) -> list[dict[str, Any]]:

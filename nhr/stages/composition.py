@@ -99,7 +99,7 @@ class CompositionStage(Stage[ComposeJob, DraftRow]):
     def __init__(self, writer: InstructionWriter) -> None:
         self.writer = writer
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {"writer": self.writer.model_id, "version": self.writer.version}
 
     def process_batch(self, rows: list[ComposeJob]) -> list[DraftRow]:

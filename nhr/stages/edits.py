@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -240,13 +240,12 @@ class EditStage(Stage[EditJob, CandidateRow]):
     name = "candidates"
     input_type = EditJob
     output_type = CandidateRow
-    resources: ClassVar[dict[str, float]] = {"num_gpus": 1.0}
 
     def __init__(self, editor: Editor, blobs: BlobStore) -> None:
         self.editor = editor
         self.blobs = blobs
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {"editor": self.editor.model_id}
 
     def setup(self) -> None:

@@ -38,7 +38,7 @@ class PrefilterStage(Stage[CandidateRow, Verdict]):
         self.blobs = blobs
         self.min_score = min_score
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {
             "judge": self.judge.judge_id,
             "prompt_version": self.judge.prompt_version,
@@ -117,7 +117,7 @@ class LowLevelStage(Stage[CandidateRow, Verdict]):
         self.threshold = threshold
         self.min_share = min_share
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "min_share": self.min_share}
 
     def process_batch(self, rows: list[CandidateRow]) -> list[Verdict]:

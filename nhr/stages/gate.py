@@ -22,7 +22,7 @@ class PlausibilityStage(Stage[SourceRow, Verdict]):
         self.judge = judge
         self.blobs = blobs
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {"judge": self.judge.judge_id, "prompt_version": self.judge.prompt_version}
 
     def process_batch(self, rows: list[SourceRow]) -> list[Verdict]:

@@ -29,7 +29,7 @@ class PromptStage(Stage[PromptJob, PromptRow]):
         self.writer = writer
         self.k = k
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {"k": self.k, "prompter": self.writer.model_id, "version": self.writer.version}
 
     def process_batch(self, rows: list[PromptJob]) -> list[PromptRow]:

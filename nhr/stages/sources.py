@@ -62,7 +62,7 @@ class SourceStage(Stage[PromptRow, SourceRow]):
         self.guidance = guidance
         self.seed = seed
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {
             "t2i": self.t2i.model_id,
             "n_seeds": self.n_seeds,

@@ -41,7 +41,7 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
         self.blobs = blobs
         self.threshold = threshold
 
-    def settings(self) -> dict[str, Any]:
+    def own_settings(self) -> dict[str, Any]:
         return {
             "judge": self.judge.judge_id,
             "prompt_version": self.judge.prompt_version,

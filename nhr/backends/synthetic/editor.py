@@ -13,6 +13,8 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from nhr.seeds import derive_seed
+
 from .language import Edit, parse_instruction, resize_target
 from .raster import render
 from .scene import (
@@ -30,7 +32,6 @@ from .scene import (
     jittered_scale,
     place_in_cell,
     resized_scale,
-    seed_from,
 )
 from .truth import SyntheticTruth, pixel_hash
 
@@ -108,7 +109,9 @@ class SyntheticEditor:
             ) from None
         w, h = image.size
         digest = pixel_hash(image)
-        rng = np.random.default_rng(seed_from("edit", digest, text, seed, steps, f"{guidance:.4f}"))
+        rng = np.random.default_rng(
+            derive_seed("edit", digest, text, seed, steps, f"{guidance:.4f}")
+        )
         try:
             instr = parse_instruction(text)
         except ValueError:

@@ -17,10 +17,11 @@ from PIL import Image
 from scipy import ndimage
 
 from nhr.backends.base import PrefilterAnswer, Scores, YesNo
+from nhr.seeds import derive_seed
 
 from .language import Edit, Instruction, parse_instruction, parse_prompt, resize_target
 from .perception import WORK_LONG, Blob, Percept, Vision, max3
-from .scene import SIZE_FRACTION, seed_from
+from .scene import SIZE_FRACTION
 
 PREFILTER_LONG = 160  # the pre-filter looks at smaller images
 CHANGE_LEVEL = 30  # per-pixel max channel change that counts as a change
@@ -169,7 +170,7 @@ class SyntheticJudge:
             if isinstance(a, str):
                 out.append(Scores(1.0, 1.0, error=a))
                 continue
-            rng = np.random.default_rng(seed_from("judge", _fingerprint(s), _fingerprint(e), t))
+            rng = np.random.default_rng(derive_seed("judge", _fingerprint(s), _fingerprint(e), t))
             out.append(Scores(*self._noisy(a, rng)))
         return out
 
@@ -268,7 +269,7 @@ class SyntheticJudge:
         if p.bg_top != spec.background:
             issues.append(f"background looks like {p.bg_top}, not {spec.background}")
         # an imperfect VLM: now and then it overlooks a single flaw or imagines one
-        rng = np.random.default_rng(seed_from("gate", _fingerprint(image), prompt))
+        rng = np.random.default_rng(derive_seed("gate", _fingerprint(image), prompt))
         u = float(rng.random())
         if len(issues) == 1 and u < 0.06 * self.noise:
             return YesNo(True, reason="all requested objects present and whole")

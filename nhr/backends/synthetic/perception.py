@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .raster import shape_mask
-from .scene import BACKGROUNDS, CELL_AT, COLOURS, INK, KINDS
+from .scene import BACKGROUNDS, COLOURS, INK, KINDS, cell_of
 
 PALETTE_NAMES: tuple[str, ...] = tuple(COLOURS)
 PALETTE = np.asarray([COLOURS[c] for c in PALETTE_NAMES], np.float32)
@@ -226,7 +226,7 @@ class Vision:
                 "small" if diam < SIZE_EDGES[0] else "medium" if diam < SIZE_EDGES[1] else "large"
             )
             cx, cy = (x0 + x1) / 2 / w, (y0 + y1) / 2 / h
-            cell = CELL_AT[(min(2, int(cx * 3)), min(2, int(cy * 3)))]
+            cell = cell_of(cx, cy)
             clipped = y0 == 0 or x0 == 0 or y1 == h or x1 == w
             blobs.append(
                 Blob(

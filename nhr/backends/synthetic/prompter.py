@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nhr.backends.base import InstructionDraft, PromptDraft, PromptRequest
+from nhr.seeds import derive_seed
 
 from .language import (
     Edit,
@@ -16,7 +17,7 @@ from .language import (
     write_instruction,
     write_prompt,
 )
-from .scene import BACKGROUNDS, CELLS, COLOURS, KINDS, MAX_OBJECTS, SIZES, STYLES, seed_from
+from .scene import BACKGROUNDS, CELLS, COLOURS, KINDS, MAX_OBJECTS, SIZES, STYLES
 
 TOPICS: tuple[str, ...] = tuple(BACKGROUNDS)
 EDIT_WEIGHTS: dict[str, float] = {
@@ -58,7 +59,7 @@ class SyntheticPrompter:
             raise ValueError(f"unknown style {req.style!r}; the synthetic world has {STYLES}")
         if req.k < 0:
             raise ValueError(f"k must be >= 0, got {req.k}")
-        rng = np.random.default_rng(seed_from("prompt", req.prompt_id, req.seed))
+        rng = np.random.default_rng(derive_seed("prompt", req.prompt_id, req.seed))
         scene = draw_scene(rng, req.style)
         text = write_prompt(scene, rng)
         drafts: list[InstructionDraft] = []

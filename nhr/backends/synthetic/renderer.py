@@ -12,6 +12,8 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from nhr.seeds import derive_seed
+
 from .language import parse_prompt
 from .raster import render
 from .scene import (
@@ -23,7 +25,6 @@ from .scene import (
     PlacedObject,
     jittered_scale,
     place_in_cell,
-    seed_from,
 )
 from .truth import SyntheticTruth
 
@@ -85,7 +86,7 @@ class SyntheticRenderer:
                 f"{self.model_id} only understands prompts in the synthetic world's grammar "
                 f"(write them with SyntheticPrompter): {err}"
             ) from None
-        rng = np.random.default_rng(seed_from("render", prompt, seed))
+        rng = np.random.default_rng(derive_seed("render", prompt, seed))
         objects = []
         for spec in scene.objects:
             scale = jittered_scale(rng, spec.size)

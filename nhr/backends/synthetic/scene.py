@@ -9,8 +9,6 @@ coordinates only; :func:`place_in_cell` turns a cell into a centre for a given p
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -137,10 +135,6 @@ class Layout:
         """Plain JSON-ready dict."""
         return asdict(self)
 
-    def to_json(self) -> str:
-        """Canonical JSON (sorted keys), identical for identical layouts."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Layout:
         """Inverse of :meth:`to_dict`."""
@@ -229,9 +223,3 @@ def cell_of(x: float, y: float) -> str:
     col = min(2, max(0, int(x * 3)))
     row = min(2, max(0, int(y * 3)))
     return CELL_AT[(col, row)]
-
-
-def seed_from(*parts: object) -> int:
-    """A stable 63-bit seed from any printable parts (no use of Python's salted hash)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
