@@ -277,6 +277,26 @@ class PipelineConfig:
         choices=("prefilter", "lowlevel"),
     )
     # --- end evaluation ---
+    # --- judges ---
+    judge_ensemble_members: tuple[str, ...] = _f(
+        ("synthetic",),
+        "judges of VALIDATOR=ensemble: a validator backend, NAME:MODEL, or synthetic:noise=X",
+    )
+    judge_ensemble_combine: str = _f(
+        "mean", "how the ensemble combines its members' scores", choices=("mean", "min")
+    )
+    judge_ensemble_pass: str = _f(
+        "combined",
+        "ensemble pass rule beside the threshold on the combined scores: combined (none), "
+        "all or majority (of members passing on their own)",
+        choices=("combined", "all", "majority"),
+    )
+    eval_judges: tuple[str, ...] = _f(
+        ("validator",),
+        "judges calibrated side by side: 'validator' (the run's own scores) or a judge spec "
+        "(a validator backend, NAME:MODEL, synthetic:noise=X)",
+    )
+    # --- end judges ---
     # running
     batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
     workers: int = _f(1, "batches processed at once (for API-bound stages)", 1, 1024)

@@ -156,6 +156,29 @@ for _backend in ("gemini", "openai"):
 # --- end remote model APIs ---
 
 
+# --- judges: judge formats and the ensemble (validator role) ---
+def _judge_style(transport: str, style: str) -> Factory:
+    def make(ctx: BuildContext) -> Any:
+        from nhr.backends.judge_ensemble import build_style
+
+        return build_style(ctx, transport, style)
+
+    return make
+
+
+def _ensemble(ctx: BuildContext) -> Any:
+    from nhr.backends.judge_ensemble import build_ensemble
+
+    return build_ensemble(ctx, REGISTRY["validator"])
+
+
+REGISTRY["validator"]["gemini-viescore"] = _judge_style("gemini", "viescore")
+REGISTRY["validator"]["openai-viescore"] = _judge_style("openai", "viescore")
+REGISTRY["validator"]["openai-imgedit"] = _judge_style("openai", "imgedit")
+REGISTRY["validator"]["ensemble"] = _ensemble
+# --- end judges ---
+
+
 def known(role: str) -> tuple[str, ...]:
     """Backend names registered for a role."""
     return tuple(REGISTRY[role])
