@@ -108,7 +108,9 @@ class EnsembleJudge:
             failed = [(m, a) for m, a in zip(self.members, answers, strict=True) if a.error]
             if failed:
                 m, a = failed[0]
-                out.append(Scores(0.0, 0.0, error=f"member {m.judge_id}: {a.error}", details=details))
+                out.append(
+                    Scores(0.0, 0.0, error=f"member {m.judge_id}: {a.error}", details=details)
+                )
                 continue
             need = {"combined": 0, "all": len(kept), "majority": len(kept) // 2 + 1}
             veto = "ensemble_vote" if votes < need[self.pass_rule] else None
@@ -152,9 +154,7 @@ def build_judge(ctx: Any, spec: str, factories: Mapping[str, Callable[[Any], Any
         except ValueError:
             noise = -1.0
         if key != "noise" or not 0.0 <= noise <= 3.0:
-            raise ConfigError(
-                f"judge spec {spec!r}", "write synthetic:noise=X with X in [0, 3]"
-            )
+            raise ConfigError(f"judge spec {spec!r}", "write synthetic:noise=X with X in [0, 3]")
         from nhr.backends.synthetic.judge import SyntheticJudge
 
         return SyntheticJudge(noise=noise)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -32,7 +32,7 @@ class FormatJudge:
 
     style = "format"
     template_name = ""
-    schema: dict[str, Any] = {}
+    schema: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -132,4 +132,3 @@ def build_format_judge(ctx: Any, transport: str, cls: type[FormatJudge], model: 
         ctx.cfg.api_image_max_side,
         ctx.cfg.api_max_output_tokens,
     )
-

@@ -13,7 +13,7 @@ values for one score is an error verdict (never a pass); the raw text is kept.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from nhr.backends.api_client import CallError
 from nhr.backends.base import Scores
@@ -24,8 +24,7 @@ _PATTERNS = {
     1: (
         re.compile(r"score\s*1\b[^\n:=\d]*[:=]\s*" + _NUMBER, re.IGNORECASE),
         re.compile(
-            r"(?:prompt\s+compliance|instruction\s+(?:following|adherence))\**\s*[:=]\s*"
-            + _NUMBER,
+            r"(?:prompt\s+compliance|instruction\s+(?:following|adherence))\**\s*[:=]\s*" + _NUMBER,
             re.IGNORECASE,
         ),
     ),
@@ -67,7 +66,7 @@ class ImgEditJudge(FormatJudge):
 
     style = "imgedit"
     template_name = "imgedit"
-    schema: dict[str, Any] = {}
+    schema: ClassVar[dict[str, Any]] = {}
 
     def parse(self, value: Any) -> Scores:
         """See ``parse_imgedit``."""

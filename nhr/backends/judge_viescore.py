@@ -17,7 +17,7 @@ O (0–10), the reasoning and the raw answer are kept in the verdict's ``details
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from nhr.backends.api_client import CallError
 from nhr.backends.base import Scores
@@ -81,7 +81,7 @@ class VIEScoreJudge(FormatJudge):
 
     style = "viescore"
     template_name = "viescore"
-    schema = SCHEMA
+    schema: ClassVar[dict[str, Any]] = SCHEMA
 
     def parse(self, value: Any) -> Scores:
         """See ``parse_viescore``."""

@@ -57,8 +57,6 @@ def krippendorff_alpha(units: Sequence[Sequence[float]], level: str = "interval"
     return round(1.0 - d_o / d_e, 4)
 
 
-def alpha_by_item(
-    ratings: Mapping[str, Sequence[float]], level: str = "interval"
-) -> float | None:
+def alpha_by_item(ratings: Mapping[str, Sequence[float]], level: str = "interval") -> float | None:
     """α of ratings keyed by item id (each item's values from any raters)."""
     return krippendorff_alpha(list(ratings.values()), level)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nhr.config import PipelineConfig
-from nhr.evaluate.calibration import Rating, judges_side_by_side, validator_scores
 from nhr.errors import NhrError
+from nhr.evaluate.calibration import Rating, judges_side_by_side, validator_scores
 
 if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
@@ -39,7 +39,9 @@ def score_items(
 ) -> dict[str, tuple[float, float]]:
     """A judge's (adherence, aesthetic) of the run's candidates in ``ids`` (errors left
     out)."""
-    rows = sorted((c for c in pipe.rows("candidates") if c.candidate_id in ids), key=lambda c: c.candidate_id)
+    rows = sorted(
+        (c for c in pipe.rows("candidates") if c.candidate_id in ids), key=lambda c: c.candidate_id
+    )
     blobs = pipe.store.blobs
     out: dict[str, tuple[float, float]] = {}
     for start in range(0, len(rows), batch_size):
