@@ -39,7 +39,7 @@ def krippendorff_alpha(units: Sequence[Sequence[float]], level: str = "interval"
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     values, o = coincidences(units)
     n_c = o.sum(axis=1)
-    n = n_c.sum()
+    n = float(n_c.sum())
     if len(values) < 2 or n < 2:
         return None
     if level == "interval":
@@ -54,7 +54,7 @@ def krippendorff_alpha(units: Sequence[Sequence[float]], level: str = "interval"
     d_e = float((np.outer(n_c, n_c) * delta).sum()) / (n * (n - 1))
     if d_e == 0:
         return None
-    return round(1.0 - d_o / d_e, 4)
+    return round(float(1.0 - d_o / d_e), 4)
 
 
 def alpha_by_item(ratings: Mapping[str, Sequence[float]], level: str = "interval") -> float | None:

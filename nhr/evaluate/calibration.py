@@ -352,13 +352,18 @@ def threshold_for_precision(
     target: float = PRECISION_TARGET,
     grid: Sequence[float] | None = None,
 ) -> float | None:
-    """The lowest threshold of the grid at which the judge's precision reaches ``target``
-    (None when no threshold does)."""
-    for t in grid if grid is not None else threshold_grid(1.0, 5.0, 0.05):
-        c = classify(judge, human, t, positive)
-        if c["precision"] is not None and c["precision"] >= target:
-            return float(t)
-    return None
+    """The lowest threshold of the grid from which on the judge's precision stays at or
+    above ``target`` (at that threshold and every higher one that passes anything);
+    None when no threshold does."""
+    found = None
+    for t in sorted(grid if grid is not None else threshold_grid(1.0, 5.0, 0.05), reverse=True):
+        precision = classify(judge, human, t, positive)["precision"]
+        if precision is None:
+            continue
+        if precision < target:
+            break
+        found = float(t)
+    return found
 
 
 def judges_side_by_side(
