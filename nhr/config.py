@@ -296,6 +296,27 @@ class PipelineConfig:
         "judges calibrated side by side: 'validator' (the run's own scores) or a judge spec "
         "(a validator backend, NAME:MODEL, synthetic:noise=X)",
     )
+    rate_rater: str = _f("rater-1", "rating notebook: the rater's id (each person their own)")
+    rate_items: int = _f(200, "rating notebook: candidates in the sample to rate", 1, 10**6)
+    rate_seed: int = _f(0, "rating notebook: seed of the sample", 0, 2**31 - 1)
+    rate_strata: int = _f(
+        5, "rating notebook: validator-score strata (the passed + bands of the failed)", 2, 50
+    )
+    rate_simulated_raters: int = _f(
+        0, "rating notebook: people simulated from the synthetic truth (0: real raters)", 0, 50
+    )
+    rate_simulated_noise: float = _f(
+        0.6, "rating notebook: sd of a simulated rater's noise on the 1-5 scale", 0.0, 3.0
+    )
+    tune_images: str = _f(
+        "gcs", "Vertex tuning data: images as GCS fileData URIs or inline", choices=("gcs", "inline")
+    )
+    tune_gcs_prefix: str = _f(
+        "gs://BUCKET/nhr-tuning/images", "Vertex tuning data: the GCS folder of the images"
+    )
+    tune_validation_share: float = _f(
+        0.1, "tuning data: share of the rated items held out for validation", 0.0, 0.9
+    )
     # --- end judges ---
     # running
     batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
