@@ -309,7 +309,9 @@ class PipelineConfig:
         0.6, "rating notebook: sd of a simulated rater's noise on the 1-5 scale", 0.0, 3.0
     )
     tune_images: str = _f(
-        "gcs", "Vertex tuning data: images as GCS fileData URIs or inline", choices=("gcs", "inline")
+        "gcs",
+        "Vertex tuning data: images as GCS fileData URIs or inline",
+        choices=("gcs", "inline"),
     )
     tune_gcs_prefix: str = _f(
         "gs://BUCKET/nhr-tuning/images", "Vertex tuning data: the GCS folder of the images"
