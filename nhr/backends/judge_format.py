@@ -28,11 +28,12 @@ RAW_MAX_CHARS = 4000
 
 class FormatJudge:
     """Scores (source, edit, instruction) with a judge-format prompt; subclasses give the
-    prompt name, the response schema (``{}``: free text) and ``parse``."""
+    prompt name, the response schema (or ``free_text``) and ``parse``."""
 
     style = "format"
     template_name = ""
     schema: ClassVar[dict[str, Any]] = {}
+    free_text = False
 
     def __init__(
         self,
@@ -65,7 +66,14 @@ class FormatJudge:
         }
         system, parts = self.template.render({"instruction": instruction}, images)
         return ModelRequest(
-            self.model, self.prompt_version, system, parts, self.schema, 0.0, self.max_output_tokens
+            self.model,
+            self.prompt_version,
+            system,
+            parts,
+            self.schema,
+            0.0,
+            self.max_output_tokens,
+            self.free_text,
         )
 
     def _capturing(self, raws: list[str | None], i: int) -> Callable[[Any], Scores]:

@@ -13,7 +13,7 @@ values for one score is an error verdict (never a pass); the raw text is kept.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any
 
 from nhr.backends.api_client import CallError
 from nhr.backends.base import Scores
@@ -66,7 +66,7 @@ class ImgEditJudge(FormatJudge):
 
     style = "imgedit"
     template_name = "imgedit"
-    schema: ClassVar[dict[str, Any]] = {}
+    free_text = True
 
     def parse(self, value: Any) -> Scores:
         """See ``parse_imgedit``."""

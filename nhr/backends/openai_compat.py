@@ -83,7 +83,7 @@ class OpenAITransport:
             "temperature": request.temperature,
             "max_tokens": request.max_output_tokens,
         }
-        if request.schema:  # an empty schema asks for free text
+        if not request.free_text:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": request.schema, "strict": True},

@@ -22,7 +22,7 @@ client that trusted them would count a pass.
 
 Judge formats: a schema with ``prompt_following`` is answered VIEScore-style (0–10
 sub-scores with reasoning; ``range`` gives 11, ``schema`` sub-scores as words); a request
-without a response schema is answered in free text, ImgEdit-Judge style (``Score 1 (Prompt
+asking for no structured output is answered in free text, ImgEdit-Judge style (``Score 1 (Prompt
 Compliance): 4`` / ``Reason: ...`` / ``Score 2 ...``; ``malformed`` drops Score 2,
 ``schema`` writes the scores as words, ``range`` gives 7, and the scripted-only
 ``ambiguous`` gives Score 1 twice with different values).
@@ -290,12 +290,14 @@ class FakeModelServer:
             return False
         return True
 
-    def _content(self, schema: dict[str, Any], text: str, fault: str | None) -> tuple[str, str]:
+    def _content(
+        self, schema: dict[str, Any], text: str, fault: str | None, free_text: bool = False
+    ) -> tuple[str, str]:
         """(answer text, finish) for a request, with a content fault applied."""
         finish = {"safety": "SAFETY", "truncated": "MAX_TOKENS"}.get(fault or "", "STOP")
-        if not schema.get("properties"):  # free text: an ImgEdit-Judge style answer
+        if free_text:  # no structured output asked: an ImgEdit-Judge style answer
             return imgedit_fault(fault, imgedit_answer(text)), finish
-        if "prompt_following" in schema["properties"]:
+        if "prompt_following" in schema.get("properties", {}):
             clean = (self.answer(schema, text) if self.answer else None) or viescore_answer(text)
             if fault == "range":
                 return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, 11)}), "STOP"
@@ -350,7 +352,9 @@ class FakeModelServer:
         usage = {"promptTokenCount": len(text) // 4 + 258 * images}
         if fault == "empty":
             return {"candidates": [], "usageMetadata": usage}
-        answer, finish = self._content(self._gemini_schema(request), text, fault)
+        cfg = request.get("generationConfig") or request.get("generation_config") or {}
+        free = (cfg.get("responseMimeType") or cfg.get("response_mime_type")) == "text/plain"
+        answer, finish = self._content(self._gemini_schema(request), text, fault, free)
         usage["candidatesTokenCount"] = len(answer) // 4 + 1
         return {
             "candidates": [
@@ -465,7 +469,7 @@ class FakeModelServer:
                 h, 200, {"id": "x", "object": "chat.completion", "choices": [], "usage": usage}
             )
             return
-        answer, finish = self._content(schema, text, fault)
+        answer, finish = self._content(schema, text, fault, "response_format" not in body)
         usage["completion_tokens"] = len(answer) // 4 + 1
         reason = {"STOP": "stop", "SAFETY": "content_filter", "MAX_TOKENS": "length"}[finish]
         self._send(
