@@ -321,6 +321,19 @@ class ValidationBlock(Block):
     validator: str = _f("synthetic", "hard validator backend", role=True)
     validator_model: str = _f("", "hard validator model id (a tuned endpoint too)")
     threshold: float = _f(4.7, "hard validator: pass iff both scores >= this", 1.0, 5.0)
+    judge_ensemble_members: tuple[str, ...] = _f(
+        ("synthetic",),
+        "judges of VALIDATOR=ensemble: a validator backend, NAME:MODEL, or synthetic:noise=X",
+    )
+    judge_ensemble_combine: str = _f(
+        "mean", "how the ensemble combines its members' scores", choices=("mean", "min")
+    )
+    judge_ensemble_pass: str = _f(
+        "combined",
+        "ensemble pass rule beside the threshold on the combined scores: combined (none), "
+        "all or majority (of members passing on their own)",
+        choices=("combined", "all", "majority"),
+    )
 
 
 class SyntheticBlock(Block):
@@ -526,6 +539,36 @@ class EvaluationBlock(Block):
         ("prefilter", "lowlevel"),
         "filters the ablation switches off, one at a time",
         choices=("prefilter", "lowlevel"),
+    )
+    eval_judges: tuple[str, ...] = _f(
+        ("validator",),
+        "judges calibrated side by side: 'validator' (the run's own scores) or a judge spec "
+        "(a validator backend, NAME:MODEL, synthetic:noise=X)",
+    )
+    rate_rater: str = _f(
+        "rater-1", "rating notebook: the rater's id (each person their own)", runtime=True
+    )
+    rate_items: int = _f(200, "rating notebook: candidates in the sample to rate", 1, 10**6)
+    rate_seed: int = _f(0, "rating notebook: seed of the sample", 0, 2**31 - 1)
+    rate_strata: int = _f(
+        5, "rating notebook: validator-score strata (the passed + bands of the failed)", 2, 50
+    )
+    rate_simulated_raters: int = _f(
+        0, "rating notebook: people simulated from the synthetic truth (0: real raters)", 0, 50
+    )
+    rate_simulated_noise: float = _f(
+        0.6, "rating notebook: sd of a simulated rater's noise on the 1-5 scale", 0.0, 3.0
+    )
+    tune_images: str = _f(
+        "gcs",
+        "Vertex tuning data: images as GCS fileData URIs or inline",
+        choices=("gcs", "inline"),
+    )
+    tune_gcs_prefix: str = _f(
+        "gs://BUCKET/nhr-tuning/images", "Vertex tuning data: the GCS folder of the images"
+    )
+    tune_validation_share: float = _f(
+        0.1, "tuning data: share of the rated items held out for validation", 0.0, 0.9
     )
 
     @model_validator(mode="after")

@@ -66,6 +66,21 @@ def test_evaluate_config_runs_the_three_notebooks(tiny_chain, tmp_path):
     calib = json.loads((plots / "calibration.json").read_text())
     assert calib["per_dimension"]["adherence"]["mae"] < 1.0
     assert calib["at_threshold"]["threshold"] == 4.7 and "survival" in calib
+    judges = {j["judge_id"]: j for j in calib["judges"]}  # configs/evaluate.yaml: three
+    assert list(judges) == [
+        "synthetic-judge-v1",
+        "synthetic-judge-v1-noise0.5",
+        "synthetic-judge-v1-noise2",
+    ]
+    for j in judges.values():
+        assert {"mae_adherence", "spearman_adherence", "precision", "recall"} <= set(j)
+        assert "threshold_for_precision_0_9" in j
+    own = judges["synthetic-judge-v1"]
+    assert own["mae_adherence"] == calib["per_dimension"]["adherence"]["mae"]
+    assert (
+        judges["synthetic-judge-v1-noise0.5"]["mae_adherence"]
+        < judges["synthetic-judge-v1-noise2"]["mae_adherence"]
+    )
     table = json.loads((plots / "ablations.json").read_text())["variants"]
     assert [r["variant"] for r in table] == [
         "base",
@@ -80,6 +95,7 @@ def test_evaluate_config_runs_the_three_notebooks(tiny_chain, tmp_path):
         "calibration_mae_by_bucket",
         "calibration_confusion",
         "calibration_precision_recall",
+        "calibration_judges",
         "survival_curve",
         "ablations",
     ):

@@ -119,8 +119,9 @@ class ImagePart:
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """One structured-output request: system instructions, then the user's parts (text and
-    images in order), answered as JSON matching ``schema``."""
+    """One request: system instructions, then the user's parts (text and images in order),
+    answered as JSON matching ``schema``, or as free text when ``free_text`` (judges
+    trained to write their own format, parsed by the caller)."""
 
     model: str
     prompt_version: str
@@ -129,10 +130,13 @@ class ModelRequest:
     schema: dict[str, Any]
     temperature: float = 0.0
     max_output_tokens: int = 1024
+    free_text: bool = False
 
     def canonical(self) -> dict[str, Any]:
         """The request as plain data, images by hash: what the cache key hashes."""
+        extra = {"free_text": True} if self.free_text else {}
         return {
+            **extra,
             "model": self.model,
             "prompt_version": self.prompt_version,
             "system": self.system,
@@ -182,8 +186,9 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def check_reply(reply: ModelReply) -> Any:
-    """The JSON value of a reply, or a ``CallError`` naming why there is none."""
+def check_reply(reply: ModelReply, free_text: bool = False) -> Any:
+    """The JSON value of a reply (its stripped text when ``free_text``), or a
+    ``CallError`` naming why there is none."""
     finish = reply.finish.upper()
     if finish.startswith("BLOCKED") or finish in {
         "SAFETY",
@@ -200,6 +205,8 @@ def check_reply(reply: ModelReply) -> Any:
     if finish != "STOP":
         raise CallError("bad_finish", f"finish reason {reply.finish}")
     text = reply.text.strip()
+    if free_text:
+        return text
     if text.startswith("```"):
         text = text.strip("`").removeprefix("json").strip()
     try:
@@ -497,7 +504,7 @@ class RemoteClient:
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             try:
-                value = parse(check_reply(cached))
+                value = parse(check_reply(cached, request.free_text))
             except CallError:
                 pass  # an old entry the current parser refuses: ask again
             else:
@@ -508,7 +515,7 @@ class RemoteClient:
         for _ in range(1 + self.settings.content_retries):
             try:
                 reply = await self._send(request, counters)
-                value = parse(check_reply(reply))
+                value = parse(check_reply(reply, request.free_text))
             except CallError as err:
                 last = err
                 if err.kind not in CONTENT_KINDS:

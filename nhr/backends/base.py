@@ -7,7 +7,7 @@ pipeline or a Gemini client are interchangeable by configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -52,11 +52,17 @@ class YesNo:
 
 @dataclass(frozen=True)
 class Scores:
-    """Hard-validator scores on 1–5; ``error`` is set when the judge failed (never a pass)."""
+    """Hard-validator scores on 1–5; ``error`` is set when the judge failed (never a pass).
+
+    ``details`` holds what a judge wants kept beside its scores (its raw answer, sub-scores
+    on its own scale); ``veto`` is a reason that fails the verdict whatever the scores
+    (an ensemble's vote that did not carry)."""
 
     adherence: float
     aesthetic: float
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    veto: str | None = None
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,8 @@ class GeminiTransport:
             system_instruction=request.system,
             temperature=request.temperature,
             max_output_tokens=request.max_output_tokens,
-            response_mime_type="application/json",
-            response_json_schema=request.schema,
+            response_mime_type="text/plain" if request.free_text else "application/json",
+            response_json_schema=None if request.free_text else request.schema,
             thinking_config=(
                 types.ThinkingConfig(thinking_budget=self.thinking_budget)
                 if self.thinking_budget >= 0
@@ -237,7 +237,7 @@ class GeminiBatchMode:
             cached = cache.get(key)
             if cached is not None:
                 try:
-                    results[i] = parse(check_reply(cached))
+                    results[i] = parse(check_reply(cached, req.free_text))
                     for u in counters:
                         u.add(cache_hits=1)
                     continue
@@ -254,7 +254,7 @@ class GeminiBatchMode:
             try:
                 if isinstance(got, CallError):
                     raise got
-                results[i] = parse(check_reply(got))
+                results[i] = parse(check_reply(got, todo[key].free_text))
                 cache.put(key, todo[key].model, got)
             except CallError as err:
                 results[i] = err

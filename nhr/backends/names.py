@@ -25,7 +25,7 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "gate_judge": _JUDGE,
     "editor": ("synthetic", "flux-kontext", "qwen-image-edit", "instruct-pix2pix", "null"),
     "prefilter_judge": _JUDGE,
-    "validator": _JUDGE,
+    "validator": (*_JUDGE, "gemini-viescore", "openai-viescore", "openai-imgedit", "ensemble"),
     "inverter": ("synthetic", "plumbing", "gemini", "openai", "null"),
 }
 
@@ -41,6 +41,11 @@ FAMILY_BLOCKS: dict[str, tuple[str, ...]] = {
     "instruct-pix2pix": ("diffusers",),
     "gemini": ("api", "gemini"),
     "openai": ("api", "openai"),
+    "gemini-viescore": ("api", "gemini"),
+    "openai-viescore": ("api", "openai"),
+    "openai-imgedit": ("api", "openai"),
+    # an ensemble's members may be of any family
+    "ensemble": ("synthetic", "api", "gemini", "openai"),
 }
 
 

@@ -74,7 +74,7 @@ class OpenAITransport:
                 content.append({"type": "image_url", "image_url": {"url": url}})
             else:
                 content.append({"type": "text", "text": p})
-        return {
+        body: dict[str, Any] = {
             "model": request.model,
             "messages": [
                 {"role": "system", "content": request.system},
@@ -82,11 +82,13 @@ class OpenAITransport:
             ],
             "temperature": request.temperature,
             "max_tokens": request.max_output_tokens,
-            "response_format": {
+        }
+        if not request.free_text:
+            body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": request.schema, "strict": True},
-            },
-        }
+            }
+        return body
 
     async def generate(self, request: ModelRequest, timeout: float) -> ModelReply:
         """One chat completion."""

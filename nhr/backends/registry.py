@@ -176,6 +176,32 @@ for _role in REGISTRY:
 # --- end null world ---
 
 
+# --- judges: judge formats and the ensemble (validator role) ---
+def _judge_style(transport: str, style: str) -> Factory:
+    """The factory of a judge-format validator (VIEScore, ImgEdit) over a transport."""
+
+    def make(ctx: BuildContext) -> Any:
+        from nhr.backends.judge_ensemble import build_style
+
+        return build_style(ctx, transport, style)
+
+    return make
+
+
+def _ensemble(ctx: BuildContext) -> Any:
+    """The ensemble validator over the validator registry's members."""
+    from nhr.backends.judge_ensemble import build_ensemble
+
+    return build_ensemble(ctx, REGISTRY["validator"])
+
+
+REGISTRY["validator"]["gemini-viescore"] = _judge_style("gemini", "viescore")
+REGISTRY["validator"]["openai-viescore"] = _judge_style("openai", "viescore")
+REGISTRY["validator"]["openai-imgedit"] = _judge_style("openai", "imgedit")
+REGISTRY["validator"]["ensemble"] = _ensemble
+# --- end judges ---
+
+
 def _check_names() -> None:
     """Refuse to load when the factories and ``nhr.backends.names`` (which the config
     checks backend names against) disagree."""

@@ -6,8 +6,10 @@ same items (a run's ``validator`` table, or any id → scores mapping) are compa
 the raters' mean: MAE and Spearman ρ per dimension, precision/recall/F1/accuracy at a
 threshold with "positive = both human scores > 4.0", MAE by human score bucket, 5×5
 confusion matrices of rounded scores, precision and recall against the threshold, and
-inter-rater agreement (mean pairwise Spearman ρ between raters on shared items). On the
-synthetic world the truth stands in for the raters (``truth_ratings``).
+inter-rater agreement (mean pairwise Spearman ρ between raters on shared items, and
+Krippendorff's α). On the synthetic world the truth stands in for the raters
+(``truth_ratings``). Several judges are compared on the same ratings by
+``judges_side_by_side``.
 """
 
 from __future__ import annotations
@@ -215,7 +217,10 @@ def _rounded(x: np.ndarray) -> np.ndarray:
 
 
 def inter_rater(ratings: Sequence[Rating]) -> dict[str, Any]:
-    """Mean pairwise Spearman ρ (and MAE) between raters, on the items both rated."""
+    """Mean pairwise Spearman ρ (and MAE) between raters, on the items both rated, and
+    Krippendorff's α (interval and ordinal) over every item rated more than once."""
+    from nhr.evaluate.agreement import krippendorff_alpha
+
     by_rater: dict[str, dict[str, Rating]] = defaultdict(dict)
     for r in ratings:
         by_rater[r.rater][r.item_id] = r
@@ -234,6 +239,11 @@ def inter_rater(ratings: Sequence[Rating]) -> dict[str, Any]:
         out[f"{dim}_spearman"] = round(float(np.mean(rhos)), 4) if rhos else None
         out[f"{dim}_mae"] = round(float(np.mean(maes)), 4) if maes else None
         out["pairs"] = max(out["pairs"], len(maes))
+        units: dict[str, list[float]] = defaultdict(list)
+        for r in ratings:
+            units[r.item_id].append(getattr(r, dim))
+        for level in ("interval", "ordinal"):
+            out[f"{dim}_alpha_{level}"] = krippendorff_alpha(list(units.values()), level)
     return out
 
 
@@ -333,3 +343,60 @@ def calibrate(
         "vs_threshold": [classify(pred, human, t, positive) for t in grid],
         "inter_rater": inter_rater(ratings),
     }
+
+
+# ---------------------------------------------------------------- judges side by side
+PRECISION_TARGET = 0.9
+
+
+def threshold_for_precision(
+    judge: np.ndarray,
+    human: np.ndarray,
+    positive: float = 4.0,
+    target: float = PRECISION_TARGET,
+    grid: Sequence[float] | None = None,
+) -> float | None:
+    """The lowest threshold of the grid from which on the judge's precision stays at or
+    above ``target`` (at that threshold and every higher one that passes anything);
+    None when no threshold does."""
+    found = None
+    for t in sorted(grid if grid is not None else threshold_grid(1.0, 5.0, 0.05), reverse=True):
+        precision = classify(judge, human, t, positive)["precision"]
+        if precision is None:
+            continue
+        if precision < target:
+            break
+        found = float(t)
+    return found
+
+
+def judges_side_by_side(
+    judges: Mapping[str, Scores],
+    ratings: Sequence[Rating],
+    threshold: float = 4.7,
+    positive: float = 4.0,
+) -> list[dict[str, Any]]:
+    """One row per judge on the same ratings: MAE and Spearman ρ per dimension,
+    precision and recall at ``threshold``, and the threshold it needs for a precision of
+    0.9. Each judge must have scored every rated item."""
+    rows = []
+    for judge_id, scores in judges.items():
+        _, pred, human = paired(scores, ratings)
+        at = classify(pred, human, threshold, positive)
+        row: dict[str, Any] = {"judge_id": judge_id, "items": len(pred)}
+        for k, dim in enumerate(DIMENSIONS):
+            row[f"mae_{dim}"] = round(float(np.abs(pred[:, k] - human[:, k]).mean()), 4)
+            row[f"spearman_{dim}"] = _spearman(list(pred[:, k]), list(human[:, k]))
+        row.update(
+            {
+                "threshold": round(float(threshold), 4),
+                "precision": at["precision"],
+                "recall": at["recall"],
+                "threshold_for_precision_0_9": threshold_for_precision(pred, human, positive),
+                "vs_threshold": [
+                    classify(pred, human, t, positive) for t in threshold_grid(3.0, 5.0, 0.05)
+                ],
+            }
+        )
+        rows.append(row)
+    return rows

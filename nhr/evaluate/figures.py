@@ -214,3 +214,34 @@ def ablations(table: Any) -> Figure:
     fig.suptitle("ablations on the synthetic world (orange: the base run)")
     fig.tight_layout()
     return fig
+
+
+def judges_side_by_side(rows: Sequence[dict[str, Any]]) -> Figure:
+    """Judges on the same ratings: precision (solid) and recall (dashed) against the
+    threshold, one colour per judge, and their MAE and Spearman ρ of adherence as bars."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=(3, 2))
+    for i, row in enumerate(rows):
+        colour = f"C{i}"
+        grid = row["vs_threshold"]
+        t = [r["threshold"] for r in grid]
+        for key, style in (("precision", "-"), ("recall", "--")):
+            ys = [np.nan if r[key] is None else r[key] for r in grid]
+            ax.plot(t, ys, style, color=colour, label=f"{row['judge_id']} {key}")
+    if rows:
+        ax.axvline(rows[0]["threshold"], color="k", lw=0.8, ls=":")
+    ax.axhline(0.9, color="grey", lw=0.6)
+    ax.set_xlabel("threshold (both scores ≥)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision and recall against humans")
+    ax.legend(fontsize=6)
+    x = np.arange(len(rows))
+    for j, (key, label) in enumerate(
+        (("mae_adherence", "MAE adherence"), ("spearman_adherence", "ρ adherence"))
+    ):
+        vals = [np.nan if r[key] is None else r[key] for r in rows]
+        bx.bar(x + (j - 0.5) * 0.38, vals, 0.38, label=label)
+    bx.set_xticks(x, [str(r["judge_id"])[:28] for r in rows], rotation=20, ha="right", fontsize=7)
+    bx.legend(fontsize=8)
+    bx.set_title("error and rank agreement")
+    fig.tight_layout()
+    return fig

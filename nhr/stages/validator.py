@@ -30,7 +30,8 @@ def edited_image_of(row: Any) -> str:
 class ValidatorStage(Stage[CandidateRow, Verdict]):
     """Scores every candidate 1–5 on instruction adherence and aesthetics; pass iff both
     >= ``threshold``. Reasons: ``ok``, ``low_adherence``, ``low_aesthetic``, ``low_both``,
-    ``judge_error`` (never a pass)."""
+    ``judge_error`` (never a pass), or the judge's ``veto``. The judge's ``details`` (a raw
+    answer, sub-scores) are kept in the verdict's ``details``."""
 
     name = "validator"
     input_type = CandidateRow
@@ -60,6 +61,8 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
             low_adh, low_aes = s.adherence < self.threshold, s.aesthetic < self.threshold
             if s.error:
                 reason = "judge_error"
+            elif s.veto:
+                reason = s.veto
             elif low_adh and low_aes:
                 reason = "low_both"
             elif low_adh:
@@ -75,7 +78,9 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
                     reason=reason,
                     adherence=float(s.adherence),
                     aesthetic=float(s.aesthetic),
-                    details=json.dumps({"score": geometric_score(s.adherence, s.aesthetic)}),
+                    details=json.dumps(
+                        {"score": geometric_score(s.adherence, s.aesthetic), **s.details}
+                    ),
                     judge_id=self.judge.judge_id,
                     prompt_version=self.judge.prompt_version,
                     error=s.error,

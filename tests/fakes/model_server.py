@@ -20,6 +20,13 @@ scripted (``queue(...)``, served in order before any random one):
 the API key, to test redaction). Content faults carry a *passing-looking* answer, so a
 client that trusted them would count a pass.
 
+Judge formats: a schema with ``prompt_following`` is answered VIEScore-style (0–10
+sub-scores with reasoning; ``range`` gives 11, ``schema`` sub-scores as words); a request
+asking for no structured output is answered in free text, ImgEdit-Judge style (``Score 1 (Prompt
+Compliance): 4`` / ``Reason: ...`` / ``Score 2 ...``; ``malformed`` drops Score 2,
+``schema`` writes the scores as words, ``range`` gives 7, and the scripted-only
+``ambiguous`` gives Score 1 twice with different values).
+
 Every request is logged (time, api, fault served, the user text, the answer's fields),
 so tests can count calls and check what each subject was finally told. Run it alone with
 ``python tests/fakes/model_server.py --port 8765 [--latency 0.25]``.
@@ -71,6 +78,43 @@ def default_answer(schema: dict[str, Any], text: str) -> dict[str, Any]:
         else:
             out[name] = "make the red object blue"
     return out
+
+
+VIESCORE_FIELDS = ("prompt_following", "consistency", "perceptual_quality")
+
+
+def viescore_answer(text: str) -> dict[str, Any]:
+    """A VIEScore-style answer, deterministic in the request text."""
+    h = _h(text)
+    out: dict[str, Any] = {"reasoning": "the requested change is visible; the rest is kept"}
+    for i, name in enumerate(VIESCORE_FIELDS):
+        out[name] = [10, 10, 9, 9, 8, 7, 5, 2][(h >> (3 * i)) % 8]
+    return out
+
+
+def imgedit_answer(text: str) -> str:
+    """An ImgEdit-Judge style free-text answer, deterministic in the request text."""
+    h = _h(text)
+    a, b = [5, 5, 4, 4, 3, 2, 1, 5][h % 8], [5, 4, 5, 3, 4, 2, 5, 5][(h >> 3) % 8]
+    return (
+        f"Score 1 (Prompt Compliance): {a}\nReason: the instruction is carried out.\n"
+        f"Score 2 (Visual Quality): {b}\nReason: the result looks natural."
+    )
+
+
+def imgedit_fault(fault: str | None, clean: str) -> str:
+    """An ImgEdit-style answer with a content fault applied (passing-looking)."""
+    if fault == "malformed":
+        return "Score 1 (Prompt Compliance): 5\nReason: the instruction is carried out."
+    if fault == "schema":
+        return "Score 1: five\nScore 2: five"
+    if fault == "range":
+        return "Score 1: 7\nReason: perfect.\nScore 2: 7\nReason: perfect."
+    if fault == "ambiguous":
+        return "Score 1: 5\nReason: perfect.\nScore 1: 2\nScore 2: 5"
+    if fault in ("safety", "truncated"):
+        return "Score 1: 5\nScore 2: 5"
+    return clean
 
 
 def passing_answer(schema: dict[str, Any]) -> dict[str, Any]:
@@ -246,8 +290,22 @@ class FakeModelServer:
             return False
         return True
 
-    def _content(self, schema: dict[str, Any], text: str, fault: str | None) -> tuple[str, str]:
+    def _content(
+        self, schema: dict[str, Any], text: str, fault: str | None, free_text: bool = False
+    ) -> tuple[str, str]:
         """(answer text, finish) for a request, with a content fault applied."""
+        finish = {"safety": "SAFETY", "truncated": "MAX_TOKENS"}.get(fault or "", "STOP")
+        if free_text:  # no structured output asked: an ImgEdit-Judge style answer
+            return imgedit_fault(fault, imgedit_answer(text)), finish
+        if "prompt_following" in schema.get("properties", {}):
+            clean = (self.answer(schema, text) if self.answer else None) or viescore_answer(text)
+            if fault == "range":
+                return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, 11)}), "STOP"
+            if fault == "schema":
+                return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, "ten")}), "STOP"
+            if fault == "malformed":
+                return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, 10)})[:-3], "STOP"
+            return json.dumps(clean), finish
         clean = (self.answer(schema, text) if self.answer else None) or default_answer(schema, text)
         has_numbers = any(
             s.get("type", "").lower() == "number" for s in schema.get("properties", {}).values()
@@ -294,7 +352,9 @@ class FakeModelServer:
         usage = {"promptTokenCount": len(text) // 4 + 258 * images}
         if fault == "empty":
             return {"candidates": [], "usageMetadata": usage}
-        answer, finish = self._content(self._gemini_schema(request), text, fault)
+        cfg = request.get("generationConfig") or request.get("generation_config") or {}
+        free = (cfg.get("responseMimeType") or cfg.get("response_mime_type")) == "text/plain"
+        answer, finish = self._content(self._gemini_schema(request), text, fault, free)
         usage["candidatesTokenCount"] = len(answer) // 4 + 1
         return {
             "candidates": [
@@ -409,7 +469,7 @@ class FakeModelServer:
                 h, 200, {"id": "x", "object": "chat.completion", "choices": [], "usage": usage}
             )
             return
-        answer, finish = self._content(schema, text, fault)
+        answer, finish = self._content(schema, text, fault, "response_format" not in body)
         usage["completion_tokens"] = len(answer) // 4 + 1
         reason = {"STOP": "stop", "SAFETY": "content_filter", "MAX_TOKENS": "length"}[finish]
         self._send(
