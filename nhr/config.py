@@ -277,6 +277,51 @@ class PipelineConfig:
         choices=("prefilter", "lowlevel"),
     )
     # --- end evaluation ---
+    # --- photos and images ---
+    sources: str = _f(
+        "generated",
+        "where source images come from: the text-to-image model, or a photo collection",
+        choices=("generated", "photos"),
+    )
+    photos: str = _f(
+        "",
+        "photo collection (SOURCES photos): a folder of images, an imagefolder "
+        "(metadata.jsonl/csv), a parquet file or folder, WebDataset .tar shards, or a hub id",
+    )
+    photos_column: str = _f(
+        "", "column or WebDataset key holding the photo ('': the first image-like one)"
+    )
+    photos_split: str = _f("train", "split of a hub photo collection")
+    photos_synthetic: int = _f(
+        0,
+        "render this many synthetic-world pictures into PHOTOS first, a stand-in photo "
+        "collection the synthetic editor and judge understand (0: none)",
+        0,
+        10**6,
+    )
+    photos_max: int = _f(
+        0, "photos drawn uniformly (seeded) from the collection (0: all)", 0, 10**9
+    )
+    captioner: str = _f("synthetic", "VLM that describes each photo (SOURCES photos)", role=True)
+    captioner_model: str = _f("", "captioner model id")
+    caption_writer: str = _f(
+        "synthetic", "writes k edit instructions from a photo's caption", role=True
+    )
+    caption_writer_model: str = _f("", "caption instruction writer model id")
+    image_max_pixels: int = _f(
+        40_000_000, "images from outside with more pixels are refused (bombs too)", 1, 2**31
+    )
+    image_min_side: int = _f(32, "images from outside with a shorter side are refused", 1, 65536)
+    image_max_aspect: float = _f(
+        8.0, "images from outside more elongated than this are refused (0: any)", 0.0, 1e6
+    )
+    image_background: str = _f(
+        "#ffffff", "colour transparent pixels are composited on ('#rrggbb', white, black)"
+    )
+    export_webdataset: bool = _f(True, "also write WebDataset .tar shards beside the parquet")
+    export_webdataset_shard_rows: int = _f(1000, "samples per WebDataset shard", 1, 10**7)
+    export_license: str = _f("cc-by-4.0", "licence id written in the dataset card")
+    # --- end photos and images ---
     # running
     batch_size: int = _f(16, "rows per batch (and per output shard)", 1, 100_000)
     workers: int = _f(1, "batches processed at once (for API-bound stages)", 1, 1024)
@@ -304,6 +349,19 @@ class PipelineConfig:
             )
         if not self.edit_guidance:
             raise ConfigError("edit_guidance is empty", "give at least one value, e.g. [2.5]")
+        from nhr.images import parse_colour
+
+        try:
+            parse_colour(self.image_background)
+        except ValueError as err:
+            raise ConfigError(
+                f"IMAGE_BACKGROUND={self.image_background!r}: {err}", "use e.g. '#ffffff'"
+            ) from None
+        if self.sources == "photos" and not self.photos:
+            raise ConfigError(
+                "SOURCES is photos but PHOTOS is empty",
+                "set PHOTOS to a folder, parquet, WebDataset shards or a hub id",
+            )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from nhr.stages.edits import EditStage, plan_edit_jobs
 from nhr.stages.export import card_body, export_dataset
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
+from nhr.stages.photos import PhotoRow
 from nhr.stages.preference import PreferencePair, preference_pairs
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
@@ -51,6 +52,7 @@ TABLE_TYPES: dict[str, type] = {
     "composition": DraftRow,
     "composed_validator": Verdict,
     "triplets": TripletRow,
+    "photos": PhotoRow,
 }
 
 
@@ -163,12 +165,18 @@ class Pipeline:
 
     # ---- stages --------------------------------------------------------------------
     def prompts(self) -> StageResult:
-        """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each."""
+        """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each (with
+        SOURCES photos: read and caption the photos, then K_INSTRUCTIONS per caption)."""
+        if self.cfg.sources == "photos":
+            return self.photo_prompts()
         stage = PromptStage(self.backends.prompter, self.cfg.k_instructions)
         return self.runner.run(stage, plan_prompt_jobs(self.cfg.n_prompts, self.cfg.seed))
 
     def sources(self) -> StageResult:
-        """Stage 2: N_SOURCE_SEEDS source images per prompt."""
+        """Stage 2: N_SOURCE_SEEDS source images per prompt (with SOURCES photos: the
+        photo of each captioned prompt)."""
+        if self.cfg.sources == "photos":
+            return self.photo_sources()
         c = self.cfg
         stage = SourceStage(
             self.backends.t2i,
@@ -326,3 +334,68 @@ class Pipeline:
         }
         self.store.write_stats("export", stats)
         return StageResult("export", rows, stats)
+
+    # ---- photos as sources (SOURCES photos) -----------------------------------------
+    def photo_collection(self) -> Any:
+        """The configured photo collection (PHOTOS), opened for reading by index."""
+        from nhr.photo_collections import open_collection
+
+        return open_collection(self.cfg.photos, self.cfg.photos_column, self.cfg.photos_split)
+
+    def render_synthetic_photos(self) -> Path | None:
+        """With PHOTOS_SYNTHETIC > 0, render that many synthetic-world pictures as PNG
+        files into PHOTOS (a stand-in photo collection whose pixels this run's synthetic
+        world knows); None otherwise."""
+        if not self.cfg.photos_synthetic:
+            return None
+        from nhr.backends.registry import synthetic_world
+        from nhr.backends.synthetic.photo_folder import write_photo_folder
+
+        world = synthetic_world(self.backends.ctx)
+        c = self.cfg
+        return write_photo_folder(
+            world, Path(c.photos), c.photos_synthetic, c.seed, (c.long_side_min, c.long_side_max)
+        )
+
+    def photos(self) -> StageResult:
+        """Read, check and caption the photos (table ``photos``); refusals are counted
+        by reason in its stats."""
+        from nhr.images import ImageLimits
+        from nhr.stages.photos import PhotoStage, plan_photo_jobs
+
+        self.render_synthetic_photos()
+        collection = self.photo_collection()
+        stage = PhotoStage(
+            collection,
+            self.backends.captioner,
+            self.store.blobs,
+            ImageLimits.from_config(self.cfg),
+            self.cfg.long_side_max,
+        )
+        jobs = plan_photo_jobs(collection, self.cfg.photos_max, self.cfg.seed)
+        return self.runner.run(stage, jobs, extra_stats={"collection_size": len(collection)})
+
+    def photo_prompts(self) -> StageResult:
+        """The photos, then K_INSTRUCTIONS instructions per caption (table ``prompts``)."""
+        from nhr.stages.photos import CaptionInstructionStage
+
+        self.photos()
+        captioned = [p for p in self.rows("photos") if p.passed]
+        stage = CaptionInstructionStage(
+            self.backends.caption_writer, self.cfg.k_instructions, self.cfg.seed
+        )
+        result = self.runner.run(stage, captioned)
+        empty = sum(not r.instructions for r in self.rows("prompts"))
+        if empty:
+            result.stats["drops_by_reason"] = {"no_instructions": empty}
+            self.store.write_stats("prompts", result.stats)
+        return result
+
+    def photo_sources(self) -> StageResult:
+        """One source per captioned photo with instructions (table ``sources``)."""
+        from nhr.stages.photos import PhotoSourceStage
+
+        photos = {p.photo_id: p for p in self.rows("photos") if p.passed}
+        prompts = [p for p in self.rows("prompts") if p.instructions]
+        stage = PhotoSourceStage(photos, self.cfg.photos)
+        return self.runner.run(stage, prompts)
