@@ -230,7 +230,8 @@ class Backends:
     def truth(self) -> Any | None:
         """The synthetic world's truth when any role uses the synthetic world, else None."""
         cfg = self.ctx.cfg
-        roles = [r for r in REGISTRY if r not in PHOTO_ROLES or cfg.sources == "photos"]
+        unused = ("prompter", "t2i") if cfg.sources == "photos" else PHOTO_ROLES
+        roles = [r for r in REGISTRY if r not in unused]
         uses_world = any(getattr(cfg, role) == "synthetic" for role in roles)
         return _world(self.ctx).truth if uses_world else None
 
