@@ -444,6 +444,7 @@ class RunConfig:
     notebooks: tuple[Path, ...]
     pipeline: PipelineConfig
     source: Path | None = None
+    tiny_models: Path | None = None  # write the tiny diffusers models here first if missing
 
     @classmethod
     def load(
@@ -464,7 +465,7 @@ class RunConfig:
             raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} is not a mapping", "see configs/demo.yaml for the shape")
-        allowed = {"name", "run_dir", "notebooks", "params"}
+        allowed = {"name", "run_dir", "notebooks", "params", "tiny_models"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(
@@ -477,22 +478,45 @@ class RunConfig:
         notebooks = data.get("notebooks")
         if not notebooks or not isinstance(notebooks, list):
             raise ConfigError(f"{path} lists no notebooks", "add a `notebooks:` list")
-        root = path.resolve().parent.parent
-        nb_paths = []
-        for nb in notebooks:
-            p = Path(nb) if Path(nb).is_absolute() else root / nb
-            if not p.is_file():
-                raise ConfigError(
-                    f"notebook {nb} named in {path} does not exist",
-                    "fix the path or restore the notebook from git",
-                )
-            nb_paths.append(p)
+        nb_paths = [find_notebook(Path(nb), path) for nb in notebooks]
         params = dict(data.get("params") or {})
         for key, value in (overrides or {}).items():
             params[key.upper()] = value
         pipeline = PipelineConfig.from_params(params)
         folder = run_dir or Path(data.get("run_dir") or f"results/{name}")
-        return cls(name, Path(folder), tuple(nb_paths), pipeline, path)
+        tiny = data.get("tiny_models")
+        return cls(
+            name, Path(folder), tuple(nb_paths), pipeline, path, Path(tiny) if tiny else None
+        )
+
+
+def repo_root() -> Path:
+    """The folder holding the ``nhr`` package (the repository, in a checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def find_notebook(nb: Path, config: Path) -> Path:
+    """A notebook a run config names: an absolute path as is; a relative one beside the
+    config's folder (``configs/x.yaml`` → ``notebooks/...``), in the repository, in the
+    current folder, or beside the config, the first that exists. The error names every
+    path tried."""
+    if nb.is_absolute():
+        tried = [nb]
+    else:
+        here = config.resolve().parent
+        tried = []
+        for base in (here.parent, repo_root(), Path.cwd(), here):
+            if base / nb not in tried:
+                tried.append(base / nb)
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"notebook {nb} named in {config} does not exist (tried: "
+        + ", ".join(str(t) for t in tried)
+        + ")",
+        "fix the path or restore the notebook from git",
+    )
 
 
 def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:

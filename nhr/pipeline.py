@@ -27,6 +27,7 @@ from nhr.records import (
     to_table,
 )
 from nhr.runner import Runner, StageResult
+from nhr.stages.dataset_card import provenance
 from nhr.stages.edits import EditStage, plan_edit_jobs
 from nhr.stages.export import card_body, export_dataset
 from nhr.stages.filters import LowLevelStage, PrefilterStage
@@ -323,6 +324,9 @@ class Pipeline:
             self.cfg.export_shard_rows,
             chains,
             prefs,
+            self.cfg.export_webdataset_shard_rows if self.cfg.export_webdataset else 0,
+            self.cfg.export_license,
+            provenance(rows, name or self.store.root.name),
         )
         stats = {
             "stage": "export",

@@ -26,7 +26,7 @@ from typing import Any
 
 from nhr.records import TripletRow
 from nhr.stages.preference import PreferencePair
-from nhr.store import BlobStore, atomic_write_bytes
+from nhr.store import BlobStore
 
 TEXT_COLUMNS = (
     "triplet_id",
@@ -239,39 +239,6 @@ def card_body(
     return "\n".join(lines) + "\n"
 
 
-def _front_matter(configs: dict[str, tuple[str, int]], n: int) -> str:
-    """YAML front matter declaring each config's shard pattern and row count."""
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
-    lines = ["---", "configs:"]
-    for config, (pattern, _) in configs.items():
-        lines += [
-            f"- config_name: {config}",
-            "  data_files:",
-            "  - split: train",
-            f"    path: {pattern}",
-        ]
-    lines.append("dataset_info:")
-    for config, (_, rows) in configs.items():
-        lines += [
-            f"- config_name: {config}",
-            "  splits:",
-            "  - name: train",
-            f"    num_examples: {rows}",
-        ]
-    lines += [
-        "task_categories:",
-        "- image-to-image",
-        "tags:",
-        "- image-editing",
-        "- nhr",
-        "size_categories:",
-        f"- {size}",
-        "---",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def read_card(folder: Path | str) -> dict[str, Any]:
     """The front matter of an exported dataset's card."""
     import yaml
@@ -331,9 +298,15 @@ def export_dataset(
     shard_rows: int = 1000,
     chains: list[Chain] | None = None,
     preferences: list[PreferencePair] | None = None,
+    webdataset_shard_rows: int = 0,
+    license_id: str = "cc-by-4.0",
+    provenance: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write the dataset folder (shards + card) and swap it into place; returns shards."""
+    """Write the dataset folder (shards + card, and WebDataset tar shards of the triplets
+    when ``webdataset_shard_rows`` > 0) and swap it into place; returns the parquet shards."""
     import datasets
+
+    from nhr.stages.dataset_card import write_card
 
     datasets.disable_progress_bars()  # the stage draws no bars; the notebook shows the result
     out_dir = Path(out_dir)
@@ -347,8 +320,11 @@ def export_dataset(
             name: (_write_config(tmp, name, part, blobs, shard_rows), len(part))
             for name, part in parts.items()
         }
-        card = _front_matter(configs, len(rows)) + body
-        atomic_write_bytes(tmp / "README.md", card.encode())
+        write_card(tmp, configs, len(rows), body, license_id, provenance)
+        if webdataset_shard_rows:
+            from nhr.stages.export_webdataset import write_webdataset
+
+            write_webdataset(rows, blobs, tmp / "webdataset", webdataset_shard_rows)
         old = out_dir.with_name(f".old-{out_dir.name}")
         if old.exists():
             shutil.rmtree(old)
