@@ -316,7 +316,7 @@ class PipelineConfig:
         8.0, "images from outside more elongated than this are refused (0: any)", 0.0, 1e6
     )
     image_background: str = _f(
-        "#ffffff", "colour transparent pixels are composited on ('#rrggbb', white, black)"
+        "white", "colour transparent pixels are composited on ('#rrggbb', white, black)"
     )
     export_webdataset: bool = _f(True, "also write WebDataset .tar shards beside the parquet")
     export_webdataset_shard_rows: int = _f(1000, "samples per WebDataset shard", 1, 10**7)
