@@ -5,6 +5,7 @@ folder, refuses a folder made with other settings, and executes the config's not
 in order with papermill, saving the executed copies in ``<run>/notebooks/``. A rerun
 after a crash resumes: every stage skips what it already wrote.
 ``nhr audit RUN_DIR`` prints the hard validator against the synthetic world's truth.
+``nhr push RUN_DIR REPO_ID`` uploads the run's exported dataset to the Hugging Face hub.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from nhr.config import RunConfig, parse_override, reconcile
+from nhr.config import RunConfig, parse_override, reconcile, repo_root
 from nhr.errors import NhrError, RunFolderError
 from nhr.lock import RunLock
 from nhr.runner import PARENT_ENV
@@ -38,6 +39,7 @@ def run(config: RunConfig, progress: bool = True) -> int:
     run_dir = config.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     params = config.pipeline.to_params()
+    prepare_tiny_models(config)
     with RunLock(run_dir / RUN_LOCK, "nhr run"):
         reconcile(run_dir, params)
         # a kernel orphaned by a killed earlier run exits within a second; wait for it
@@ -81,6 +83,32 @@ def run(config: RunConfig, progress: bool = True) -> int:
     if summary_path.is_file():
         s = json.loads(summary_path.read_text())
         print(f"{s.get('triplets')} triplets in {run_dir / 'dataset'}; summary: {summary_path}")
+    return 0
+
+
+def prepare_tiny_models(config: RunConfig) -> list[Path]:
+    """Write the tiny diffusers models a config names (``tiny_models:``, relative to the
+    repository like its model paths) when they are missing; returns the folders written."""
+    if config.tiny_models is None:
+        return []
+    from nhr.backends import tiny_diffusers
+
+    folder = config.tiny_models
+    folder = folder if folder.is_absolute() else repo_root() / folder
+    names = tiny_diffusers.TINY_MODELS
+    missing = [n for n in names if not (folder / n / "model_index.json").is_file()]
+    if not missing:
+        return []
+    print(f"writing tiny diffusers models to {folder}", file=sys.stderr, flush=True)
+    written = tiny_diffusers.write_tiny_models(folder)
+    return [written[n] for n in missing]
+
+
+def push(run_dir: Path, repo_id: str, private: bool, webdataset: bool) -> int:
+    """Upload a run's exported dataset to the Hugging Face hub; prints its URL."""
+    from nhr.push import push_dataset
+
+    print(push_dataset(run_dir, repo_id, private=private, webdataset=webdataset))
     return 0
 
 
@@ -130,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_tiny.add_argument("folder", type=Path)
     p_tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p_push = sub.add_parser("push", help="upload a run's dataset/ to the Hugging Face hub")
+    p_push.add_argument("run_dir", type=Path)
+    p_push.add_argument("repo_id", help="the dataset repository, owner/name")
+    p_push.add_argument("--public", action="store_true", help="make a new repository public")
+    p_push.add_argument(
+        "--no-webdataset", action="store_true", help="leave the WebDataset shards out"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -153,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in write_tiny_models(args.folder, args.seed).items():
                 print(f"{name}: {path}")
             return 0
+        if args.command == "push":
+            return push(args.run_dir, args.repo_id, not args.public, not args.no_webdataset)
         parser.error(f"unknown command {args.command}")
     except NhrError as err:
         print(f"nhr: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nhr.backends import names
+from nhr.colours import parse_colour
 from nhr.errors import ConfigError
 
 OUTPUT = "output"
@@ -247,6 +248,30 @@ class SourcesBlock(Block):
     aspect_max: float = _f(6.0, "most extreme aspect ratio (1:x to x:1)", 1.0, 16.0)
     t2i_steps: int = _f(4, "text-to-image denoising steps", 1, 200)
     t2i_guidance: float = _f(0.0, "text-to-image guidance scale", 0.0, 50.0)
+    sources: str = _f(
+        "generated",
+        "where source images come from: the text-to-image model, or a photo collection",
+        choices=("generated", "photos"),
+    )
+    photos: str = _f(
+        "",
+        "photo collection (SOURCES photos): a folder of images, an imagefolder "
+        "(metadata.jsonl/csv), a parquet file or folder, WebDataset .tar shards, or a hub id",
+    )
+    photos_column: str = _f(
+        "", "column or WebDataset key holding the photo ('': the first image-like one)"
+    )
+    photos_split: str = _f("train", "split of a hub photo collection")
+    photos_synthetic: int = _f(
+        0,
+        "render this many synthetic-world pictures into PHOTOS first, a stand-in photo "
+        "collection the synthetic editor and judge understand (0: none)",
+        0,
+        10**6,
+    )
+    photos_max: int = _f(
+        0, "photos drawn uniformly (seeded) from the collection (0: all)", 0, 10**9
+    )
 
     @model_validator(mode="after")
     def _sides(self) -> SourcesBlock:
@@ -255,6 +280,43 @@ class SourcesBlock(Block):
                 f"long_side_min={self.long_side_min} is above long_side_max={self.long_side_max}",
                 "set LONG_SIDE_MIN <= LONG_SIDE_MAX",
             )
+        return self
+
+
+class CaptionsBlock(Block):
+    """Photo sources: the captioner that describes each photo and the writer of its
+    edit instructions."""
+
+    captioner: str = _f("synthetic", "VLM that describes each photo (SOURCES photos)", role=True)
+    captioner_model: str = _f("", "captioner model id")
+    caption_writer: str = _f(
+        "synthetic", "writes k edit instructions from a photo's caption", role=True
+    )
+    caption_writer_model: str = _f("", "caption instruction writer model id")
+
+
+class ImagesBlock(Block):
+    """The one loader's limits for images from outside the run (photos, evaluation)."""
+
+    image_max_pixels: int = _f(
+        40_000_000, "images from outside with more pixels are refused (bombs too)", 1, 2**31
+    )
+    image_min_side: int = _f(32, "images from outside with a shorter side are refused", 1, 65536)
+    image_max_aspect: float = _f(
+        8.0, "images from outside more elongated than this are refused (0: any)", 0.0, 1e6
+    )
+    image_background: str = _f(
+        "white", "colour transparent pixels are composited on ('#rrggbb', white, black)"
+    )
+
+    @model_validator(mode="after")
+    def _background(self) -> ImagesBlock:
+        try:
+            parse_colour(self.image_background)
+        except ValueError as err:
+            raise ConfigError(
+                f"IMAGE_BACKGROUND={self.image_background!r}: {err}", "use e.g. '#ffffff'"
+            ) from None
         return self
 
 
@@ -588,6 +650,13 @@ class ExportBlock(Block):
     export_shard_rows: int = _f(
         1000, "rows per exported parquet shard (same rows, other files)", 1, 10**7, runtime=True
     )
+    export_webdataset: bool = _f(
+        True, "also write WebDataset .tar shards beside the parquet", runtime=True
+    )
+    export_webdataset_shard_rows: int = _f(
+        1000, "samples per WebDataset shard (same samples, other files)", 1, 10**7, runtime=True
+    )
+    export_license: str = _f("cc-by-4.0", "licence id written in the dataset card")
     export_preference_pairs: int = _f(
         1, "rejected edits paired with each mined triplet in the preference config", 0, 100
     )
@@ -599,6 +668,8 @@ BLOCKS: dict[str, type[Block]] = {
     "prompts": PromptsBlock,
     "prompt_writer": PromptWriterBlock,
     "sources": SourcesBlock,
+    "captions": CaptionsBlock,
+    "images": ImagesBlock,
     "gate": GateBlock,
     "edits": EditsBlock,
     "filters": FiltersBlock,
@@ -632,8 +703,9 @@ ROLE_BLOCK: dict[str, str] = {role: FIELDS[role][0] for role in names.ROLES}
 
 # each stage (by its output table): the blocks it reads and the backend roles it calls
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "prompts": (("prompts", "prompt_writer"), ("prompter",)),
-    "sources": (("sources",), ("t2i",)),
+    "photos": (("sources", "images", "captions"), ("captioner",)),
+    "prompts": (("prompts", "prompt_writer", "captions"), ("prompter", "caption_writer")),
+    "sources": (("sources", "images"), ("t2i",)),
     "plausibility": (("gate",), ("gate_judge",)),
     "candidates": (("edits",), ("editor",)),
     "prefilter": (("filters",), ("prefilter_judge",)),
@@ -643,7 +715,7 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "backward": (("validation", "bootstrap"), ("validator",)),
     "composition": (("bootstrap",), ("inverter",)),
     "composed_validator": (("validation", "bootstrap"), ("validator",)),
-    "eval_scores": (("validation", "evaluation"), ("validator",)),
+    "eval_scores": (("validation", "evaluation", "images"), ("validator",)),
     "export": (("export",), ()),
 }
 _MINING_BLOCKS = tuple(b for b in BLOCKS if b != "evaluation")
@@ -660,6 +732,8 @@ class PipelineConfig(BaseModel):
     prompts: PromptsBlock = PromptsBlock()
     prompt_writer: PromptWriterBlock = PromptWriterBlock()
     sources: SourcesBlock = SourcesBlock()
+    captions: CaptionsBlock = CaptionsBlock()
+    images: ImagesBlock = ImagesBlock()
     gate: GateBlock = GateBlock()
     edits: EditsBlock = EditsBlock()
     filters: FiltersBlock = FiltersBlock()
@@ -802,6 +876,7 @@ class RunConfig(BaseModel):
     notebooks: tuple[Path, ...]
     pipeline: PipelineConfig
     source: Path | None = None
+    tiny_models: Path | None = None  # write the tiny diffusers models here first if missing
 
     @classmethod
     def load(
@@ -822,7 +897,7 @@ class RunConfig(BaseModel):
             raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} is not a mapping", "see configs/demo.yaml for the shape")
-        allowed = {"name", "run_dir", "notebooks", "params"}
+        allowed = {"name", "run_dir", "notebooks", "params", "tiny_models"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(
@@ -835,16 +910,7 @@ class RunConfig(BaseModel):
         notebooks = data.get("notebooks")
         if not notebooks or not isinstance(notebooks, list):
             raise ConfigError(f"{path} lists no notebooks", "add a `notebooks:` list")
-        root = path.resolve().parent.parent
-        nb_paths = []
-        for nb in notebooks:
-            p = Path(nb) if Path(nb).is_absolute() else root / nb
-            if not p.is_file():
-                raise ConfigError(
-                    f"notebook {nb} named in {path} does not exist",
-                    "fix the path or restore the notebook from git",
-                )
-            nb_paths.append(p)
+        nb_paths = [find_notebook(Path(nb), path) for nb in notebooks]
         params = dict(data.get("params") or {})
         for key, value in (overrides or {}).items():
             params[key.upper()] = value
@@ -856,7 +922,37 @@ class RunConfig(BaseModel):
             notebooks=tuple(nb_paths),
             pipeline=pipeline,
             source=path,
+            tiny_models=Path(data["tiny_models"]) if data.get("tiny_models") else None,
         )
+
+
+def repo_root() -> Path:
+    """The folder holding the ``nhr`` package (the repository, in a checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def find_notebook(nb: Path, config: Path) -> Path:
+    """A notebook a run config names: an absolute path as is; a relative one beside the
+    config's folder (``configs/x.yaml`` → ``notebooks/...``), in the repository, in the
+    current folder, or beside the config, the first that exists. The error names every
+    path tried."""
+    if nb.is_absolute():
+        tried = [nb]
+    else:
+        here = config.resolve().parent
+        tried = []
+        for base in (here.parent, repo_root(), Path.cwd(), here):
+            if base / nb not in tried:
+                tried.append(base / nb)
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"notebook {nb} named in {config} does not exist (tried: "
+        + ", ".join(str(t) for t in tried)
+        + ")",
+        "fix the path or restore the notebook from git",
+    )
 
 
 def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:

@@ -18,8 +18,10 @@ from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
 from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
+from nhr.errors import ConfigError
 from nhr.records import CandidateRow, TripletRow, from_table
 from nhr.runner import Runner, StageResult
+from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
 from nhr.stages.export import card_body, export_dataset
 from nhr.stages.filters import LowLevelStage, PrefilterStage
@@ -168,14 +170,20 @@ class Pipeline:
 
     # ---- stages --------------------------------------------------------------------
     def prompts(self) -> StageResult:
-        """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each."""
+        """Stage 1: write N_PROMPTS prompts with K_INSTRUCTIONS instructions each (with
+        SOURCES photos: read and caption the photos, then K_INSTRUCTIONS per caption)."""
+        if self.cfg.sources.sources == "photos":
+            return self.photo_prompts()
         stage = PromptStage(self.backends.prompter, self.cfg.prompts.k_instructions)
         return self.runner.run(
             stage, plan_prompt_jobs(self.cfg.prompts.n_prompts, self.cfg.run.seed)
         )
 
     def sources(self) -> StageResult:
-        """Stage 2: N_SOURCE_SEEDS source images per prompt."""
+        """Stage 2: N_SOURCE_SEEDS source images per prompt (with SOURCES photos: the
+        photo of each captioned prompt)."""
+        if self.cfg.sources.sources == "photos":
+            return self.photo_sources()
         stage = SourceStage(
             self.backends.t2i,
             self.store.blobs,
@@ -383,6 +391,14 @@ class Pipeline:
             batch,
             chains,
             prefs,
+            (
+                self.tables.iter_batches(source, TripletRow.schema().names, batch)
+                if self.cfg.export.export_webdataset
+                else None
+            ),
+            self.cfg.export.export_webdataset_shard_rows,
+            self.cfg.export.export_license,
+            provenance(self.tables.triplets(PROVENANCE_COLUMNS), name),
         )
         stats = {
             "stage": "export",
@@ -400,6 +416,81 @@ class Pipeline:
         }
         self.store.write_stats("export", stats)
         return StageResult("export", stats)
+
+    # ---- photos as sources (SOURCES photos) -----------------------------------------
+    def photo_collection(self) -> Any:
+        """The configured photo collection (PHOTOS), opened for reading by index."""
+        from nhr.photo_collections import open_collection
+
+        if not self.cfg.sources.photos:
+            raise ConfigError(
+                "SOURCES is photos but PHOTOS is empty",
+                "set PHOTOS to a folder, parquet, WebDataset shards or a hub id",
+            )
+        return open_collection(
+            self.cfg.sources.photos, self.cfg.sources.photos_column, self.cfg.sources.photos_split
+        )
+
+    def render_synthetic_photos(self) -> Path | None:
+        """With PHOTOS_SYNTHETIC > 0, render that many synthetic-world pictures as PNG
+        files into PHOTOS (a stand-in photo collection whose pixels this run's synthetic
+        world knows); None otherwise."""
+        if not self.cfg.sources.photos_synthetic:
+            return None
+        from nhr.backends.registry import synthetic_world
+        from nhr.backends.synthetic.photo_folder import write_photo_folder
+
+        world = synthetic_world(self.backends.ctx)
+        return write_photo_folder(
+            world,
+            Path(self.cfg.sources.photos),
+            self.cfg.sources.photos_synthetic,
+            self.cfg.run.seed,
+            (self.cfg.sources.long_side_min, self.cfg.sources.long_side_max),
+        )
+
+    def photos(self) -> StageResult:
+        """Read, check and caption the photos (table ``photos``); refusals are counted
+        by reason in its stats."""
+        from nhr.images import ImageLimits
+        from nhr.stages.photos import PhotoStage, plan_photo_jobs
+
+        self.render_synthetic_photos()
+        collection = self.photo_collection()
+        stage = PhotoStage(
+            collection,
+            self.backends.captioner,
+            self.store.blobs,
+            ImageLimits.from_config(self.cfg),
+            self.cfg.sources.long_side_max,
+        )
+        jobs = plan_photo_jobs(collection, self.cfg.sources.photos_max, self.cfg.run.seed)
+        return self.runner.run(stage, jobs, extra_stats={"collection_size": len(collection)})
+
+    def photo_prompts(self) -> StageResult:
+        """The photos, then K_INSTRUCTIONS instructions per caption (table ``prompts``)."""
+        from nhr.stages.photos import CaptionInstructionStage
+
+        self.photos()
+        captioned = [p for p in self.rows("photos") if p.passed]
+        stage = CaptionInstructionStage(
+            self.backends.caption_writer, self.cfg.prompts.k_instructions, self.cfg.run.seed
+        )
+        result = self.runner.run(stage, captioned)
+        empty = sum(not r.instructions for r in self.rows("prompts"))
+        if empty:
+            result.stats["drops_by_reason"] = {"no_instructions": empty}
+            self.store.write_stats("prompts", result.stats)
+        return result
+
+    def photo_sources(self) -> StageResult:
+        """One source per captioned photo with instructions (table ``sources``)."""
+        from nhr.stages.photos import PhotoSourceStage
+
+        photos = {p.photo_id: p for p in self.rows("photos") if p.passed}
+        prompts = [p for p in self.rows("prompts") if p.instructions]
+        stage = PhotoSourceStage(photos, self.cfg.sources.photos)
+        return self.runner.run(stage, prompts)
 
 
 def _counts(values: Any) -> dict[str, int]:

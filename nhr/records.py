@@ -313,3 +313,34 @@ class ComposeJob(Record):
     first_inverse: str
     second_instruction: str
     prompt: str
+
+
+@dataclass(frozen=True)
+class PhotoJob(Record):
+    """One entry of the photo collection to read."""
+
+    key: ClassVar[str] = "photo_id"
+    photo_id: str
+    index: int
+    location: str
+
+
+@dataclass(frozen=True)
+class PhotoRow(Record):
+    """A read and captioned photo, or one refused (``passed`` False, ``reason`` why:
+    ``image_<loader reason>`` or ``caption_<error kind>``)."""
+
+    key: ClassVar[str] = "photo_id"
+    photo_id: str
+    index: int
+    location: str
+    image: str
+    width: int
+    height: int
+    caption: str
+    style: str
+    topic: str
+    captioner_id: str
+    captioner_version: str
+    passed: bool
+    reason: str

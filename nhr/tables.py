@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from nhr.records import (
     CandidateRow,
     DraftRow,
+    PhotoRow,
     PromptRow,
     Record,
     SourceRow,
@@ -49,6 +50,7 @@ TABLE_TYPES: dict[str, type[Record]] = {
     "composition": DraftRow,
     "composed_validator": Verdict,
     "triplets": TripletRow,
+    "photos": PhotoRow,
 }
 
 # tables of whole-table steps that hold no records: the perceptual hash of each image

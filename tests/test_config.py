@@ -36,6 +36,10 @@ FAMILIES = {
 }
 
 
+# free-text fields whose values are checked: another valid value of each
+VALID_STRINGS = {"image_background": "black"}
+
+
 def other_value(name: str) -> typing.Any:
     """A valid value of flat field ``name`` that differs from its default."""
     block, fld = FIELDS[name]
@@ -56,7 +60,7 @@ def other_value(name: str) -> typing.Any:
     if hint is bool:
         return not default
     if hint is str:
-        return default + "x"
+        return VALID_STRINGS.get(name, default + "x")
     step = 1 if hint is int else 0.1
     hi = meta["hi"]
     return default + step if hi is None or default + step <= hi else default - step
@@ -291,7 +295,14 @@ def test_config_imports_no_backend_module():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     loaded = set(eval(probe.stdout))
-    assert loaded == {"nhr", "nhr.config", "nhr.errors", "nhr.backends", "nhr.backends.names"}
+    assert loaded == {
+        "nhr",
+        "nhr.config",
+        "nhr.colours",
+        "nhr.errors",
+        "nhr.backends",
+        "nhr.backends.names",
+    }
 
 
 def test_notebook_defaults_are_valid_and_declared():
@@ -315,4 +326,4 @@ def test_notebooks_show_config_blocks_not_the_whole_config():
         book = nbformat.read(nb, as_version=4)
         sources = [c.source.strip() for c in book.cells if c.cell_type == "code"]
         assert "pipe.cfg" not in sources, f"{nb.name} prints the whole config"
-        assert any("pipe.cfg.table(" in s for s in sources), f"{nb.name} shows no config"
+        assert any("cfg.table(" in s for s in sources), f"{nb.name} shows no config"

@@ -178,3 +178,52 @@ class ReportsUsage(Protocol):
     ``tokens_out``, ``cost_usd``, ``cache_hits``, ``errors`` (any subset)."""
 
     def usage(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A photo's description; ``error`` says why there is none (never used as text)."""
+
+    text: str
+    style: str = ""
+    topic: str = ""
+    error: str | None = None
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """A VLM that describes photos, in the words a text-to-image prompt would use, so the
+    caption can stand where the chain used the T2I prompt (instructions, gate, inversion)."""
+
+    model_id: str
+    version: str
+
+    def caption(self, images: list[Image.Image]) -> list[Caption]: ...
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    """k instructions wanted for one photo, from its caption; ``seed`` varies the draw."""
+
+    prompt_id: str
+    seed: int
+    k: int
+    caption: str
+
+
+@dataclass(frozen=True)
+class InstructionSet:
+    """The k instructions written for one caption; ``error`` set when none could be."""
+
+    instructions: tuple[InstructionDraft, ...]
+    error: str | None = None
+
+
+@runtime_checkable
+class CaptionInstructionWriter(Protocol):
+    """Writes k distinct edit instructions consistent with a photo's caption."""
+
+    model_id: str
+    version: str
+
+    def instructions(self, requests: list[CaptionRequest]) -> list[InstructionSet]: ...

@@ -15,6 +15,8 @@ ROLES: tuple[str, ...] = (
     "prefilter_judge",
     "validator",
     "inverter",
+    "captioner",
+    "caption_writer",
 )
 
 _JUDGE = ("synthetic", "plumbing-accept-all", "gemini", "openai", "null")
@@ -27,6 +29,8 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "prefilter_judge": _JUDGE,
     "validator": (*_JUDGE, "gemini-viescore", "openai-viescore", "openai-imgedit", "ensemble"),
     "inverter": ("synthetic", "plumbing", "gemini", "openai", "null"),
+    "captioner": ("synthetic", "plumbing", "gemini", "openai"),
+    "caption_writer": ("synthetic", "plumbing", "gemini", "openai"),
 }
 
 # config blocks (``nhr.config``) whose output-changing fields a backend's results depend on

@@ -17,7 +17,10 @@ import hashlib
 from PIL import Image
 
 from nhr.backends.base import (
+    Caption,
+    CaptionRequest,
     InstructionDraft,
+    InstructionSet,
     PrefilterAnswer,
     PromptDraft,
     PromptRequest,
@@ -127,3 +130,39 @@ class PlumbingInverter:
     ) -> list[TextAnswer]:
         """The two instructions joined."""
         return [TextAnswer(f"{a}, then {b}") for a, b in zip(first_inverses, seconds, strict=True)]
+
+
+class PlumbingCaptioner:
+    """A ``Captioner`` that names a photo by its size and mean colour (no model)."""
+
+    model_id = "plumbing-captioner"
+    version = VERSION
+
+    def caption(self, images: list[Image.Image]) -> list[Caption]:
+        """'a photo, W×H, mostly reddish' per image."""
+        out = []
+        for im in images:
+            r, g, b = (int(v) for v in im.convert("RGB").resize((1, 1)).getpixel((0, 0)))
+            tone = ("reddish", "greenish", "bluish")[max(range(3), key=(r, g, b).__getitem__)]
+            out.append(Caption(f"a photo, {im.width}x{im.height}, mostly {tone}", "photo", tone))
+        return out
+
+
+class PlumbingCaptionWriter:
+    """A ``CaptionInstructionWriter`` cycling through the edit templates."""
+
+    model_id = "plumbing-caption-writer"
+    version = VERSION
+
+    def instructions(self, requests: list[CaptionRequest]) -> list[InstructionSet]:
+        """k template instructions about 'the main object' per request."""
+        out = []
+        for req in requests:
+            start = int(rng_for(req.seed, "plumbing-caption").integers(len(EDITS)))
+            edits = [EDITS[(start + j) % len(EDITS)] for j in range(req.k)]
+            out.append(
+                InstructionSet(
+                    tuple(InstructionDraft(t.format(s="the main object"), k) for t, k in edits)
+                )
+            )
+        return out

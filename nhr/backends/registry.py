@@ -1,7 +1,8 @@
 """Builds the backends a config names, from one registry per role.
 
 Each role (``prompter``, ``t2i``, ``gate_judge``, ``editor``, ``prefilter_judge``,
-``validator``, ``inverter``) maps backend names to factories. A factory takes the build
+``validator``, ``inverter``, and for photo sources ``captioner`` and ``caption_writer``)
+maps backend names to factories. A factory takes the build
 context and returns an object implementing the role's protocol (``nhr.backends.base``);
 heavy dependencies are imported inside the factory, so an unused backend costs nothing
 and a missing one fails with the extra to install. Adding a backend is adding an entry
@@ -176,6 +177,47 @@ for _role in REGISTRY:
 # --- end null world ---
 
 
+# --- photos and images: the captioner and the caption instruction writer ---
+PHOTO_ROLES = ("captioner", "caption_writer")
+
+
+def synthetic_world(ctx: BuildContext) -> Any:
+    """The run's synthetic world (made on first use), e.g. to render stand-in photos."""
+    return _world(ctx)
+
+
+def _remote_photo(backend: str, role: str) -> Factory:
+    """The factory of a photo-source role on a remote model API."""
+
+    def make(ctx: BuildContext) -> Any:
+        from nhr.backends.api_photo_roles import build_photo_role
+
+        return build_photo_role(ctx, backend, role)
+
+    return make
+
+
+def _plumbing_photo(role: str) -> Factory:
+    """The factory of a photo-source role of the plumbing backends."""
+
+    def make(ctx: BuildContext) -> Any:
+        from nhr.backends import plumbing
+
+        cls = plumbing.PlumbingCaptioner if role == "captioner" else plumbing.PlumbingCaptionWriter
+        return ctx.shared(f"plumbing-{role}", cls)
+
+    return make
+
+
+for _role in PHOTO_ROLES:
+    REGISTRY[_role] = {
+        "synthetic": lambda ctx, _r=_role: getattr(_world(ctx), _r),
+        "plumbing": _plumbing_photo(_role),
+        **{b: _remote_photo(b, _role) for b in ("gemini", "openai")},
+    }
+# --- end photos and images ---
+
+
 # --- judges: judge formats and the ensemble (validator role) ---
 def _judge_style(transport: str, style: str) -> Factory:
     """The factory of a judge-format validator (VIEScore, ImgEdit) over a transport."""
@@ -255,7 +297,10 @@ class Backends:
     @property
     def truth(self) -> Any | None:
         """The synthetic world's truth when any role uses the synthetic world, else None."""
-        uses_world = any(self.ctx.cfg.value(role) == "synthetic" for role in REGISTRY)
+        cfg = self.ctx.cfg
+        unused = ("prompter", "t2i") if cfg.sources.sources == "photos" else PHOTO_ROLES
+        roles = [r for r in REGISTRY if r not in unused]
+        uses_world = any(cfg.value(role) == "synthetic" for role in roles)
         return _world(self.ctx).truth if uses_world else None
 
 

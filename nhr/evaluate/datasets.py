@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from nhr.errors import NhrError
+from nhr.images import ImageLimits, ImageRefused, open_image
 from nhr.records import Record, Verdict, from_table, to_table
 from nhr.stages.validator import ValidatorStage, geometric_score
 from nhr.store import BlobStore
@@ -232,27 +233,20 @@ def _is_hub_id(location: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", location)) and not Path(location).exists()
 
 
-def _image(value: Any, base: Path | None, where: str) -> Image.Image:
-    """A cell holding an image (PIL, bytes dict, bytes, or a path) → an RGB image."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
+def _image(
+    value: Any, base: Path | None, where: str, limits: ImageLimits | None = None
+) -> Image.Image:
+    """A cell holding an image (PIL, bytes dict, bytes, or a path) → an RGB image, through
+    the one loader. An unreadable or refused image raises ``ImageRefused`` (the caller
+    skips the row and counts the reason); a cell of another type is a mapping error."""
     if isinstance(value, dict):
-        if value.get("bytes"):
-            value = value["bytes"]
-        elif value.get("path"):
-            value = value["path"]
-    try:
-        if isinstance(value, (bytes, bytearray)):
-            with Image.open(io.BytesIO(value)) as img:
-                return img.convert("RGB")
-        if isinstance(value, str) and base is not None:
-            with Image.open(base / value) as img:
-                return img.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise DatasetError(
-            f"{where}: image cannot be read ({type(err).__name__}: {err})",
-            "check the file, or map the column that holds the image",
-        ) from None
+        value = value.get("bytes") or value.get("path")
+    if value is None or (isinstance(value, (str, bytes, bytearray)) and not value):
+        raise ImageRefused("missing", f"{where}: the image cell is empty", "")
+    if isinstance(value, str) and base is not None:
+        value = base / value
+    if isinstance(value, (Image.Image, bytes, bytearray, Path)):
+        return open_image(value, limits, where)
     raise DatasetError(
         f"{where}: the cell is a {type(value).__name__}, not an image",
         "map the column that holds the image (EVAL_COLUMNS)",
@@ -304,8 +298,9 @@ def _sample_indices(total: int, n: int, seed: int) -> list[int]:
 def read_sample(spec: DatasetSpec, n: int, seed: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """(index, row) of a fixed-seed random sample of ``n`` rows of a dataset.
 
-    Local datasets are sampled exactly; a hub dataset is streamed and shuffled with a
-    seeded buffer (its shards in a seeded order), so 5,000 samples need not download it all.
+    Every dataset is sampled uniformly: ``n`` of all its row indices, drawn with the seed.
+    A local one is read by index; a hub one is streamed in one pass that yields the rows
+    at the drawn indices (``_hub_sample``), so no image but the sampled ones is decoded.
     """
     import datasets
 
@@ -330,14 +325,7 @@ def read_sample(spec: DatasetSpec, n: int, seed: int) -> Iterator[tuple[int, dic
             "give an existing folder or file, or a Hugging Face id like owner/name",
         )
     try:
-        stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
-        stream = stream.shuffle(seed=seed, buffer_size=max(1000, 2 * n))
-        first = True
-        for i, row in enumerate(stream.take(n)):
-            if first:
-                _check_columns(spec, row)
-                first = False
-            yield i, row
+        yield from _hub_sample(spec, n, seed)
     except DatasetError:
         raise
     except Exception as err:  # the hub client raises many kinds; all mean "cannot read it"
@@ -348,6 +336,68 @@ def read_sample(spec: DatasetSpec, n: int, seed: int) -> Iterator[tuple[int, dic
             f"({type(err).__name__}: {str(err)[:200]})",
             "check the id, your network and HF_TOKEN, or download it and pass NAME=PATH" + hint,
         ) from None
+
+
+def _hub_stream(spec: DatasetSpec, columns: list[str] | None = None) -> Any:
+    """The dataset streamed from the hub, image columns left undecoded (the loader decodes
+    the sampled ones), optionally only some columns."""
+    import datasets
+
+    stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
+    features = getattr(stream, "features", None) or {}
+    for name, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            stream = stream.cast_column(name, datasets.Image(decode=False))
+    if columns:
+        stream = stream.select_columns(columns)
+    return stream
+
+
+def _hub_length(spec: DatasetSpec) -> int | None:
+    """The split's row count from the dataset's metadata, when the hub records it."""
+    import datasets
+
+    try:
+        info = datasets.load_dataset_builder(spec.location, spec.config).info
+        split = (info.splits or {}).get(spec.split)
+        return int(split.num_examples) if split and split.num_examples else None
+    except Exception:  # no metadata: count instead
+        return None
+
+
+def pick_rows(
+    rows: Iterable[dict[str, Any]], indices: list[int]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, row) of the rows at sorted ``indices`` of a stream, in one pass that stops
+    after the last one."""
+    want = iter(indices)
+    target = next(want, None)
+    for i, row in enumerate(rows):
+        if target is None:
+            return
+        if i == target:
+            yield i, row
+            target = next(want, None)
+
+
+def _hub_sample(spec: DatasetSpec, n: int, seed: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A uniform fixed-seed sample of a hub dataset, streamed.
+
+    Every row is equally likely: the split's length comes from the hub's metadata (or,
+    where it records none, from one pass over the instruction column alone), ``n``
+    indices are drawn from all of it without replacement, and one streaming pass yields
+    the rows at those indices, images undecoded until the loader reads the chosen ones.
+    (A shuffle buffer over the head of the stream would favour the first rows.)
+    """
+    total = _hub_length(spec)
+    if total is None:
+        total = sum(1 for _ in _hub_stream(spec, [spec.columns.instruction]))
+    first = True
+    for i, row in pick_rows(_hub_stream(spec), _sample_indices(total, n, seed)):
+        if first:
+            _check_columns(spec, row)
+            first = False
+        yield i, row
 
 
 def _load_local(spec: DatasetSpec, path: Path) -> Any:
@@ -374,47 +424,100 @@ def _load_local(spec: DatasetSpec, path: Path) -> Any:
 
 
 def sample_dataset(
-    spec: DatasetSpec, n: int, seed: int, blobs: BlobStore, store: Any
+    spec: DatasetSpec,
+    n: int,
+    seed: int,
+    blobs: BlobStore,
+    store: Any,
+    limits: ImageLimits | None = None,
 ) -> list[SampleRow]:
     """The stored sample of a dataset, drawing and storing it on first use.
 
     The sample is one shard of the ``eval_samples`` table, named after the dataset, its
-    location, columns, ``n`` and ``seed``: a rerun reads it back without touching the
-    source, and a changed setting draws a new one.
+    location, columns, ``n``, ``seed`` and the image limits: a rerun reads it back without
+    touching the source, and a changed setting draws a new one. A sampled row whose image
+    the loader cannot read or refuses, or whose instruction is empty, is skipped and
+    counted by reason (``image_<reason>``, ``no_instruction``) in the shard's metadata and
+    in ``stats/eval_samples.json``: one bad image never stops a dataset.
     """
-    key = json.dumps([spec.name, spec.location, vars(spec.columns), spec.config, n, seed])
+    limits = limits or ImageLimits()
+    key = json.dumps(
+        [spec.name, spec.location, vars(spec.columns), spec.config, n, seed, repr(limits)]
+    )
     shard = hashlib.sha256(key.encode()).hexdigest()[:20]
     stored = store.tables.read_part(SAMPLES_TABLE, shard)
     if stored is not None:
+        _record_skips(store, spec.name, store.tables.part_info(SAMPLES_TABLE, shard) or {})
         return from_table(stored, SampleRow)
     rows = []
+    skips: Counter[str] = Counter()
+    sampled = 0
     c = spec.columns
     for index, row in read_sample(spec, n, seed):
+        sampled += 1
         where = f"dataset {spec.name} row {index}"
         base = row.get("_base")
         text = _instruction(row[c.instruction])
         if not text:
+            skips["no_instruction"] += 1
+            continue
+        try:
+            source = _image(row[c.source], base, f"{where} {c.source}", limits)
+            edited = _image(row[c.edited], base, f"{where} {c.edited}", limits)
+        except ImageRefused as err:
+            skips[f"image_{err.reason}"] += 1
             continue
         rows.append(
             SampleRow(
                 sample_id=f"{spec.name}:{index}",
                 dataset=spec.name,
                 index=index,
-                source_image=blobs.put(_image(row[c.source], base, where)),
-                edited_image=blobs.put(_image(row[c.edited], base, where)),
+                source_image=blobs.put(source),
+                edited_image=blobs.put(edited),
                 instruction=text,
             )
         )
-    if not rows:
+    if not sampled:
         raise DatasetError(
-            f"dataset {spec.name} ({spec.location}) gave no rows with an instruction",
-            "check the split and the instruction column (EVAL_COLUMNS)",
+            f"dataset {spec.name} ({spec.location}) has no rows",
+            "check the split and the location",
         )
-    info = {"dataset": spec.name, "location": spec.location, "n": n, "seed": seed}
+    info = {
+        "dataset": spec.name,
+        "location": spec.location,
+        "n": n,
+        "seed": seed,
+        "sampled": sampled,
+        "kept": len(rows),
+        "skipped_by_reason": dict(sorted(skips.items())),
+    }
     store.tables.write_part(
         SAMPLES_TABLE, shard, to_table(rows, SampleRow), [r.sample_id for r in rows], info
     )
+    _record_skips(store, spec.name, info)
     return rows
+
+
+def _record_skips(store: Any, name: str, info: dict[str, Any]) -> None:
+    """Add one dataset's sampled/kept/skipped counts to ``stats/eval_samples.json`` (its
+    ``drops_by_reason`` sums every dataset's skips, so ``summary.json`` shows them)."""
+    stats = store.read_stats(SAMPLES_TABLE) or {"stage": SAMPLES_TABLE, "datasets": {}}
+    stats["datasets"][name] = {
+        k: info.get(k) for k in ("location", "sampled", "kept", "skipped_by_reason")
+    }
+    total: Counter[str] = Counter()
+    for d in stats["datasets"].values():
+        total.update(d.get("skipped_by_reason") or {})
+    stats["rows_in"] = sum(int(d.get("sampled") or 0) for d in stats["datasets"].values())
+    stats["rows_out"] = sum(int(d.get("kept") or 0) for d in stats["datasets"].values())
+    stats["drops_by_reason"] = dict(sorted(total.items()))
+    store.write_stats(SAMPLES_TABLE, stats)
+
+
+def sample_skips(store: Any, name: str) -> dict[str, int]:
+    """The skipped rows of a dataset's stored sample, by reason."""
+    stats = store.read_stats(SAMPLES_TABLE) or {}
+    return dict((stats.get("datasets", {}).get(name) or {}).get("skipped_by_reason") or {})
 
 
 class DatasetScoreStage(ValidatorStage):
@@ -430,19 +533,24 @@ def score_datasets(
 ) -> pd.DataFrame:
     """Sample and score each dataset with the run's validator; one table row per dataset.
 
-    Columns: dataset, samples, scored (without judge errors), adherence, aesthetic,
-    geometric_mean (√ of the two means, the ranking), mean_score (mean of each sample's
-    √(adh·aes)), pass_rate (both ≥ THRESHOLD), and the paper's Table 3 figures beside.
+    Columns: dataset, samples, skipped (sampled rows whose image could not be read or was
+    refused, or with no instruction) and skipped_by_reason, scored (without judge errors),
+    adherence, aesthetic, geometric_mean (√ of the two means, the ranking), mean_score
+    (mean of each sample's √(adh·aes)), pass_rate (both ≥ THRESHOLD), and the paper's
+    Table 3 figures beside.
     """
     import pandas as pd
-
-    from nhr.records import Verdict
 
     store = runner.store
     samples = []
     for spec in specs:
         samples += sample_dataset(
-            spec, cfg.evaluation.eval_samples, cfg.evaluation.eval_sample_seed, store.blobs, store
+            spec,
+            cfg.evaluation.eval_samples,
+            cfg.evaluation.eval_sample_seed,
+            store.blobs,
+            store,
+            ImageLimits.from_config(cfg),
         )
     stage = DatasetScoreStage(validator, store.blobs, cfg.validation.threshold)
     runner.run(stage, samples)
@@ -451,13 +559,16 @@ def score_datasets(
     rows = []
     for spec in specs:
         mine = [verdicts[s.sample_id] for s in samples if s.dataset == spec.name]
-        rows.append(summarize(spec, mine))
+        rows.append(summarize(spec, mine, sample_skips(store, spec.name)))
     table = pd.DataFrame(rows)
     return table.sort_values("geometric_mean", ascending=False, ignore_index=True)
 
 
-def summarize(spec: DatasetSpec, verdicts: list[Any]) -> dict[str, Any]:
-    """One dataset's row of the comparison table, from its verdicts."""
+def summarize(
+    spec: DatasetSpec, verdicts: list[Any], skipped: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """One dataset's row of the comparison table, from its verdicts and the sampled rows
+    it skipped (by reason)."""
     ok = [v for v in verdicts if v.error is None]
     adh = sum(v.adherence for v in ok) / len(ok) if ok else math.nan
     aes = sum(v.aesthetic for v in ok) / len(ok) if ok else math.nan
@@ -465,6 +576,8 @@ def summarize(spec: DatasetSpec, verdicts: list[Any]) -> dict[str, Any]:
     return {
         "dataset": spec.name,
         "samples": len(verdicts),
+        "skipped": sum((skipped or {}).values()),
+        "skipped_by_reason": dict(skipped or {}),
         "scored": len(ok),
         "adherence": round(adh, 4),
         "aesthetic": round(aes, 4),

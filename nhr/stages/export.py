@@ -28,7 +28,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nhr.store import BlobStore, atomic_write_bytes
+from nhr.stages.dataset_card import write_card
+from nhr.stages.export_webdataset import write_webdataset
+from nhr.store import BlobStore
 
 TEXT_COLUMNS = (
     "triplet_id",
@@ -233,39 +235,6 @@ def card_body(
     return "\n".join(lines) + "\n"
 
 
-def _front_matter(configs: dict[str, tuple[str, int]], n: int) -> str:
-    """YAML front matter declaring each config's shard pattern and row count."""
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
-    lines = ["---", "configs:"]
-    for config, (pattern, _) in configs.items():
-        lines += [
-            f"- config_name: {config}",
-            "  data_files:",
-            "  - split: train",
-            f"    path: {pattern}",
-        ]
-    lines.append("dataset_info:")
-    for config, (_, rows) in configs.items():
-        lines += [
-            f"- config_name: {config}",
-            "  splits:",
-            "  - name: train",
-            f"    num_examples: {rows}",
-        ]
-    lines += [
-        "task_categories:",
-        "- image-to-image",
-        "tags:",
-        "- image-editing",
-        "- nhr",
-        "size_categories:",
-        f"- {size}",
-        "---",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def read_card(folder: Path | str) -> dict[str, Any]:
     """The front matter of an exported dataset's card."""
     import yaml
@@ -339,12 +308,18 @@ def export_dataset(
     shard_rows: int = 1000,
     chains: pa.Table | None = None,
     preferences: pa.Table | None = None,
+    webdataset_rows: Iterable[pa.RecordBatch | pa.Table] | None = None,
+    webdataset_shard_rows: int = 1000,
+    license_id: str = "cc-by-4.0",
+    provenance: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write the dataset folder (shards + card) and swap it into place; returns shards.
+    """Write the dataset folder (shards + card, and WebDataset tar shards of the triplets
+    when ``webdataset_rows`` is given) and swap it into place; returns the parquet shards.
 
-    ``rows`` streams the triplets (record batches of the ``TripletRow`` schema);
-    ``chains`` (from ``bootstrap.chains``) and ``preferences`` (from
-    ``preference_pairs``) are tables of image paths, embedded shard by shard."""
+    ``rows`` (and ``webdataset_rows``, a second pass over the same table) stream the
+    triplets as record batches of the ``TripletRow`` schema; ``chains`` (from
+    ``bootstrap.chains``) and ``preferences`` (from ``preference_pairs``) are tables of
+    image paths, embedded shard by shard."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=out_dir.parent))
@@ -358,8 +333,9 @@ def export_dataset(
         configs = {
             name: _write_config(tmp, name, part, blobs, shard_rows) for name, part in parts.items()
         }
-        card = _front_matter(configs, configs["default"][1]) + body
-        atomic_write_bytes(tmp / "README.md", card.encode())
+        write_card(tmp, configs, configs["default"][1], body, license_id, provenance)
+        if webdataset_rows is not None:
+            write_webdataset(webdataset_rows, blobs, tmp / "webdataset", webdataset_shard_rows)
         old = out_dir.with_name(f".old-{out_dir.name}")
         if old.exists():
             shutil.rmtree(old)

@@ -11,13 +11,13 @@ import io
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from nhr.errors import ImageError
+from nhr.images import ImageLimits, ImageRefused, open_image
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -48,25 +48,20 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an image fully as RGB, refusing unreadable or over-large files with a clear error."""
+    """Open an image fully as RGB through the one loader (``nhr.images``), refusing
+    unreadable or over-large files with a clear error."""
     if not path.is_file():
         raise ImageError(f"image {path} is missing", "rerun the stage that wrote it")
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                raise ImageError(
-                    f"image {path} is {img.width}x{img.height}, over {max_pixels} pixels",
-                    "downscale it, or raise the limit if you trust the file",
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img.load()
-            return img.convert("RGB")
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+        return open_image(path, ImageLimits(max_pixels=max_pixels), where=f"image {path}")
+    except ImageRefused as err:
+        if err.reason == "too_many_pixels":
+            raise ImageError(
+                f"image {path} is over {max_pixels} pixels ({err.problem})",
+                "downscale it, or raise the limit if you trust the file",
+            ) from None
         raise ImageError(
-            f"image {path} cannot be read ({type(err).__name__}: {err})",
+            f"image {path} cannot be read ({err.reason}: {err.problem})",
             "delete it and rerun the stage that wrote it, or replace the file",
         ) from None
 

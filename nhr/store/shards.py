@@ -306,6 +306,14 @@ class TableStore:
             self.clean(name)
         return done
 
+    def part_info(self, name: str, part: str) -> dict[str, Any] | None:
+        """The info recorded with a named part of a table, or None if it was never
+        written (reads the ledger only)."""
+        for entry in self.entries(name):
+            if entry.name == f"part-{part}":
+                return entry.info
+        return None
+
     def read_part(self, name: str, part: str) -> pa.Table | None:
         """A named part of a table, or None if it was never written."""
         for entry in self.entries(name):

@@ -62,15 +62,28 @@ class SyntheticPrompter:
         rng = np.random.default_rng(derive_seed("prompt", req.prompt_id, req.seed))
         scene = draw_scene(rng, req.style)
         text = write_prompt(scene, rng)
+        drafts = self.instructions_for(rng, scene, req.k, req.prompt_id)
+        return PromptDraft(
+            prompt_id=req.prompt_id,
+            text=text,
+            style=scene.style,
+            topic=scene.background,
+            instructions=tuple(drafts),
+        )
+
+    def instructions_for(
+        self, rng: np.random.Generator, scene: SceneSpec, k: int, prompt_id: str
+    ) -> list[InstructionDraft]:
+        """``k`` distinct instructions valid for ``scene`` (a ValueError if they cannot be)."""
         drafts: list[InstructionDraft] = []
         seen_text: set[str] = set()
         seen_edits: set[tuple[Edit, ...]] = set()
         attempts = 0
-        while len(drafts) < req.k:
+        while len(drafts) < k:
             attempts += 1
-            if attempts > 200 + 50 * req.k:
+            if attempts > 200 + 50 * k:
                 raise ValueError(
-                    f"could not write {req.k} distinct instructions for prompt {req.prompt_id!r}"
+                    f"could not write {k} distinct instructions for prompt {prompt_id!r}"
                 )
             instr = self.draw_instruction(rng, scene)
             if instr is None or instr.edits in seen_edits:
@@ -81,13 +94,7 @@ class SyntheticPrompter:
             seen_text.add(t)
             seen_edits.add(instr.edits)
             drafts.append(InstructionDraft(text=t, edit_type=instr.edit_type))
-        return PromptDraft(
-            prompt_id=req.prompt_id,
-            text=text,
-            style=scene.style,
-            topic=scene.background,
-            instructions=tuple(drafts),
-        )
+        return drafts
 
     def draw_instruction(self, rng: np.random.Generator, scene: SceneSpec) -> Instruction | None:
         """A random instruction valid for ``scene`` (None if the drawn type is impossible)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .captioner import SyntheticCaptioner, SyntheticCaptionWriter
 from .editor import SyntheticEditor
 from .judge import SyntheticJudge
 from .prompter import SyntheticPrompter
@@ -12,7 +13,7 @@ from .truth import SyntheticTruth
 
 
 class SyntheticWorld:
-    """Prompter, renderer, editor, judge and truth of one synthetic world.
+    """Prompter, renderer, editor, judge, captioner and truth of one synthetic world.
 
     ``truth_dir`` is where rendered images' layouts are recorded (only evaluation and the
     editor read it; the judge never does). ``seed`` is kept for provenance: every backend
@@ -46,3 +47,5 @@ class SyntheticWorld:
         self.renderer = SyntheticRenderer(self.truth, implausible_rate=float(implausible_rate))
         self.editor = SyntheticEditor(self.truth)
         self.judge = SyntheticJudge(noise=float(judge_noise))
+        self.captioner = SyntheticCaptioner()
+        self.caption_writer = SyntheticCaptionWriter(self.prompter)

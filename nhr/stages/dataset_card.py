@@ -1,0 +1,145 @@
+"""The exported dataset's card, written with ``huggingface_hub``'s ``DatasetCard``.
+
+The front matter is a ``DatasetCardData``: the configs and their shard patterns,
+``dataset_info`` with every split's ``num_examples`` *and* ``num_bytes`` (``datasets``
+warns "The `splits` field in YAML is malformed" and ignores the info without the bytes),
+the licence, how the data was made (``annotations_creators``/``source_datasets``:
+machine-generated, from which models), and an ``nhr`` block of provenance: the paper,
+the run, the models of every role and the count of each origin. ``datasets.load_dataset``
+on the folder loads it with no warning about the card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PAPER = "arXiv:2507.14119"
+# the triplet columns ``provenance`` reads
+PROVENANCE_COLUMNS = (
+    "origin",
+    "t2i_model",
+    "editor_model",
+    "judge_id",
+    "judge_prompt_version",
+    "prompter_version",
+    "writer_version",
+)
+
+
+def size_category(n: int) -> str:
+    """The hub's size bucket of ``n`` rows."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return name
+    return "100K<n<1M" if n < 1_000_000 else "1M<n<10M"
+
+
+def provenance(triplets: pa.Table, run: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What made the triplets (a table with their provenance columns): the paper, the
+    run, and the model ids of each role."""
+
+    def ids(name: str) -> list[str]:
+        if name not in triplets.schema.names:
+            return []
+        values = pc.unique(pc.drop_null(triplets.column(name))).to_pylist()
+        return sorted({str(v) for v in values if v})
+
+    sources = ids("t2i_model")
+    photos = sorted({s.split(":", 1)[1] for s in sources if s.startswith("photo:")})
+    origins = (
+        pc.value_counts(triplets.column("origin")).to_pylist()
+        if "origin" in triplets.schema.names
+        else []
+    )
+    return {
+        "generator": "nhr (NoHumansRequired, open implementation)",
+        "paper": PAPER,
+        "run": run,
+        "source_images": "photos" if photos and len(photos) == len(sources) else "generated",
+        "t2i_models": [s for s in sources if not s.startswith("photo:")],
+        "photo_collections": photos[:20],
+        "editor_models": ids("editor_model"),
+        "validators": ids("judge_id"),
+        "validator_prompts": ids("judge_prompt_version"),
+        "instruction_writers": sorted(set(ids("prompter_version")) | set(ids("writer_version"))),
+        "origins": dict(sorted((str(o["values"]), int(o["counts"])) for o in origins)),
+        **(extra or {}),
+    }
+
+
+def card_data(
+    folder: Path,
+    configs: dict[str, tuple[str, int]],
+    n_rows: int,
+    license_id: str,
+    prov: dict[str, Any],
+) -> Any:
+    """The ``DatasetCardData`` of an export in ``folder`` whose configs are ``{name:
+    (shard glob relative to folder, rows)}``; bytes are the parquet shards' on disk."""
+    from huggingface_hub import DatasetCardData
+
+    infos = []
+    for name, (pattern, rows) in configs.items():
+        size = sum(p.stat().st_size for p in folder.glob(pattern))
+        infos.append(
+            {
+                "config_name": name,
+                "splits": [{"name": "train", "num_bytes": size, "num_examples": rows}],
+                "download_size": size,
+                "dataset_size": size,
+            }
+        )
+    return DatasetCardData(
+        license=license_id,
+        language=["en"],
+        pretty_name=prov.get("run") or folder.name,
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        source_datasets=["original"] if prov.get("source_images") != "photos" else ["extended"],
+        task_categories=["image-to-image"],
+        size_categories=[size_category(n_rows)],
+        tags=["image-editing", "nhr", "synthetic"],
+        configs=[
+            {"config_name": name, "data_files": [{"split": "train", "path": pattern}]}
+            for name, (pattern, _) in configs.items()
+        ],
+        dataset_info=infos,
+        nhr=prov,
+    )
+
+
+def write_card(
+    folder: Path,
+    configs: dict[str, tuple[str, int]],
+    n_rows: int,
+    body: str,
+    license_id: str = "cc-by-4.0",
+    prov: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/README.md``: the card data as front matter, then ``body`` and a
+    licence and provenance section; returns the path."""
+    from huggingface_hub import DatasetCard
+
+    from nhr.store import atomic_write_bytes
+
+    prov = prov or {}
+    data = card_data(Path(folder), configs, n_rows, license_id, prov)
+    lines = [
+        "",
+        "## Licence and provenance",
+        "",
+        f"Licence: `{license_id}`. Made without human annotation by `nhr`, an open "
+        f"implementation of NoHumansRequired ({PAPER}); every row records the models, "
+        "seeds and prompt versions that made it.",
+    ]
+    for key in ("t2i_models", "photo_collections", "editor_models", "validators"):
+        if prov.get(key):
+            lines.append(f"- {key.replace('_', ' ')}: " + ", ".join(f"`{v}`" for v in prov[key]))
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body.rstrip()}\n" + "\n".join(lines))
+    path = Path(folder) / "README.md"
+    atomic_write_bytes(path, (str(card).rstrip() + "\n").encode())
+    return path
