@@ -11,6 +11,8 @@ import io
 import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +69,25 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
 
 
 class BlobStore:
-    """Images stored once each, by the sha256 of their PNG bytes, under ``root/blobs``."""
+    """Images stored once each, by the sha256 of their PNG bytes, under ``root/blobs``.
 
-    def __init__(self, root: Path) -> None:
+    Decoded images are kept in a small LRU cache (at most ``cache_pixels`` pixels in
+    all): a blob's name is its content, so a cached image can never be stale, and a
+    source image read by every job and judge of its k×M grid is decoded once. The cache
+    stays in its process (it is not pickled to worker processes)."""
+
+    def __init__(self, root: Path, cache_pixels: int = 64 * 2**20) -> None:
         self.root = Path(root)
+        self.cache_pixels = cache_pixels
+        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+        self._cached_pixels = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "cache_pixels": self.cache_pixels}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], state["cache_pixels"])  # type: ignore[misc]
 
     def put(self, image: Image.Image) -> str:
         """Store an image; returns its path relative to the run folder."""
@@ -83,15 +100,37 @@ class BlobStore:
         return rel
 
     def get(self, rel: str) -> Image.Image:
-        """Load a stored image as RGB; a damaged blob's error names the repair command."""
+        """Load a stored image as RGB (a copy the caller may change); a damaged blob's
+        error names the repair command."""
+        with self._lock:
+            hit = self._cache.get(rel)
+            if hit is not None:
+                self._cache.move_to_end(rel)
+                return hit.copy()
         try:
-            return load_image(self.root / rel)
+            image = load_image(self.root / rel)
         except ImageError as err:
             raise ImageError(
                 err.problem,
                 f"run `nhr repair {self.root}` (it deletes the image and the rows that made "
                 "it), then rerun: the same image is made again",
             ) from None
+        self._remember(rel, image)
+        return image.copy()
+
+    def _remember(self, rel: str, image: Image.Image) -> None:
+        """Cache a decoded image, evicting the least recently used beyond the limit."""
+        pixels = image.width * image.height
+        if pixels > self.cache_pixels:
+            return
+        with self._lock:
+            if rel in self._cache:
+                return
+            self._cache[rel] = image
+            self._cached_pixels += pixels
+            while self._cached_pixels > self.cache_pixels:
+                _, old = self._cache.popitem(last=False)
+                self._cached_pixels -= old.width * old.height
 
     def read_bytes(self, rel: str) -> bytes:
         """The PNG bytes of a stored image."""
