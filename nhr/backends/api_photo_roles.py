@@ -13,9 +13,19 @@ from typing import Any
 
 from PIL import Image
 
-from nhr.backends.api_client import CallError, ModelRequest, RemoteClient, Usage
-from nhr.backends.api_roles import PromptTemplate, _obj, _text, image_part, make_client
+from nhr.backends.api_client import CallError, RemoteClient
+from nhr.backends.api_roles import (
+    RemoteUse,
+    _instructions,
+    _obj,
+    _text,
+    image_part,
+    make_client,
+    render_request,
+    string_array,
+)
 from nhr.backends.base import Caption, CaptionRequest, InstructionDraft, InstructionSet
+from nhr.config import PromptWriterBlock
 
 CAPTION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -26,22 +36,13 @@ CAPTION_SCHEMA: dict[str, Any] = {
     },
     "required": ["caption"],
 }
-OPERATIONS = (
-    "add",
-    "remove",
-    "replace",
-    "recolour",
-    "material",
-    "resize",
-    "move",
-    "background",
-    "style",
-)
+#: The operation words an instruction may carry: the prompt writer's default edit operations.
+OPERATIONS: tuple[str, ...] = PromptWriterBlock.model_fields["prompt_edit_ops"].default
 
 
 def instructions_schema(k: int) -> dict[str, Any]:
     """Exactly k instructions and, optionally, their operation words."""
-    items = {"type": "array", "items": {"type": "string"}, "minItems": k, "maxItems": k}
+    items = string_array(k)
     return {
         "type": "object",
         "properties": {"instructions": items, "operations": items},
@@ -60,72 +61,54 @@ def parse_caption(value: Any) -> Caption:
     )
 
 
-class RemoteCaptioner:
+class RemoteCaptioner(RemoteUse):
     """A VLM behind a remote API that captions photos (temperature 0)."""
 
     def __init__(
         self, client: RemoteClient, model: str, image_max_side: int = 1024, max_tokens: int = 512
     ) -> None:
-        self.client = client
-        self.model = model
+        super().__init__(client, model, "caption")
         self.image_max_side = image_max_side
         self.max_tokens = max_tokens
-        self.template = PromptTemplate.load("caption")
-        self.model_id = f"{client.transport.name}:{model}"
-        self.version = self.template.version
-        self._usage = Usage()
-
-    def usage(self) -> dict[str, float]:
-        """Cumulative calls, tokens, cost, cache hits and errors of this captioner."""
-        return self._usage.snapshot()
 
     def caption(self, images: list[Image.Image]) -> list[Caption]:
         """One caption per image; a failed call gives a caption with ``error`` set."""
-        reqs = []
-        for im in images:
-            system, parts = self.template.render({}, {"image": image_part(im, self.image_max_side)})
-            reqs.append(
-                ModelRequest(
-                    self.model, self.version, system, parts, CAPTION_SCHEMA, 0.0, self.max_tokens
-                )
+        reqs = [
+            render_request(
+                self.model,
+                self.template,
+                {},
+                CAPTION_SCHEMA,
+                0.0,
+                self.max_tokens,
+                {"image": image_part(im, self.image_max_side)},
             )
+            for im in images
+        ]
         out = self.client.ask_many(reqs, parse_caption, self._usage) if reqs else []
         return [Caption("", error=str(a)) if isinstance(a, CallError) else a for a in out]
 
 
-class RemoteCaptionWriter:
+class RemoteCaptionWriter(RemoteUse):
     """An LLM behind a remote API that writes k instructions from a caption."""
 
     def __init__(
         self, client: RemoteClient, model: str, temperature: float = 1.0, max_tokens: int = 2048
     ) -> None:
-        self.client = client
-        self.model = model
+        super().__init__(client, model, "caption_instructions")
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.template = PromptTemplate.load("caption_instructions")
-        self.model_id = f"{client.transport.name}:{model}"
-        self.version = self.template.version
-        self._usage = Usage()
-
-    def usage(self) -> dict[str, float]:
-        """Cumulative calls, tokens, cost, cache hits and errors of this writer."""
-        return self._usage.snapshot()
 
     @staticmethod
     def _parser(k: int) -> Any:
         def parse(value: Any) -> InstructionSet:
             obj = _obj(value)
-            texts = obj.get("instructions")
-            if not isinstance(texts, list) or len(texts) != k:
-                raise CallError("schema_violation", f"expected {k} instructions, got {texts!r:.80}")
-            if not all(isinstance(t, str) and t.strip() for t in texts):
-                raise CallError("schema_violation", "an instruction is not a non-empty string")
+            texts = _instructions(obj, k)
             ops = obj.get("operations")
             ops = ops if isinstance(ops, list) and len(ops) == k else [""] * k
             return InstructionSet(
                 tuple(
-                    InstructionDraft(t.strip(), o if o in OPERATIONS else "other")
+                    InstructionDraft(t, o if o in OPERATIONS else "other")
                     for t, o in zip(texts, ops, strict=True)
                 )
             )
@@ -134,21 +117,18 @@ class RemoteCaptionWriter:
 
     def instructions(self, requests: list[CaptionRequest]) -> list[InstructionSet]:
         """k instructions per caption; a failed call gives a set with ``error`` set."""
-        reqs, parsers = [], []
-        for r in requests:
-            system, parts = self.template.render({"k": str(r.k), "caption": r.caption})
-            reqs.append(
-                ModelRequest(
-                    self.model,
-                    self.version,
-                    system,
-                    parts,
-                    instructions_schema(r.k),
-                    self.temperature,
-                    self.max_tokens,
-                )
+        reqs = [
+            render_request(
+                self.model,
+                self.template,
+                {"k": str(r.k), "caption": r.caption},
+                instructions_schema(r.k),
+                self.temperature,
+                self.max_tokens,
             )
-            parsers.append(self._parser(r.k))
+            for r in requests
+        ]
+        parsers = [self._parser(r.k) for r in requests]
         out = self.client.ask_many(reqs, parsers, self._usage) if reqs else []
         return [InstructionSet((), error=str(a)) if isinstance(a, CallError) else a for a in out]
 

@@ -104,6 +104,22 @@ def _load_template(name: str, version: int) -> PromptTemplate:
     )
 
 
+def render_request(
+    model: str,
+    template: PromptTemplate,
+    values: dict[str, str],
+    schema: dict[str, Any],
+    temperature: float,
+    max_output_tokens: int,
+    images: dict[str, ImagePart] | None = None,
+) -> ModelRequest:
+    """The request of one rendered prompt file, tagged with the file's version."""
+    system, parts = template.render(values, images)
+    return ModelRequest(
+        model, template.version, system, parts, schema, temperature, max_output_tokens
+    )
+
+
 def image_part(image: Image.Image, max_side: int = 0) -> ImagePart:
     """An image as PNG bytes, downscaled so its long side is at most ``max_side``."""
     image = image.convert("RGB")
@@ -149,6 +165,16 @@ def _text(obj: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CallError("schema_violation", f"{name} is {value!r}, not a non-empty string")
     return value.strip()
+
+
+def _instructions(obj: dict[str, Any], k: int) -> list[str]:
+    """Exactly k non-empty instruction strings, stripped."""
+    texts = obj.get("instructions")
+    if not isinstance(texts, list) or len(texts) != k:
+        raise CallError("schema_violation", f"expected {k} instructions, got {texts!r:.80}")
+    if not all(isinstance(t, str) and t.strip() for t in texts):
+        raise CallError("schema_violation", "an instruction is not a non-empty string")
+    return [t.strip() for t in texts]
 
 
 def parse_scores(value: Any) -> Scores:
@@ -216,24 +242,38 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+def string_array(k: int) -> dict[str, Any]:
+    """The schema of a JSON array of exactly k strings."""
+    return {"type": "array", "items": {"type": "string"}, "minItems": k, "maxItems": k}
+
+
 def prompter_schema(k: int) -> dict[str, Any]:
     """The prompt writer's answer: a prompt and exactly k instructions."""
     return {
         "type": "object",
-        "properties": {
-            "prompt": {"type": "string"},
-            "instructions": {
-                "type": "array",
-                "items": {"type": "string"},
-                "minItems": k,
-                "maxItems": k,
-            },
-        },
+        "properties": {"prompt": {"type": "string"}, "instructions": string_array(k)},
         "required": ["prompt", "instructions"],
     }
 
 
 # ---------------------------------------------------------------- the uses
+class RemoteUse:
+    """A remote model used through one prompt file: its client, model, template (whose
+    version goes on every row) and cumulative usage."""
+
+    def __init__(self, client: RemoteClient, model: str, template: str) -> None:
+        self.client = client
+        self.model = model
+        self.template = PromptTemplate.load(template)
+        self.model_id = f"{client.transport.name}:{model}"
+        self.version = self.template.version
+        self._usage = Usage()
+
+    def usage(self) -> dict[str, float]:
+        """Cumulative calls, tokens, cost, cache hits and errors of this use."""
+        return self._usage.snapshot()
+
+
 class RemoteJudge:
     """A judge behind a remote model; one object per role so each records its prompt's
     version. Answers it cannot trust come back with ``error`` set, never as a pass."""
@@ -266,10 +306,14 @@ class RemoteJudge:
     def _request(
         self, template: str, values: dict[str, str], images: dict[str, ImagePart]
     ) -> ModelRequest:
-        t = self.templates[template]
-        system, parts = t.render(values, images)
-        return ModelRequest(
-            self.model, t.version, system, parts, SCHEMAS[template], 0.0, self.max_output_tokens
+        return render_request(
+            self.model,
+            self.templates[template],
+            values,
+            SCHEMAS[template],
+            0.0,
+            self.max_output_tokens,
+            images,
         )
 
     def _img(self, image: Image.Image) -> ImagePart:
@@ -352,7 +396,7 @@ class Taxonomy:
         }
 
 
-class RemotePromptWriter:
+class RemotePromptWriter(RemoteUse):
     """Writes a T2I prompt and k instructions per request, within the taxonomy."""
 
     def __init__(
@@ -364,20 +408,11 @@ class RemotePromptWriter:
         max_output_tokens: int = 2048,
         rounds: int = 3,
     ) -> None:
-        self.client = client
-        self.model = model
+        super().__init__(client, model, "prompter")
         self.taxonomy = taxonomy
         self.temperature = temperature
         self.max_output_tokens = max_output_tokens
         self.rounds = rounds
-        self.template = PromptTemplate.load("prompter")
-        self.model_id = f"{client.transport.name}:{model}"
-        self.version = self.template.version
-        self._usage = Usage()
-
-    def usage(self) -> dict[str, float]:
-        """Cumulative calls, tokens, cost, cache hits and errors of this writer."""
-        return self._usage.snapshot()
 
     def write(self, requests: list[PromptRequest]) -> list[PromptDraft]:
         """One draft per request. A request the model fails is drawn again with other
@@ -389,20 +424,17 @@ class RemotePromptWriter:
             if not todo:
                 break
             plans = {i: self.taxonomy.draw(requests[i], attempt) for i in todo}
-            reqs = []
-            for i in todo:
-                system, parts = self.template.render({"request": json.dumps(plans[i])})
-                reqs.append(
-                    ModelRequest(
-                        self.model,
-                        self.version,
-                        system,
-                        parts,
-                        prompter_schema(requests[i].k),
-                        self.temperature,
-                        self.max_output_tokens,
-                    )
+            reqs = [
+                render_request(
+                    self.model,
+                    self.template,
+                    {"request": json.dumps(plans[i])},
+                    prompter_schema(requests[i].k),
+                    self.temperature,
+                    self.max_output_tokens,
                 )
+                for i in todo
+            ]
             parsers = [self._parser(requests[i].k) for i in todo]
             answers = self.client.ask_many(reqs, parsers, self._usage)
             for i, ans in zip(todo, answers, strict=True):
@@ -436,12 +468,7 @@ class RemotePromptWriter:
         def parse(value: Any) -> tuple[str, list[str]]:
             obj = _obj(value)
             prompt = _text(obj, "prompt")
-            texts = obj.get("instructions")
-            if not isinstance(texts, list) or len(texts) != k:
-                raise CallError("schema_violation", f"expected {k} instructions, got {texts!r:.80}")
-            if not all(isinstance(t, str) and t.strip() for t in texts):
-                raise CallError("schema_violation", "an instruction is not a non-empty string")
-            return prompt, [t.strip() for t in texts]
+            return prompt, _instructions(obj, k)
 
         return parse
 
@@ -471,20 +498,17 @@ class RemoteInstructionWriter:
         return self._usage.snapshot()
 
     def _ask(self, template: PromptTemplate, rows: list[dict[str, str]]) -> list[TextAnswer]:
-        reqs = []
-        for values in rows:
-            system, parts = template.render(values)
-            reqs.append(
-                ModelRequest(
-                    self.model,
-                    template.version,
-                    system,
-                    parts,
-                    SCHEMAS["instruction"],
-                    self.temperature,
-                    self.max_output_tokens,
-                )
+        reqs = [
+            render_request(
+                self.model,
+                template,
+                values,
+                SCHEMAS["instruction"],
+                self.temperature,
+                self.max_output_tokens,
             )
+            for values in rows
+        ]
         out = self.client.ask_many(reqs, parse_instruction, self._usage) if reqs else []
         return [
             TextAnswer("", error=str(a)) if isinstance(a, CallError) else TextAnswer(a) for a in out

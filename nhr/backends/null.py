@@ -191,6 +191,16 @@ class NullEditor:
         return out
 
 
+def seen_edits(
+    sources: list[Image.Image], edits: list[Image.Image], instructions: list[str]
+) -> list[tuple[str, str, str]]:
+    """What a judge sees of each edit: (instruction, source key, edit key)."""
+    return [
+        (text, image_key(src), image_key(edit))
+        for src, edit, text in zip(sources, edits, instructions, strict=True)
+    ]
+
+
 def passing_scores(passed: bool, *parts: object) -> Scores:
     """Validator scores on 1–5 that clear 4.7 on both axes iff ``passed``, varied by hash
     so the argmax selection has a choice to make."""
@@ -223,8 +233,7 @@ class NullJudge:
         """Pass ``PREFILTER_RATE`` of edits (more often in a good pair); a fail names one
         of the three reasons, drawn by hash."""
         out = []
-        for src, edit, text in zip(sources, edits, instructions, strict=True):
-            k_src, k_edit = image_key(src), image_key(edit)
+        for text, k_src, k_edit in seen_edits(sources, edits, instructions):
             rate = PREFILTER_GOOD if self._good_pair(text, k_src) else PREFILTER_BAD
             ok = unit("prefilter", text, k_src, k_edit) < rate
             why = 3 if ok else int(unit("prefilter-why", text, k_src, k_edit) * 3)
@@ -246,8 +255,7 @@ class NullJudge:
         in a good pair, never outside), ``BACKWARD_RATE`` for inverse and
         ``COMPOSED_RATE`` for composed instructions."""
         out = []
-        for src, edit, text in zip(sources, edits, instructions, strict=True):
-            k_src, k_edit = image_key(src), image_key(edit)
+        for text, k_src, k_edit in seen_edits(sources, edits, instructions):
             if text.startswith(COMPOSED_PREFIX):
                 rate = COMPOSED_RATE
             elif text.startswith(INVERSE_PREFIX):

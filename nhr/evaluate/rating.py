@@ -42,9 +42,9 @@ SCALE = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
-class RatingItem:
-    """One candidate to rate: its images (paths relative to the run folder), the
-    instruction, and the validator's scores and stratum (kept, never shown to raters)."""
+class ScoredEdit:
+    """One edit: its id, images (paths relative to the run folder), instruction, and
+    adherence and aesthetic scores on 1–5."""
 
     item_id: str
     source_image: str
@@ -52,6 +52,13 @@ class RatingItem:
     instruction: str
     adherence: float
     aesthetic: float
+
+
+@dataclass(frozen=True)
+class RatingItem(ScoredEdit):
+    """One candidate to rate: the edit with the validator's scores, verdict and stratum
+    (kept, never shown to raters)."""
+
     passed: bool
     stratum: int
 

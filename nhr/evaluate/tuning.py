@@ -41,6 +41,7 @@ import numpy as np
 from nhr.backends.api_client import ImagePart
 from nhr.backends.api_roles import PromptTemplate, image_part
 from nhr.evaluate.calibration import Rating, RatingsError
+from nhr.evaluate.rating import ScoredEdit
 from nhr.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -56,15 +57,8 @@ class TuningFormatError(ValueError):
 
 
 @dataclass(frozen=True)
-class TuningExample:
-    """One rated item as a training example: images, instruction, target scores."""
-
-    item_id: str
-    source_image: str
-    edited_image: str
-    instruction: str
-    adherence: float
-    aesthetic: float
+class TuningExample(ScoredEdit):
+    """One rated item as a training example: images, instruction, the raters' scores."""
 
     def answer(self) -> str:
         """The validator's JSON answer with the raters' scores."""
