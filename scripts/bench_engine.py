@@ -14,7 +14,8 @@ Volumes per prompt follow the paper's Table 2 (63,292 prompts → 1.17M sources 
 gated → 3.07M edits of a 12.9M grid): K_INSTRUCTIONS = 5, N_SOURCE_SEEDS = 19 (the paper's
 18.5 sources per prompt, rounded up), M_EDIT_SEEDS = 5, MAX_EDIT_JOBS = 48.54 per prompt.
 BATCH_SIZE = 256 rows by default (a large run's judge and API batches; ``--batch-size``),
-WORKERS = 1 (the null backends are instant: threads would only add contention).
+WORKERS = 1 by default (``--workers 0``: the null world's renderer, editor and judges
+run in one worker process per core).
 DEDUP is off by default: with a handful of fixed images nearly every triplet is an exact
 duplicate of another, which would empty the export (``--dedup`` turns it on anyway).
 
@@ -79,7 +80,9 @@ class TimeLimit(Exception):
     """Raised by SIGALRM when ``--time-limit`` is up."""
 
 
-def bench_params(n_prompts: int, batch_size: int, dedup: bool, seed: int = 0) -> dict[str, Any]:
+def bench_params(
+    n_prompts: int, batch_size: int, dedup: bool, seed: int = 0, workers: int = 1
+) -> dict[str, Any]:
     """The run's UPPER_CASE parameters: the null world at Table 2's volumes per prompt."""
     return {
         "SEED": seed,
@@ -93,7 +96,7 @@ def bench_params(n_prompts: int, batch_size: int, dedup: bool, seed: int = 0) ->
         "M_EDIT_SEEDS": 5,
         "MAX_EDIT_JOBS": max(1, round(n_prompts * PAPER_EDITS / PAPER_PROMPTS)),
         "BATCH_SIZE": batch_size,
-        "WORKERS": 1,
+        "WORKERS": workers,
         "DEDUP": dedup,
     }
 
@@ -289,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=256, help="BATCH_SIZE (default 256)")
     ap.add_argument("--dedup", action="store_true", help="run dedup in assemble (module note)")
     ap.add_argument("--seed", type=int, default=0, help="SEED of the run")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="WORKERS (1: one process; 0: one per core)"
+    )
     ap.add_argument("--time-limit", type=float, default=0.0, help="stop after S seconds (0: none)")
     args = ap.parse_args(argv)
 
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = Path(tempfile.mkdtemp(prefix="nhr-bench-"))
-    params = bench_params(args.prompts, args.batch_size, args.dedup, args.seed)
+    params = bench_params(args.prompts, args.batch_size, args.dedup, args.seed, args.workers)
     load_before = os.getloadavg()
     try:
         report = run_bench(run_dir, params, args.time_limit)

@@ -147,6 +147,7 @@ class NullPrompter:
 class NullRenderer:
     """A ``TextToImage`` returning one of ``SOURCE_VARIANTS`` fixed pictures per seed."""
 
+    work = "cpu"  # pure computation: worker processes when WORKERS > 1
     model_id = MODEL_ID
     size_multiple = 8
 
@@ -169,6 +170,7 @@ class NullEditor:
     """An ``Editor`` drawing, by hash of the job, a solid-block edit (``LOWLEVEL_RATE``)
     or a speckle edit (the rest)."""
 
+    work = "cpu"  # pure computation: worker processes when WORKERS > 1
     model_id = MODEL_ID
 
     def edit(
@@ -275,6 +277,7 @@ class NullJudge:
 class NullInverter:
     """An ``InstructionWriter`` answering templated text at once."""
 
+    work = "cpu"  # pure computation: worker processes when WORKERS > 1
     model_id = MODEL_ID
     version = VERSION
 
