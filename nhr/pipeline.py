@@ -108,21 +108,11 @@ class Pipeline:
     # ---- reading -------------------------------------------------------------------
     def table(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """A table (or some of its columns) as Arrow, empty when it is not written yet."""
-        return self.store.tables.read(table, TABLE_TYPES[table].schema(), columns)
+        return self.tables.read(table, columns)
 
     def rows(self, table: str, limit: int | None = None) -> list[Any]:
         """The records of a table (the first ``limit`` of them, reading no more)."""
-        cls = TABLE_TYPES[table]
-        if limit is None:
-            return from_table(self.table(table), cls)
-        out: list[Any] = []
-        for batch in self.store.tables.iter_batches(
-            table, batch_rows=max(limit, 1), schema=cls.schema()
-        ):
-            out += from_table(batch, cls)[: limit - len(out)]
-            if len(out) >= limit:
-                break
-        return out
+        return self.tables.rows(table, limit)
 
     def frame(self, table: str) -> pd.DataFrame:
         """A table as a DataFrame, for looking at in a notebook."""

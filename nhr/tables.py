@@ -105,9 +105,20 @@ class RunTables:
         cols = list(columns) if columns is not None else None
         yield from self.store.tables.iter_batches(name, cols, batch_rows)
 
-    def rows(self, name: str) -> list[Any]:
-        """A table as typed records (for per-row Python; prefer :meth:`read`)."""
-        return from_table(self.read(name), TABLE_TYPES[name])
+    def rows(self, name: str, limit: int | None = None) -> list[Any]:
+        """A table as typed records (for per-row Python; prefer :meth:`read`), or its
+        first ``limit`` records, reading no more batches than those need."""
+        cls = TABLE_TYPES[name]
+        if limit is None:
+            return from_table(self.read(name), cls)
+        out: list[Any] = []
+        for batch in self.store.tables.iter_batches(
+            name, batch_rows=max(limit, 1), schema=self.schema(name)
+        ):
+            out += from_table(batch, cls)[: limit - len(out)]
+            if len(out) >= limit:
+                break
+        return out
 
     def count(self, name: str) -> int:
         """Rows of a table (0 when unwritten), opening no more than the footers."""

@@ -12,7 +12,7 @@ at chance, and None when it is undefined (fewer than two pairable values, or all
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,8 +55,3 @@ def krippendorff_alpha(units: Sequence[Sequence[float]], level: str = "interval"
     if d_e == 0:
         return None
     return round(float(1.0 - d_o / d_e), 4)
-
-
-def alpha_by_item(ratings: Mapping[str, Sequence[float]], level: str = "interval") -> float | None:
-    """α of ratings keyed by item id (each item's values from any raters)."""
-    return krippendorff_alpha(list(ratings.values()), level)

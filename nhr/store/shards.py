@@ -400,11 +400,6 @@ class ShardWriter:
         self._since: float | None = None
         self.committed: list[LedgerEntry] = []
 
-    @property
-    def pending_rows(self) -> int:
-        """Output rows buffered, not yet committed."""
-        return self._rows
-
     def add(
         self,
         rows: pa.Table | list[Any],
