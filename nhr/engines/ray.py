@@ -74,11 +74,19 @@ SCHEMA = pa.schema(
 NO_LINK = -1
 
 
+def dumps(obj: Any) -> bytes:
+    """Pickle what crosses to Ray workers: with cloudpickle, so stages, records and
+    forwards defined in a script's ``__main__`` travel by value."""
+    from ray import cloudpickle
+
+    return cloudpickle.dumps(obj)
+
+
 def import_ray() -> Any:
     """The ``ray`` module with Ray Data, or an error naming what to install."""
     try:
         import ray
-        import ray.data  # noqa: F401  (Ray Data is a separate extra of ray)
+        import ray.data
     except ImportError as err:
         raise ConfigError(
             f"ENGINE ray needs Ray Data, which is not installed ({err})",
@@ -153,17 +161,24 @@ class LinkWorker:
     carried from upstream) to the next link's inputs and the ``Done``s so far."""
 
     def __init__(self, chain: Any, k: int, share: float = 1.0) -> None:
-        ray = import_ray()
-        blob = ray.get(chain) if isinstance(chain, ray.ObjectRef) else chain
-        links: list[Link] = pickle.loads(blob)
         self.k = k
-        self.link = links[k]
-        self.last = k == len(links) - 1
-        self.stage = self.link.stage
-        if share < 1.0:
-            _share_limits(self.stage, share)
-        self.stage.setup()
-        self._mark = self.stage.usage()
+        self.failed: bytes | None = None  # a setup error, sent back with the first block
+        try:
+            ray = import_ray()
+            blob = ray.get(chain) if isinstance(chain, ray.ObjectRef) else chain
+            links: list[Link] = pickle.loads(blob)
+            self.link = links[k]
+            self.last = k == len(links) - 1
+            self.stage = self.link.stage
+            if share < 1.0:
+                _share_limits(self.stage, share)
+            self.stage.setup()
+            self._mark = self.stage.usage()
+        except Exception as err:  # Ray Data would retry a failing constructor forever
+            sent = _sendable(err)
+            name = getattr(getattr(self, "stage", None), "name", f"link {k}")
+            sent.add_note(f"in the setup of stage {name!r} on node {socket.gethostname()}")
+            self.failed = pickle.dumps(sent)
 
     def _calls(self, rows: list[Record]) -> Iterator[list[Record]]:
         """The link's calls over ``rows``: its batcher's grouping, else slices."""
@@ -179,6 +194,8 @@ class LinkWorker:
         items = table.column("item").to_pylist()
         carried = [p for row in table.column("done").to_pylist() if row for p in row]
         errors = [e for e in table.column("error").to_pylist() if e]
+        if self.failed is not None:
+            errors.insert(0, self.failed)
         mine = [pickle.loads(it) for n, it in zip(links, items, strict=True) if n == self.k]
         done: list[Done] = []
         forward: list[Record] = []
@@ -199,7 +216,7 @@ class LinkWorker:
                 if self.link.forward is not None and not self.last:
                     forward.extend(self.link.forward(call, out))
         if done:
-            carried.append(pickle.dumps(done))
+            carried.append(dumps(done))
         return _rows(self.k + 1, forward, carried, errors)
 
     def __del__(self) -> None:
@@ -216,7 +233,7 @@ def _rows(link: int, items: list[Record], carried: list[bytes], errors: list[byt
     return pa.table(
         {
             "link": [link] * len(items) or [NO_LINK],
-            "item": [pickle.dumps(r) for r in items] or [None],
+            "item": [dumps(r) for r in items] or [None],
             "done": [carried or None] + [None] * (n - 1),
             "error": [errors[0] if errors else None] + [None] * (n - 1),
         },
@@ -315,13 +332,20 @@ class RayEngine(Engine):
                     stage.name,
                 )
             actors = s.device_actors or max(1, int(gpus // per) if per else 1)
-            return {"kind": kind, "actors": actors, "num_gpus": per, "num_cpus": s.cpus_per_device_actor}
+            return {
+                "kind": kind,
+                "actors": actors,
+                "num_gpus": per,
+                "num_cpus": s.cpus_per_device_actor,
+            }
         if kind == IO:
             return {"kind": kind, "actors": s.io_actors, "num_cpus": s.cpus_per_io_actor}
         assert kind == CPU
         return {"kind": kind, "tasks": s.cpu_tasks or None, "num_cpus": s.cpus_per_cpu_task}
 
-    def _dataset(self, ray: Any, chain: Any, token: str, links: Sequence[Link], window: list[pa.Table]) -> Any:
+    def _dataset(
+        self, ray: Any, chain: Any, token: str, links: Sequence[Link], window: list[pa.Table]
+    ) -> Any:
         """The window's dataset with every link as a ``map_batches`` operator."""
         ds = ray.data.from_arrow(window)
         for k, link in enumerate(links):
@@ -358,7 +382,7 @@ class RayEngine(Engine):
             return
         ray = self.connect()
         try:
-            blob = pickle.dumps(list(links))
+            blob = dumps(list(links))
         except Exception as err:
             names = ", ".join(link.stage.name for link in links)
             raise TypeError(
