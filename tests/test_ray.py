@@ -1,7 +1,9 @@
 """The Ray engine on a local multi-node cluster (a head and two workers with logical
 GPUs): the engine contract (every batch of every link once, survivors forwarded on the
-workers, usage per batch), errors as themselves, windows pulled lazily, a node removed
-mid-run, and the missing-Ray error."""
+workers, usage per batch), errors as themselves, windows pulled lazily; the tiny
+synthetic chain with ENGINE ray exports the rows of the local engine, also with a
+worker node removed mid-run, and after a SIGKILL of its driver and a rerun; the
+missing-Ray error."""
 
 import builtins
 import os
@@ -15,6 +17,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pytest
+from conftest import TINY
 
 from nhr.engines.base import Done, Link, outputs_forward, passed_forward
 from nhr.errors import BackendError, ConfigError
@@ -65,6 +68,16 @@ class SquareStage:
         return [Square(r.prompt_id, r.seed * r.seed) for r in rows]
 
 
+class FakeClient:
+    """Records the share of the API limits its actor was given."""
+
+    def __init__(self) -> None:
+        self.share = 1.0
+
+    def share_limits(self, fraction: float) -> None:
+        self.share *= fraction
+
+
 class JudgeStage:
     """io work with API usage: passes squares divisible by 3 (fails on a poisoned one)."""
 
@@ -76,6 +89,7 @@ class JudgeStage:
     def __init__(self, poison: str = "") -> None:
         self.poison = poison
         self.calls = 0
+        self.client = FakeClient()
 
     def setup(self) -> None:
         pass
@@ -88,7 +102,17 @@ class JudgeStage:
         if any(r.prompt_id == self.poison for r in rows):
             raise BackendError(f"judge refused {self.poison}", "do not poison it")
         return [
-            Verdict(r.prompt_id, r.value % 3 == 0, "ok", 5.0, 5.0, "{}", "j", "v1", None)
+            Verdict(
+                r.prompt_id,
+                r.value % 3 == 0,
+                "ok",
+                5.0,
+                5.0,
+                f'{{"share": {self.client.share}}}',
+                "j",
+                "v1",
+                None,
+            )
             for r in rows
         ]
 
@@ -214,6 +238,8 @@ def test_every_batch_of_every_link_comes_once(cluster):
     judged = [d for d in dones if d.link == 1]
     assert sum(d.usage.get("calls", 0) for d in judged) == len(judged)
     assert all(d.usage == {"calls": 1.0, "tokens_in": 10.0} for d in judged)
+    # each of the two judge actors holds half of the API limits
+    assert {v.details for d in judged for v in d.outputs} == {'{"share": 0.5}'}
     info = engine.describe()
     assert info["duplicates_dropped"] == 0 and info["windows"] == 1
     places = {name.split(":")[1]: p for name, p in info["links"].items()}
@@ -263,33 +289,6 @@ def test_a_recomputed_batch_is_dropped_once_and_counted():
         list(engine._finished(_rows(1, [], [pickle.dumps([part])], []), seen, Bar()))
 
 
-def test_a_node_lost_mid_run_leaves_no_gap_and_no_duplicate(cluster):
-    c, workers = cluster
-    engine = RayEngine(RaySettings(window_rows=10_000), progress=False)
-    dones: list[Done] = []
-    removed = threading.Event()
-
-    def remove_later() -> None:
-        while len(dones) < 8:
-            time.sleep(0.05)
-        c.remove_node(workers[1])
-        removed.set()
-
-    killer = threading.Thread(target=remove_later, daemon=True)
-    killer.start()
-    try:
-        for d in engine.stream(chain(sleep=0.05), batches(240, 4)):
-            dones.append(d)
-    finally:
-        killer.join(timeout=60)
-        workers[1] = c.add_node(num_cpus=2, num_gpus=1)
-    assert removed.is_set()
-    assert observed(dones) == expected(240)
-    for link in (0, 1, 2):
-        ids = input_ids(dones, link)
-        assert len(ids) == len(set(ids))
-
-
 def test_without_ray_the_error_names_what_to_install(monkeypatch):
     from nhr.engines import ray as ray_engine
 
@@ -314,3 +313,157 @@ def test_rows_carry_items_and_dones():
     empty = _rows(2, [], [b"x"], [b"e"])
     assert empty.num_rows == 1 and empty.column("link").to_pylist() == [-1]
     assert isinstance(empty, pa.Table)
+
+
+# ------------------------------------------------------------------ the synthetic chain
+TINY_RAY = {**TINY, "SHARD_ROWS": 16, "SHARD_FLUSH_SECONDS": 0.0}
+DRIVER = """
+import sys
+from nhr.config import PipelineConfig
+from nhr.pipeline import Pipeline
+
+if __name__ == "__main__":
+    params = {**eval(sys.argv[2]), "ENGINE": "ray"}
+    pipe = Pipeline(sys.argv[1], PipelineConfig.from_params(params), progress=False)
+    pipe.run_chain("select")
+    pipe.export()
+    pipe.close()
+"""
+
+
+def exported(run_dir: Path) -> list[tuple[str, str, str]]:
+    """The exported rows as sorted (source, instruction, edited) hashes."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    rows = []
+    for shard in sorted((run_dir / "dataset" / "data").glob("train-*.parquet")):
+        t = pq.read_table(shard, columns=["source_image", "instruction", "edited_image"])
+        for src, text, edited in zip(
+            *(t.column(c).to_pylist() for c in t.column_names), strict=True
+        ):
+            rows.append(
+                (
+                    hashlib.sha256(src["bytes"]).hexdigest(),
+                    hashlib.sha256(text.encode()).hexdigest(),
+                    hashlib.sha256(edited["bytes"]).hexdigest(),
+                )
+            )
+    return sorted(rows)
+
+
+def mine(run_dir: Path, params: dict) -> Any:
+    from nhr.config import PipelineConfig
+    from nhr.pipeline import Pipeline
+
+    pipe = Pipeline(run_dir, PipelineConfig.from_params(params), progress=False)
+    try:
+        pipe.run_chain("select")
+        pipe.export()
+    finally:
+        pipe.close()
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def local_rows(tmp_path_factory) -> list[tuple[str, str, str]]:
+    """The exported rows of the tiny chain on the local engine."""
+    run = tmp_path_factory.mktemp("local") / "run"
+    mine(run, {**TINY_RAY, "ENGINE": "local"})
+    rows = exported(run)
+    assert len(rows) >= 5
+    return rows
+
+
+def test_the_chain_on_ray_exports_the_local_rows_with_a_node_lost(cluster, local_rows, tmp_path):
+    """ENGINE ray on the cluster; a worker node is removed while candidates are made
+    (Ray retries its tasks elsewhere); the export has exactly the local rows, and the
+    stats sum what every worker did."""
+    c, workers = cluster
+    run = tmp_path / "run"
+    removed = threading.Event()
+
+    def remove_when_editing() -> None:
+        folder = run / "tables" / "candidates"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(folder.glob("**/*.parquet")):
+            time.sleep(0.05)
+        c.remove_node(workers[1])
+        removed.set()
+
+    killer = threading.Thread(target=remove_when_editing, daemon=True)
+    killer.start()
+    try:
+        pipe = mine(run, {**TINY_RAY, "ENGINE": "ray"})
+    finally:
+        killer.join(timeout=130)
+        workers[1] = c.add_node(num_cpus=2, num_gpus=1)
+    assert removed.is_set()
+    assert exported(run) == local_rows
+    import json
+
+    stats = json.loads((run / "stats" / "candidates.json").read_text())
+    assert stats["rows_out"] == pipe.table("candidates").num_rows > 0
+    assert stats["processed_rows"] == stats["rows_in"]
+
+
+def test_a_sigkilled_ray_driver_then_a_rerun_gives_the_local_rows(cluster, local_rows, tmp_path):
+    import signal
+    import subprocess
+
+    c, _ = cluster
+    run = tmp_path / "run"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": c.address}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run), repr(TINY_RAY)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        folder = run / "tables" / "candidates"
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(folder.glob("**/*.parquet")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert not (run / "dataset").exists()  # killed before the end
+    mine(run, {**TINY_RAY, "ENGINE": "ray"})
+    assert exported(run) == local_rows
+
+
+def test_a_remote_client_pickles_and_shares_its_limits(tmp_path):
+    """An API stage travels to Ray actors: its client pickles without its loop thread,
+    reopens its cache, and each actor's copy keeps a share of the caps."""
+    from nhr.backends.api_client import ClientSettings, RemoteClient, RequestCache
+    from nhr.backends.openai_compat import OpenAITransport
+
+    client = RemoteClient(
+        OpenAITransport("http://127.0.0.1:9/v1"),
+        ClientSettings(concurrency=16, rpm=600.0, tpm=1e6),
+        RequestCache(tmp_path / "cache.sqlite"),
+    )
+    client.usage.add(calls=3)
+    copy = pickle.loads(pickle.dumps(client))
+    copy.share_limits(0.25)
+    assert (copy.settings.concurrency, copy.settings.rpm, copy.settings.tpm) == (4, 150.0, 2.5e5)
+    assert copy._rpm.rate == 150.0 / 60 and client.settings.rpm == 600.0
+    assert copy.usage.snapshot()["calls"] == 3 and copy.cache.path == client.cache.path
+    assert copy.run(_answer()) == 42  # a fresh loop thread of its own
+    copy.close()
+    client.close()
+
+
+async def _answer() -> int:
+    return 42
