@@ -52,8 +52,9 @@ class SquareStage:
     output_type = Square
     work = "cpu"
 
-    def __init__(self, sleep: float = 0.0) -> None:
+    def __init__(self, sleep: float = 0.0, poison: str = "") -> None:
         self.sleep = sleep
+        self.poison = poison
         self.ready = False
 
     def setup(self) -> None:
@@ -64,6 +65,8 @@ class SquareStage:
 
     def process_batch(self, rows: list[PromptJob]) -> list[Square]:
         assert self.ready, "setup() was not called"
+        if any(r.prompt_id == self.poison for r in rows):
+            raise BackendError(f"refused {self.poison}", "do not poison it")
         time.sleep(self.sleep)
         return [Square(r.prompt_id, r.seed * r.seed) for r in rows]
 
@@ -79,15 +82,14 @@ class FakeClient:
 
 
 class JudgeStage:
-    """io work with API usage: passes squares divisible by 3 (fails on a poisoned one)."""
+    """io work with API usage: passes squares divisible by 3."""
 
     name = "verdicts"
     input_type = Square
     output_type = Verdict
     work = "io"
 
-    def __init__(self, poison: str = "") -> None:
-        self.poison = poison
+    def __init__(self) -> None:
         self.calls = 0
         self.client = FakeClient()
 
@@ -99,8 +101,6 @@ class JudgeStage:
 
     def process_batch(self, rows: list[Square]) -> list[Verdict]:
         self.calls += 1
-        if any(r.prompt_id == self.poison for r in rows):
-            raise BackendError(f"judge refused {self.poison}", "do not poison it")
         return [
             Verdict(
                 r.prompt_id,
@@ -154,10 +154,10 @@ def by_parity(rows: Any, most: int) -> Any:
     yield from (g for g in open_.values() if g)
 
 
-def chain(poison: str = "", sleep: float = 0.0) -> list[Link]:
+def chain(sleep: float = 0.0) -> list[Link]:
     return [
         Link(SquareStage(sleep), 4, outputs_forward),
-        Link(JudgeStage(poison), 3, passed_forward),
+        Link(JudgeStage(), 3, passed_forward),
         Link(CubeStage(), 2, None, by_parity),
     ]
 
@@ -223,9 +223,13 @@ def cluster():
         c.shutdown()
 
 
-def test_every_batch_of_every_link_comes_once(cluster):
-    engine = RayEngine(RaySettings(window_rows=1000, io_actors=2), progress=False)
-    dones = list(engine.stream(chain(), batches(60, 5)))
+def test_every_batch_of_every_link_comes_once_window_by_window(cluster):
+    pulled: list[int] = []
+    engine = RayEngine(RaySettings(window_rows=30, io_actors=2), progress=False)
+    stream = engine.stream(chain(), batches(60, 5, pulled))
+    first = next(stream)
+    assert len(pulled) == 6  # the first window of 30 rows, nothing beyond it
+    dones = [first, *stream]
     assert observed(dones) == expected(60)
     for link in (0, 1):
         ids = input_ids(dones, link)
@@ -241,7 +245,7 @@ def test_every_batch_of_every_link_comes_once(cluster):
     # each of the two judge actors holds half of the API limits
     assert {v.details for d in judged for v in d.outputs} == {'{"share": 0.5}'}
     info = engine.describe()
-    assert info["duplicates_dropped"] == 0 and info["windows"] == 1
+    assert info["duplicates_dropped"] == 0 and info["windows"] == 2
     places = {name.split(":")[1]: p for name, p in info["links"].items()}
     assert places["cubes"]["kind"] == "device" and places["cubes"]["num_gpus"] == 1.0
     assert places["cubes"]["actors"] == 2  # one per GPU of the cluster
@@ -251,24 +255,12 @@ def test_every_batch_of_every_link_comes_once(cluster):
     assert ray.is_initialized()  # a joined session stays open
 
 
-def test_windows_pull_batches_lazily(cluster):
-    pulled: list[int] = []
-    engine = RayEngine(RaySettings(window_rows=20), progress=False)
-    stream = engine.stream(chain(), batches(80, 5, pulled))
-    first = next(stream)
-    assert first.link in (0, 1, 2)
-    assert len(pulled) == 4  # one window of 20 rows, nothing beyond it
-    rest = [first, *stream]
-    assert observed(rest) == expected(80)
-    assert engine.describe()["windows"] == 4
-
-
 def test_a_stage_error_comes_back_as_itself(cluster):
     engine = RayEngine(RaySettings(), progress=False)
     with pytest.raises(BackendError) as err:
-        list(engine.stream(chain(poison="p0007"), batches(20, 5)))
-    assert "judge refused p0007" in str(err.value)
-    assert any("in stage 'verdicts'" in note for note in err.value.__notes__)
+        list(engine.stream([Link(SquareStage(poison="p0007"), 4)], batches(20, 5)))
+    assert "refused p0007" in str(err.value)
+    assert any("in stage 'squares'" in note for note in err.value.__notes__)
 
 
 def test_a_recomputed_batch_is_dropped_once_and_counted():
@@ -376,43 +368,18 @@ def local_rows(tmp_path_factory) -> list[tuple[str, str, str]]:
     return rows
 
 
-def test_the_chain_on_ray_exports_the_local_rows_with_a_node_lost(cluster, local_rows, tmp_path):
-    """ENGINE ray on the cluster; a worker node is removed while candidates are made
-    (Ray retries its tasks elsewhere); the export has exactly the local rows, and the
-    stats sum what every worker did."""
-    c, workers = cluster
-    run = tmp_path / "run"
-    removed = threading.Event()
-
-    def remove_when_editing() -> None:
-        folder = run / "tables" / "candidates"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(folder.glob("**/*.parquet")):
-            time.sleep(0.05)
-        c.remove_node(workers[1])
-        removed.set()
-
-    killer = threading.Thread(target=remove_when_editing, daemon=True)
-    killer.start()
-    try:
-        pipe = mine(run, {**TINY_RAY, "ENGINE": "ray"})
-    finally:
-        killer.join(timeout=130)
-        workers[1] = c.add_node(num_cpus=2, num_gpus=1)
-    assert removed.is_set()
-    assert exported(run) == local_rows
+def test_a_sigkilled_driver_then_a_rerun_with_a_node_lost_gives_the_local_rows(
+    cluster, local_rows, tmp_path
+):
+    """A driver joins the cluster through RAY_ADDRESS and is SIGKILLed once it has
+    committed sources; the rerun (ENGINE ray) loses a worker node while it makes
+    candidates (Ray retries that node's tasks elsewhere); the export has exactly the
+    local engine's rows, and the stats sum what every worker did."""
     import json
-
-    stats = json.loads((run / "stats" / "candidates.json").read_text())
-    assert stats["rows_out"] == pipe.table("candidates").num_rows > 0
-    assert stats["processed_rows"] == stats["rows_in"]
-
-
-def test_a_sigkilled_ray_driver_then_a_rerun_gives_the_local_rows(cluster, local_rows, tmp_path):
     import signal
     import subprocess
 
-    c, _ = cluster
+    c, workers = cluster
     run = tmp_path / "run"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
@@ -425,13 +392,7 @@ def test_a_sigkilled_ray_driver_then_a_rerun_gives_the_local_rows(cluster, local
         stderr=subprocess.PIPE,
     )
     try:
-        folder = run / "tables" / "candidates"
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and proc.poll() is None:
-            if any(folder.glob("**/*.parquet")):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert wait_for_rows(run, "sources", proc.poll), proc.stderr.read().decode()[-3000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -439,8 +400,38 @@ def test_a_sigkilled_ray_driver_then_a_rerun_gives_the_local_rows(cluster, local
             proc.kill()
         proc.stderr.close()
     assert not (run / "dataset").exists()  # killed before the end
-    mine(run, {**TINY_RAY, "ENGINE": "ray"})
+
+    removed = threading.Event()
+
+    def remove_when_editing() -> None:
+        if wait_for_rows(run, "candidates", lambda: None):
+            c.remove_node(workers[1])
+            removed.set()
+
+    killer = threading.Thread(target=remove_when_editing, daemon=True)
+    killer.start()
+    try:
+        pipe = mine(run, {**TINY_RAY, "ENGINE": "ray"})
+    finally:
+        killer.join(timeout=130)
+        workers[1] = c.add_node(num_cpus=2, num_gpus=1)
+    assert removed.is_set()
     assert exported(run) == local_rows
+    stats = json.loads((run / "stats" / "candidates.json").read_text())
+    assert stats["rows_out"] == pipe.table("candidates").num_rows > 0
+    assert stats["processed_rows"] + stats["resumed_rows"] == stats["rows_in"]
+
+
+def wait_for_rows(run: Path, table: str, ended: Any, seconds: float = 150.0) -> bool:
+    """Wait until ``table`` has a committed shard; False if ``ended()`` says the
+    writer is gone or time runs out."""
+    folder = run / "tables" / table / "ledger"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and ended() is None:
+        if any(folder.glob("*.parquet")):
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def test_a_remote_client_pickles_and_shares_its_limits(tmp_path):
