@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pytest
-from conftest import TINY
 
 from nhr.engines.base import Done, Link, outputs_forward, passed_forward
 from nhr.errors import BackendError, ConfigError
@@ -69,6 +68,24 @@ class SquareStage:
             raise BackendError(f"refused {self.poison}", "do not poison it")
         time.sleep(self.sleep)
         return [Square(r.prompt_id, r.seed * r.seed) for r in rows]
+
+
+class PlusOneStage:
+    """cpu work: each square plus one."""
+
+    name = "plus_one"
+    input_type = Square
+    output_type = Square
+    work = "cpu"
+
+    def setup(self) -> None:
+        pass
+
+    def usage(self) -> dict[str, float]:
+        return {}
+
+    def process_batch(self, rows: list[Square]) -> list[Square]:
+        return [Square(r.prompt_id, r.value + 1) for r in rows]
 
 
 class FakeClient:
@@ -223,13 +240,9 @@ def cluster():
         c.shutdown()
 
 
-def test_every_batch_of_every_link_comes_once_window_by_window(cluster):
-    pulled: list[int] = []
-    engine = RayEngine(RaySettings(window_rows=30, io_actors=2), progress=False)
-    stream = engine.stream(chain(), batches(60, 5, pulled))
-    first = next(stream)
-    assert len(pulled) == 6  # the first window of 30 rows, nothing beyond it
-    dones = [first, *stream]
+def test_every_batch_of_every_link_comes_once(cluster):
+    engine = RayEngine(RaySettings(window_rows=1000, io_actors=2), progress=False)
+    dones = list(engine.stream(chain(), batches(60, 5)))
     assert observed(dones) == expected(60)
     for link in (0, 1):
         ids = input_ids(dones, link)
@@ -245,7 +258,7 @@ def test_every_batch_of_every_link_comes_once_window_by_window(cluster):
     # each of the two judge actors holds half of the API limits
     assert {v.details for d in judged for v in d.outputs} == {'{"share": 0.5}'}
     info = engine.describe()
-    assert info["duplicates_dropped"] == 0 and info["windows"] == 2
+    assert info["duplicates_dropped"] == 0 and info["windows"] == 1
     places = {name.split(":")[1]: p for name, p in info["links"].items()}
     assert places["cubes"]["kind"] == "device" and places["cubes"]["num_gpus"] == 1.0
     assert places["cubes"]["actors"] == 2  # one per GPU of the cluster
@@ -253,6 +266,19 @@ def test_every_batch_of_every_link_comes_once_window_by_window(cluster):
     assert info["cluster"]["resources"]["GPU"] == 2.0
     engine.close()
     assert ray.is_initialized()  # a joined session stays open
+
+
+def test_windows_pull_batches_lazily(cluster):
+    pulled: list[int] = []
+    engine = RayEngine(RaySettings(window_rows=20), progress=False)
+    links = [Link(SquareStage(), 4, outputs_forward), Link(PlusOneStage(), 3)]
+    stream = engine.stream(links, batches(40, 5, pulled))
+    first = next(stream)
+    assert len(pulled) == 4  # the first window of 20 rows, nothing beyond it
+    dones = [first, *stream]
+    assert engine.describe()["windows"] == 2
+    for link in (0, 1):
+        assert sorted(input_ids(dones, link)) == [j.prompt_id for j in jobs(40)]
 
 
 def test_a_stage_error_comes_back_as_itself(cluster):
@@ -308,7 +334,16 @@ def test_rows_carry_items_and_dones():
 
 
 # ------------------------------------------------------------------ the synthetic chain
-TINY_RAY = {**TINY, "SHARD_ROWS": 16, "SHARD_FLUSH_SECONDS": 0.0}
+
+
+def tiny_ray() -> dict:
+    """The tiny chain's parameters, shards of a few rows (imported here, not at the top:
+    Ray workers import this module for its stages, and conftest imports the pipeline)."""
+    from conftest import TINY
+
+    return {**TINY, "SHARD_ROWS": 16, "SHARD_FLUSH_SECONDS": 0.0}
+
+
 DRIVER = """
 import sys
 from nhr.config import PipelineConfig
@@ -362,7 +397,7 @@ def mine(run_dir: Path, params: dict) -> Any:
 def local_rows(tmp_path_factory) -> list[tuple[str, str, str]]:
     """The exported rows of the tiny chain on the local engine."""
     run = tmp_path_factory.mktemp("local") / "run"
-    mine(run, {**TINY_RAY, "ENGINE": "local"})
+    mine(run, {**tiny_ray(), "ENGINE": "local"})
     rows = exported(run)
     assert len(rows) >= 5
     return rows
@@ -386,7 +421,7 @@ def test_a_sigkilled_driver_then_a_rerun_with_a_node_lost_gives_the_local_rows(
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": c.address}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(run), repr(TINY_RAY)],
+        [sys.executable, str(script), str(run), repr(tiny_ray())],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -411,7 +446,7 @@ def test_a_sigkilled_driver_then_a_rerun_with_a_node_lost_gives_the_local_rows(
     killer = threading.Thread(target=remove_when_editing, daemon=True)
     killer.start()
     try:
-        pipe = mine(run, {**TINY_RAY, "ENGINE": "ray"})
+        pipe = mine(run, {**tiny_ray(), "ENGINE": "ray"})
     finally:
         killer.join(timeout=130)
         workers[1] = c.add_node(num_cpus=2, num_gpus=1)
