@@ -20,6 +20,7 @@ from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
 from nhr.errors import ConfigError
 from nhr.records import CandidateRow, TripletRow, from_table
+from nhr.resolutions import resolution_set
 from nhr.runner import Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
@@ -183,6 +184,7 @@ class Pipeline:
             self.cfg.sources.t2i_steps,
             self.cfg.sources.t2i_guidance,
             self.cfg.run.seed,
+            resolution_set(self.cfg.sources.resolutions),
         )
         return self.runner.run(stage, self.table("prompts"))
 
@@ -205,6 +207,7 @@ class Pipeline:
             self.cfg.edits.edit_guidance,
             self.cfg.run.seed,
             self.cfg.edits.max_edit_jobs,
+            steps_levels=self.cfg.edits.edit_steps_levels,
         )
 
     def edits(self) -> StageResult:
