@@ -22,6 +22,7 @@ from nhr.config import PipelineConfig
 from nhr.engines.base import Link, outputs_forward
 from nhr.errors import ConfigError
 from nhr.records import CandidateRow, TripletRow, from_table
+from nhr.resolutions import resolution_set
 from nhr.runner import Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
@@ -188,6 +189,7 @@ class Pipeline:
             self.cfg.sources.t2i_steps,
             self.cfg.sources.t2i_guidance,
             self.cfg.run.seed,
+            resolution_set(self.cfg.sources.resolutions),
         )
         gate = self._gate_stage()
         batch = self.cfg.run.batch_size
@@ -216,6 +218,7 @@ class Pipeline:
             self.cfg.edits.edit_guidance,
             self.cfg.run.seed,
             self.cfg.edits.max_edit_jobs,
+            steps_levels=self.cfg.edits.edit_steps_levels,
         )
 
     def edits(self) -> StageResult:
