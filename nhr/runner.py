@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from nhr.errors import RunFolderError
 from nhr.executors import BatchDone, executor_for
 from nhr.hashing import DoneKeys, KeySet, fingerprints
-from nhr.lock import RunLock
+from nhr.lock import ObjectLock, RunLock
 from nhr.records import Record, from_table
 from nhr.stages.base import Stage
 from nhr.store import RunStore
@@ -192,9 +192,9 @@ class Runner:
         self.shard_bytes = shard_bytes
         self.flush_seconds = flush_seconds
 
-    def writing(self, what: str) -> RunLock:
+    def writing(self, what: str) -> RunLock | ObjectLock:
         """The writer lock of the run folder, for whole-table steps outside ``run``."""
-        return RunLock(self.store.root / WRITER_LOCK, what, wait_seconds=3.0)
+        return self.store.lock(WRITER_LOCK, what, wait_seconds=3.0)
 
     def recorded(self, stage: Stage, expected: str) -> list[LedgerEntry]:
         """The stage's committed ledger entries, refusing ones made with other settings."""
