@@ -226,3 +226,34 @@ def test_object_lock_refuses_a_live_holder_and_frees_a_dead_one(s3):
     files.write_bytes(".nhr-run.lock", lease("elsewhere", 1, time.time()))
     with pytest.raises(RunFolderError, match="elsewhere"):
         ObjectLock(files, ".nhr-run.lock", "nhr run", settle_seconds=0.05).acquire()
+
+
+def test_request_cache_on_s3_is_shared_by_separate_clients(s3, monkeypatch):
+    from fakes.model_server import FakeModelServer
+    from fakes.remote import images, remote_backends, remote_config, use_fake
+
+    url = _url("cache")
+    args = (images(4), images(4)[::-1], [f"make cube {i} red" for i in range(4)])
+    with FakeModelServer() as srv:
+        use_fake(monkeypatch, srv)
+        cfg = remote_config(srv)
+        with remote_backends(cfg, url) as b:  # one node
+            first = b.validator.score(*args)
+        assert srv.count == 4
+        with remote_backends(cfg, url) as b:  # another node: a new client, same bucket
+            assert b.validator.score(*args) == first
+            assert b.validator.usage()["cache_hits"] == 4
+        assert srv.count == 4
+        replies = RunStore(url).walk("cache/replies")
+        assert len(replies) == 4 and not RunStore(url).exists("api_cache.sqlite")
+        # API_CACHE off: no object read or written; API_CACHE_DIR may be a URL too
+        off = _url("off")
+        with remote_backends(remote_config(srv, api_cache=False), off) as b:
+            b.validator.score(*args)
+        assert srv.count == 8 and not open_files(off).walk("cache")
+        shared = _url("shared-cache")
+        for run in ("r1", "r2"):
+            cfg = remote_config(srv, api_cache_dir=shared)
+            with remote_backends(cfg, _url(run)) as b:
+                b.validator.score(*args)
+        assert srv.count == 12 and len(open_files(shared).walk("cache/replies")) == 4
