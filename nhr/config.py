@@ -894,7 +894,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     name: str
-    run_dir: Path
+    run_dir: Path | str  # a folder, or an object-store URL (``s3://bucket/run``)
     notebooks: tuple[Path, ...]
     pipeline: PipelineConfig
     source: Path | None = None
@@ -905,7 +905,7 @@ class RunConfig(BaseModel):
         cls,
         path: Path,
         overrides: dict[str, Any] | None = None,
-        run_dir: Path | None = None,
+        run_dir: Path | str | None = None,
     ) -> RunConfig:
         """Read and validate a run config YAML, applying ``-p KEY VALUE`` overrides."""
         path = Path(path)
@@ -937,10 +937,12 @@ class RunConfig(BaseModel):
         for key, value in (overrides or {}).items():
             params[key.upper()] = value
         pipeline = PipelineConfig.from_params(params)
-        folder = run_dir or Path(data.get("run_dir") or f"results/{name}")
+        from nhr.store.files import location
+
+        folder = run_dir or data.get("run_dir") or f"results/{name}"
         return cls(
             name=name,
-            run_dir=Path(folder),
+            run_dir=location(folder),
             notebooks=tuple(nb_paths),
             pipeline=pipeline,
             source=path,
@@ -977,7 +979,7 @@ def find_notebook(nb: Path, config: Path) -> Path:
     )
 
 
-def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
+def reconcile(run_dir: Path | str, params: dict[str, Any]) -> PipelineConfig:
     """The config of a run folder, given (some of) its parameters.
 
     ``config.yaml`` in the run folder records every parameter given so far (``nhr run``
@@ -987,15 +989,20 @@ def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
     made with different settings. Parameters never given take the defaults.
     """
     from nhr.errors import RunFolderError
-    from nhr.store import atomic_write_bytes
+    from nhr.store import open_files
 
     full = PipelineConfig.from_params(params).to_params()
     given = {k.upper(): full[k.upper()] for k in params}
-    path = Path(run_dir) / "config.yaml"
+    files = open_files(run_dir)  # a path or an object-store URL
+    path = files.describe("config.yaml")
     saved: dict[str, Any] = {}
-    if path.is_file():
+    try:
+        text: str | None = files.read_bytes("config.yaml").decode()
+    except (FileNotFoundError, IsADirectoryError):
+        text = None
+    if text is not None:
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(text) or {}
             canon = PipelineConfig.from_params(raw).to_params()
             saved = {k.upper(): canon[k.upper()] for k in raw}
         except (ConfigError, yaml.YAMLError, AttributeError) as err:
@@ -1013,9 +1020,8 @@ def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
             "(--run-dir / RUN_DIR), or delete it to start over",
         )
     merged = {**saved, **given}
-    if merged != saved or not path.is_file():
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, yaml.safe_dump(merged, sort_keys=True).encode())
+    if merged != saved or text is None:
+        files.write_bytes("config.yaml", yaml.safe_dump(merged, sort_keys=True).encode())
     return PipelineConfig.from_params(merged)
 
 

@@ -26,7 +26,7 @@ from nhr.resolutions import resolution_set
 from nhr.runner import Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
-from nhr.stages.export import card_body, export_dataset
+from nhr.stages.export import card_body, export_to_store
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
 from nhr.stages.preference import preference_pairs
@@ -101,7 +101,7 @@ class Pipeline:
         """The pipeline of a run folder, reconciling ``params`` with its saved config."""
         from nhr.config import reconcile
 
-        return cls(run_dir, reconcile(Path(run_dir), params), progress)
+        return cls(run_dir, reconcile(run_dir, params), progress)
 
     @property
     def backends(self) -> Backends:
@@ -349,7 +349,7 @@ class Pipeline:
         """The body of ``export``, under the writer lock: streams the triplets into
         shards; skipped when its inputs and settings are unchanged since it last ran."""
         source = self.tables.triplets_name()
-        name = name or self.store.root.name
+        name = name or self.store.name
         settings = {
             "name": name,
             "shard_rows": self.cfg.export.export_shard_rows,
@@ -360,7 +360,7 @@ class Pipeline:
         inputs += [*self.tables.enabled, "inversion"]
         fp = self.tables.fingerprint(inputs, settings)
         done = self.tables.done("export", fp)
-        if done is not None and (self.store.root / "dataset" / "README.md").is_file():
+        if done is not None and self.store.exists("dataset/README.md"):
             return StageResult("export", done)
         t0 = time.perf_counter()
         shape = self.tables.triplets(
@@ -387,10 +387,10 @@ class Pipeline:
             prefs.num_rows,
         )
         batch = self.cfg.export.export_shard_rows
-        shards = export_dataset(
+        shards = export_to_store(
+            self.store,
+            "dataset",
             self.tables.iter_batches(source, TripletRow.schema().names, batch),
-            self.store.blobs,
-            self.store.root / "dataset",
             body,
             batch,
             chains,
@@ -408,7 +408,7 @@ class Pipeline:
             "stage": "export",
             "rows_in": shape.num_rows,
             "rows_out": shape.num_rows,
-            "shards": [str(p.relative_to(self.store.root)) for p in shards],
+            "shards": shards,
             "rows_by_config": {
                 "default": shape.num_rows,
                 "multiturn": chains.num_rows,

@@ -31,7 +31,7 @@ from nhr.engines.base import Done, Engine, Forward, Link
 from nhr.engines.local import LocalEngine
 from nhr.errors import RunFolderError
 from nhr.hashing import DoneKeys, KeySet, fingerprints
-from nhr.lock import RunLock
+from nhr.lock import ObjectLock, RunLock
 from nhr.records import Record, from_table
 from nhr.stages.base import Stage
 from nhr.store import RunStore
@@ -497,9 +497,9 @@ class Runner:
         """Release what the engine holds (workers, actors)."""
         self.engine.close()
 
-    def writing(self, what: str) -> RunLock:
+    def writing(self, what: str) -> RunLock | ObjectLock:
         """The writer lock of the run folder, for whole-table steps outside ``run``."""
-        return RunLock(self.store.root / WRITER_LOCK, what, wait_seconds=3.0)
+        return self.store.lock(WRITER_LOCK, what, wait_seconds=3.0)
 
     def recorded(self, stage: Stage, expected: str) -> list[LedgerEntry]:
         """The stage's committed ledger entries, refusing ones made with other settings."""
