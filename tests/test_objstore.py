@@ -26,6 +26,7 @@ from nhr.errors import RunFolderError  # noqa: E402
 from nhr.lock import ObjectLock  # noqa: E402
 from nhr.pipeline import Pipeline  # noqa: E402
 from nhr.stages.edits import EditStage  # noqa: E402
+from nhr.stages.export import load_export  # noqa: E402
 from nhr.store import ObjectFiles, RunStore, open_files  # noqa: E402
 
 BUCKET = "nhr-test"
@@ -139,6 +140,9 @@ def test_tiny_chain_on_s3_exports_the_rows_of_a_local_run(s3, tiny_chain, tmp_pa
     assert pipe.store.tables.count("candidates") == tiny_chain.store.tables.count("candidates")
     local, remote = exported_rows(tiny_chain.store), exported_rows(pipe.store)
     assert remote and remote == local
+    # `datasets` loads the export from the bucket (through fsspec's s3fs)
+    ds = load_export(pipe.store.url("dataset"))
+    assert len(ds) == len(remote) and ds[0]["source_image"].size[0] > 0
     # everything is objects in the bucket, in the local layout
     objects = {o.split("/")[0] for o in pipe.store.walk("")}
     assert {"blobs", "tables", "stats", "dataset", "config.yaml", "summary.json"} <= objects
