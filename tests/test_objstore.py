@@ -261,3 +261,31 @@ def test_request_cache_on_s3_is_shared_by_separate_clients(s3, monkeypatch):
             with remote_backends(cfg, _url(run)) as b:
                 b.validator.score(*args)
         assert srv.count == 12 and len(open_files(shared).walk("cache/replies")) == 4
+
+
+def test_nhr_run_with_an_s3_run_dir(s3, tmp_path):
+    from conftest import NHR, ROOT
+
+    config = tmp_path / "one.yaml"
+    config.write_text(
+        "name: one\n"
+        f"notebooks: [{ROOT / 'notebooks' / '01_prompts.ipynb'}]\n"
+        "params: {SEED: 0, PROMPTER: synthetic, N_PROMPTS: 3, K_INSTRUCTIONS: 2}\n"
+    )
+    url = _url("cli")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def nhr(*args: str) -> subprocess.CompletedProcess:
+        cmd = [*NHR, "run", str(config), "--run-dir", url, "--no-progress", *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    proc = nhr()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    store = RunStore(url)
+    assert store.tables.count("prompts") == 3 and store.exists("config.yaml")
+    # the executed notebook: written locally by papermill, then copied into the run
+    local = tmp_path / "results" / "one" / "notebooks" / "01_prompts.ipynb"
+    assert store.read_bytes("notebooks/01_prompts.ipynb") == local.read_bytes()
+    assert not store.exists(".nhr-run.lock") and not store.exists(".nhr-writer.lock")
+    refused = nhr("-p", "N_PROMPTS", "4")  # the saved config on S3 refuses a mixed run
+    assert refused.returncode == 2 and "N_PROMPTS" in refused.stderr
