@@ -246,6 +246,13 @@ class SourcesBlock(Block):
     long_side_min: int = _f(860, "smallest long side of a source, px", 16, 8192)
     long_side_max: int = _f(2200, "largest long side of a source, px", 16, 8192)
     aspect_max: float = _f(6.0, "most extreme aspect ratio (1:x to x:1)", 1.0, 16.0)
+    resolutions: str = _f(
+        "free",
+        "source sizes: free (drawn from the long-side range and aspects), or drawn from a "
+        "bucket list fitted to that range (paper: 26 sizes 640x1600 to 1600x640; kontext: "
+        "Kontext's 17); the diffusers editors also work at the nearest bucket",
+        choices=("free", "paper", "kontext"),
+    )
     t2i_steps: int = _f(4, "text-to-image denoising steps", 1, 200)
     t2i_guidance: float = _f(0.0, "text-to-image guidance scale", 0.0, 50.0)
     sources: str = _f(
@@ -335,6 +342,13 @@ class EditsBlock(Block):
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
     edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
+    edit_steps_levels: int = _f(
+        0,
+        "distinct step counts, evenly spaced from EDIT_STEPS_MIN to EDIT_STEPS_MAX, each "
+        "job drawing one (fewer: larger batched calls; 0: every integer in the range)",
+        0,
+        200,
+    )
     edit_guidance: tuple[float, ...] = _f((2.5,), "guidance values; each job draws one", 0.0, 50.0)
     max_edit_jobs: int = _f(0, "cap on edit jobs drawn from the N×k×M grid (0: no cap)", 0, 10**9)
     edit_budget_seconds: float = _f(
@@ -347,6 +361,14 @@ class EditsBlock(Block):
         True, "Kontext: edit at its nearest trained resolution (else at the source's aspect)"
     )
     pix2pix_image_guidance: float = _f(1.5, "InstructPix2Pix image guidance scale", 0.0, 50.0)
+    edit_schedule_window: int = _f(
+        512,
+        "jobs the editor's call batcher holds to group equal size, steps and guidance "
+        "into full calls (more: fuller calls, a little more reordering)",
+        1,
+        10**6,
+        runtime=True,
+    )
 
     @model_validator(mode="after")
     def _steps(self) -> EditsBlock:

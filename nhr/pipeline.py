@@ -8,6 +8,7 @@ one at a time, in separate processes, and resumed.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,10 @@ from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
 from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
+from nhr.engines.base import Link, outputs_forward
 from nhr.errors import ConfigError
 from nhr.records import CandidateRow, TripletRow, from_table
+from nhr.resolutions import resolution_set
 from nhr.runner import Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
@@ -65,10 +68,12 @@ class ConfiguredRunner(Runner):
         super().__init__(*args, **kwargs)
         self.cfg = cfg
 
-    def run(self, stage: Any, *args: Any, **kwargs: Any) -> StageResult:
-        """``Runner.run`` after setting ``stage.config``."""
-        stage.config = self.cfg.stage_settings(stage.name)
-        return super().run(stage, *args, **kwargs)
+    def run_chain(self, links: Sequence[Link], *args: Any, **kwargs: Any) -> list[StageResult]:
+        """``Runner.run_chain`` (which ``run`` calls) after setting every link's
+        ``stage.config``."""
+        for link in links:
+            link.stage.config = self.cfg.stage_settings(link.stage.name)
+        return super().run_chain(links, *args, **kwargs)
 
 
 class Pipeline:
@@ -171,7 +176,8 @@ class Pipeline:
 
     def sources(self) -> StageResult:
         """Stage 2: N_SOURCE_SEEDS source images per prompt (with SOURCES photos: the
-        photo of each captioned prompt)."""
+        photo of each captioned prompt). Generated sources stream on to the gate as
+        they are made, so the judge runs while the T2I generates."""
         if self.cfg.sources.sources == "photos":
             return self.photo_sources()
         stage = SourceStage(
@@ -183,13 +189,20 @@ class Pipeline:
             self.cfg.sources.t2i_steps,
             self.cfg.sources.t2i_guidance,
             self.cfg.run.seed,
+            resolution_set(self.cfg.sources.resolutions),
         )
-        return self.runner.run(stage, self.table("prompts"))
+        gate = self._gate_stage()
+        batch = self.cfg.run.batch_size
+        links = [Link(stage, batch, forward=outputs_forward), Link(gate, batch)]
+        return self.runner.run_chain(links, self.table("prompts"))[0]
 
     def gate(self) -> StageResult:
-        """Stage 3: the plausibility gate over every source."""
-        stage = PlausibilityStage(self.backends.gate_judge, self.store.blobs)
-        return self.runner.run(stage, self.table("sources"))
+        """Stage 3: the plausibility gate over every source (``sources`` already streams
+        its sources through the gate; this judges any it has not, and writes the stats)."""
+        return self.runner.run(self._gate_stage(), self.table("sources"))
+
+    def _gate_stage(self) -> PlausibilityStage:
+        return PlausibilityStage(self.backends.gate_judge, self.store.blobs)
 
     def edit_jobs(self) -> EditPlan:
         """The scheduler's lazy job plan over the gated sources (seeded order, capped)."""
@@ -205,6 +218,7 @@ class Pipeline:
             self.cfg.edits.edit_guidance,
             self.cfg.run.seed,
             self.cfg.edits.max_edit_jobs,
+            steps_levels=self.cfg.edits.edit_steps_levels,
         )
 
     def edits(self) -> StageResult:

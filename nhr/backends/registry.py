@@ -88,6 +88,13 @@ def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
     }
 
 
+def _edit_buckets(ctx: BuildContext) -> Any:
+    """The buckets a diffusers editor works at (RESOLUTIONS; None: free)."""
+    from nhr.resolutions import resolution_set
+
+    return resolution_set(ctx.cfg.sources.resolutions)
+
+
 def _make_diffusers_t2i(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_t2i import DiffusersTextToImage
 
@@ -101,6 +108,7 @@ def _make_kontext(ctx: BuildContext) -> Any:
         ctx.cfg.edits.editor_model,
         max_area=ctx.cfg.edits.edit_max_area,
         preferred_resolutions=ctx.cfg.edits.edit_preferred_resolutions,
+        buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
     )
 
@@ -109,7 +117,10 @@ def _make_qwen_edit(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_qwen_edit import QwenImageEditor
 
     return QwenImageEditor(
-        ctx.cfg.edits.editor_model, max_area=ctx.cfg.edits.edit_max_area, **_diffusers_kwargs(ctx)
+        ctx.cfg.edits.editor_model,
+        max_area=ctx.cfg.edits.edit_max_area,
+        buckets=_edit_buckets(ctx),
+        **_diffusers_kwargs(ctx),
     )
 
 
@@ -120,6 +131,7 @@ def _make_pix2pix(ctx: BuildContext) -> Any:
         ctx.cfg.edits.editor_model,
         max_area=ctx.cfg.edits.edit_max_area,
         image_guidance=ctx.cfg.edits.pix2pix_image_guidance,
+        buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
     )
 
