@@ -9,10 +9,12 @@ chains, ``multiturn`` (I0 → Ie1 → Ie2 … with their instructions) — so
 Shard names carry a fingerprint of their content (``train-<fp>-00000-of-00002.parquet``)
 and the card's patterns name it: ``datasets`` caches a local folder by its card's
 patterns, so without it a re-export into the same path would load the stale cache.
-The folder is built beside the old one and swapped in with renames, so an interrupted
-export never leaves half a dataset. Rows stream through: the triplets are read in
-batches and each shard embeds its own images only, so memory holds one shard at a time
-whatever the size of the run.
+On a path the folder is built beside the old one and swapped in with renames, so an
+interrupted export never leaves half a dataset; on an object store (no rename) it is
+built in a local temp folder and uploaded with its card last (``RunStore.put_folder``):
+the card names the new content-named shards, so a reader never sees a mix. Rows stream
+through: the triplets are read in batches and each shard embeds its own images only, so
+memory holds one shard at a time whatever the size of the run.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 
 from nhr.stages.dataset_card import write_card
 from nhr.stages.export_webdataset import write_webdataset
-from nhr.store import BlobStore
+from nhr.store import BlobStore, RunStore, is_url, join, open_files
 
 TEXT_COLUMNS = (
     "triplet_id",
@@ -236,10 +238,10 @@ def card_body(
 
 
 def read_card(folder: Path | str) -> dict[str, Any]:
-    """The front matter of an exported dataset's card."""
+    """The front matter of an exported dataset's card (a folder or an object-store URL)."""
     import yaml
 
-    text = (Path(folder) / "README.md").read_text()
+    text = open_files(folder).read_bytes("README.md").decode()
     if not text.startswith("---"):
         return {}
     return yaml.safe_load(text.split("---", 2)[1]) or {}
@@ -249,7 +251,10 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     """Load an exported dataset's config as a ``datasets.Dataset`` (train split).
 
     ``datasets.load_dataset`` refuses an empty split, so a config the card records with
-    zero rows comes back as an empty dataset with the right features instead.
+    zero rows comes back as an empty dataset with the right features instead. An export
+    on an object store (``s3://…/dataset``) is loaded from the shards its card names:
+    ``datasets`` reads remote files through fsspec (``s3fs`` for S3, which takes the
+    endpoint and credentials from the AWS environment), not pyarrow.fs.
     """
     import datasets
 
@@ -259,6 +264,12 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     if infos[config]["splits"][0]["num_examples"] == 0:
         features = CONFIGS[config][1]()
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    if is_url(folder):
+        card = {c["config_name"]: c for c in read_card(folder).get("configs", [])}
+        pattern = card[config]["data_files"][0]["path"]
+        return datasets.load_dataset(
+            "parquet", data_files={"train": str(join(folder, pattern))}, split="train"
+        )
     return datasets.load_dataset(str(folder), config, split="train")
 
 
@@ -347,3 +358,30 @@ def export_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted((out_dir / "data").glob("*.parquet"))
+
+
+def export_to_store(
+    store: RunStore,
+    rel: str,
+    rows: Iterable[pa.RecordBatch | pa.Table],
+    body: str,
+    shard_rows: int = 1000,
+    chains: pa.Table | None = None,
+    preferences: pa.Table | None = None,
+    webdataset_rows: Iterable[pa.RecordBatch | pa.Table] | None = None,
+    webdataset_shard_rows: int = 1000,
+    license_id: str = "cc-by-4.0",
+    provenance: dict[str, Any] | None = None,
+) -> list[str]:
+    """``export_dataset`` into the folder ``rel`` of a run folder (a path or an object
+    store, see the module docstring); returns the parquet shards relative to the run."""
+    args = (chains, preferences, webdataset_rows, webdataset_shard_rows, license_id, provenance)
+    local = store.local_path(rel)
+    if local is not None:
+        shards = export_dataset(rows, store.blobs, local, body, shard_rows, *args)
+        return [f"{rel}/data/{p.name}" for p in shards]
+    with tempfile.TemporaryDirectory(prefix="nhr-export-") as tmp:
+        folder = Path(tmp) / "dataset"
+        shards = export_dataset(rows, store.blobs, folder, body, shard_rows, *args)
+        store.put_folder(folder, rel)
+        return [f"{rel}/data/{p.name}" for p in shards]
