@@ -224,20 +224,32 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     # the nodes' workers import this module (its stages) by name
+    saved = os.environ.get("PYTHONPATH")
     here = str(Path(__file__).resolve().parent)
-    paths = [here, str(Path(here).parent), os.environ.get("PYTHONPATH", "")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False},
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (here, str(Path(here).parent), saved) if p
     )
-    workers = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+    for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
+        c = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False}
+        )
+        try:
+            workers = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+            break
+        except Exception:
+            c.shutdown()
+            if attempt == 2:
+                raise
     ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
     try:
         yield c, workers
     finally:
         ray.shutdown()
         c.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def test_every_batch_of_every_link_comes_once(cluster):
