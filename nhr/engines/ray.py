@@ -72,6 +72,7 @@ SCHEMA = pa.schema(
     ]
 )
 NO_LINK = -1
+LOCAL_STARTS = 3  # tries to start a local cluster (a busy machine can miss Ray's timeout)
 
 
 def dumps(obj: Any) -> bytes:
@@ -292,7 +293,15 @@ class RayEngine(Engine):
             ray.init(address=address, **common)
         else:
             cpus = self.settings.local_cpus or None
-            ray.init(address="local", num_cpus=cpus, **common)
+            for attempt in range(LOCAL_STARTS):
+                try:
+                    ray.init(address="local", num_cpus=cpus, **common)
+                    break
+                except Exception as err:  # Ray waits a fixed 30 s for its raylet
+                    ray.shutdown()
+                    if attempt == LOCAL_STARTS - 1 or "timed out during startup" not in str(err):
+                        raise
+                    log.warning("a local Ray cluster missed its start-up time; starting again")
         self._started = True
         return _quiet(ray)
 
