@@ -32,6 +32,17 @@ from nhr.store import ObjectFiles, RunStore, open_files  # noqa: E402
 
 BUCKET = "nhr-test"
 SECRET = "moto-secret-never-pickled"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": SECRET,
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# A store pickles without credentials: worker processes take them from their own
+# environment, and a pool started by an earlier test has the environment of that time.
+# So the credentials are set when this module is collected, before any test starts one
+# (moto accepts any; the endpoint, which the store does carry, is set by the fixture).
+for _name, _value in CREDENTIALS.items():
+    os.environ.setdefault(_name, _value)
 
 
 def _free_port() -> int:
@@ -50,12 +61,7 @@ def s3():
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    env = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

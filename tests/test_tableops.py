@@ -322,6 +322,8 @@ def test_the_run_view_and_evaluation_never_import_the_pipeline():
         "nhr.store",
         "nhr.store.blobs",
         "nhr.store.shards",
+        "nhr.store.files",
+        "nhr.lock",
         "nhr.images",
         "nhr.colours",
         "nhr.errors",
