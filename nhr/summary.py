@@ -186,8 +186,10 @@ def cost(stats: dict[str, dict[str, Any]], triplets: int) -> dict[str, Any]:
     }
     totals: Counter[str] = Counter()
     for s in stats.values():
-        for key, value in (s.get("usage") or {}).items():
-            totals[key] += float(value)
+        usage = s.get("usage") or {}
+        local = "device_seconds" in usage  # a local model's calls are no API calls
+        for key, value in usage.items():
+            totals[f"device_{key}" if local and key == "calls" else key] += float(value)
     usd = round(totals.get("cost_usd", 0.0), 6)
     return {
         "usd": usd,

@@ -125,6 +125,7 @@ def test_cost_per_triplet_equals_what_the_tables_and_stats_record(judged_run):
     assert usd > 0 and cost["api_usd"] == round(usd, 6)
     assert cost["api_usd_per_triplet"] == round(usd / mined, 8)
     assert cost["editor_busy_share"] is None  # no stats/mining.json
+    assert summary["cost"]["calls"] == len(requests)  # the editor's calls are no API calls
 
 
 def test_busy_share_comes_from_the_mining_stats_and_the_card_shows_the_cost(judged_run):
