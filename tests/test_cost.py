@@ -144,3 +144,49 @@ def test_busy_share_comes_from_the_mining_stats_and_the_card_shows_the_cost(judg
         f"{cost['generations_per_triplet']:.4g} |"
     )
     assert "## Cost" not in card_body("x", {"mined": 1}, {"add": 1}, [], 0, 0, None)
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts/bench_mining.py"
+    spec = importlib.util.spec_from_file_location("bench_mining", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_mining_checks_each_target_against_grid():
+    bench = _bench_module()
+    grid = {
+        "accepted": 100,
+        "generations_per_accepted": 8.0,
+        "judge_calls_per_accepted": 10.0,
+        "audit_precision": 0.98,
+        "wall_seconds": 50.0,
+        "editor_busy_seconds": 40.0,
+        "mean_images_per_call": 8.0,
+    }
+    adaptive = {
+        **grid,
+        "accepted": 96,
+        "generations_per_accepted": 3.0,
+        "judge_calls_per_accepted": 6.0,
+        "audit_precision": 0.975,
+        "wall_seconds": 21.0,
+        "editor_busy_seconds": 20.0,
+        "mean_images_per_call": 15.0,
+    }
+    met = {t["measure"].split(" (")[0]: t["met"] for t in bench.targets(grid, adaptive, 16)}
+    assert met == {
+        "adaptive generations_per_accepted": True,
+        "adaptive accepted": True,
+        "adaptive audit_precision": True,
+        "adaptive judge_calls_per_accepted": False,
+        "grid wall_seconds": False,
+        "adaptive wall_seconds": True,
+        "grid mean_images_per_call": False,
+        "adaptive mean_images_per_call": True,
+    }
+    assert bench.ratios(grid, adaptive)["accepted"] == 0.96
