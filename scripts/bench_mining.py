@@ -13,8 +13,9 @@ prompts, sources and gate verdicts), through the real ``Pipeline``:
 - the plausibility gate stays the local synthetic judge: it judges sources, before any
   edit, identically for both searches.
 
-The mining step is ``Pipeline.mine()`` where the pipeline has one (the fused, streaming
-loop), else the stages one after another (edits, prefilter, lowlevel, validate, select).
+The mining step is ``Pipeline.mine()`` then ``select()`` where the pipeline has a fused,
+streaming loop, else the stages one after another (edits, prefilter, lowlevel, validate,
+select).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py --prompts 24 --gpu-seconds 0.2 \
@@ -156,6 +157,7 @@ def mine(pipe: Any) -> float:
     t0 = time.perf_counter()
     if callable(getattr(pipe, "mine", None)):
         pipe.mine()
+        pipe.select()
     else:
         for step in MINING_STEPS:
             getattr(pipe, step)()
