@@ -3,7 +3,12 @@
 ``nhr run CONFIG [-p KEY VALUE ...] [--run-dir DIR]`` validates the config, locks the run
 folder, refuses a folder made with other settings, and executes the config's notebooks
 in order with papermill, saving the executed copies in ``<run>/notebooks/``. A rerun
-after a crash resumes: every stage skips what it already wrote.
+after a crash resumes: every stage skips what it already wrote. ``DIR`` may be an
+object-store URL (``s3://bucket/run``; endpoint and credentials from the environment,
+e.g. ``AWS_ENDPOINT_URL``): the kernels then read and write the run there, and the
+executed notebooks are written to the local folder ``results/<name>/notebooks/`` (papermill
+needs a local file to write cell by cell) and copied into ``<run>/notebooks/`` after each
+notebook, failed ones included.
 ``nhr audit RUN_DIR`` prints the hard validator against the synthetic world's truth.
 ``nhr push RUN_DIR REPO_ID`` uploads the run's exported dataset to the Hugging Face hub.
 """
@@ -19,8 +24,8 @@ from pathlib import Path
 
 from nhr.config import RunConfig, parse_override, reconcile, repo_root
 from nhr.errors import NhrError, RunFolderError
-from nhr.lock import RunLock
-from nhr.runner import PARENT_ENV
+from nhr.runner import PARENT_ENV, WRITER_LOCK
+from nhr.store import RunStore, location, open_files
 
 RUN_LOCK = ".nhr-run.lock"
 
@@ -36,19 +41,19 @@ def run(config: RunConfig, progress: bool = True) -> int:
     """Execute a run config's notebooks in order; returns the exit status."""
     import papermill
 
-    run_dir = config.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    where = config.run_dir
+    run_dir: Path | str = where.resolve() if isinstance(where, Path) else where
+    store = RunStore(run_dir)
     params = config.pipeline.to_params()
     prepare_tiny_models(config)
-    with RunLock(run_dir / RUN_LOCK, "nhr run"):
+    with store.lock(RUN_LOCK, "nhr run"):
         reconcile(run_dir, params)
         # a kernel orphaned by a killed earlier run exits within a second; wait for it
-        RunLock(
-            run_dir / ".nhr-writer.lock", "a notebook kernel", wait_seconds=5.0
-        ).acquire().release()
+        store.lock(WRITER_LOCK, "a notebook kernel", wait_seconds=5.0).acquire().release()
         os.environ[PARENT_ENV] = str(os.getpid())
-        out_dir = run_dir / "notebooks"
-        out_dir.mkdir(exist_ok=True)
+        local = store.local_path("notebooks")
+        out_dir = local or Path("results").resolve() / config.name / "notebooks"
+        out_dir.mkdir(parents=True, exist_ok=True)
         root = Path(__file__).resolve().parent.parent
         for i, nb in enumerate(config.notebooks, 1):
             declared = notebook_parameters(nb)
@@ -71,6 +76,8 @@ def run(config: RunConfig, progress: bool = True) -> int:
                     extra_arguments=["--IPKernelApp.log_level=ERROR"],
                 )
             except papermill.PapermillExecutionError as err:
+                if local is None:
+                    store.write_bytes(f"notebooks/{nb.name}", (out_dir / nb.name).read_bytes())
                 first = (err.evalue or "").strip().splitlines()[:1]
                 print(
                     f"nhr: notebook {nb.name} failed: {err.ename}: {first[0] if first else ''}"
@@ -78,11 +85,15 @@ def run(config: RunConfig, progress: bool = True) -> int:
                     file=sys.stderr,
                 )
                 return 1
+            if local is None:
+                store.write_bytes(f"notebooks/{nb.name}", (out_dir / nb.name).read_bytes())
             print(f"    done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        s = json.loads(summary_path.read_text())
-        print(f"{s.get('triplets')} triplets in {run_dir / 'dataset'}; summary: {summary_path}")
+    s = store.read_json("summary.json")
+    if s is not None:
+        print(
+            f"{s.get('triplets')} triplets in {store.url('dataset')}; "
+            f"summary: {store.url('summary.json')}"
+        )
     return 0
 
 
@@ -145,12 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("KEY", "VALUE"),
         help="override a parameter (YAML value)",
     )
-    p_run.add_argument("--run-dir", type=Path, default=None, help="default: results/<name>")
+    p_run.add_argument(
+        "--run-dir",
+        type=location,
+        default=None,
+        help="a folder or an object-store URL (s3://bucket/run); default: results/<name>",
+    )
     p_run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p_audit = sub.add_parser("audit", help="judge vs truth of a synthetic-world run")
     p_audit.add_argument("run_dir", type=Path)
     p_repair = sub.add_parser("repair", help="check a run's images; remove damaged ones")
-    p_repair.add_argument("run_dir", type=Path)
+    p_repair.add_argument("run_dir", type=location)
     p_repair.add_argument("--dry-run", action="store_true", help="report, change nothing")
     # --- more subcommands: add a parser here and a branch below ---
     p_tiny = sub.add_parser(
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "repair":
             from nhr.repair import repair
 
-            if not (args.run_dir / "tables").is_dir():
+            if not open_files(args.run_dir).exists("tables"):
                 raise RunFolderError(f"{args.run_dir} has no tables", "pass an nhr run folder")
             report = repair(args.run_dir, dry_run=args.dry_run)
             print("\n".join(report.lines()))

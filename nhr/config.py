@@ -246,6 +246,13 @@ class SourcesBlock(Block):
     long_side_min: int = _f(860, "smallest long side of a source, px", 16, 8192)
     long_side_max: int = _f(2200, "largest long side of a source, px", 16, 8192)
     aspect_max: float = _f(6.0, "most extreme aspect ratio (1:x to x:1)", 1.0, 16.0)
+    resolutions: str = _f(
+        "free",
+        "source sizes: free (drawn from the long-side range and aspects), or drawn from a "
+        "bucket list fitted to that range (paper: 26 sizes 640x1600 to 1600x640; kontext: "
+        "Kontext's 17); the diffusers editors also work at the nearest bucket",
+        choices=("free", "paper", "kontext"),
+    )
     t2i_steps: int = _f(4, "text-to-image denoising steps", 1, 200)
     t2i_guidance: float = _f(0.0, "text-to-image guidance scale", 0.0, 50.0)
     sources: str = _f(
@@ -335,6 +342,13 @@ class EditsBlock(Block):
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
     edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
+    edit_steps_levels: int = _f(
+        0,
+        "distinct step counts, evenly spaced from EDIT_STEPS_MIN to EDIT_STEPS_MAX, each "
+        "job drawing one (fewer: larger batched calls; 0: every integer in the range)",
+        0,
+        200,
+    )
     edit_guidance: tuple[float, ...] = _f((2.5,), "guidance values; each job draws one", 0.0, 50.0)
     max_edit_jobs: int = _f(0, "cap on edit jobs drawn from the N×k×M grid (0: no cap)", 0, 10**9)
     edit_budget_seconds: float = _f(
@@ -347,6 +361,14 @@ class EditsBlock(Block):
         True, "Kontext: edit at its nearest trained resolution (else at the source's aspect)"
     )
     pix2pix_image_guidance: float = _f(1.5, "InstructPix2Pix image guidance scale", 0.0, 50.0)
+    edit_schedule_window: int = _f(
+        512,
+        "jobs the editor's call batcher holds to group equal size, steps and guidance "
+        "into full calls (more: fuller calls, a little more reordering)",
+        1,
+        10**6,
+        runtime=True,
+    )
 
     @model_validator(mode="after")
     def _steps(self) -> EditsBlock:
@@ -880,7 +902,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     name: str
-    run_dir: Path
+    run_dir: Path | str  # a folder, or an object-store URL (``s3://bucket/run``)
     notebooks: tuple[Path, ...]
     pipeline: PipelineConfig
     source: Path | None = None
@@ -891,7 +913,7 @@ class RunConfig(BaseModel):
         cls,
         path: Path,
         overrides: dict[str, Any] | None = None,
-        run_dir: Path | None = None,
+        run_dir: Path | str | None = None,
     ) -> RunConfig:
         """Read and validate a run config YAML, applying ``-p KEY VALUE`` overrides."""
         path = Path(path)
@@ -923,10 +945,12 @@ class RunConfig(BaseModel):
         for key, value in (overrides or {}).items():
             params[key.upper()] = value
         pipeline = PipelineConfig.from_params(params)
-        folder = run_dir or Path(data.get("run_dir") or f"results/{name}")
+        from nhr.store.files import location
+
+        folder = run_dir or data.get("run_dir") or f"results/{name}"
         return cls(
             name=name,
-            run_dir=Path(folder),
+            run_dir=location(folder),
             notebooks=tuple(nb_paths),
             pipeline=pipeline,
             source=path,
@@ -963,7 +987,7 @@ def find_notebook(nb: Path, config: Path) -> Path:
     )
 
 
-def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
+def reconcile(run_dir: Path | str, params: dict[str, Any]) -> PipelineConfig:
     """The config of a run folder, given (some of) its parameters.
 
     ``config.yaml`` in the run folder records every parameter given so far (``nhr run``
@@ -973,15 +997,20 @@ def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
     made with different settings. Parameters never given take the defaults.
     """
     from nhr.errors import RunFolderError
-    from nhr.store import atomic_write_bytes
+    from nhr.store import open_files
 
     full = PipelineConfig.from_params(params).to_params()
     given = {k.upper(): full[k.upper()] for k in params}
-    path = Path(run_dir) / "config.yaml"
+    files = open_files(run_dir)  # a path or an object-store URL
+    path = files.describe("config.yaml")
     saved: dict[str, Any] = {}
-    if path.is_file():
+    try:
+        text: str | None = files.read_bytes("config.yaml").decode()
+    except (FileNotFoundError, IsADirectoryError):
+        text = None
+    if text is not None:
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(text) or {}
             canon = PipelineConfig.from_params(raw).to_params()
             saved = {k.upper(): canon[k.upper()] for k in raw}
         except (ConfigError, yaml.YAMLError, AttributeError) as err:
@@ -999,9 +1028,8 @@ def reconcile(run_dir: Path, params: dict[str, Any]) -> PipelineConfig:
             "(--run-dir / RUN_DIR), or delete it to start over",
         )
     merged = {**saved, **given}
-    if merged != saved or not path.is_file():
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, yaml.safe_dump(merged, sort_keys=True).encode())
+    if merged != saved or text is None:
+        files.write_bytes("config.yaml", yaml.safe_dump(merged, sort_keys=True).encode())
     return PipelineConfig.from_params(merged)
 
 

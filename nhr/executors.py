@@ -149,14 +149,17 @@ class BatchExecutor(ABC):
 
 class ThreadExecutor(BatchExecutor):
     """Batches in up to ``threads`` threads of this process (``setup()`` once, here,
-    before the first batch); with one thread, in the caller's thread, no handoff.
+    before the first batch); with one thread and ``inline``, in the caller's thread, no
+    handoff (a chain runs it in a thread of its own instead, so that the other links'
+    batches are scheduled while it works).
 
     With several batches in flight, the usage each batch reports is the stage's usage
     since the previous batch finished: the split between batches is approximate, the
     sum exact."""
 
-    def __init__(self, stage: Stage, threads: int) -> None:
+    def __init__(self, stage: Stage, threads: int, inline: bool = True) -> None:
         super().__init__(stage, max(1, threads))
+        self.inline = inline
         self._pool: ThreadPoolExecutor | None = None
         self._ready = False
         self._lock = threading.Lock()
@@ -181,7 +184,7 @@ class ThreadExecutor(BatchExecutor):
             self.stage.setup()
             self._mark = self.stage.usage()
             self._ready = True
-        if self.slots > 1:
+        if self.slots > 1 or not self.inline:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=self.stage.name)
             return self._pool.submit(self._run, batch, tag)
@@ -390,11 +393,13 @@ class ProcessExecutor(BatchExecutor):
             shutdown_workers(kill=True)  # batches still running would only be discarded
 
 
-def executor_for(stage: Stage, workers: int) -> BatchExecutor:
+def executor_for(stage: Stage, workers: int, inline: bool = True) -> BatchExecutor:
     """The executor of a stage: worker processes for cpu work when more than one worker
-    is allowed, else threads (one for device work). ``workers`` 0 means one per core."""
+    is allowed, else threads (one for device work). ``workers`` 0 means one per core.
+    ``inline`` False keeps a one-thread executor off the caller's thread (a chain's
+    scheduler must not block on one link's batch)."""
     n = resolve_workers(workers)
     kind = work_of(stage)
     if kind == CPU and n > 1:
         return ProcessExecutor(stage, n)
-    return ThreadExecutor(stage, 1 if kind == DEVICE else n)
+    return ThreadExecutor(stage, 1 if kind == DEVICE else n, inline)

@@ -8,6 +8,7 @@ one at a time, in separate processes, and resumed.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,14 @@ from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
 from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
+from nhr.engines.base import Link, outputs_forward
 from nhr.errors import ConfigError
 from nhr.records import CandidateRow, TripletRow, from_table
+from nhr.resolutions import resolution_set
 from nhr.runner import Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
-from nhr.stages.export import card_body, export_dataset
+from nhr.stages.export import card_body, export_to_store
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
 from nhr.stages.preference import preference_pairs
@@ -65,10 +68,12 @@ class ConfiguredRunner(Runner):
         super().__init__(*args, **kwargs)
         self.cfg = cfg
 
-    def run(self, stage: Any, *args: Any, **kwargs: Any) -> StageResult:
-        """``Runner.run`` after setting ``stage.config``."""
-        stage.config = self.cfg.stage_settings(stage.name)
-        return super().run(stage, *args, **kwargs)
+    def run_chain(self, links: Sequence[Link], *args: Any, **kwargs: Any) -> list[StageResult]:
+        """``Runner.run_chain`` (which ``run`` calls) after setting every link's
+        ``stage.config``."""
+        for link in links:
+            link.stage.config = self.cfg.stage_settings(link.stage.name)
+        return super().run_chain(links, *args, **kwargs)
 
 
 class Pipeline:
@@ -96,7 +101,7 @@ class Pipeline:
         """The pipeline of a run folder, reconciling ``params`` with its saved config."""
         from nhr.config import reconcile
 
-        return cls(run_dir, reconcile(Path(run_dir), params), progress)
+        return cls(run_dir, reconcile(run_dir, params), progress)
 
     @property
     def backends(self) -> Backends:
@@ -171,7 +176,8 @@ class Pipeline:
 
     def sources(self) -> StageResult:
         """Stage 2: N_SOURCE_SEEDS source images per prompt (with SOURCES photos: the
-        photo of each captioned prompt)."""
+        photo of each captioned prompt). Generated sources stream on to the gate as
+        they are made, so the judge runs while the T2I generates."""
         if self.cfg.sources.sources == "photos":
             return self.photo_sources()
         stage = SourceStage(
@@ -183,13 +189,20 @@ class Pipeline:
             self.cfg.sources.t2i_steps,
             self.cfg.sources.t2i_guidance,
             self.cfg.run.seed,
+            resolution_set(self.cfg.sources.resolutions),
         )
-        return self.runner.run(stage, self.table("prompts"))
+        gate = self._gate_stage()
+        batch = self.cfg.run.batch_size
+        links = [Link(stage, batch, forward=outputs_forward), Link(gate, batch)]
+        return self.runner.run_chain(links, self.table("prompts"))[0]
 
     def gate(self) -> StageResult:
-        """Stage 3: the plausibility gate over every source."""
-        stage = PlausibilityStage(self.backends.gate_judge, self.store.blobs)
-        return self.runner.run(stage, self.table("sources"))
+        """Stage 3: the plausibility gate over every source (``sources`` already streams
+        its sources through the gate; this judges any it has not, and writes the stats)."""
+        return self.runner.run(self._gate_stage(), self.table("sources"))
+
+    def _gate_stage(self) -> PlausibilityStage:
+        return PlausibilityStage(self.backends.gate_judge, self.store.blobs)
 
     def edit_jobs(self) -> EditPlan:
         """The scheduler's lazy job plan over the gated sources (seeded order, capped)."""
@@ -205,6 +218,7 @@ class Pipeline:
             self.cfg.edits.edit_guidance,
             self.cfg.run.seed,
             self.cfg.edits.max_edit_jobs,
+            steps_levels=self.cfg.edits.edit_steps_levels,
         )
 
     def edits(self) -> StageResult:
@@ -335,7 +349,7 @@ class Pipeline:
         """The body of ``export``, under the writer lock: streams the triplets into
         shards; skipped when its inputs and settings are unchanged since it last ran."""
         source = self.tables.triplets_name()
-        name = name or self.store.root.name
+        name = name or self.store.name
         settings = {
             "name": name,
             "shard_rows": self.cfg.export.export_shard_rows,
@@ -346,7 +360,7 @@ class Pipeline:
         inputs += [*self.tables.enabled, "inversion"]
         fp = self.tables.fingerprint(inputs, settings)
         done = self.tables.done("export", fp)
-        if done is not None and (self.store.root / "dataset" / "README.md").is_file():
+        if done is not None and self.store.exists("dataset/README.md"):
             return StageResult("export", done)
         t0 = time.perf_counter()
         shape = self.tables.triplets(
@@ -374,10 +388,10 @@ class Pipeline:
             cost_per_triplet(self.tables, self.store.all_stats()),
         )
         batch = self.cfg.export.export_shard_rows
-        shards = export_dataset(
+        shards = export_to_store(
+            self.store,
+            "dataset",
             self.tables.iter_batches(source, TripletRow.schema().names, batch),
-            self.store.blobs,
-            self.store.root / "dataset",
             body,
             batch,
             chains,
@@ -395,7 +409,7 @@ class Pipeline:
             "stage": "export",
             "rows_in": shape.num_rows,
             "rows_out": shape.num_rows,
-            "shards": [str(p.relative_to(self.store.root)) for p in shards],
+            "shards": shards,
             "rows_by_config": {
                 "default": shape.num_rows,
                 "multiturn": chains.num_rows,

@@ -6,13 +6,14 @@ Every function returns a matplotlib Figure; ``save`` writes it to ``<run>/plots/
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nhr.store import BlobStore
+from nhr.store import BlobStore, open_files
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -26,12 +27,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def save(fig: Figure, run_dir: Path | str, name: str) -> Path:
-    """Save a figure as ``<run>/plots/<name>.png`` and return the path."""
-    path = Path(run_dir) / "plots" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+def save(fig: Figure, run_dir: Path | str, name: str) -> Path | str:
+    """Save a figure as ``<run>/plots/<name>.png`` (the run a folder or an object-store
+    URL) and return its path or URL."""
+    files = open_files(run_dir)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    files.write_bytes(f"plots/{name}.png", buf.getvalue())
+    return files.local_path(f"plots/{name}.png") or files.describe(f"plots/{name}.png")
 
 
 def funnel(ours: Sequence[dict[str, Any]], paper: Sequence[dict[str, Any]]) -> Figure:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from nhr.errors import ImageError
-from nhr.store import RunStore, load_image
+from nhr.store import RunStore
 
 # (table, column) pairs whose blobs a stage produced
 PRODUCERS = (("sources", "image"), ("candidates", "image"))
@@ -41,7 +41,8 @@ def repair(run_dir: Path | str, dry_run: bool = False) -> RepairReport:
     """Find damaged blobs of produced images; delete them and every shard that produced
     one (a blob can be produced more than once: an edit that changed nothing is its
     source's image). A shard is uncommitted first (its ledger entry deleted), so a crash
-    midway leaves at most an orphan; the next run redoes every row the shard held."""
+    midway leaves at most an orphan; the next run redoes every row the shard held. The
+    run folder may be a path or an object-store URL."""
     store = RunStore(run_dir)
     report = RepairReport()
     health: dict[str, bool] = {}
@@ -52,23 +53,23 @@ def repair(run_dir: Path | str, dry_run: bool = False) -> RepairReport:
         for entry in store.tables.entries(table):
             if not entry.rows:
                 continue
-            shard = store.tables.shard_path(table, entry)
-            blobs = pq.read_table(shard, columns=[column]).column(column).to_pylist()
+            path, fs = store.files.arrow(store.tables.shard_rel(table, entry))
+            blobs = pq.read_table(path, columns=[column], filesystem=fs).column(column).to_pylist()
             for rel in blobs:
                 if rel not in health:
                     try:
-                        load_image(store.root / rel)
+                        store.blobs.load(rel)
                         health[rel] = True
                     except ImageError:
                         health[rel] = False
             if not all(health[rel] for rel in blobs):
-                to_remove.append((table, entry, shard))
+                to_remove.append((table, entry, store.tables.shard_rel(table, entry)))
     report.checked = len(health)
     report.damaged = sorted(rel for rel, ok in health.items() if not ok)
-    report.shards_removed = [str(shard.relative_to(store.root)) for _, _, shard in to_remove]
+    report.shards_removed = [rel for _, _, rel in to_remove]
     if not dry_run:
         for rel in report.damaged:
-            (store.root / rel).unlink(missing_ok=True)
+            store.delete(rel)
         for table, entry, _ in to_remove:
             store.tables.drop(table, entry)
     return report

@@ -19,23 +19,23 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from nhr.engines.base import Done, Engine, Forward, Link
+from nhr.engines.local import LocalEngine
 from nhr.errors import RunFolderError
-from nhr.executors import BatchDone, executor_for
 from nhr.hashing import DoneKeys, KeySet, fingerprints
-from nhr.lock import RunLock
+from nhr.lock import ObjectLock, RunLock
 from nhr.records import Record, from_table
 from nhr.stages.base import Stage
 from nhr.store import RunStore
-from nhr.store.shards import FLUSH_SECONDS, SHARD_BYTES, SHARD_ROWS, LedgerEntry, ShardWriter
+from nhr.store.shards import FLUSH_SECONDS, SHARD_BYTES, SHARD_ROWS, LedgerEntry
 
 PARENT_ENV = "NHR_RUN_PID"
 WRITER_LOCK = ".nhr-writer.lock"
@@ -165,13 +165,312 @@ def _chunk_keys(chunk: Chunk, stage: Stage) -> pa.Array:
     return pa.array([r.id for r in chunk], pa.string())
 
 
-class Runner:
-    """Runs stages against a run store.
+class _SkipDone:
+    """A link's forward without the rows the next link committed in an earlier run: a
+    batch redone after a crash would otherwise send them again. Picklable (a distributed
+    engine sends it to workers): the keys travel as an Arrow array and are hashed where
+    the forward runs, fingerprints being valid within one process only."""
 
-    ``batch_size`` rows go to each ``process_batch`` call, ``workers`` calls may be in
-    flight; outputs are committed in shards of ``shard_rows`` rows or ``shard_bytes``
-    bytes, or after ``flush_seconds`` (a crash loses at most about that much work).
-    None of these change a table's rows, only how it is computed and split into files.
+    def __init__(self, forward: Forward, keys: pa.Array) -> None:
+        self.forward = forward
+        self.keys = keys
+        self._done: DoneKeys | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"forward": self.forward, "keys": self.keys}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.forward, self.keys, self._done = state["forward"], state["keys"], None
+
+    def __call__(self, inputs: list[Record], outputs: list[Record]) -> list[Record]:
+        rows = self.forward(inputs, outputs)
+        if not rows:
+            return rows
+        if self._done is None:
+            self._done = DoneKeys(self.keys)
+        keys = pa.array([r.id for r in rows], pa.string())
+        done = self._done.mask(keys, fingerprints(keys))
+        return [r for r, d in zip(rows, done, strict=True) if not d] if done.any() else rows
+
+
+class _Node:
+    """An accepted batch of one link until it is committed: its ``Done``, its input keys,
+    and how many of the rows it forwarded are not yet committed downstream (a batch is
+    committed only after everything it forwarded is, so a crash never leaves committed
+    rows whose downstream work is lost)."""
+
+    __slots__ = ("done", "key_array", "keys", "open")
+
+    def __init__(self, done: Done, keys: list[str], key_array: pa.Array) -> None:
+        self.done = done
+        self.keys = keys
+        self.key_array = key_array
+        self.open = 0
+
+
+class _LinkRun:
+    """One link's table during a chain run: its writer, the keys it had and has taken,
+    the counts of its stats, its progress bar, and what waits to be committed."""
+
+    def __init__(self, runner: Runner, index: int, link: Link, total: int | None) -> None:
+        stage = link.stage
+        tables = runner.store.tables
+        self.link = link
+        self.stage = stage
+        self.settings = stage.settings()
+        expected = settings_hash(self.settings)
+        tables.clean(stage.name)
+        self.before = ledger_stats(runner.recorded(stage, expected))
+        self.done = DoneKeys(tables.input_keys(stage.name))
+        self.writer = tables.writer(
+            stage.name,
+            {"settings_hash": expected, "settings": self.settings},
+            runner.shard_rows,
+            runner.shard_bytes,
+            runner.flush_seconds,
+            stage.output_type,
+        )
+        self.counts = Counter[str]()
+        self.spent = float(self.before["seconds"])
+        self.taken = KeySet()  # input keys of the batches accepted in this run
+        self.uncommitted: set[str] = set()  # of those, the ones not committed yet
+        self.parents: dict[str, _Node] = {}  # input key -> the upstream batch that sent it
+        self.pending: list[_Node] = []  # in the writer's buffer
+        self.since: float | None = None  # when the writer's buffer got its first batch
+        self.bar = tqdm(
+            total=total,
+            desc=stage.name,
+            unit="row",
+            position=index,
+            disable=not runner.progress,
+            dynamic_ncols=True,
+        )
+
+
+class _ChainRun:
+    """The body of ``Runner.run_chain``, under the writer lock: feeds link 0's pending
+    inputs to the engine, commits what it yields, writes every link's stats."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        links: Sequence[Link],
+        inputs: Inputs,
+        budget_seconds: float,
+        extra_stats: Sequence[dict[str, Any] | None],
+    ) -> None:
+        self.runner = runner
+        self.links = list(links)
+        self.inputs = inputs
+        self.budget = budget_seconds
+        self.extra = extra_stats
+        self.states: list[_LinkRun] = []
+
+    def run(self) -> list[StageResult]:
+        started = time.perf_counter()
+        try:
+            total = len(self.inputs)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        try:
+            for i, link in enumerate(self.links):
+                self.states.append(_LinkRun(self.runner, i, link, total if i == 0 else None))
+            engine_links = self._engine_links()
+            for state in self.states[1:]:
+                state.counts["resumed"] = len(state.done)
+                state.bar.total = len(state.done)
+                state.bar.update(len(state.done))
+            try:
+                stream = self.runner.engine.stream(engine_links, self._feed())
+                try:
+                    for done in stream:
+                        self._take(done)
+                finally:
+                    close = getattr(stream, "close", None)
+                    if callable(close):
+                        close()
+            except BaseException:
+                self._flush_all()
+                raise
+            self._flush_all()
+        finally:
+            for state in self.states:
+                state.bar.close()
+        wall = time.perf_counter() - started
+        return [self._stats(i, state, wall) for i, state in enumerate(self.states)]
+
+    def _engine_links(self) -> list[Link]:
+        """The links as the engine gets them: each forward skips the rows its next link
+        committed in an earlier run."""
+        out = []
+        for i, link in enumerate(self.links):
+            if link.forward is not None and i + 1 < len(self.links):
+                done = self.states[i + 1].done
+                if len(done):
+                    link = replace(link, forward=_SkipDone(link.forward, done.keys))
+            out.append(link)
+        self.links = out
+        return out
+
+    def _feed(self) -> Iterator[list[Record]]:
+        """Link 0's pending inputs as calls (its batcher's, or slices of its batch
+        size); once its budget is spent, the rest is read (to count it), not fed."""
+        state = self.states[0]
+        link = self.links[0]
+        cls = link.stage.input_type
+        pending = self.runner._pending(
+            link.stage, self.inputs, state.done, state.counts, state.bar, link.batch_size
+        )
+        if link.batcher is None:
+            calls: Iterator[list[Record]] = (b.build(cls).records for b in pending)
+        else:
+            records = (r for b in pending for r in b.build(cls).records)
+            calls = iter(link.batcher(records, link.batch_size))
+        for call in calls:
+            if self.budget and state.spent >= self.budget:
+                for _ in pending:  # count the rest, feed none
+                    pass
+                return
+            if not parent_alive():
+                raise RunFolderError(
+                    "the `nhr run` that started this kernel is gone",
+                    "rerun `nhr run`; it resumes where this stopped",
+                )
+            yield call
+
+    def _take(self, done: Done) -> None:
+        """Accept a finished batch (or drop it: its inputs are taken already), send what
+        it forwards downstream, and buffer it once nothing it forwarded is open."""
+        i = done.link
+        state = self.states[i]
+        keys = [r.id for r in done.inputs]
+        key_array = pa.array(keys, pa.string())
+        fps = fingerprints(key_array)
+        taken = state.taken.contains(fps) | state.done.mask(key_array, fps)
+        if taken.all():  # a retried batch yielded again: its rows are there already
+            state.counts["dropped_batches"] += 1
+            return
+        if taken.any():
+            first = keys[int(np.flatnonzero(taken)[0])]
+            raise RuntimeError(
+                f"stage {state.stage.name}: the engine yielded a batch of which some inputs "
+                f"(such as {first!r}) are committed already and others not; an engine must "
+                "retry whole batches"
+            )
+        Runner._check(state.stage, done.outputs)
+        state.taken.add(fps)
+        state.uncommitted.update(keys)
+        state.spent += done.seconds
+        state.counts["processed"] += len(keys)
+        state.bar.update(len(keys))
+        node = _Node(done, keys, key_array)
+        forward = self.links[i].forward
+        if forward is not None and i + 1 < len(self.links):
+            self._send(node, forward(done.inputs, done.outputs), self.states[i + 1])
+        if not node.open:
+            self._write(i, node)
+        self._flush_stale()
+
+    def _send(self, node: _Node, rows: list[Record], nxt: _LinkRun) -> None:
+        """Record the rows a batch forwarded as open until the next link commits them."""
+        if not rows:
+            return
+        keys = [r.id for r in rows]
+        key_array = pa.array(keys, pa.string())
+        taken = nxt.taken.contains(fingerprints(key_array))
+        for key, was_taken in zip(keys, taken, strict=True):
+            if (was_taken and key not in nxt.uncommitted) or key in nxt.parents:
+                continue  # committed already, or sent already by another batch
+            nxt.parents[key] = node
+            node.open += 1
+        nxt.counts["given"] += len(rows)
+        nxt.bar.total = (nxt.bar.total or 0) + len(rows)
+        nxt.bar.refresh()
+
+    def _write(self, i: int, node: _Node) -> None:
+        """Buffer a batch in its link's writer (committing a shard when one is due)."""
+        state = self.states[i]
+        done = node.done
+        state.pending.append(node)
+        if state.since is None:
+            state.since = time.monotonic()
+        if state.writer.add(done.outputs, node.key_array, done.seconds, done.usage) is not None:
+            self._committed(i)
+
+    def _committed(self, i: int) -> None:
+        """Link ``i``'s buffer is committed: release upstream batches whose forwarded rows
+        are now all committed."""
+        state = self.states[i]
+        nodes, state.pending, state.since = state.pending, [], None
+        for node in nodes:
+            state.uncommitted.difference_update(node.keys)
+            for key in node.keys:
+                parent = state.parents.pop(key, None)
+                if parent is not None:
+                    parent.open -= 1
+                    if not parent.open:
+                        self._write(i - 1, parent)
+
+    def _flush(self, i: int) -> None:
+        if self.states[i].pending:
+            self.states[i].writer.flush()
+            self._committed(i)
+
+    def _flush_stale(self) -> None:
+        """Commit buffers older than ``flush_seconds`` (a writer flushes by age only when
+        it is given a batch; a link whose inputs paused would hold its upstream)."""
+        now = time.monotonic()
+        for i, state in enumerate(self.states):
+            if state.since is not None and now - state.since >= self.runner.flush_seconds:
+                self._flush(i)
+
+    def _flush_all(self) -> None:
+        """Commit everything committable, last link first (each commit may release
+        batches of the link before it)."""
+        for i in range(len(self.states) - 1, -1, -1):
+            self._flush(i)
+
+    def _stats(self, i: int, state: _LinkRun, wall: float) -> StageResult:
+        """Write and return one link's stats, as ``run`` does for one stage."""
+        tables = self.runner.store.tables
+        name = state.stage.name
+        after = ledger_stats(tables.entries(name))
+        counts = state.counts
+        if i == 0:
+            rows_in = counts["rows_in"]
+            pending = rows_in - counts["resumed"]
+        else:
+            rows_in = counts["resumed"] + counts["given"]
+            pending = counts["given"]
+        stats = {
+            "stage": name,
+            "rows_in": rows_in,
+            "rows_out": after["rows_out"],
+            "resumed_rows": counts["resumed"],
+            "processed_rows": counts["processed"],
+            "not_scheduled": pending - counts["processed"],
+            "drops_by_reason": after["drops_by_reason"],
+            "seconds": round(after["seconds"], 3),
+            "wall_seconds_last_call": round(wall, 3),
+            "errors_by_kind": after["errors_by_kind"],
+            "usage": {k: round(v, 6) for k, v in sorted(after["usage"].items())},
+            "settings": state.settings,
+            "shards": len(tables.entries(name)),
+            **(self.extra[i] or {}),
+        }
+        self.runner.store.write_stats(name, stats)
+        return StageResult(name, stats)
+
+
+class Runner:
+    """Runs stages, alone or as a streamed chain, against a run store.
+
+    ``batch_size`` rows go to each ``process_batch`` call of ``run``, ``workers`` calls
+    may be in flight per stage (the default engine's bound; 0: one per core); outputs
+    are committed in shards of ``shard_rows`` rows or ``shard_bytes`` bytes, or after
+    ``flush_seconds`` (a crash loses at most about that much work). None of these change
+    a table's rows, only how it is computed and split into files. ``engine`` computes
+    the batches (None: a ``LocalEngine`` of ``workers``); the runner alone commits them.
     """
 
     def __init__(
@@ -183,6 +482,7 @@ class Runner:
         shard_rows: int = SHARD_ROWS,
         shard_bytes: int = SHARD_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
+        engine: Engine | None = None,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -191,10 +491,15 @@ class Runner:
         self.shard_rows = shard_rows
         self.shard_bytes = shard_bytes
         self.flush_seconds = flush_seconds
+        self.engine: Engine = engine if engine is not None else LocalEngine(workers)
 
-    def writing(self, what: str) -> RunLock:
+    def close(self) -> None:
+        """Release what the engine holds (workers, actors)."""
+        self.engine.close()
+
+    def writing(self, what: str) -> RunLock | ObjectLock:
         """The writer lock of the run folder, for whole-table steps outside ``run``."""
-        return RunLock(self.store.root / WRITER_LOCK, what, wait_seconds=3.0)
+        return self.store.lock(WRITER_LOCK, what, wait_seconds=3.0)
 
     def recorded(self, stage: Stage, expected: str) -> list[LedgerEntry]:
         """The stage's committed ledger entries, refusing ones made with other settings."""
@@ -225,78 +530,45 @@ class Runner:
         the stage's recorded seconds reach it (the paper's GPU-hour cap); what is left is
         counted as ``not_scheduled``.
         """
-        with self.writing(f"stage {stage.name}"):
-            return self._run(stage, inputs, budget_seconds, extra_stats)
+        link = Link(stage, self.batch_size)
+        return self.run_chain([link], inputs, budget_seconds, [extra_stats])[0]
 
-    def _run(
+    def run_chain(
+        self,
+        links: Sequence[Link],
+        inputs: Inputs,
+        budget_seconds: float = 0.0,
+        extra_stats: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[StageResult]:
+        """Run a chain of stages, streamed: ``inputs`` (as for ``run``) feed link 0, and
+        each link's forwarded rows feed the next as its batches finish. Every stage
+        writes its own table and stats as ``run`` writes one (resume, settings check,
+        shards); a rerun after a crash gives the rows of an uninterrupted run.
+
+        ``budget_seconds`` > 0 stops feeding link 0 once its recorded seconds reach it;
+        the links after it still finish what they were given. ``extra_stats`` holds one
+        dict (or None) per link, added to its stats. Returns one result per link.
+        """
+        if not links:
+            raise ValueError("a chain needs at least one link")
+        names = [link.stage.name for link in links]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a chain writes each table once; got {names}")
+        extras = list(extra_stats) if extra_stats is not None else [None] * len(links)
+        if len(extras) != len(links):
+            raise ValueError(f"extra_stats has {len(extras)} entries for {len(links)} links")
+        what = f"stage {names[0]}" if len(names) == 1 else f"stages {' -> '.join(names)}"
+        with self.writing(what):
+            return _ChainRun(self, links, inputs, budget_seconds, extras).run()
+
+    def _pending(
         self,
         stage: Stage,
         inputs: Inputs,
-        budget_seconds: float,
-        extra_stats: dict[str, Any] | None,
-    ) -> StageResult:
-        """The body of ``run``, under the writer lock."""
-        started = time.perf_counter()
-        settings = stage.settings()
-        expected = settings_hash(settings)
-        tables = self.store.tables
-        tables.clean(stage.name)
-        before = ledger_stats(self.recorded(stage, expected))
-        done = DoneKeys(tables.input_keys(stage.name))
-        writer = tables.writer(
-            stage.name,
-            {"settings_hash": expected, "settings": settings},
-            self.shard_rows,
-            self.shard_bytes,
-            self.flush_seconds,
-            stage.output_type,
-        )
-        counts = Counter[str]()
-        try:
-            total = len(inputs)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
-        bar = tqdm(
-            total=total,
-            desc=stage.name,
-            unit="row",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        try:
-            batches = self._pending(stage, inputs, done, counts, bar)
-            self._run_batches(
-                stage, batches, writer, before["seconds"], budget_seconds, bar, counts
-            )
-        except BaseException:
-            writer.flush()
-            raise
-        finally:
-            bar.close()
-        writer.flush()
-        after = ledger_stats(tables.entries(stage.name))
-        pending = counts["rows_in"] - counts["resumed"]
-        stats = {
-            "stage": stage.name,
-            "rows_in": counts["rows_in"],
-            "rows_out": after["rows_out"],
-            "resumed_rows": counts["resumed"],
-            "processed_rows": counts["processed"],
-            "not_scheduled": pending - counts["processed"],
-            "drops_by_reason": after["drops_by_reason"],
-            "seconds": round(after["seconds"], 3),
-            "wall_seconds_last_call": round(time.perf_counter() - started, 3),
-            "errors_by_kind": after["errors_by_kind"],
-            "usage": {k: round(v, 6) for k, v in sorted(after["usage"].items())},
-            "settings": settings,
-            "shards": len(tables.entries(stage.name)),
-            **(extra_stats or {}),
-        }
-        self.store.write_stats(stage.name, stats)
-        return StageResult(stage.name, stats)
-
-    def _pending(
-        self, stage: Stage, inputs: Inputs, done: DoneKeys, counts: Counter[str], bar: tqdm
+        done: DoneKeys,
+        counts: Counter[str],
+        bar: tqdm,
+        batch_size: int,
     ) -> Iterator[_Batch]:
         """The batches still to do, chunk by chunk: duplicate keys refused, done keys
         skipped (counted), records built only for what is pending."""
@@ -316,57 +588,11 @@ class Runner:
                 counts["resumed"] += n_done
                 bar.update(n_done)
             todo = np.flatnonzero(~is_done)
-            step = self.batch_size * max(1, GROUP_ROWS // self.batch_size)
+            step = batch_size * max(1, GROUP_ROWS // batch_size)
             for g in range(0, len(todo), step):
                 group = _Group(chunk, todo[g : g + step])
-                for i in range(0, len(group.idx), self.batch_size):
-                    yield _Batch(group, keys, i, min(i + self.batch_size, len(group.idx)))
-
-    def _run_batches(
-        self,
-        stage: Stage,
-        batches: Iterator[_Batch],
-        writer: ShardWriter,
-        spent: float,
-        budget_seconds: float,
-        bar: tqdm,
-        counts: Counter[str],
-    ) -> None:
-        """Process batches in the stage's executor (worker processes for cpu work,
-        threads otherwise), up to its slots in flight; buffer each as it finishes, with
-        the API usage it added. Once the budget is spent, the remaining inputs are still
-        read (to count them), not processed."""
-        in_flight: set[Future[BatchDone]] = set()
-        exhausted = False
-        with executor_for(stage, self.workers) as pool:
-            while True:
-                while not exhausted and len(in_flight) < pool.slots:
-                    if budget_seconds and spent >= budget_seconds:
-                        for _ in batches:  # count the rest, schedule none
-                            pass
-                        exhausted = True
-                        break
-                    batch = next(batches, None)
-                    if batch is None:
-                        exhausted = True
-                        break
-                    if not parent_alive():
-                        raise RunFolderError(
-                            "the `nhr run` that started this kernel is gone",
-                            "rerun `nhr run`; it resumes where this stopped",
-                        )
-                    in_flight.add(pool.submit(batch.build(stage.input_type).records, batch))
-                if not in_flight:
-                    break
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    done = future.result()
-                    batch = done.tag
-                    self._check(stage, done.outputs)
-                    writer.add(done.outputs, batch.keys, done.seconds, done.usage)
-                    spent += done.seconds
-                    counts["processed"] += batch.size
-                    bar.update(batch.size)
+                for i in range(0, len(group.idx), batch_size):
+                    yield _Batch(group, keys, i, min(i + batch_size, len(group.idx)))
 
     @staticmethod
     def _check(stage: Stage, out: list[Record]) -> None:

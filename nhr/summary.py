@@ -9,7 +9,6 @@ from typing import Any
 import pyarrow.compute as pc
 
 from nhr.evaluate.truth import audit, judge_vs_truth
-from nhr.store import atomic_write_json
 from nhr.tables import RunTables
 
 # Table 2 of the paper (v2): rows after each stage, on 63,292 prompts, in its order.
@@ -120,7 +119,7 @@ def build_summary(
     stats = tables.store.all_stats()
     exported = stats.get("export", {}).get("rows_out")
     summary: dict[str, Any] = {
-        "run": tables.store.root.name,
+        "run": tables.store.name,
         "funnel": with_changes(f),
         "paper_funnel": with_changes(PAPER_FUNNEL, paper=False),
         "triplets": exported if exported is not None else f[-1]["rows"] if f else 0,
@@ -269,5 +268,5 @@ def write_summary(
 ) -> dict[str, Any]:
     """Build the summary and write ``summary.json`` atomically."""
     summary = build_summary(tables, cfg, truth, with_truth)
-    atomic_write_json(tables.store.root / "summary.json", summary)
+    tables.store.write_json("summary.json", summary)
     return summary

@@ -232,3 +232,37 @@ def test_nhr_run_tiny_diffusers_config(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "dataset" / "README.md").is_file()
     assert "triplets in" in proc.stdout and not proc.stdout.startswith("0 ")
+
+
+def test_bucketed_photos_batch_into_one_call_and_equal_one_call_per_seed(kontext, tmp_path):
+    """Sources of different sizes but one Kontext bucket edit in one pipeline call, through
+    the edit stage and the call batcher, and each equals its own one-image call."""
+    from nhr.records import EditJob
+    from nhr.stages.edits import EditStage, call_batcher
+    from nhr.store import BlobStore
+
+    blobs = BlobStore(tmp_path)
+    sizes = [(70, 68), (64, 64), (90, 93), (128, 40)]  # three near-squares, one wide
+    keys = [blobs.put(Image.effect_noise(s, 50).convert("RGB")) for s in sizes]
+    jobs = [
+        EditJob(f"c{i}", "s", "p", "i", "add a hat", "add", "flat", k, *s, 20 + i, 2, 2.5)
+        for i, (k, s) in enumerate(zip(keys, sizes, strict=True))
+    ]
+    stage = EditStage(kontext, blobs)
+    assert stage.max_batch == 8 and stage.buckets == kontext.work_buckets
+    batches = list(call_batcher(kontext)(jobs, stage.max_batch))
+    assert sorted(len(b) for b in batches) == [1, 3]
+    calls = kontext.usage()["calls"]
+    before = stage.usage()
+    out = [c for b in batches for c in stage.process_batch(b)]
+    assert kontext.usage()["calls"] == calls + 2  # one pipeline call per bucket
+    after = stage.usage()
+    assert after["editor_calls"] - before["editor_calls"] == 2
+    assert after["editor_images"] - before["editor_images"] == 4
+    by_id = {c.candidate_id: blobs.get(c.image) for c in out}
+    for job in jobs:
+        single = kontext.edit(
+            [blobs.get(job.source_image)], [job.instruction], [job.seed], [2], 2.5
+        )
+        assert by_id[job.candidate_id].size == (job.width, job.height)
+        assert np.abs(arr(by_id[job.candidate_id]) - arr(single[0])).max() <= 1

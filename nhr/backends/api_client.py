@@ -4,9 +4,11 @@ A ``RemoteClient`` owns an event loop on its own thread, so synchronous callers 
 runner's worker threads, a Jupyter kernel that already runs a loop) submit coroutines to
 it and block on the result. Every request goes through the same path:
 
-1. the request cache (SQLite, keyed by a hash of the canonical request: model, prompt
+1. the request cache (keyed by a hash of the canonical request: model, prompt
    version, system text, user text, image hashes, schema, decoding settings) — a rerun
-   answers from the cache and makes no call;
+   answers from the cache and makes no call. On a local folder it is one SQLite file;
+   on an object store (a run folder every node sees) one object per request key, written
+   once and read by any node, behind an in-memory layer (``ObjectRequestCache``);
 2. bounded concurrency (a semaphore), then the requests-per-minute and tokens-per-minute
    buckets;
 3. the transport call under a per-request timeout, retried by tenacity with exponential
@@ -245,7 +247,11 @@ class RequestCache:
     """SQLite store of answered requests (by request key) and of submitted batch jobs.
 
     One file serves every process of a run in turn (WAL mode, a writer lock inside
-    SQLite); access from this process is serialised by a lock."""
+    SQLite); access from this process is serialised by a lock. SQLite needs a local
+    disk (its locks do not work on object storage, nor reliably on network mounts); a
+    run folder on an object store gets an ``ObjectRequestCache``."""
+
+    blocking = False  # a lookup is a local read: fine on the event loop
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = Path(path)
@@ -323,6 +329,115 @@ class RequestCache:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+
+class ObjectRequestCache:
+    """Answered requests and batch jobs as objects under a folder every node sees.
+
+    A reply is ``replies/<k[:2]>/<key>.json``: named by its request key, written once
+    with one PUT (atomic on an object store; two nodes racing on one key write the same
+    answer's equal, and either is right), read by any node. Nothing is shared but the
+    objects, so there is no lock and no database file to corrupt, and nodes never wait
+    for one another. An in-memory layer in front keeps every reply this process has
+    read or written (replies never change), so a repeated request costs no round trip;
+    misses are not remembered, since another node may answer them next. A batch job is
+    ``jobs/<batch_key>.json``, rewritten as its state changes (one driver owns a batch).
+    ``blocking``: a lookup is a network round trip, so the client runs it off its loop."""
+
+    blocking = True
+
+    def __init__(self, files: Any, enabled: bool = True, memory_entries: int = 200_000) -> None:
+        self.files = files
+        self.enabled = enabled
+        self.memory_entries = memory_entries
+        self._memory: dict[str, ModelReply] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _rel(key: str) -> str:
+        return f"replies/{key[:2]}/{key}.json"
+
+    def _remember(self, key: str, reply: ModelReply) -> None:
+        with self._lock:
+            if len(self._memory) >= self.memory_entries:
+                self._memory.pop(next(iter(self._memory)))
+            self._memory[key] = reply
+
+    def get(self, key: str) -> ModelReply | None:
+        """The cached reply of a request, or None."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            hit = self._memory.get(key)
+        if hit is not None:
+            return hit
+        try:
+            data = json.loads(self.files.read_bytes(self._rel(key)))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # a damaged entry is a miss; the answer is written again
+        reply = ModelReply(data["text"], data["finish"], data["tokens_in"], data["tokens_out"])
+        self._remember(key, reply)
+        return reply
+
+    def put(self, key: str, model: str, reply: ModelReply) -> None:
+        """Store a reply that parsed."""
+        if not self.enabled:
+            return
+        body = {
+            "key": key,
+            "model": model,
+            "text": reply.text,
+            "finish": reply.finish,
+            "tokens_in": reply.tokens_in,
+            "tokens_out": reply.tokens_out,
+            "created": time.time(),
+        }
+        self.files.write_bytes(self._rel(key), json.dumps(body).encode())
+        self._remember(key, reply)
+
+    def __len__(self) -> int:
+        return len(self.files.walk("replies"))
+
+    def job(self, batch_key: str) -> tuple[str, str] | None:
+        """(job name, state) of a submitted batch job, or None."""
+        try:
+            data = json.loads(self.files.read_bytes(f"jobs/{batch_key}.json"))
+        except FileNotFoundError:
+            return None
+        return (data["job_name"], data["state"])
+
+    def put_job(
+        self, batch_key: str, job_name: str, model: str, keys: list[str], state: str
+    ) -> None:
+        """Record a submitted (or finished) batch job, before anything waits on it."""
+        body = {"job_name": job_name, "model": model, "request_keys": keys, "state": state}
+        self.files.write_bytes(f"jobs/{batch_key}.json", json.dumps(body).encode())
+
+    def drop_job(self, batch_key: str) -> None:
+        """Forget a batch job (it failed; the next pass submits afresh)."""
+        self.files.delete(f"jobs/{batch_key}.json")
+
+    def close(self) -> None:
+        """Nothing to close (the objects are written as they come)."""
+
+
+CACHE_FILE = "api_cache.sqlite"  # the SQLite cache's file in a local folder
+CACHE_FOLDER = "cache"  # the object cache's folder in a run folder on an object store
+
+
+def open_request_cache(
+    folder: Path | str, enabled: bool = True
+) -> RequestCache | ObjectRequestCache:
+    """The request cache of a folder (``API_CACHE_DIR``, else the run folder): SQLite
+    ``api_cache.sqlite`` on a local path, objects under ``cache/`` on an object store."""
+    from nhr.store.files import location, open_files
+
+    where = location(folder)
+    if isinstance(where, Path):
+        return RequestCache(where / CACHE_FILE, enabled=enabled)
+    return ObjectRequestCache(open_files(where).child(CACHE_FOLDER), enabled=enabled)
 
 
 # ---------------------------------------------------------------- prices and usage
@@ -429,7 +544,7 @@ class RemoteClient:
         self,
         transport: Transport,
         settings: ClientSettings,
-        cache: RequestCache | None = None,
+        cache: RequestCache | ObjectRequestCache | None = None,
         prices: PriceTable | None = None,
     ) -> None:
         self.transport = transport
@@ -501,7 +616,7 @@ class RemoteClient:
         raises ``CallError`` when there is none."""
         counters = [self.usage, *([usage] if usage is not None else [])]
         key = request.key()
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = await self._cached(key)
         if cached is not None:
             try:
                 value = parse(check_reply(cached, request.free_text))
@@ -522,12 +637,24 @@ class RemoteClient:
                     break
                 continue
             if self.cache is not None:
-                self.cache.put(key, request.model, reply)
+                if self.cache.blocking:
+                    await asyncio.to_thread(self.cache.put, key, request.model, reply)
+                else:
+                    self.cache.put(key, request.model, reply)
             return value
         for u in counters:
             u.add(errors=1)
         assert last is not None
         raise last
+
+    async def _cached(self, key: str) -> ModelReply | None:
+        """The cache's reply to a request key (a network lookup runs off the loop, so
+        concurrent requests do not queue behind it)."""
+        if self.cache is None:
+            return None
+        if self.cache.blocking:
+            return await asyncio.to_thread(self.cache.get, key)
+        return self.cache.get(key)
 
     def account(
         self, model: str, reply: ModelReply, counters: list[Usage], batch: bool = False

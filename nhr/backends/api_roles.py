@@ -33,8 +33,8 @@ from nhr.backends.api_client import (
     ModelRequest,
     PriceTable,
     RemoteClient,
-    RequestCache,
     Usage,
+    open_request_cache,
 )
 from nhr.backends.base import (
     InstructionDraft,
@@ -48,7 +48,6 @@ from nhr.backends.base import (
 from nhr.config import PipelineConfig
 from nhr.errors import BackendError
 
-CACHE_FILE = "api_cache.sqlite"
 #: The words an inverse or composed instruction must not use (the paper's rule).
 BANNED = re.compile(r"\b(revert\w*|undo\w*|undid|restor\w*|back)\b", re.IGNORECASE)
 _IMAGE_LINE = re.compile(r"^\{\{image:(\w+)\}\}$")
@@ -541,7 +540,7 @@ ROLE_MODEL = {
 }
 
 
-def make_client(cfg: PipelineConfig, run_dir: Path, backend: str) -> RemoteClient:
+def make_client(cfg: PipelineConfig, run_dir: Path | str, backend: str) -> RemoteClient:
     """The client of a backend: its transport, limits, retries, cache and prices."""
     if backend == "gemini":
         from nhr.backends.gemini import GeminiTransport
@@ -565,8 +564,8 @@ def make_client(cfg: PipelineConfig, run_dir: Path, backend: str) -> RemoteClien
         backoff_max=cfg.api.api_backoff_max_seconds,
         content_retries=cfg.api.api_content_retries,
     )
-    folder = Path(cfg.api.api_cache_dir) if cfg.api.api_cache_dir else Path(run_dir)
-    cache = RequestCache(folder / CACHE_FILE, enabled=cfg.api.api_cache)
+    folder = cfg.api.api_cache_dir or run_dir  # a path, or an object-store URL
+    cache = open_request_cache(folder, enabled=cfg.api.api_cache)
     prices = PriceTable.parse(cfg.api.api_prices, cfg.api.api_batch_discount)
     return RemoteClient(transport, settings, cache, prices)
 

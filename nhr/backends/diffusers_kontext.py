@@ -1,21 +1,22 @@
 """FLUX.1 Kontext editor (``FluxKontextPipeline``); default
 ``black-forest-labs/FLUX.1-Kontext-dev``.
 
-Kontext was trained at a fixed list of about-1024² resolutions; with
-``preferred_resolutions`` (the default) a source is edited at the one nearest its aspect
-ratio, scaled to ``max_area``, else at the source's own aspect. Either way the pipeline
-is told the exact working size (no second resize inside it) and the result comes back
-at the source's size.
+Kontext was trained at a fixed list of about-1024² resolutions
+(``nhr.resolutions.KONTEXT_RESOLUTIONS``); with ``preferred_resolutions`` (the default)
+a source is edited at the one nearest its aspect ratio, scaled to ``max_area``, else at
+the nearest of ``buckets`` (RESOLUTIONS) or the source's own aspect. Either way the
+pipeline is told the exact working size (no second resize inside it) and the result
+comes back at the source's size.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from PIL import Image
 
-from nhr.backends.diffusers_runtime import DiffusersEditor, DiffusersOptions, Residency, snap
+from nhr.backends.diffusers_runtime import DiffusersEditor, DiffusersOptions, Residency
+from nhr.resolutions import KONTEXT_RESOLUTIONS, Size
 
 
 class KontextEditor(DiffusersEditor):
@@ -32,21 +33,15 @@ class KontextEditor(DiffusersEditor):
         max_area: int = 0,
         residency: Residency | None = None,
         preferred_resolutions: bool = True,
+        buckets: tuple[Size, ...] | None = None,
     ) -> None:
-        super().__init__(model, options, max_area, residency)
+        super().__init__(model, options, max_area, residency, buckets)
         self.preferred_resolutions = preferred_resolutions
 
-    def work_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The nearest preferred Kontext resolution scaled to ``max_area``, or the
-        source's aspect at ``max_area``; snapped to the pipeline's multiple."""
-        if not self.preferred_resolutions:
-            return super().work_size(size)
-        from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
-
-        aspect = size[0] / size[1]
-        _, w, h = min((abs(aspect - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
-        s = math.sqrt(self.max_area / (w * h))
-        return snap(w * s, self.multiple), snap(h * s, self.multiple)
+    @property
+    def work_buckets(self) -> tuple[Size, ...] | None:
+        """Kontext's trained resolutions (``preferred_resolutions``), else the buckets."""
+        return KONTEXT_RESOLUTIONS if self.preferred_resolutions else self.buckets
 
     def call(
         self,

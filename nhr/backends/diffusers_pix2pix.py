@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image
 
 from nhr.backends.diffusers_runtime import DiffusersEditor, DiffusersOptions, Residency
+from nhr.resolutions import Size
 
 
 class Pix2PixEditor(DiffusersEditor):
@@ -25,8 +26,9 @@ class Pix2PixEditor(DiffusersEditor):
         max_area: int = 0,
         residency: Residency | None = None,
         image_guidance: float = 1.5,
+        buckets: tuple[Size, ...] | None = None,
     ) -> None:
-        super().__init__(model, options, max_area, residency)
+        super().__init__(model, options, max_area, residency, buckets)
         self.image_guidance = image_guidance
 
     def call(

@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from nhr.errors import BackendError, missing_extra
+from nhr.resolutions import Size, nearest, scaled
 
 OFFLOAD_FIX = (
     "lower DIFFUSERS_MAX_BATCH, or set DIFFUSERS_CPU_OFFLOAD: model (sequential for the "
@@ -334,12 +335,15 @@ class PipelineHolder:
 class DiffusersEditor:
     """An ``Editor`` over a diffusers image-editing pipeline.
 
-    Jobs are grouped by working size and steps (a diffusers call takes one of each), so
-    the M seeds of an (image, instruction) run in one batched call with one generator per
-    image. Each source is resized to the editor's working size (about ``max_area``
-    pixels at the source's aspect, or the model's preferred resolution) and each result
+    Jobs are grouped by working size and steps (a diffusers call takes one of each) and
+    each group runs in calls of at most ``max_batch`` images (DIFFUSERS_MAX_BATCH), with
+    lists of images and prompts and one generator per image, so an image depends on its
+    own seed only. Each source is resized to the editor's working size and each result
     is resized back to exactly the source's size, because the low-level check compares
-    pixels. Subclasses give the pipeline class, default model and call arguments.
+    pixels. The working size is about ``max_area`` pixels at the source's aspect, or with
+    ``buckets`` (``work_buckets``) at the nearest bucket's aspect: sources of any size
+    (photos too) then share a few working sizes and batch together. Subclasses give the
+    pipeline class, default model and call arguments.
     """
 
     pipeline_class: str = ""
@@ -353,10 +357,12 @@ class DiffusersEditor:
         options: DiffusersOptions | None = None,
         max_area: int = 0,
         residency: Residency | None = None,
+        buckets: tuple[Size, ...] | None = None,
     ) -> None:
         self.model_id = model or self.default_model
         self.options = options or DiffusersOptions()
         self.max_area = max_area or self.default_area
+        self.buckets = tuple(buckets) if buckets else None
         self.holder = PipelineHolder(
             self.pipeline_class, self.model_id, self.options, "editor", residency
         )
@@ -371,8 +377,22 @@ class DiffusersEditor:
         pipe = self.holder.get()
         return int(getattr(pipe, "vae_scale_factor", 8)) * 2
 
+    @property
+    def max_batch(self) -> int:
+        """Most images in one pipeline call (DIFFUSERS_MAX_BATCH)."""
+        return self.options.max_batch
+
+    @property
+    def work_buckets(self) -> tuple[Size, ...] | None:
+        """The buckets whose aspects the editor works at (None: the source's aspect)."""
+        return self.buckets
+
     def work_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The (w, h) the pipeline edits a source of ``size`` at."""
+        """The (w, h) the pipeline edits a source of ``size`` at: the nearest work
+        bucket (or the source's own aspect) at about ``max_area`` pixels, snapped."""
+        buckets = self.work_buckets
+        if buckets:
+            return scaled(nearest(size, buckets), self.max_area, self.multiple)
         return scaled_size(size, self.max_area, self.multiple)
 
     def call(

@@ -20,6 +20,7 @@ from typing import Any
 from nhr.backends import names
 from nhr.config import PipelineConfig
 from nhr.errors import BackendError
+from nhr.store.files import join, location
 
 
 @dataclass
@@ -28,7 +29,7 @@ class BuildContext:
     (one synthetic world, one API client) across roles."""
 
     cfg: PipelineConfig
-    run_dir: Path
+    run_dir: Path | str  # a folder, or an object-store URL
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def shared(self, name: str, make: Callable[[], Any]) -> Any:
@@ -48,7 +49,7 @@ def _world(ctx: BuildContext) -> Any:
     return ctx.shared(
         "synthetic-world",
         lambda: SyntheticWorld(
-            truth_dir=Path(ctx.run_dir) / "truth",
+            truth_dir=join(ctx.run_dir, "truth"),
             seed=ctx.cfg.run.seed,
             implausible_rate=ctx.cfg.synthetic.synthetic_implausible_rate,
             judge_noise=ctx.cfg.synthetic.synthetic_judge_noise,
@@ -100,6 +101,13 @@ def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
     }
 
 
+def _edit_buckets(ctx: BuildContext) -> Any:
+    """The buckets a diffusers editor works at (RESOLUTIONS; None: free)."""
+    from nhr.resolutions import resolution_set
+
+    return resolution_set(ctx.cfg.sources.resolutions)
+
+
 def _make_diffusers_t2i(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_t2i import DiffusersTextToImage
 
@@ -113,6 +121,7 @@ def _make_kontext(ctx: BuildContext) -> Any:
         ctx.cfg.edits.editor_model,
         max_area=ctx.cfg.edits.edit_max_area,
         preferred_resolutions=ctx.cfg.edits.edit_preferred_resolutions,
+        buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
     )
 
@@ -121,7 +130,10 @@ def _make_qwen_edit(ctx: BuildContext) -> Any:
     from nhr.backends.diffusers_qwen_edit import QwenImageEditor
 
     return QwenImageEditor(
-        ctx.cfg.edits.editor_model, max_area=ctx.cfg.edits.edit_max_area, **_diffusers_kwargs(ctx)
+        ctx.cfg.edits.editor_model,
+        max_area=ctx.cfg.edits.edit_max_area,
+        buckets=_edit_buckets(ctx),
+        **_diffusers_kwargs(ctx),
     )
 
 
@@ -132,6 +144,7 @@ def _make_pix2pix(ctx: BuildContext) -> Any:
         ctx.cfg.edits.editor_model,
         max_area=ctx.cfg.edits.edit_max_area,
         image_guidance=ctx.cfg.edits.pix2pix_image_guidance,
+        buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
     )
 
@@ -317,6 +330,6 @@ class Backends:
         return _world(self.ctx).truth if uses_world else None
 
 
-def build_backends(cfg: PipelineConfig, run_dir: Path) -> Backends:
+def build_backends(cfg: PipelineConfig, run_dir: Path | str) -> Backends:
     """The backends of a config; each is built when a stage first asks for it."""
-    return Backends(BuildContext(cfg, Path(run_dir)))
+    return Backends(BuildContext(cfg, location(run_dir)))

@@ -1,10 +1,13 @@
-"""Stage 4: edits, and the paper's budget-aware scheduler over the N×k×M job grid."""
+"""Stage 4: edits, the paper's budget-aware scheduler over the N×k×M job grid, and the
+call batcher that groups jobs of one size, step count and guidance into full editor
+calls."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +18,7 @@ import pyarrow.compute as pc
 from nhr.backends.base import Editor
 from nhr.hashing import splitmix64
 from nhr.records import CandidateRow, EditJob
+from nhr.resolutions import Size, nearest
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
 
@@ -27,6 +31,19 @@ _STREAM = np.uint64(0x9E3779B97F4A7C15)
 _SALT_SEED = np.uint64(0xD1B54A32D192ED03)
 _SALT_STEPS = np.uint64(0x8CB92BA72F3D8DD7)
 _SALT_GUIDANCE = np.uint64(0xA0761D6478BD642F)
+# jobs the call batcher holds at most by default (EDIT_SCHEDULE_WINDOW)
+SCHEDULE_WINDOW = 512
+
+
+def edit_step_levels(lo: int, hi: int, levels: int = 0) -> np.ndarray:
+    """The step counts jobs draw from: every integer in [lo, hi] (``levels`` 0, or at
+    least the range's size), else ``levels`` values evenly spaced over it, rounded
+    (one level: the middle). Few levels let the batcher fill calls of one step count."""
+    if levels <= 0 or levels >= hi - lo + 1:
+        return np.arange(lo, hi + 1, dtype=np.int64)
+    if levels == 1:
+        return np.array([(lo + hi + 1) // 2], dtype=np.int64)
+    return np.unique(np.floor(np.linspace(lo, hi, levels) + 0.5).astype(np.int64))
 
 
 def _source_seeds(source_ids: list[str], seed: int) -> np.ndarray:
@@ -67,6 +84,7 @@ class EditPlan:
     chunk_rows: int = 50_000
     pass_jobs: int = PASS_JOBS
     band_jobs: int = BAND_JOBS
+    steps_levels: int = 0  # see edit_step_levels
 
     def __post_init__(self) -> None:
         ids = self.sources.column("source_id").to_pylist()
@@ -166,8 +184,8 @@ class EditPlan:
             h_seed = splitmix64(prio ^ _SALT_SEED)
             h_steps = splitmix64(prio ^ _SALT_STEPS)
             h_guid = splitmix64(prio ^ _SALT_GUIDANCE)
-        lo, hi = self.steps_range
-        steps = lo + (h_steps % np.uint64(hi - lo + 1)).astype(np.int64)
+        levels = edit_step_levels(*self.steps_range, self.steps_levels)
+        steps = levels[(h_steps % np.uint64(len(levels))).astype(np.int64)]
         guidance = np.asarray(self.guidances, dtype=np.float64)[
             (h_guid % np.uint64(len(self.guidances))).astype(np.int64)
         ]
@@ -199,13 +217,15 @@ def plan_edit_jobs(
     seed: int,
     max_jobs: int = 0,
     chunk_rows: int = 50_000,
+    steps_levels: int = 0,
 ) -> EditPlan:
     """The lazy plan of (source, instruction, seed) jobs over ``sources`` (the gated
     sources: columns of ``SourceRow``) and their ``prompts`` (columns of ``PromptRow``).
 
     Drawing jobs from the front of the plan is drawing uniformly from the grid, as the
     paper's scheduler does, so a budget cap anywhere still gives an unbiased sample.
-    ``max_jobs`` > 0 keeps only that many. Steps, guidance and seed are drawn per job.
+    ``max_jobs`` > 0 keeps only that many. Steps, guidance and seed are drawn per job
+    (steps from ``edit_step_levels(*steps_range, steps_levels)``).
     """
     sources = sources.take(pc.sort_indices(sources, [("source_id", "ascending")]))
     where = pc.index_in(sources.column("prompt_id"), value_set=prompts.column("prompt_id"))
@@ -231,11 +251,90 @@ def plan_edit_jobs(
         seed=seed,
         max_jobs=max_jobs,
         chunk_rows=chunk_rows,
+        steps_levels=steps_levels,
     )
 
 
+CallKey = tuple[Size, int, float]
+
+
+def call_key(job: EditJob, buckets: tuple[Size, ...] = ()) -> CallKey:
+    """What jobs of one editor call share: (size, steps, guidance); the size is the
+    job's own, or with ``buckets`` the nearest bucket (the size the editor works at)."""
+    size = (int(job.width), int(job.height))
+    return (nearest(size, buckets) if buckets else size, int(job.steps), float(job.guidance))
+
+
+def edit_call_batches(
+    jobs: Iterable[EditJob],
+    max_batch: int,
+    window: int = SCHEDULE_WINDOW,
+    buckets: tuple[Size, ...] = (),
+) -> Iterator[list[EditJob]]:
+    """Editor calls over ``jobs`` (in arrival order): each call holds jobs of one
+    ``call_key``, at most ``max_batch``; every job comes out exactly once.
+
+    A scheduling window holds at most ``window`` jobs, grouped by key: a group is
+    emitted as soon as it holds ``max_batch`` jobs; when the window is full, the fullest
+    group (the oldest of a tie) goes as a partial call; the rest go at the end, oldest
+    group first. A window of at least keys × (max_batch − 1) + 1 jobs makes every call
+    but the last few full. Jobs wait in the window at most until it turns over, so a
+    budget that stops the stream still sees a near-uniform sample of the plan.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+    window = max(1, int(window))
+    groups: dict[CallKey, list[EditJob]] = {}
+    bucket_of: dict[Size, Size] = {}
+    held = 0
+    for job in jobs:
+        size = (int(job.width), int(job.height))
+        if buckets:
+            if size not in bucket_of:
+                bucket_of[size] = nearest(size, buckets)
+            size = bucket_of[size]
+        key = (size, int(job.steps), float(job.guidance))
+        group = groups.setdefault(key, [])
+        group.append(job)
+        held += 1
+        if len(group) >= max_batch:
+            del groups[key]
+        elif held >= window:
+            key = max(groups, key=lambda k: len(groups[k]))
+            group = groups.pop(key)
+        else:
+            continue
+        held -= len(group)
+        yield group
+    yield from groups.values()
+
+
+@dataclass(frozen=True)
+class EditCallBatcher:
+    """``edit_call_batches`` with its window and buckets bound: a picklable ``Batcher``
+    for the editor's link (``Link(..., batcher=EditCallBatcher(...))``)."""
+
+    window: int = SCHEDULE_WINDOW
+    buckets: tuple[Size, ...] = ()
+
+    def __call__(self, jobs: Iterable[EditJob], max_batch: int) -> Iterator[list[EditJob]]:
+        return edit_call_batches(jobs, max_batch, self.window, self.buckets)
+
+
+def call_batcher(editor: Editor, window: int = SCHEDULE_WINDOW) -> EditCallBatcher:
+    """The batcher for ``editor``: keys sizes by the buckets it works at, if any."""
+    return EditCallBatcher(window, tuple(getattr(editor, "work_buckets", None) or ()))
+
+
 class EditStage(Stage[EditJob, CandidateRow]):
-    """Runs the editor on each job; the edited image must come back at the source's size."""
+    """Runs the editor on each job; the edited image must come back at the source's size.
+
+    A batch's jobs are grouped by ``call_key`` (size or work bucket, steps, guidance) and
+    each group is one editor call, so a batch from ``edit_call_batches`` is one call.
+    ``usage()`` adds ``editor_calls`` and ``editor_images`` to the editor's own counters
+    (their ratio: images per call). ``max_batch`` is the editor's most images per call
+    (None: any number, e.g. the synthetic editor).
+    """
 
     name = "candidates"
     input_type = EditJob
@@ -244,9 +343,29 @@ class EditStage(Stage[EditJob, CandidateRow]):
     def __init__(self, editor: Editor, blobs: BlobStore) -> None:
         self.editor = editor
         self.blobs = blobs
+        self.buckets: tuple[Size, ...] = tuple(getattr(editor, "work_buckets", None) or ())
+        self.counts = {"editor_calls": 0.0, "editor_images": 0.0}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(vars(self))
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def max_batch(self) -> int | None:
+        """Most images per editor call (None: no limit of its own)."""
+        return getattr(self.editor, "max_batch", None)
 
     def own_settings(self) -> dict[str, Any]:
-        return {"editor": self.editor.model_id}
+        out: dict[str, Any] = {"editor": self.editor.model_id}
+        if self.buckets:
+            out["work_buckets"] = [list(b) for b in self.buckets]
+        return out
 
     def setup(self) -> None:
         """Load the editor before the first batch, so load time is not billed to a job."""
@@ -254,22 +373,36 @@ class EditStage(Stage[EditJob, CandidateRow]):
         if callable(load):
             load()
 
+    def usage(self) -> dict[str, float]:
+        """The editor's counters plus this stage's ``editor_calls`` and ``editor_images``."""
+        total = super().usage()
+        with self._lock:
+            for key, n in self.counts.items():
+                total[key] = total.get(key, 0.0) + n
+        return total
+
     def process_batch(self, rows: list[EditJob]) -> list[CandidateRow]:
-        """Edit the batch, one editor call per guidance value; record seconds per job."""
+        """Edit the batch, one editor call per (size, steps, guidance); record seconds
+        per job (its call's seconds shared by the call's jobs)."""
         sources = [self.blobs.get(r.source_image) for r in rows]
         images: list[Any] = [None] * len(rows)
         seconds = [0.0] * len(rows)
-        for guidance in sorted({r.guidance for r in rows}):
-            idx = [i for i, r in enumerate(rows) if r.guidance == guidance]
+        groups: dict[CallKey, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(call_key(r, self.buckets), []).append(i)
+        for (_, steps, guidance), idx in groups.items():
             t0 = time.perf_counter()
             edited = self.editor.edit(
                 [sources[i] for i in idx],
                 [rows[i].instruction for i in idx],
                 [rows[i].seed for i in idx],
-                [rows[i].steps for i in idx],
+                [steps] * len(idx),
                 guidance,
             )
             per_job = (time.perf_counter() - t0) / len(idx)
+            with self._lock:
+                self.counts["editor_calls"] += 1
+                self.counts["editor_images"] += len(idx)
             for i, image in zip(idx, edited, strict=True):
                 images[i] = image
                 seconds[i] = per_job

@@ -9,10 +9,12 @@ chains, ``multiturn`` (I0 → Ie1 → Ie2 … with their instructions) — so
 Shard names carry a fingerprint of their content (``train-<fp>-00000-of-00002.parquet``)
 and the card's patterns name it: ``datasets`` caches a local folder by its card's
 patterns, so without it a re-export into the same path would load the stale cache.
-The folder is built beside the old one and swapped in with renames, so an interrupted
-export never leaves half a dataset. Rows stream through: the triplets are read in
-batches and each shard embeds its own images only, so memory holds one shard at a time
-whatever the size of the run.
+On a path the folder is built beside the old one and swapped in with renames, so an
+interrupted export never leaves half a dataset; on an object store (no rename) it is
+built in a local temp folder and uploaded with its card last (``RunStore.put_folder``):
+the card names the new content-named shards, so a reader never sees a mix. Rows stream
+through: the triplets are read in batches and each shard embeds its own images only, so
+memory holds one shard at a time whatever the size of the run.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 
 from nhr.stages.dataset_card import write_card
 from nhr.stages.export_webdataset import write_webdataset
-from nhr.store import BlobStore
+from nhr.store import BlobStore, RunStore
 
 TEXT_COLUMNS = (
     "triplet_id",
@@ -396,3 +398,30 @@ def export_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted((out_dir / "data").glob("*.parquet"))
+
+
+def export_to_store(
+    store: RunStore,
+    rel: str,
+    rows: Iterable[pa.RecordBatch | pa.Table],
+    body: str,
+    shard_rows: int = 1000,
+    chains: pa.Table | None = None,
+    preferences: pa.Table | None = None,
+    webdataset_rows: Iterable[pa.RecordBatch | pa.Table] | None = None,
+    webdataset_shard_rows: int = 1000,
+    license_id: str = "cc-by-4.0",
+    provenance: dict[str, Any] | None = None,
+) -> list[str]:
+    """``export_dataset`` into the folder ``rel`` of a run folder (a path or an object
+    store, see the module docstring); returns the parquet shards relative to the run."""
+    args = (chains, preferences, webdataset_rows, webdataset_shard_rows, license_id, provenance)
+    local = store.local_path(rel)
+    if local is not None:
+        shards = export_dataset(rows, store.blobs, local, body, shard_rows, *args)
+        return [f"{rel}/data/{p.name}" for p in shards]
+    with tempfile.TemporaryDirectory(prefix="nhr-export-") as tmp:
+        folder = Path(tmp) / "dataset"
+        shards = export_dataset(rows, store.blobs, folder, body, shard_rows, *args)
+        store.put_folder(folder, rel)
+        return [f"{rel}/data/{p.name}" for p in shards]

@@ -1,4 +1,5 @@
-"""Stage 2: N source images per prompt at the paper's random resolutions."""
+"""Stage 2: N source images per prompt at the paper's random resolutions, or at sizes
+drawn from a bucket list (``nhr.resolutions``) so that sources share few sizes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from nhr.backends.base import TextToImage
 from nhr.records import PromptRow, SourceRow
+from nhr.resolutions import Size, fit_long_side
 from nhr.seeds import derive_seed, rng_for
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
@@ -36,7 +38,12 @@ def sample_size(
 
 
 class SourceStage(Stage[PromptRow, SourceRow]):
-    """Renders ``n_seeds`` images of each prompt in one call, one seed per image."""
+    """Renders ``n_seeds`` images of each prompt in one call, one seed per image.
+
+    Without ``resolutions`` each size is drawn freely (``sample_size``); with a bucket
+    list each is drawn uniformly from the buckets, fitted to the long-side range and
+    aspect limit (``fit_long_side``), so the editor's calls can batch equal sizes.
+    """
 
     name = "sources"
     input_type = PromptRow
@@ -52,6 +59,7 @@ class SourceStage(Stage[PromptRow, SourceRow]):
         steps: int,
         guidance: float,
         seed: int,
+        resolutions: tuple[Size, ...] | None = None,
     ) -> None:
         self.t2i = t2i
         self.blobs = blobs
@@ -61,6 +69,16 @@ class SourceStage(Stage[PromptRow, SourceRow]):
         self.steps = steps
         self.guidance = guidance
         self.seed = seed
+        self.resolutions = resolutions
+        self._buckets: tuple[Size, ...] | None = None
+
+    def buckets(self) -> tuple[Size, ...] | None:
+        """The sizes sources are drawn from (None: drawn freely), fitted to this run."""
+        if self.resolutions is not None and self._buckets is None:
+            self._buckets = fit_long_side(
+                self.resolutions, *self.long_side, self.aspect_max, self.t2i.size_multiple
+            )
+        return self._buckets
 
     def own_settings(self) -> dict[str, Any]:
         return {
@@ -71,6 +89,7 @@ class SourceStage(Stage[PromptRow, SourceRow]):
             "steps": self.steps,
             "guidance": self.guidance,
             "seed": self.seed,
+            **({"resolutions": [list(b) for b in self.resolutions]} if self.resolutions else {}),
         }
 
     def setup(self) -> None:
@@ -82,14 +101,15 @@ class SourceStage(Stage[PromptRow, SourceRow]):
     def plan(self, prompt: PromptRow) -> list[tuple[str, int, tuple[int, int]]]:
         """(source_id, seed, size) of each of a prompt's N renders."""
         out = []
+        buckets = self.buckets()
         for n in range(self.n_seeds):
             seed = derive_seed(self.seed, prompt.prompt_id, "source", n)
-            size = sample_size(
-                rng_for(self.seed, prompt.prompt_id, "size", n),
-                *self.long_side,
-                self.aspect_max,
-                self.t2i.size_multiple,
-            )
+            rng = rng_for(self.seed, prompt.prompt_id, "size", n)
+            if buckets:
+                w, h = buckets[int(rng.integers(len(buckets)))]
+                size = (w, h)
+            else:
+                size = sample_size(rng, *self.long_side, self.aspect_max, self.t2i.size_multiple)
             out.append((f"{prompt.prompt_id}-s{n}", seed, size))
         return out
 

@@ -1,7 +1,8 @@
 """Atomic file writes and content-addressed image blobs (``blobs/ab/<sha256>.png``).
 
-Every write goes to a temp file in the same folder and is renamed into place, so a
-killed process leaves either the old state or the new one, never half a file.
+Every write is whole: on a local path a temp file in the same folder renamed into place,
+on an object store one PUT (see ``nhr.store.files``), so a killed process leaves either
+the old state or the new one, never half a file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 
 from nhr.errors import ImageError
 from nhr.images import ImageLimits, ImageRefused, open_image
+from nhr.store.files import Files, LocalFiles, open_files
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -49,13 +51,17 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(
+    path: Path | str, max_pixels: int = MAX_IMAGE_PIXELS, data: bytes | None = None
+) -> Image.Image:
     """Open an image fully as RGB through the one loader (``nhr.images``), refusing
-    unreadable or over-large files with a clear error."""
-    if not path.is_file():
+    unreadable or over-large files with a clear error (``data``: its bytes, already read
+    from an object store; ``path`` then only names it)."""
+    if data is None and not Path(path).is_file():
         raise ImageError(f"image {path} is missing", "rerun the stage that wrote it")
     try:
-        return open_image(path, ImageLimits(max_pixels=max_pixels), where=f"image {path}")
+        source = Path(path) if data is None else data
+        return open_image(source, ImageLimits(max_pixels=max_pixels), where=f"image {path}")
     except ImageRefused as err:
         if err.reason == "too_many_pixels":
             raise ImageError(
@@ -69,35 +75,53 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
 
 
 class BlobStore:
-    """Images stored once each, by the sha256 of their PNG bytes, under ``root/blobs``.
+    """Images stored once each, by the sha256 of their PNG bytes, under ``root/blobs``
+    (``root`` a path, a URL or a ``Files``).
 
     Decoded images are kept in a small LRU cache (at most ``cache_pixels`` pixels in
     all): a blob's name is its content, so a cached image can never be stale, and a
     source image read by every job and judge of its k×M grid is decoded once. The cache
-    stays in its process (it is not pickled to worker processes)."""
+    stays in its process (it is not pickled to worker processes: a store pickles as its
+    location, so a worker on another node opens the same objects)."""
 
-    def __init__(self, root: Path, cache_pixels: int = 64 * 2**20) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path | str | Files, cache_pixels: int = 64 * 2**20) -> None:
+        self.files = open_files(root)
+        self.root = self.files.local_path() or self.files.url
         self.cache_pixels = cache_pixels
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cached_pixels = 0
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "cache_pixels": self.cache_pixels}
+        return {"files": self.files, "cache_pixels": self.cache_pixels}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["cache_pixels"])  # type: ignore[misc]
+        self.__init__(state["files"], state["cache_pixels"])  # type: ignore[misc]
 
     def put(self, image: Image.Image) -> str:
         """Store an image; returns its path relative to the run folder."""
         data = encode_png(image.convert("RGB"))
         digest = hashlib.sha256(data).hexdigest()
         rel = f"blobs/{digest[:2]}/{digest}.png"
-        path = self.root / rel
-        if not path.exists():
-            atomic_write_bytes(path, data)
+        if isinstance(self.files, LocalFiles):
+            path = self.files.path(rel)
+            if not path.exists():
+                atomic_write_bytes(path, data)
+        elif not self.files.exists(rel):
+            self.files.write_bytes(rel, data)
         return rel
+
+    def load(self, rel: str) -> Image.Image:
+        """Decode a stored image (no cache), refusing a damaged one (``ImageError``)."""
+        if isinstance(self.files, LocalFiles):
+            return load_image(self.files.path(rel))
+        try:
+            data = self.files.read_bytes(rel)
+        except FileNotFoundError:
+            raise ImageError(
+                f"image {self.files.describe(rel)} is missing", "rerun the stage that wrote it"
+            ) from None
+        return load_image(self.files.describe(rel), data=data)
 
     def get(self, rel: str) -> Image.Image:
         """Load a stored image as RGB (a copy the caller may change); a damaged blob's
@@ -108,12 +132,12 @@ class BlobStore:
                 self._cache.move_to_end(rel)
                 return hit.copy()
         try:
-            image = load_image(self.root / rel)
+            image = self.load(rel)
         except ImageError as err:
             raise ImageError(
                 err.problem,
-                f"run `nhr repair {self.root}` (it deletes the image and the rows that made "
-                "it), then rerun: the same image is made again",
+                f"run `nhr repair {self.files.describe()}` (it deletes the image and the rows "
+                "that made it), then rerun: the same image is made again",
             ) from None
         self._remember(rel, image)
         return image.copy()
@@ -134,4 +158,4 @@ class BlobStore:
 
     def read_bytes(self, rel: str) -> bytes:
         """The PNG bytes of a stored image."""
-        return (self.root / rel).read_bytes()
+        return self.files.read_bytes(rel)

@@ -22,7 +22,6 @@ committed), so the table is replaced as a whole or not at all.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections import Counter
@@ -37,7 +36,7 @@ import pyarrow.parquet as pq
 
 from nhr.errors import RunFolderError
 from nhr.records import Record, to_table
-from nhr.store.blobs import atomic_write_bytes
+from nhr.store.files import Files, LocalFiles, open_files
 
 ENTRY_META = b"nhr.entry"
 KEY_COLUMN = "key"
@@ -96,30 +95,43 @@ def column_counts(table: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
 
 
 class TableStore:
-    """Ledgered parquet tables under ``root/tables/<name>/``."""
+    """Ledgered parquet tables under ``root/tables/<name>/`` (``root`` a path, a URL or a
+    ``Files``: every object is read and written through it)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path | str | Files) -> None:
+        self.files = open_files(root)
+        self.root = self.files.local_path() or self.files.url
         self._entries: dict[str, dict[str, tuple[tuple[int, int], dict[str, Any]]]] = {}
         self._last_ns = 0
 
     # ---- layout --------------------------------------------------------------------
-    def folder(self, name: str) -> Path:
-        """The folder of a table."""
-        return self.root / "tables" / name
+    def folder(self, name: str) -> Path | str:
+        """The folder of a table (a path, or a URL on an object store)."""
+        return self.files.local_path(f"tables/{name}") or self.files.describe(f"tables/{name}")
 
-    def _ledger(self, name: str) -> Path:
-        return self.folder(name) / "ledger"
+    def _ledger(self, name: str) -> str:
+        return f"tables/{name}/ledger"
 
-    def _data(self, name: str) -> Path:
-        return self.folder(name) / "data"
+    def _data(self, name: str) -> str:
+        return f"tables/{name}/data"
 
-    def shard_path(self, name: str, entry: LedgerEntry) -> Path:
-        """The file of a committed shard."""
-        return self._data(name) / entry.shard
+    def shard_rel(self, name: str, entry: LedgerEntry) -> str:
+        """A committed shard's path relative to the run folder."""
+        return f"{self._data(name)}/{entry.shard}"
+
+    def entry_rel(self, name: str, entry: LedgerEntry) -> str:
+        """A ledger entry's path relative to the run folder."""
+        return f"{self._ledger(name)}/{entry.name}.parquet"
+
+    def shard_path(self, name: str, entry: LedgerEntry) -> Path | str:
+        """The file of a committed shard (a path, or a URL on an object store)."""
+        rel = self.shard_rel(name, entry)
+        return self.files.local_path(rel) or self.files.describe(rel)
 
     def _check_legacy(self, name: str) -> None:
-        folder = self.folder(name)
+        if not isinstance(self.files, LocalFiles):
+            return  # object stores came after the ledger: no legacy tables there
+        folder = self.files.path(f"tables/{name}")
         if folder.is_dir() and next(folder.glob(LEGACY_GLOB), None) is not None:
             raise RunFolderError(
                 f"table {name!r} in {self.root} was written by an older nhr (one parquet "
@@ -128,36 +140,44 @@ class TableStore:
             )
 
     # ---- the ledger ----------------------------------------------------------------
-    def _read_info(self, path: Path) -> dict[str, Any]:
+    def _read_info(self, rel: str) -> dict[str, Any]:
         try:
-            meta = pq.read_schema(path).metadata or {}
+            path, fs = self.files.arrow(rel)
+            meta = pq.read_schema(path, filesystem=fs).metadata or {}
             return json.loads(meta[ENTRY_META])
         except (OSError, pa.ArrowInvalid, KeyError, ValueError) as err:
             raise RunFolderError(
-                f"ledger entry {path} is damaged ({type(err).__name__}: {err})",
+                f"ledger entry {self.files.describe(rel)} is damaged ({type(err).__name__}: {err})",
                 "delete that file; the stage will redo its rows on the next run",
             ) from None
 
     def _all_entries(self, name: str) -> list[LedgerEntry]:
-        """Every entry file of a table, oldest first (new files read once, then cached)."""
+        """Every entry file of a table, oldest first (new files read once, then cached).
+
+        A cached entry is reused while its (mtime, size) stamp is unchanged. Object
+        stores stamp in whole seconds, so there a named part (the one entry rewritten in
+        place, by ``write_part``) is read again every time."""
         self._check_legacy(name)
         folder = self._ledger(name)
         cache = self._entries.setdefault(name, {})
-        if not folder.is_dir():
+        listing = self.files.listdir(folder)
+        if not listing:
             cache.clear()
             return []
+        rewritable = not self.files.local
         seen: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
-        with os.scandir(folder) as it:
-            for item in it:
-                if not item.name.endswith(".parquet") or item.name.startswith("."):
-                    continue
-                st = item.stat()
-                stamp = (st.st_mtime_ns, st.st_size)
-                old = cache.get(item.name)
-                if old is not None and old[0] == stamp:
-                    seen[item.name] = old
-                else:
-                    seen[item.name] = (stamp, self._read_info(Path(item.path)))
+        for item, stamp in listing:
+            if not item.endswith(".parquet") or item.startswith("."):
+                continue
+            old = cache.get(item)
+            if (
+                old is not None
+                and old[0] == stamp
+                and not (rewritable and item.startswith("part-"))
+            ):
+                seen[item] = old
+            else:
+                seen[item] = (stamp, self._read_info(f"{folder}/{item}"))
         cache.clear()
         cache.update(seen)
         entries = [LedgerEntry(n[: -len(".parquet")], info) for n, (_, info) in seen.items()]
@@ -182,8 +202,8 @@ class TableStore:
         """Every input key the table's shards cover (a string array, from the ledger)."""
         arrays = []
         for entry in self.entries(name):
-            path = self._ledger(name) / f"{entry.name}.parquet"
-            arrays.extend(pq.read_table(path, columns=[KEY_COLUMN]).column(0).chunks)
+            path, fs = self.files.arrow(self.entry_rel(name, entry))
+            arrays.extend(pq.read_table(path, columns=[KEY_COLUMN], filesystem=fs).column(0).chunks)
         if not arrays:
             return pa.array([], pa.string())
         return pa.concat_arrays([a.cast(pa.string()) for a in arrays])
@@ -191,18 +211,20 @@ class TableStore:
     # ---- reading -------------------------------------------------------------------
     def _missing(self, name: str) -> RunFolderError:
         return RunFolderError(
-            f"table {name!r} does not exist in {self.root}", "run the stage that writes it first"
+            f"table {name!r} does not exist in {self.files.describe()}",
+            "run the stage that writes it first",
         )
 
     def _open(self, name: str, entry: LedgerEntry) -> pq.ParquetFile:
-        path = self.shard_path(name, entry)
+        rel = self.shard_rel(name, entry)
         try:
-            return pq.ParquetFile(path)
+            path, fs = self.files.arrow(rel)
+            return pq.ParquetFile(path, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as err:
             raise RunFolderError(
-                f"table shard {path} is damaged ({err})",
-                f"delete it and {self._ledger(name) / entry.name}.parquet; the stage will "
-                "redo its rows on the next run",
+                f"table shard {self.files.describe(rel)} is damaged ({err})",
+                f"delete it and {self.files.describe(self.entry_rel(name, entry))}; the stage "
+                "will redo its rows on the next run",
             ) from None
 
     def read(
@@ -253,10 +275,10 @@ class TableStore:
         return f"{now:020d}-{uuid.uuid4().hex[:8]}"
 
     def _put_shard(self, name: str, shard: str, data: bytes) -> None:
-        atomic_write_bytes(self._data(name) / shard, data)
+        self.files.write_bytes(f"{self._data(name)}/{shard}", data)
 
     def _put_entry(self, name: str, entry: str, data: bytes) -> None:
-        atomic_write_bytes(self._ledger(name) / f"{entry}.parquet", data)
+        self.files.write_bytes(f"{self._ledger(name)}/{entry}.parquet", data)
 
     def commit(
         self,
@@ -323,8 +345,8 @@ class TableStore:
 
     def drop(self, name: str, entry: LedgerEntry) -> None:
         """Uncommit one shard: delete its ledger entry, then the shard itself."""
-        (self._ledger(name) / f"{entry.name}.parquet").unlink(missing_ok=True)
-        self.shard_path(name, entry).unlink(missing_ok=True)
+        self.files.delete(self.entry_rel(name, entry))
+        self.files.delete(self.shard_rel(name, entry))
 
     def clean(self, name: str) -> list[str]:
         """Delete superseded entries, orphan shards (written, never committed) and temp
@@ -335,19 +357,17 @@ class TableStore:
         live_names = {e.name for e in live}
         for entry in self._all_entries(name):
             if entry.name not in live_names:
-                path = self._ledger(name) / f"{entry.name}.parquet"
-                path.unlink(missing_ok=True)
-                removed.append(str(path.relative_to(self.root)))
+                rel = self.entry_rel(name, entry)
+                self.files.delete(rel)
+                removed.append(rel)
         shards = {e.shard for e in live}
         for folder in (self._data(name), self._ledger(name)):
-            if not folder.is_dir():
-                continue
-            for path in folder.iterdir():
-                temp = path.name.startswith(".tmp-")
-                orphan = folder == self._data(name) and path.name not in shards
+            for item, _ in self.files.listdir(folder):
+                temp = item.startswith(".tmp-")
+                orphan = folder == self._data(name) and item not in shards
                 if temp or orphan:
-                    path.unlink(missing_ok=True)
-                    removed.append(str(path.relative_to(self.root)))
+                    self.files.delete(f"{folder}/{item}")
+                    removed.append(f"{folder}/{item}")
         return removed
 
     def writer(

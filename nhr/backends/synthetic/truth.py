@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from nhr.store import atomic_write_bytes
+from nhr.store.files import open_files
 
 from .language import Instruction, parse_instruction, resize_target
 from .scene import Layout, PlacedObject
@@ -51,30 +51,34 @@ class TripletTruth:
 
 
 class SyntheticTruth:
-    """Reads and writes the truth store under ``truth_dir``."""
+    """Reads and writes the truth store under ``truth_dir`` (a folder, or an
+    object-store URL inside the run folder)."""
 
     def __init__(self, truth_dir: Path | str) -> None:
-        self.truth_dir = Path(truth_dir)
+        self.files = open_files(truth_dir)
+        self.truth_dir = self.files.local_path() or self.files.url
 
-    def path_for(self, digest: str) -> Path:
+    @staticmethod
+    def _rel(digest: str) -> str:
+        return f"{digest[:2]}/{digest}.json"
+
+    def path_for(self, digest: str) -> Path | str:
         """Where the record of an image with pixel hash ``digest`` lives."""
-        return self.truth_dir / digest[:2] / f"{digest}.json"
+        return self.files.local_path(self._rel(digest)) or self.files.describe(self._rel(digest))
 
     def record(self, image: Image.Image, layout: Layout) -> str:
         """Store ``layout`` as the truth of ``image`` (atomic write); return the pixel hash."""
         digest = pixel_hash(image)
-        path = self.path_for(digest)
         data = {"width": image.width, "height": image.height, "layout": layout.to_dict()}
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        atomic_write_bytes(path, text.encode())
+        self.files.write_bytes(self._rel(digest), text.encode())
         return digest
 
     def layout(self, image: Image.Image) -> Layout:
         """The layout ``image`` depicts; ``KeyError`` naming the hash if unknown."""
         digest = pixel_hash(image)
-        path = self.path_for(digest)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(self.files.read_bytes(self._rel(digest)))
         except FileNotFoundError:
             raise KeyError(
                 f"image {digest} is unknown to the synthetic truth store at {self.truth_dir}: "
@@ -85,7 +89,7 @@ class SyntheticTruth:
 
     def has(self, image: Image.Image) -> bool:
         """Whether ``image`` has a record."""
-        return self.path_for(pixel_hash(image)).exists()
+        return self.files.exists(self._rel(pixel_hash(image)))
 
     def source(self, image: Image.Image) -> SourceTruth:
         """Whether a rendered source truly depicts its prompt."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nhr.store.files import location
+
 from .captioner import SyntheticCaptioner, SyntheticCaptionWriter
 from .editor import SyntheticEditor
 from .judge import SyntheticJudge
@@ -38,8 +40,9 @@ class SyntheticWorld:
             raise ValueError(f"compound_share must be in [0, 1), got {compound_share!r}")
         if not 0.0 <= float(judge_noise) <= 3.0:
             raise ValueError(f"judge_noise must be in [0, 3], got {judge_noise!r}")
-        self.truth_dir = Path(truth_dir)
-        if self.truth_dir.exists() and not self.truth_dir.is_dir():
+        self.truth_dir = location(truth_dir)  # a folder, or an object-store URL
+        local = isinstance(self.truth_dir, Path)
+        if local and self.truth_dir.exists() and not self.truth_dir.is_dir():
             raise ValueError(f"truth_dir {self.truth_dir} exists and is not a folder")
         self.seed = seed
         self.truth = SyntheticTruth(self.truth_dir)
