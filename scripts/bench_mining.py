@@ -86,6 +86,8 @@ def bench_params(args: argparse.Namespace) -> dict[str, Any]:
         "LONG_SIDE_MAX": 128,
         "ASPECT_MAX": 2.0,
         "EDIT_GUIDANCE": [2.5, 3.5],
+        "RESOLUTIONS": args.resolutions,  # bucketed sizes and few step counts: calls batch
+        "EDIT_STEPS_LEVELS": args.steps_levels,
         "THRESHOLD": 4.7,
         "BATCH_SIZE": args.batch_size,
         "WORKERS": args.workers,
@@ -308,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-seconds", type=float, default=0.1, help="simulated GPU seconds per image"
     )
     ap.add_argument("--latency", type=float, default=0.25, help="fake server latency, s")
+    ap.add_argument(
+        "--resolutions", default="kontext", help="RESOLUTIONS: free, paper, kontext (default)"
+    )
+    ap.add_argument("--steps-levels", type=int, default=2, help="EDIT_STEPS_LEVELS (default 2)")
     ap.add_argument("--batch-size", type=int, default=16, help="BATCH_SIZE (default 16)")
     ap.add_argument("--workers", type=int, default=2, help="WORKERS (default 2)")
     ap.add_argument("--concurrency", type=int, default=32, help="API_CONCURRENCY")
