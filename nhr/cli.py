@@ -123,13 +123,12 @@ def push(run_dir: Path, repo_id: str, private: bool, webdataset: bool) -> int:
     return 0
 
 
-def audit(run_dir: Path) -> int:
+def audit(run_dir: Path | str) -> int:
     """Print the hard validator against the world's truth, from the run's own tables."""
     from nhr.evaluate.truth import judge_vs_truth
     from nhr.pipeline import Pipeline
 
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    if not open_files(run_dir).exists("config.yaml"):
         raise RunFolderError(f"{run_dir} has no config.yaml", "pass the folder of an nhr run")
     pipe = Pipeline.open(run_dir, {}, progress=False)  # the run's own saved config
     if pipe.backends.truth is None:
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p_audit = sub.add_parser("audit", help="judge vs truth of a synthetic-world run")
-    p_audit.add_argument("run_dir", type=Path)
+    p_audit.add_argument("run_dir", type=location)
     p_repair = sub.add_parser("repair", help="check a run's images; remove damaged ones")
     p_repair.add_argument("run_dir", type=location)
     p_repair.add_argument("--dry-run", action="store_true", help="report, change nothing")

@@ -525,7 +525,12 @@ class ApiBlock(Block):
     api_cache: bool = _f(
         True, "cache answered requests, so a rerun makes no new calls", runtime=True
     )
-    api_cache_dir: str = _f("", "folder of api_cache.sqlite ('': the run folder)", runtime=True)
+    api_cache_dir: str = _f(
+        "",
+        "folder of the request cache, a path (api_cache.sqlite) or an object-store URL "
+        "(cache/ objects) ('': the run folder)",
+        runtime=True,
+    )
     api_image_max_side: int = _f(
         1024, "downscale images sent to a remote model to this long side (0: as is)", 0, 16384
     )

@@ -1,4 +1,8 @@
-"""Runs one stage over its input rows: batches, resume, progress bar, per-stage stats.
+"""Runs stages over their input rows: batches, resume, progress bars, per-stage stats.
+
+``run`` runs one stage; ``run_chain`` streams a chain of them (``nhr.engines.base``):
+link 0 reads the given inputs, each later link takes what the link before it forwards,
+as its batches finish, and every stage writes its own table and stats as ``run`` does.
 
 Inputs come as a list of records, an Arrow table of the stage's input type, or an
 iterable of chunks (each a list of records or a table), so a plan far larger than memory
@@ -6,10 +10,15 @@ can stream through. The runner skips input keys the table's ledger already cover
 rerun after a crash repeats nothing and loses nothing; it builds records only for
 ``process_batch``, and buffers outputs into shards of many rows (a shard closes by rows,
 bytes or seconds; each is committed by a ledger entry with the keys it covers, the
-seconds it took and the API usage). Batches run in an executor (``nhr.executors``):
-worker processes for CPU-bound stages, threads for API-bound ones, up to ``workers``
-batches at once (0: one per core); the runner alone writes shards. Stats come from the
-ledger, never from re-reading rows.
+seconds it took and the API usage). An engine computes the batches (by default the
+``LocalEngine``: worker processes for CPU-bound stages, threads for API-bound ones, up
+to ``workers`` batches at once per stage, 0: one per core); the runner alone writes
+shards, and drops a batch whose input keys it already committed (a retried task).
+
+In a chain, a batch is committed only once every row it forwarded is committed
+downstream, so after a SIGKILL anywhere the rerun redoes exactly the batches whose work
+is not all committed, and the forwards skip what the next link already has. Stats come
+from the ledger, never from re-reading rows.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Batched editor calls on a tiny diffusers pipeline: how full the calls get, and what
 batching buys per image, side by side in one run (CPU, offline, about a minute).
 
-A realistic job stream: sources at bucketed sizes (RESOLUTIONS paper, fitted to the
-demo's 128–256 px), the plan's seeded uniform order over sources × instructions × seeds,
+A realistic job stream: sources at bucketed sizes (RESOLUTIONS paper within
+``--aspect-max``, fitted to the demo's 128–256 px), the plan's seeded uniform order over sources × instructions × seeds,
 a few step levels and guidance values. The stream goes through ``edit_call_batches``
 (the editor link's batcher, window EDIT_SCHEDULE_WINDOW) into ``EditStage`` with a tiny
 FLUX Kontext (or InstructPix2Pix) pipeline that works at Kontext's nearest trained
@@ -58,7 +58,7 @@ from nhr.store import BlobStore  # noqa: E402
 
 def job_stream(blobs: BlobStore, args: argparse.Namespace) -> list[EditJob]:
     """The plan's jobs over ``args.sources`` noise sources at bucketed sizes."""
-    buckets = fit_long_side(PAPER_RESOLUTIONS, 128, 256, 3.0, 16)
+    buckets = fit_long_side(PAPER_RESOLUTIONS, 128, 256, args.aspect_max, 16)
     n, k = args.sources, args.instructions
     sizes = [buckets[int(rng_for(0, "size", i).integers(len(buckets)))] for i in range(n)]
     images = [
@@ -173,15 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--editor", choices=("kontext", "pix2pix"), default="kontext")
     p.add_argument("--max-batch", type=int, default=8, help="DIFFUSERS_MAX_BATCH")
     p.add_argument("--window", type=int, default=SCHEDULE_WINDOW, help="EDIT_SCHEDULE_WINDOW")
-    p.add_argument("--sources", type=int, default=80)
+    p.add_argument("--sources", type=int, default=56)
+    p.add_argument("--aspect-max", type=float, default=2.0, help="ASPECT_MAX of the sources")
     p.add_argument("--instructions", type=int, default=4, help="K")
     p.add_argument("--seeds", type=int, default=4, help="M")
     p.add_argument("--steps-min", type=int, default=2)
     p.add_argument("--steps-max", type=int, default=3)
     p.add_argument("--steps-levels", type=int, default=2, help="EDIT_STEPS_LEVELS")
     p.add_argument("--guidance", type=float, nargs="+", default=[2.5])
-    p.add_argument("--area", type=int, default=64 * 64, help="EDIT_MAX_AREA of the tiny editor")
-    p.add_argument("--single-jobs", type=int, default=96, help="jobs also run one per call")
+    p.add_argument("--area", type=int, default=48 * 48, help="EDIT_MAX_AREA of the tiny editor")
+    p.add_argument("--single-jobs", type=int, default=48, help="jobs also run one per call")
     p.add_argument("--models", default="", help="tiny models folder (default: a temp one)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)

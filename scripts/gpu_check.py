@@ -8,6 +8,11 @@
    It prints images per second, achieved TFLOP/s and the share of the GPU's bf16 peak
    (model FLOPs per step from the transformer's config), and projects the seconds of a
    full-depth 28-step edit at the same efficiency.
+3. Bucketed, batched calls: one denoising step at each of a few Kontext trained
+   resolutions (``--buckets``, about 1024² each) for each call size in ``--batches``,
+   eager and compiled (one compile per bucket and call size, as a run with buckets has),
+   and the headline figures: seconds per 1024² 28-step full-depth edit and the share of
+   bf16 peak, at the fullest call, with and without compile.
 
     python scripts/gpu_check.py                     # on a CUDA machine
     python scripts/gpu_check.py --device cpu --tiny # dry run of the same code on a CPU
@@ -118,13 +123,22 @@ def build(torch: Any, args: argparse.Namespace) -> tuple[Any, dict[str, int]]:
     return model.to(args.device, dtype).eval(), shape
 
 
-def inputs(torch: Any, shape: dict[str, int], batch: int, device: str, dtype: Any) -> dict:
-    """Random inputs of one denoising step: noisy latents + the source image's latents."""
-    side = shape["size"] // 16  # VAE /8, then 2×2 packing
-    n_img = side * side
+def inputs(
+    torch: Any,
+    shape: dict[str, int],
+    batch: int,
+    device: str,
+    dtype: Any,
+    size: tuple[int, int] | None = None,
+) -> dict:
+    """Random inputs of one denoising step at ``size`` (w, h; default square
+    ``shape["size"]``): noisy latents + the source image's latents."""
+    w, h = size or (shape["size"], shape["size"])
+    cols, rows = w // 16, h // 16  # VAE /8, then 2×2 packing
+    n_img = cols * rows
     ids = torch.zeros(n_img, 3)
-    ids[:, 1] = torch.arange(side).repeat_interleave(side)
-    ids[:, 2] = torch.arange(side).repeat(side)
+    ids[:, 1] = torch.arange(rows).repeat_interleave(cols)
+    ids[:, 2] = torch.arange(cols).repeat(rows)
     ctx = ids.clone()
     ctx[:, 0] = 1  # Kontext marks the context image with index 1
     return {
@@ -160,6 +174,86 @@ def time_step(
                 model(**feed)
         sync(torch, args.device)
     return (time.perf_counter() - t0) / args.reps
+
+
+def time_call(
+    torch: Any, model: Any, args: argparse.Namespace, shape: dict, size: tuple, batch: int
+) -> tuple[float, float]:
+    """(seconds of one denoising step for ``batch`` images of ``size`` in one call,
+    seconds of the warm-up, which includes a compile)."""
+    dtype = next(model.parameters()).dtype
+    feed = inputs(torch, shape, batch, args.device, dtype, size)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            model(**feed)
+        sync(torch, args.device)
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(args.reps):
+            model(**feed)
+        sync(torch, args.device)
+    return (time.perf_counter() - t0) / args.reps, warm
+
+
+def bucket_sizes(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The (w, h) buckets to time: ``--buckets``, or Kontext resolutions (tiny: 64²-ish)."""
+    if args.buckets:
+        return [tuple(int(x) for x in b.lower().split("x")) for b in args.buckets.split(",")]
+    if args.tiny:
+        return [(64, 64), (80, 48), (48, 80)]
+    return [(1024, 1024), (1248, 832), (832, 1248)]
+
+
+def bucketed(
+    torch: Any, model: Any, args: argparse.Namespace, shape: dict, peak: float
+) -> dict[str, Any]:
+    """Bucketed, batched calls, eager and compiled; the headline figures."""
+    d = shape["heads"] * shape["head_dim"]
+    batches = sorted({int(b) for b in args.batches.split(",")})
+    runs = []
+    modes = ["eager"] + ([] if args.no_compile else ["compile"])
+    # every (bucket, call size) is a shape: let dynamo keep them all compiled
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    for mode in modes:
+        net = model if mode == "eager" else torch.compile(model)
+        for w, h in bucket_sizes(args):
+            tokens = 2 * (w // 16) * (h // 16) + shape["text"]
+            flops = flops_per_step(d, args.double, args.single, tokens)
+            full = flops_per_step(d, *FULL_DEPTH, tokens)
+            for batch in batches:
+                secs, warm = time_call(torch, net, args, shape, (w, h), batch)
+                mfu = flops * batch / secs / 1e12 / peak
+                # a 28-step full-depth edit of this bucket at the same efficiency, per image
+                edit = full * args.steps / (mfu * peak * 1e12)
+                runs.append(
+                    {
+                        "mode": mode,
+                        "bucket": f"{w}x{h}",
+                        "images_per_call": batch,
+                        "step_seconds": round(secs, 5),
+                        "share_of_peak": round(mfu, 4),
+                        "full_depth_edit_seconds_per_image": round(edit, 3),
+                        "warmup_seconds": round(warm, 2),
+                    }
+                )
+                print(json.dumps(runs[-1]), flush=True)
+    headline: dict[str, Any] = {}
+    square = f"{args.size}x{args.size}" if not args.tiny else f"{shape['size']}x{shape['size']}"
+    for mode in modes:
+        mine = [r for r in runs if r["mode"] == mode]
+        fullest = [r for r in mine if r["images_per_call"] == batches[-1]]
+        best = next((r for r in fullest if r["bucket"] == square), fullest[0])
+        headline[mode] = {
+            "bucket": best["bucket"],
+            "images_per_call": best["images_per_call"],
+            "seconds_per_28_step_edit": best["full_depth_edit_seconds_per_image"],
+            "share_of_bf16_peak": best["share_of_peak"],
+            "mean_share_of_peak_over_buckets": round(
+                sum(r["share_of_peak"] for r in fullest) / len(fullest), 4
+            ),
+        }
+    return {"bucket_runs": runs, "headline": headline}
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -207,6 +301,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             print(json.dumps(out["runs"][-1]), flush=True)
+    if not args.no_buckets:
+        out.update(bucketed(torch, model, args, shape, peak))
     return out
 
 
@@ -223,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--buckets", default="", help="WxH,... to time (default: 3 Kontext sizes)")
+    p.add_argument("--batches", default="1,4,8", help="images per call to time per bucket")
+    p.add_argument("--no-buckets", action="store_true", help="skip the bucketed calls")
     p.add_argument("--no-tests", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)

@@ -10,11 +10,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from fakes.chain import Finish, Grow, Judge, jobs, links, run_one_by_one, table_rows
 from test_runner import _run_kill
 
 from nhr.engines.base import Done, Engine, Link, outputs_forward
 from nhr.engines.local import LocalEngine
+from nhr.pipeline import Pipeline
 from nhr.records import Record
 from nhr.runner import Runner
 from nhr.store import RunStore
@@ -217,3 +219,32 @@ def test_sigkill_in_a_chain_then_rerun_gives_the_uninterrupted_rows(
     )
     assert _run_kill(script, killed, "none", 0) == 0
     assert table_rows(RunStore(killed)) == expected
+
+
+# ---- sources stream to the gate ------------------------------------------------------
+def _columns(pipe: Pipeline, table: str) -> list[tuple]:
+    t = pipe.table(table)
+    t = t.drop([c for c in ("seconds",) if c in t.column_names])  # measured, not computed
+    return sorted(tuple(row.values()) for row in t.to_pylist())
+
+
+def test_sources_stream_to_the_gate_with_the_rows_of_the_stages_one_by_one(tmp_path):
+    streamed = Pipeline.open(tmp_path / "streamed", TINY, progress=False)
+    streamed.prompts()
+    sources = streamed.sources()
+    assert streamed.runner.store.tables.count("plausibility") == sources.rows_out > 0
+    gate = streamed.gate()  # a resumed no-op that still writes its stats
+    assert gate.stats["processed_rows"] == 0 and gate.rows_in == sources.rows_out
+
+    alone = Pipeline.open(tmp_path / "alone", TINY, progress=False)
+
+    def one_by_one(links, inputs, *args, **kwargs):
+        return type(alone.runner).run_chain(alone.runner, links[:1], inputs)  # no gate
+
+    alone.prompts()
+    alone.runner.run_chain = one_by_one
+    alone.sources()
+    assert not alone.runner.store.tables.exists("plausibility")
+    assert alone.gate().stats["processed_rows"] == sources.rows_out
+    for table in ("sources", "plausibility"):
+        assert _columns(streamed, table) == _columns(alone, table)

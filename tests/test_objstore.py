@@ -22,10 +22,12 @@ from conftest import TINY, run_chain
 pytest.importorskip("moto")
 pafs = pytest.importorskip("pyarrow.fs")
 
+from nhr.config import reconcile  # noqa: E402
 from nhr.errors import RunFolderError  # noqa: E402
 from nhr.lock import ObjectLock  # noqa: E402
 from nhr.pipeline import Pipeline  # noqa: E402
 from nhr.stages.edits import EditStage  # noqa: E402
+from nhr.stages.export import load_export  # noqa: E402
 from nhr.store import ObjectFiles, RunStore, open_files  # noqa: E402
 
 BUCKET = "nhr-test"
@@ -139,6 +141,9 @@ def test_tiny_chain_on_s3_exports_the_rows_of_a_local_run(s3, tiny_chain, tmp_pa
     assert pipe.store.tables.count("candidates") == tiny_chain.store.tables.count("candidates")
     local, remote = exported_rows(tiny_chain.store), exported_rows(pipe.store)
     assert remote and remote == local
+    # `datasets` loads the export from the bucket (through fsspec's s3fs)
+    ds = load_export(pipe.store.url("dataset"))
+    assert len(ds) == len(remote) and ds[0]["source_image"].size[0] > 0
     # everything is objects in the bucket, in the local layout
     objects = {o.split("/")[0] for o in pipe.store.walk("")}
     assert {"blobs", "tables", "stats", "dataset", "config.yaml", "summary.json"} <= objects
@@ -157,8 +162,25 @@ def test_tiny_chain_on_s3_exports_the_rows_of_a_local_run(s3, tiny_chain, tmp_pa
     assert again.export().stats == pipe.store.read_stats("export")
 
 
-def test_interrupted_run_on_s3_resumes_without_redoing_work(s3, tiny_chain, monkeypatch):
+def test_interrupted_run_on_s3_resumes_without_redoing_work(s3, tmp_path, monkeypatch):
     url = _url("resume")
+    # a smaller grid than TINY (the chain test covers that size); commit every batch; one
+    # in-process worker, so the patched stage is the one that runs
+    params = {
+        **TINY,
+        "N_PROMPTS": 3,
+        "N_SOURCE_SEEDS": 2,
+        "BATCH_SIZE": 4,
+        "SHARD_FLUSH_SECONDS": 0.0,
+        "WORKERS": 1,
+    }
+
+    def chain(where) -> Pipeline:
+        pipe = Pipeline.open(where, params, progress=False)
+        pipe.run_chain(until="edits")
+        return pipe
+
+    reference = chain(tmp_path / "local")
     key_field = EditStage.input_type.key
     seen: list[list[str]] = []
     original = EditStage.process_batch
@@ -170,19 +192,11 @@ def test_interrupted_run_on_s3_resumes_without_redoing_work(s3, tiny_chain, monk
         return original(self, rows)
 
     monkeypatch.setattr(EditStage, "process_batch", crashing)
-    # commit every batch; one in-process worker, so the patched stage is the one that runs
-    params = {**TINY, "SHARD_FLUSH_SECONDS": 0.0, "WORKERS": 1}
-
-    def chain() -> Pipeline:
-        pipe = Pipeline.open(url, params, progress=False)
-        pipe.run_chain(until="edits")
-        return pipe
-
     with pytest.raises(KeyboardInterrupt):
-        chain()
+        chain(url)
     first = RunStore(url)
     done = set(first.tables.input_keys("candidates").to_pylist())
-    assert done and len(done) < tiny_chain.store.tables.count("candidates")
+    assert done and len(done) < reference.store.tables.count("candidates")
     assert not first.exists(".nhr-writer.lock")  # released on the way out
 
     redone: list[list[str]] = []
@@ -192,14 +206,14 @@ def test_interrupted_run_on_s3_resumes_without_redoing_work(s3, tiny_chain, monk
         return original(self, rows)
 
     monkeypatch.setattr(EditStage, "process_batch", counting)
-    pipe = chain()
+    pipe = chain(url)
     again = {k for batch in redone for k in batch}
     assert again and not again & done  # nothing committed was computed twice
     keys = pipe.store.tables.input_keys("candidates").to_pylist()
     assert len(keys) == len(set(keys))  # no input committed twice
     columns = ["candidate_id", "image", "instruction"]
-    got, want = (p.tables.read("candidates", columns) for p in (pipe, tiny_chain))
-    assert got.sort_by("candidate_id").equals(want.sort_by("candidate_id"))
+    got, want = (p.tables.read("candidates", columns) for p in (pipe, reference))
+    assert got.num_rows and got.sort_by("candidate_id").equals(want.sort_by("candidate_id"))
 
 
 def test_object_lock_refuses_a_live_holder_and_frees_a_dead_one(s3):
@@ -257,3 +271,28 @@ def test_request_cache_on_s3_is_shared_by_separate_clients(s3, monkeypatch):
             with remote_backends(cfg, _url(run)) as b:
                 b.validator.score(*args)
         assert srv.count == 12 and len(open_files(shared).walk("cache/replies")) == 4
+
+
+def test_nhr_run_with_an_s3_run_dir(s3, tmp_path):
+    from conftest import NHR, ROOT
+
+    config = tmp_path / "one.yaml"
+    config.write_text(
+        "name: one\n"
+        f"notebooks: [{ROOT / 'notebooks' / '01_prompts.ipynb'}]\n"
+        "params: {SEED: 0, PROMPTER: synthetic, N_PROMPTS: 3, K_INSTRUCTIONS: 2}\n"
+    )
+    url = _url("cli")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    cmd = [*NHR, "run", str(config), "--run-dir", url, "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    store = RunStore(url)
+    assert store.tables.count("prompts") == 3 and store.exists("config.yaml")
+    # the executed notebook: written locally by papermill, then copied into the run
+    local = tmp_path / "results" / "one" / "notebooks" / "01_prompts.ipynb"
+    assert store.read_bytes("notebooks/01_prompts.ipynb") == local.read_bytes()
+    assert not store.exists(".nhr-run.lock") and not store.exists(".nhr-writer.lock")
+    with pytest.raises(RunFolderError, match="N_PROMPTS"):  # the saved config refuses
+        reconcile(url, {"N_PROMPTS": 4})  # a run that would mix outputs

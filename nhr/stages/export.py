@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from nhr.stages.dataset_card import write_card
 from nhr.stages.export_webdataset import write_webdataset
-from nhr.store import BlobStore, RunStore
+from nhr.store import BlobStore, RunStore, is_url, join, open_files
 
 TEXT_COLUMNS = (
     "triplet_id",
@@ -287,10 +287,10 @@ def card_body(
 
 
 def read_card(folder: Path | str) -> dict[str, Any]:
-    """The front matter of an exported dataset's card."""
+    """The front matter of an exported dataset's card (a folder or an object-store URL)."""
     import yaml
 
-    text = (Path(folder) / "README.md").read_text()
+    text = open_files(folder).read_bytes("README.md").decode()
     if not text.startswith("---"):
         return {}
     return yaml.safe_load(text.split("---", 2)[1]) or {}
@@ -300,7 +300,10 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     """Load an exported dataset's config as a ``datasets.Dataset`` (train split).
 
     ``datasets.load_dataset`` refuses an empty split, so a config the card records with
-    zero rows comes back as an empty dataset with the right features instead.
+    zero rows comes back as an empty dataset with the right features instead. An export
+    on an object store (``s3://…/dataset``) is loaded from the shards its card names:
+    ``datasets`` reads remote files through fsspec (``s3fs`` for S3, which takes the
+    endpoint and credentials from the AWS environment), not pyarrow.fs.
     """
     import datasets
 
@@ -310,6 +313,12 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     if infos[config]["splits"][0]["num_examples"] == 0:
         features = CONFIGS[config][1]()
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    if is_url(folder):
+        card = {c["config_name"]: c for c in read_card(folder).get("configs", [])}
+        pattern = card[config]["data_files"][0]["path"]
+        return datasets.load_dataset(
+            "parquet", data_files={"train": str(join(folder, pattern))}, split="train"
+        )
     return datasets.load_dataset(str(folder), config, split="train")
 
 

@@ -107,7 +107,9 @@ class BlobStore:
             path = self.files.path(rel)
             if not path.exists():
                 atomic_write_bytes(path, data)
-        elif not self.files.exists(rel):
+        else:
+            # the name is the content, so writing it again changes nothing: one PUT is
+            # cheaper than a HEAD to ask first (most blobs are new)
             self.files.write_bytes(rel, data)
         return rel
 

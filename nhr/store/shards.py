@@ -140,10 +140,17 @@ class TableStore:
             )
 
     # ---- the ledger ----------------------------------------------------------------
+    def _entry_source(self, rel: str) -> Any:
+        """What pyarrow reads a ledger entry from: its path locally; on an object store
+        its bytes, fetched with one GET (entries are small; a parquet reader on a remote
+        file would ask for its size, then its footer, then its pages)."""
+        if self.files.local:
+            return self.files.arrow(rel)[0]
+        return pa.BufferReader(self.files.read_bytes(rel))
+
     def _read_info(self, rel: str) -> dict[str, Any]:
         try:
-            path, fs = self.files.arrow(rel)
-            meta = pq.read_schema(path, filesystem=fs).metadata or {}
+            meta = pq.read_schema(self._entry_source(rel)).metadata or {}
             return json.loads(meta[ENTRY_META])
         except (OSError, pa.ArrowInvalid, KeyError, ValueError) as err:
             raise RunFolderError(
@@ -202,8 +209,8 @@ class TableStore:
         """Every input key the table's shards cover (a string array, from the ledger)."""
         arrays = []
         for entry in self.entries(name):
-            path, fs = self.files.arrow(self.entry_rel(name, entry))
-            arrays.extend(pq.read_table(path, columns=[KEY_COLUMN], filesystem=fs).column(0).chunks)
+            source = self._entry_source(self.entry_rel(name, entry))
+            arrays.extend(pq.read_table(source, columns=[KEY_COLUMN]).column(0).chunks)
         if not arrays:
             return pa.array([], pa.string())
         return pa.concat_arrays([a.cast(pa.string()) for a in arrays])
