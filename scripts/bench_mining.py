@@ -28,8 +28,11 @@ Output (stdout, one JSON object): ``grid`` and ``adaptive``, each with ``accepte
 correct), ``wall_seconds`` and ``editor_busy_seconds`` (``stats/mining.json`` where the
 mining loop writes it, else the bench's clock around the mining steps and the editor's
 device seconds), ``mean_images_per_call`` (``editor_images / editor_calls`` of the
-candidates stats, else the simulated editor's own ``images / calls``); then ``ratios``
-(adaptive / grid) and ``targets`` (each target, its figures and ``met``).
+candidates stats, else the simulated editor's own ``images / calls``); the grid part
+also holds ``seed_order_bound`` (what stopping each (source, instruction) at its first
+pass would at best have saved on the grid's own candidates: how far the targets are
+reachable in this world at all); then ``ratios`` (adaptive / grid) and ``targets`` (each
+target, its figures and ``met``).
 """
 
 from __future__ import annotations
@@ -154,6 +157,42 @@ def audit_precision(pipe: Any) -> float | None:
     return round(sum(bool(v.correct) for v in verdicts) / rows.num_rows, 4)
 
 
+def seed_order_bound(pipe: Any) -> dict[str, Any]:
+    """What a search in rounds of one seed could at best save on the grid run's own
+    candidates: each (source, instruction) generated in seed order up to its first
+    validator pass (``first_pass``: all M seeds where none passes; ``oracle``: one seed
+    there, as if hopelessness were known at once), judge calls counted as the grid made
+    them (one per judged candidate; request-cache hits make the grid's own a little
+    fewer). Accepted stays the grid's. A bound for the adaptive targets, not a result."""
+    cands = pipe.tables.read("candidates", ["candidate_id"]).column("candidate_id").to_pylist()
+    passed = set(pipe.tables.passed_ids("validator").to_pylist())
+    judged = [
+        set(pipe.tables.read(name, ["subject_id"]).column("subject_id").to_pylist())
+        for name in ("prefilter", "validator")
+        if pipe.tables.exists(name)
+    ]
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for cid in cands:
+        group, _, m = cid.rpartition("-e")
+        groups.setdefault(group, []).append((int(m), cid))
+    out: dict[str, Any] = {}
+    for name in ("first_pass", "oracle"):
+        gens = calls = accepted = 0
+        for members in groups.values():
+            order = [cid for _, cid in sorted(members)]
+            hit = next((i for i, cid in enumerate(order) if cid in passed), None)
+            accepted += hit is not None
+            n = hit + 1 if hit is not None else (len(order) if name == "first_pass" else 1)
+            gens += n
+            calls += sum(cid in j for cid in order[:n] for j in judged)
+        out[name] = {
+            "accepted": accepted,
+            "generations_per_accepted": _div(gens, accepted),
+            "judge_calls_per_accepted": _div(calls, accepted),
+        }
+    return out
+
+
 def mine(pipe: Any) -> float:
     """Run the mining step (fused loop or stages); the bench's wall seconds of it."""
     t0 = time.perf_counter()
@@ -194,7 +233,8 @@ def run_search(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         per_call, per_call_from = None, None
     wall = mining.get("wall_seconds", clock)
     busy = mining.get("editor_busy_seconds", usage.get("device_seconds"))
-    return {
+    bound = seed_order_bound(pipe) if params.get("SEARCH", "grid") == "grid" else None
+    figures = {
         "accepted": accepted,
         "generations": generations,
         "generations_per_accepted": _div(generations, accepted),
@@ -215,7 +255,12 @@ def run_search(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         "seconds_before_mining": round(before_mining, 3),
         "gated_sources": pipe.tables.count_passed("plausibility"),
         "rounds": len(mining.get("rounds", [])) if mining else None,
+        **({"seed_order_bound": bound} if bound else {}),
     }
+    for part in (bound or {}).values():
+        for key in ("generations_per_accepted", "judge_calls_per_accepted"):
+            part[f"{key}_vs_grid"] = _div(part[key], figures[key])
+    return figures
 
 
 def _div(a: float | None, b: float | None) -> float | None:
