@@ -697,6 +697,76 @@ class ExportBlock(Block):
     )
 
 
+class EngineBlock(Block):
+    """What executes the chain: this process (``local``) or a Ray cluster (``ray``), and
+    how the Ray engine places each stage (all runtime: they change where and how fast
+    rows are made, never which)."""
+
+    engine: str = _f(
+        "local",
+        "local: this process (threads, worker processes); ray: Ray Data on a cluster",
+        choices=("local", "ray"),
+        runtime=True,
+    )
+    ray_address: str = _f(
+        "",
+        "Ray cluster to join ('': the RAY_ADDRESS variable, else start a local one; "
+        "auto: the one `ray start` made here; ray://host:10001 for Ray Client)",
+        runtime=True,
+    )
+    ray_device_actors: int = _f(
+        0,
+        "actors per GPU stage (T2I, editor), a model resident in each "
+        "(0: one per RAY_GPUS_PER_ACTOR GPUs of the cluster)",
+        0,
+        100_000,
+        runtime=True,
+    )
+    ray_gpus_per_actor: float = _f(
+        1.0, "GPUs each GPU-stage actor reserves (fractions share a GPU)", 0.01, 64.0, runtime=True
+    )
+    ray_io_actors: int = _f(
+        2,
+        "actors per API-bound stage (judges, writers); API_CONCURRENCY, API_RPM and "
+        "API_TPM are split among them",
+        1,
+        10_000,
+        runtime=True,
+    )
+    ray_cpu_tasks: int = _f(
+        0,
+        "concurrent Ray tasks per CPU-bound stage (low-level check, synthetic world; "
+        "0: as many as the cluster's CPUs allow)",
+        0,
+        100_000,
+        runtime=True,
+    )
+    ray_cpus_per_device_actor: float = _f(
+        1.0, "logical CPUs each GPU-stage actor reserves", 0.0, 256.0, runtime=True
+    )
+    ray_cpus_per_io_actor: float = _f(
+        0.25, "logical CPUs each API-stage actor reserves", 0.0, 256.0, runtime=True
+    )
+    ray_cpus_per_cpu_task: float = _f(
+        1.0, "logical CPUs each CPU-stage task reserves", 0.01, 256.0, runtime=True
+    )
+    ray_window_rows: int = _f(
+        20_000,
+        "first-stage inputs per Ray dataset: actors start once per window; a spent "
+        "budget stops the run at the end of a window",
+        1,
+        10**9,
+        runtime=True,
+    )
+    ray_local_cpus: int = _f(
+        0,
+        "logical CPUs of a local Ray cluster this run starts (0: the machine's cores)",
+        0,
+        100_000,
+        runtime=True,
+    )
+
+
 # ------------------------------------------------------------------------ the whole config
 BLOCKS: dict[str, type[Block]] = {
     "run": RunBlock,
@@ -717,6 +787,7 @@ BLOCKS: dict[str, type[Block]] = {
     "openai": OpenAIBlock,
     "evaluation": EvaluationBlock,
     "export": ExportBlock,
+    "engine": EngineBlock,
 }
 
 
@@ -781,6 +852,7 @@ class PipelineConfig(BaseModel):
     openai: OpenAIBlock = OpenAIBlock()
     evaluation: EvaluationBlock = EvaluationBlock()
     export: ExportBlock = ExportBlock()
+    engine: EngineBlock = EngineBlock()
 
     @model_validator(mode="before")
     @classmethod

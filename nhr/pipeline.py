@@ -19,6 +19,7 @@ from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
 from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
+from nhr.engines import engine_from_config
 from nhr.engines.base import Link, outputs_forward
 from nhr.errors import ConfigError
 from nhr.records import CandidateRow, TripletRow, from_table
@@ -90,6 +91,7 @@ class Pipeline:
             progress,
             shard_rows=cfg.run.shard_rows,
             flush_seconds=cfg.run.shard_flush_seconds,
+            engine=engine_from_config(cfg, progress),
         )
         self._backends: Backends | None = None
         enabled = [name for name, on in self.filters() if on]
@@ -102,6 +104,10 @@ class Pipeline:
         from nhr.config import reconcile
 
         return cls(run_dir, reconcile(run_dir, params), progress)
+
+    def close(self) -> None:
+        """Release what the engine holds (worker processes; a Ray session it started)."""
+        self.runner.close()
 
     @property
     def backends(self) -> Backends:

@@ -130,10 +130,12 @@ class _Group:
 @dataclass
 class _Batch:
     """A batch of pending inputs: rows ``start:stop`` of a group, whose chunk's keys are
-    ``chunk_keys``; its records are built only when it is scheduled."""
+    ``chunk_keys`` (fingerprints ``chunk_fps``); its records are built only when it is
+    scheduled."""
 
     group: _Group
     chunk_keys: pa.Array
+    chunk_fps: np.ndarray
     start: int
     stop: int
     records: list[Record] = field(default_factory=list)
@@ -152,6 +154,11 @@ class _Batch:
     def keys(self) -> pa.Array:
         """The batch's input keys."""
         return self.chunk_keys.take(pa.array(self.group.idx[self.start : self.stop]))
+
+    @property
+    def fps(self) -> np.ndarray:
+        """The fingerprints of the batch's input keys."""
+        return self.chunk_fps[self.group.idx[self.start : self.stop]]
 
 
 def _chunks(inputs: Inputs) -> Iterator[Chunk]:
@@ -202,6 +209,25 @@ class _SkipDone:
         return [r for r, d in zip(rows, done, strict=True) if not d] if done.any() else rows
 
 
+class _Taken:
+    """The input keys of the batches a link accepted in this run, as fingerprints:
+    gathered loose and merged into a ``KeySet`` only when asked (a link whose batches
+    are known new never pays for the lookups)."""
+
+    def __init__(self) -> None:
+        self._set = KeySet()
+        self._loose: list[np.ndarray] = []
+
+    def add(self, fps: np.ndarray) -> None:
+        self._loose.append(fps)
+
+    def contains(self, fps: np.ndarray) -> np.ndarray:
+        if self._loose:
+            self._set.add(np.concatenate(self._loose))
+            self._loose = []
+        return self._set.contains(fps)
+
+
 class _Node:
     """An accepted batch of one link until it is committed: its ``Done``, its input keys,
     and how many of the rows it forwarded are not yet committed downstream (a batch is
@@ -210,7 +236,7 @@ class _Node:
 
     __slots__ = ("done", "key_array", "keys", "open")
 
-    def __init__(self, done: Done, keys: list[str], key_array: pa.Array) -> None:
+    def __init__(self, done: Done, keys: list[str] | None, key_array: pa.Array) -> None:
         self.done = done
         self.keys = keys
         self.key_array = key_array
@@ -241,7 +267,7 @@ class _LinkRun:
         )
         self.counts = Counter[str]()
         self.spent = float(self.before["seconds"])
-        self.taken = KeySet()  # input keys of the batches accepted in this run
+        self.taken = _Taken()  # input keys of the batches accepted in this run
         self.uncommitted: set[str] = set()  # of those, the ones not committed yet
         self.parents: dict[str, _Node] = {}  # input key -> the upstream batch that sent it
         self.pending: list[_Node] = []  # in the writer's buffer
@@ -274,6 +300,8 @@ class _ChainRun:
         self.budget = budget_seconds
         self.extra = extra_stats
         self.states: list[_LinkRun] = []
+        # link 0's batches in flight, by the id of the list fed to the engine
+        self.fed: dict[int, _Batch] | None = {}
 
     def run(self) -> list[StageResult]:
         started = time.perf_counter()
@@ -331,7 +359,7 @@ class _ChainRun:
             link.stage, self.inputs, state.done, state.counts, state.bar, link.batch_size
         )
         if link.batcher is None:
-            calls: Iterator[list[Record]] = (b.build(cls).records for b in pending)
+            calls: Iterator[list[Record]] = (self._fed_call(b.build(cls)) for b in pending)
         else:
             records = (r for b in pending for r in b.build(cls).records)
             calls = iter(link.batcher(records, link.batch_size))
@@ -347,20 +375,38 @@ class _ChainRun:
                 )
             yield call
 
+    def _fed_call(self, batch: _Batch) -> list[Record]:
+        """A batch's records, remembered with its keys (while an engine hands back the
+        very lists it was fed, their keys need not be read from the records again)."""
+        if self.fed is not None:
+            self.fed[id(batch.records)] = batch
+        return batch.records
+
+    def _keys(self, done: Done) -> tuple[pa.Array, np.ndarray, bool]:
+        """A finished batch's input keys, their fingerprints, and whether the batch is
+        known new (one of link 0's batches, handed back for the first time)."""
+        if done.link == 0 and self.fed is not None:
+            batch = self.fed.pop(id(done.inputs), None)
+            if batch is not None and batch.records is done.inputs:
+                return batch.keys, batch.fps, True
+            self.fed = None  # the engine hands back copies: read keys from the records
+        keys = pa.array([r.id for r in done.inputs], pa.string())
+        return keys, fingerprints(keys), False
+
     def _take(self, done: Done) -> None:
         """Accept a finished batch (or drop it: its inputs are taken already), send what
         it forwards downstream, and buffer it once nothing it forwarded is open."""
         i = done.link
         state = self.states[i]
-        keys = [r.id for r in done.inputs]
-        key_array = pa.array(keys, pa.string())
-        fps = fingerprints(key_array)
-        taken = state.taken.contains(fps) | state.done.mask(key_array, fps)
-        if taken.all():  # a retried batch yielded again: its rows are there already
+        key_array, fps, new = self._keys(done)
+        taken = np.zeros(len(fps), dtype=bool) if new else state.taken.contains(fps)
+        if i:  # link 0's feed skips what is done; a forward could send it still
+            taken |= state.done.mask(key_array, fps)
+        if taken.all() and len(taken):  # a retried batch yielded again: its rows are there already
             state.counts["dropped_batches"] += 1
             return
         if taken.any():
-            first = keys[int(np.flatnonzero(taken)[0])]
+            first = key_array[int(np.flatnonzero(taken)[0])].as_py()
             raise RuntimeError(
                 f"stage {state.stage.name}: the engine yielded a batch of which some inputs "
                 f"(such as {first!r}) are committed already and others not; an engine must "
@@ -368,17 +414,21 @@ class _ChainRun:
             )
         Runner._check(state.stage, done.outputs)
         state.taken.add(fps)
-        state.uncommitted.update(keys)
+        keys = None
+        if i:  # only a link that has an upstream tracks keys one by one
+            keys = key_array.to_pylist()
+            state.uncommitted.update(keys)
         state.spent += done.seconds
-        state.counts["processed"] += len(keys)
-        state.bar.update(len(keys))
+        state.counts["processed"] += len(key_array)
+        state.bar.update(len(key_array))
         node = _Node(done, keys, key_array)
         forward = self.links[i].forward
         if forward is not None and i + 1 < len(self.links):
             self._send(node, forward(done.inputs, done.outputs), self.states[i + 1])
         if not node.open:
             self._write(i, node)
-        self._flush_stale()
+        if len(self.states) > 1:  # one writer flushes by age itself as batches come
+            self._flush_stale()
 
     def _send(self, node: _Node, rows: list[Record], nxt: _LinkRun) -> None:
         """Record the rows a batch forwarded as open until the next link commits them."""
@@ -412,8 +462,10 @@ class _ChainRun:
         state = self.states[i]
         nodes, state.pending, state.since = state.pending, [], None
         for node in nodes:
+            if node.keys is None:
+                continue
             state.uncommitted.difference_update(node.keys)
-            for key in node.keys:
+            for key in node.keys if state.parents else ():
                 parent = state.parents.pop(key, None)
                 if parent is not None:
                     parent.open -= 1
@@ -601,7 +653,7 @@ class Runner:
             for g in range(0, len(todo), step):
                 group = _Group(chunk, todo[g : g + step])
                 for i in range(0, len(group.idx), batch_size):
-                    yield _Batch(group, keys, i, min(i + batch_size, len(group.idx)))
+                    yield _Batch(group, keys, fps, i, min(i + batch_size, len(group.idx)))
 
     @staticmethod
     def _check(stage: Stage, out: list[Record]) -> None:

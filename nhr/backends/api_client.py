@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -330,6 +331,10 @@ class RequestCache:
         with self._lock:
             self._db.close()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as (path, enabled): a copy in another process opens the same file."""
+        return type(self), (self.path, self.enabled)
+
 
 class ObjectRequestCache:
     """Answered requests and batch jobs as objects under a folder every node sees.
@@ -503,6 +508,12 @@ class Usage:
         with self._lock:
             return dict(self.counts)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"counts": self.snapshot()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.counts, self._lock = dict(state["counts"]), threading.Lock()
+
 
 # ---------------------------------------------------------------- the client
 @dataclass(frozen=True)
@@ -560,6 +571,32 @@ class RemoteClient:
         # than the cap plus one request; tokens may burst a second's worth
         self._rpm = RateBucket(settings.rpm, burst=1.0) if settings.rpm > 0 else None
         self._tpm = RateBucket(settings.tpm) if settings.tpm > 0 else None
+
+    def share_limits(self, fraction: float) -> None:
+        """Keep ``fraction`` of the concurrency and rate limits: one of several copies of
+        this client (one per Ray actor) that share the configured caps. Call it before
+        the first request."""
+        s = self.settings
+        self.settings = replace(
+            s,
+            concurrency=max(1, math.ceil(s.concurrency * fraction)),
+            rpm=s.rpm * fraction,
+            tpm=s.tpm * fraction,
+        )
+        self._rpm = RateBucket(self.settings.rpm, burst=1.0) if self.settings.rpm > 0 else None
+        self._tpm = RateBucket(self.settings.tpm) if self.settings.tpm > 0 else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the loop thread (a copy starts its own on first use)."""
+        state = dict(self.__dict__)
+        for name in ("_loop", "_thread", "_sem"):
+            state[name] = None
+        del state["_start_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start_lock = threading.Lock()
 
     # ---- the loop thread ------------------------------------------------------------
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:

@@ -94,6 +94,10 @@ class GeminiTransport:
         self._client: Any = None
         self._timeouts, self._drops = _transport_errors()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the SDK client (a copy makes its own on first use)."""
+        return {**self.__dict__, "_client": None}
+
     def client(self) -> Any:
         """The SDK client, made on first use (on the client layer's loop thread)."""
         if self._client is None:

@@ -49,6 +49,16 @@ class OpenAITransport:
         self.max_connections = max_connections
         self._client: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the module and the open HTTP client (a copy makes its own)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_httpx", "_client")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import httpx
+
+        self.__dict__.update(state)
+        self._httpx, self._client = httpx, None
+
     def client(self) -> Any:
         """The async HTTP client, made on first use (on the client layer's loop)."""
         if self._client is None:

@@ -3,3 +3,43 @@
 The runner owns the ledger, resume, stats and progress; an engine only computes. See
 ``nhr.engines.base`` for the contract between them.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nhr.config import PipelineConfig
+    from nhr.engines.base import Engine
+    from nhr.engines.ray import RaySettings
+
+
+def ray_settings(cfg: PipelineConfig) -> RaySettings:
+    """The Ray engine's settings from the config's ``engine`` block."""
+    from nhr.engines.ray import RaySettings
+
+    e = cfg.engine
+    return RaySettings(
+        address=e.ray_address,
+        device_actors=e.ray_device_actors,
+        gpus_per_actor=e.ray_gpus_per_actor,
+        io_actors=e.ray_io_actors,
+        cpu_tasks=e.ray_cpu_tasks,
+        cpus_per_device_actor=e.ray_cpus_per_device_actor,
+        cpus_per_io_actor=e.ray_cpus_per_io_actor,
+        cpus_per_cpu_task=e.ray_cpus_per_cpu_task,
+        window_rows=e.ray_window_rows,
+        local_cpus=e.ray_local_cpus,
+    )
+
+
+def engine_from_config(cfg: PipelineConfig, progress: bool = True) -> Engine | None:
+    """The engine ``ENGINE`` names: None for ``local`` (the runner's default engine,
+    sized by ``WORKERS``), a ``RayEngine`` for ``ray`` (Ray is imported only then, and
+    a missing Ray names what to install)."""
+    if cfg.engine.engine == "local":
+        return None
+    from nhr.engines.ray import RayEngine, import_ray
+
+    import_ray()
+    return RayEngine(ray_settings(cfg), progress)

@@ -1,0 +1,460 @@
+"""The Ray engine: a chain of links as Ray Data ``map_batches`` over actor pools.
+
+Each link becomes one ``map_batches`` operator with the resources its stage declares
+(``nhr.executors.work_of``):
+
+- ``device`` (text-to-image models, editors): an actor pool, ``gpus_per_actor`` GPUs
+  each, one model resident per actor (one actor per GPU of the cluster by default);
+- ``io`` (API judges, writers): a pool of ``io_actors`` CPU actors; the API's
+  concurrency and rate limits (``API_CONCURRENCY``, ``API_RPM``, ``API_TPM``, each per
+  backend) are split evenly among them, so the cluster as a whole keeps the configured
+  caps without a call to a limiter actor per request;
+- ``cpu`` (the synthetic world, the low-level check): Ray tasks, the stage unpickled and
+  set up once per worker process.
+
+Stages travel as one pickle of the chain, put in the object store once; each worker
+builds its link's stage from it and calls ``setup()`` once, and ``teardown()`` (where a
+stage has one) when Ray ends the actor. Rows flow through the operators as three
+columns: ``link`` (whose input the row is; -1 for none), ``item`` (a pickled record) and
+``done`` (pickled ``Done``s of the batches finished upstream, carried along on the first
+row of each output, so survivors never return to the driver between links while every
+link's results still reach it). The driver reads the last operator's output and yields
+the ``Done``s; the runner commits them.
+
+Ray Data needs a dataset's input up front, so the engine pulls the runner's batches in
+windows of ``window_rows`` inputs of link 0 (one dataset, and one start of the actor
+pools, per window): large windows start actors rarely, small ones stop sooner once the
+runner's budget is spent (the runner stops handing out batches; a window already pulled
+runs to its end).
+
+Exactly-once: Ray retries tasks and restarts actors lost with a node, and recomputes
+lost blocks from their lineage; a recomputed batch can reach the driver twice, so the
+driver drops a ``Done`` whose inputs it already yielded for that link (counted in
+``describe()["duplicates_dropped"]``, and logged), and the runner drops ones whose
+keys are committed. A stage's error comes back as itself (pickled, with a note naming
+the stage, the batch and the node) and is raised on the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import socket
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from nhr.engines.base import Done, Engine, Link
+from nhr.errors import ConfigError
+from nhr.executors import CPU, DEVICE, IO, _sendable, _usage_delta, _where, work_of
+from nhr.records import Record
+
+log = logging.getLogger(__name__)
+
+INSTALL = "pip install 'ray[data]==2.60.0' (or pip install -e '.[ray]')"
+# the columns of every row between operators
+SCHEMA = pa.schema(
+    [
+        ("link", pa.int64()),
+        ("item", pa.binary()),
+        ("done", pa.list_(pa.binary())),
+        ("error", pa.binary()),
+    ]
+)
+NO_LINK = -1
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle what crosses to Ray workers: with cloudpickle, so stages, records and
+    forwards defined in a script's ``__main__`` travel by value."""
+    from ray import cloudpickle
+
+    return cloudpickle.dumps(obj)
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or an error naming what to install."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as err:
+        raise ConfigError(
+            f"ENGINE ray needs Ray Data, which is not installed ({err})",
+            f"run {INSTALL}, or set ENGINE local",
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How the Ray engine places a chain (the ``engine`` block's ``RAY_*`` fields).
+
+    ``address``: the cluster to join (``''``: the ``RAY_ADDRESS`` environment variable,
+    else a new local cluster; ``auto``: the one ``ray start`` made on this machine).
+    ``device_actors``: actors per device stage (0: one per ``gpus_per_actor`` GPUs of
+    the cluster, at least one). ``io_actors``: actors per API-bound stage.
+    ``cpu_tasks``: concurrent tasks per CPU-bound stage (0: as Ray schedules them).
+    ``cpus_per_*``: logical CPUs each actor or task reserves. ``window_rows``: inputs of
+    link 0 per dataset. ``local_cpus``: logical CPUs of a local cluster this engine
+    starts (0: the machine's cores)."""
+
+    address: str = ""
+    device_actors: int = 0
+    gpus_per_actor: float = 1.0
+    io_actors: int = 2
+    cpu_tasks: int = 0
+    cpus_per_device_actor: float = 1.0
+    cpus_per_io_actor: float = 0.25
+    cpus_per_cpu_task: float = 1.0
+    window_rows: int = 20_000
+    local_cpus: int = 0
+
+
+def _teardown(stage: Any) -> None:
+    """Release what a stage holds: its ``teardown()`` where it has one, API clients'
+    ``close()``, then the accelerator's cache."""
+    hook = getattr(stage, "teardown", None)
+    if callable(hook):
+        hook()
+    for value in vars(stage).values():
+        client = getattr(value, "client", None)
+        close = getattr(client, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _share_limits(stage: Any, fraction: float) -> None:
+    """Give each API client the stage holds ``fraction`` of its concurrency and rate
+    limits (every actor of an io stage holds its own client)."""
+    seen: set[int] = set()
+    for value in vars(stage).values():
+        for obj in (value, getattr(value, "client", None)):
+            share = getattr(obj, "share_limits", None)
+            if callable(share) and id(obj) not in seen:
+                seen.add(id(obj))
+                share(fraction)
+
+
+def _where_ray(stage_name: str, batch: list[Record]) -> str:
+    """The note added to a batch's error on a Ray worker: stage, rows, node, process."""
+    return f"{_where(stage_name, batch, os.getpid())} on node {socket.gethostname()}"
+
+
+class LinkWorker:
+    """Link ``k`` of a chain on a Ray worker: the stage built from the chain's pickle and
+    set up once; each call maps a block of rows (inputs of link ``k``, and ``Done``s
+    carried from upstream) to the next link's inputs and the ``Done``s so far."""
+
+    def __init__(self, chain: Any, k: int, share: float = 1.0) -> None:
+        self.k = k
+        self.failed: bytes | None = None  # a setup error, sent back with the first block
+        try:
+            ray = import_ray()
+            blob = ray.get(chain) if isinstance(chain, ray.ObjectRef) else chain
+            links: list[Link] = pickle.loads(blob)
+            self.link = links[k]
+            self.last = k == len(links) - 1
+            self.stage = self.link.stage
+            if share < 1.0:
+                _share_limits(self.stage, share)
+            self.stage.setup()
+            self._mark = self.stage.usage()
+        except Exception as err:  # Ray Data would retry a failing constructor forever
+            sent = _sendable(err)
+            name = getattr(getattr(self, "stage", None), "name", f"link {k}")
+            sent.add_note(f"in the setup of stage {name!r} on node {socket.gethostname()}")
+            self.failed = pickle.dumps(sent)
+
+    def _calls(self, rows: list[Record]) -> Iterator[list[Record]]:
+        """The link's calls over ``rows``: its batcher's grouping, else slices."""
+        size = max(1, self.link.batch_size)
+        if self.link.batcher is not None:
+            yield from self.link.batcher(iter(rows), size)
+            return
+        for i in range(0, len(rows), size):
+            yield rows[i : i + size]
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        links = table.column("link").to_pylist()
+        items = table.column("item").to_pylist()
+        carried = [p for row in table.column("done").to_pylist() if row for p in row]
+        errors = [e for e in table.column("error").to_pylist() if e]
+        if self.failed is not None:
+            errors.insert(0, self.failed)
+        mine = [pickle.loads(it) for n, it in zip(links, items, strict=True) if n == self.k]
+        done: list[Done] = []
+        forward: list[Record] = []
+        if mine and not errors:
+            for call in self._calls(mine):
+                t0 = time.perf_counter()
+                try:
+                    out = self.stage.process_batch(call)
+                except Exception as err:
+                    sent = _sendable(err)
+                    sent.add_note(_where_ray(self.stage.name, call))
+                    errors.append(pickle.dumps(sent))
+                    break
+                seconds = time.perf_counter() - t0
+                now = self.stage.usage()
+                usage, self._mark = _usage_delta(self._mark, now), now
+                done.append(Done(self.k, call, out, seconds, usage))
+                if self.link.forward is not None and not self.last:
+                    forward.extend(self.link.forward(call, out))
+        if done:
+            carried.append(dumps(done))
+        return _rows(self.k + 1, forward, carried, errors)
+
+    def __del__(self) -> None:
+        stage = getattr(self, "stage", None)
+        if stage is not None:
+            with contextlib.suppress(Exception):
+                _teardown(stage)
+
+
+def _rows(link: int, items: list[Record], carried: list[bytes], errors: list[bytes]) -> pa.Table:
+    """Output rows: one per item (for ``link``), ``Done``s and errors on the first row
+    (a row of its own when there is no item)."""
+    n = max(1, len(items))
+    return pa.table(
+        {
+            "link": [link] * len(items) or [NO_LINK],
+            "item": [dumps(r) for r in items] or [None],
+            "done": [carried or None] + [None] * (n - 1),
+            "error": [errors[0] if errors else None] + [None] * (n - 1),
+        },
+        schema=SCHEMA,
+    )
+
+
+# in a task's worker process: the link workers it holds, by chain token and link
+_TASK_WORKERS: dict[tuple[str, int], LinkWorker] = {}
+
+
+def run_cpu_link(table: pa.Table, chain: Any, token: str, k: int) -> pa.Table:
+    """A Ray task's body for a cpu link: the worker process's ``LinkWorker`` of link
+    ``k`` (made and set up on first use, reused by later tasks of the chain)."""
+    key = (token, k)
+    worker = _TASK_WORKERS.get(key)
+    if worker is None:
+        for old in [o for o in _TASK_WORKERS if o[0] != token]:
+            _TASK_WORKERS.pop(old)
+        worker = _TASK_WORKERS[key] = LinkWorker(chain, k)
+    return worker(table)
+
+
+class RayEngine(Engine):
+    """Runs chains on a Ray cluster (joined, or started locally on first use)."""
+
+    name = "ray"
+
+    def __init__(self, settings: RaySettings | None = None, progress: bool = True) -> None:
+        self.settings = settings or RaySettings()
+        self.progress = progress
+        self._started = False
+        self._counts: Counter[str] = Counter()
+        self._placement: dict[str, dict[str, Any]] = {}
+
+    # ---- the cluster ----------------------------------------------------------------
+    def connect(self) -> Any:
+        """The ``ray`` module, connected: the session already open in this process, else
+        the cluster of ``address`` (or ``RAY_ADDRESS``), else a new local cluster."""
+        ray = import_ray()
+        if ray.is_initialized():
+            return ray
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        address = self.settings.address or os.environ.get("RAY_ADDRESS", "")
+        common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+        if address:
+            ray.init(address=address, **common)
+        else:
+            cpus = self.settings.local_cpus or None
+            ray.init(address="local", num_cpus=cpus, **common)
+        self._started = True
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        return ray
+
+    def close(self) -> None:
+        """Shut Ray down if this engine started it (a joined session stays open)."""
+        if self._started:
+            ray = import_ray()
+            ray.shutdown()
+            self._started = False
+
+    def describe(self) -> dict[str, Any]:
+        """Engine, settings, the cluster's resources and what the last streams did."""
+        info: dict[str, Any] = {"name": self.name, "settings": asdict(self.settings)}
+        info.update(dict(self._counts))
+        info["duplicates_dropped"] = self._counts["duplicates_dropped"]
+        if self._placement:
+            info["links"] = self._placement
+        with contextlib.suppress(Exception):
+            ray = import_ray()
+            if ray.is_initialized():
+                info["cluster"] = {
+                    "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+                    "resources": {
+                        k: v
+                        for k, v in ray.cluster_resources().items()
+                        if k in ("CPU", "GPU", "memory")
+                    },
+                }
+        return info
+
+    # ---- placement ------------------------------------------------------------------
+    def placement(self, ray: Any, stage: Any) -> dict[str, Any]:
+        """The ``map_batches`` resources of a stage by what it spends."""
+        s = self.settings
+        kind = work_of(stage)
+        if kind == DEVICE:
+            gpus = float(ray.cluster_resources().get("GPU", 0.0))
+            per = s.gpus_per_actor if gpus > 0 else 0.0
+            if gpus <= 0:
+                log.warning(
+                    "stage %s declares device work but the Ray cluster has no GPUs; "
+                    "running its actors without one",
+                    stage.name,
+                )
+            actors = s.device_actors or max(1, int(gpus // per) if per else 1)
+            return {
+                "kind": kind,
+                "actors": actors,
+                "num_gpus": per,
+                "num_cpus": s.cpus_per_device_actor,
+            }
+        if kind == IO:
+            return {"kind": kind, "actors": s.io_actors, "num_cpus": s.cpus_per_io_actor}
+        assert kind == CPU
+        return {"kind": kind, "tasks": s.cpu_tasks or None, "num_cpus": s.cpus_per_cpu_task}
+
+    def _dataset(
+        self, ray: Any, chain: Any, token: str, links: Sequence[Link], window: list[pa.Table]
+    ) -> Any:
+        """The window's dataset with every link as a ``map_batches`` operator."""
+        ds = ray.data.from_arrow(window)
+        for k, link in enumerate(links):
+            place = self.placement(ray, link.stage)
+            self._placement[f"{k}:{link.stage.name}"] = place
+            common = {
+                "batch_size": max(1, link.batch_size),
+                "batch_format": "pyarrow",
+                "num_cpus": place["num_cpus"],
+            }
+            if place["kind"] == CPU:
+                ds = ds.map_batches(
+                    run_cpu_link,
+                    fn_kwargs={"chain": chain, "token": token, "k": k},
+                    compute=ray.data.TaskPoolStrategy(size=place["tasks"]),
+                    **common,
+                )
+                continue
+            share = 1.0 / place["actors"] if place["kind"] == IO else 1.0
+            ds = ds.map_batches(
+                LinkWorker,
+                fn_constructor_kwargs={"chain": chain, "k": k, "share": share},
+                compute=ray.data.ActorPoolStrategy(size=place["actors"]),
+                num_gpus=place.get("num_gpus") or None,
+                **common,
+            )
+        return ds
+
+    # ---- streaming ------------------------------------------------------------------
+    def stream(self, links: Sequence[Link], batches: Iterable[list[Record]]) -> Iterator[Done]:
+        """Run ``batches`` through ``links`` window by window on the cluster; yield each
+        finished batch of every link once."""
+        if not links:
+            return
+        ray = self.connect()
+        try:
+            blob = dumps(list(links))
+        except Exception as err:
+            names = ", ".join(link.stage.name for link in links)
+            raise TypeError(
+                f"the chain ({names}) cannot be pickled for Ray workers "
+                f"({type(err).__name__}: {err}); make its stages, forwards and batchers "
+                "picklable (top-level functions and classes)"
+            ) from err
+        chain = ray.put(blob)
+        token = uuid.uuid4().hex
+        seen: list[set[str]] = [set() for _ in links]
+        pulled = iter(batches)
+        bar = tqdm(
+            desc=f"ray: {' → '.join(link.stage.name for link in links)}",
+            unit="row",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            while True:
+                window = self._window(pulled)
+                if not window:
+                    break
+                self._counts["windows"] += 1
+                bar.total = (bar.total or 0) + sum(t.num_rows for t in window)
+                ds = self._dataset(ray, chain, token, links, window)
+                for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    yield from self._finished(block, seen, bar)
+        finally:
+            bar.close()
+
+    def _window(self, pulled: Iterator[list[Record]]) -> list[pa.Table]:
+        """The next window of link 0's inputs, one block per runner batch."""
+        window: list[pa.Table] = []
+        rows = 0
+        for batch in pulled:
+            if batch:
+                window.append(_rows(0, batch, [], []))
+                rows += len(batch)
+            if rows >= self.settings.window_rows:
+                break
+        return window
+
+    def _finished(self, block: pa.Table, seen: list[set[str]], bar: tqdm) -> Iterator[Done]:
+        """The ``Done``s of an output block, each once; a stage's error is raised."""
+        for err in block.column("error").to_pylist():
+            if err:
+                raise pickle.loads(err)
+        for payloads in block.column("done").to_pylist():
+            for payload in payloads or ():
+                for done in pickle.loads(payload):
+                    ids = [r.id for r in done.inputs]
+                    known = seen[done.link]
+                    fresh = [i for i in ids if i not in known]
+                    if not fresh:
+                        self._counts["duplicates_dropped"] += 1
+                        log.warning(
+                            "dropped a recomputed batch of link %d (%d inputs from %r): "
+                            "already yielded",
+                            done.link,
+                            len(ids),
+                            ids[0] if ids else "-",
+                        )
+                        continue
+                    if len(fresh) != len(ids):
+                        raise RuntimeError(
+                            f"a recomputed batch of link {done.link} overlaps an earlier one "
+                            f"in part ({len(ids) - len(fresh)} of {len(ids)} inputs, from "
+                            f"{ids[0]!r}); its stage's batcher must group a block's inputs "
+                            "the same way every time"
+                        )
+                    known.update(ids)
+                    self._counts["batches"] += 1
+                    if done.link == 0:
+                        bar.update(len(ids))
+                    yield done

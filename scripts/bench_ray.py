@@ -1,0 +1,200 @@
+"""Scaling of the Ray engine with editor actors, and its overhead against the local engine.
+
+A simulated-GPU editor (a ``device`` stage that sleeps ``--seconds-per-image`` a row,
+as a GPU-bound editor spends its time, and uses no CPU) streams into a cheap CPU check,
+on one local Ray cluster with logical GPUs (a head and two worker nodes, two GPUs
+each). For 1, 2 and 4 editor actors it measures edits/s in the steady state (from the
+first finished editor batch to the last, so actor start-up is left out) and over the
+whole call, and the scaling efficiency against linear: rate(n) / (n * rate(1)).
+
+With ``--tiny-chain`` it also runs the tiny synthetic chain (``Pipeline.run_chain`` up
+to ``validate``) once with ``ENGINE local`` and once with ``ENGINE ray`` on a fresh
+local Ray cluster, and reports both wall times.
+
+Prints one JSON object. Example: ``python scripts/bench_ray.py --tiny-chain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# the cluster's workers import this script's stages (``bench_ray``) by name
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT / "scripts"), str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
+
+from nhr.engines.base import Link, outputs_forward  # noqa: E402
+from nhr.records import PromptJob, Record, Verdict  # noqa: E402
+from nhr.stages.base import Stage  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Edit(Record):
+    """A simulated edit of one job."""
+
+    key: ClassVar[str] = "edit_id"
+    edit_id: str
+    seed: int
+    pid: int  # the editor actor's process
+    start: float  # its call's wall-clock start and end
+    end: float
+
+
+class SleepingEditor(Stage[PromptJob, Edit]):
+    """A GPU-bound editor stand-in: ``seconds`` of sleep per image, one call at a time."""
+
+    name = "candidates"
+    input_type = PromptJob
+    output_type = Edit
+    work = "device"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def process_batch(self, rows: list[PromptJob]) -> list[Edit]:
+        start = time.time()
+        time.sleep(self.seconds * len(rows))
+        end = time.time()
+        return [Edit(f"{r.prompt_id}-e", r.seed, os.getpid(), start, end) for r in rows]
+
+
+class CheapCheck(Stage[Edit, Verdict]):
+    """A CPU check that costs next to nothing."""
+
+    name = "lowlevel"
+    input_type = Edit
+    output_type = Verdict
+    work = "cpu"
+
+    def process_batch(self, rows: list[Edit]) -> list[Verdict]:
+        return [Verdict(r.edit_id, True, "ok", None, None, "{}", "c", "v1", None) for r in rows]
+
+
+def steady_rate(edits: list[Edit]) -> float:
+    """Edits/s of the editor actors once each is up: each actor's edits over the span
+    from its first call's start to its last call's end, summed over actors (start-up
+    left out; any wait for inputs while running counts against it)."""
+    total = 0.0
+    for pid in {e.pid for e in edits}:
+        mine = [e for e in edits if e.pid == pid]
+        span = max(e.end for e in mine) - min(e.start for e in mine)
+        total += len(mine) / span if span > 0 else 0.0
+    return total
+
+
+def scaling(actor_counts: list[int], seconds: float, per_actor: int, batch: int) -> dict[str, Any]:
+    """Edits/s with each number of editor actors on one local cluster of 4 logical GPUs."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from nhr.engines.ray import RayEngine, RaySettings
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False}
+    )
+    for _ in range(2):
+        cluster.add_node(num_cpus=4, num_gpus=2)
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    out: dict[str, Any] = {}
+    try:
+        for n in actor_counts:
+            rows = per_actor * n
+            jobs = [PromptJob(f"j{i:05d}", i, "") for i in range(rows)]
+            links = [
+                Link(SleepingEditor(seconds), batch, outputs_forward),
+                Link(CheapCheck(), 16),
+            ]
+            engine = RayEngine(RaySettings(device_actors=n, window_rows=rows), progress=False)
+            t0 = time.perf_counter()
+            edits: list[Edit] = []
+            for done in engine.stream(links, (jobs[i : i + batch] for i in range(0, rows, batch))):
+                if done.link == 0:
+                    edits.extend(done.outputs)
+            wall = time.perf_counter() - t0
+            out[str(n)] = {
+                "edits": len(edits),
+                "actors_seen": len({e.pid for e in edits}),
+                "wall_seconds": round(wall, 3),
+                "edits_per_s_wall": round(len(edits) / wall, 3),
+                "edits_per_s_steady": round(steady_rate(edits), 3),
+            }
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    base = out[str(actor_counts[0])]["edits_per_s_steady"] / actor_counts[0]
+    for n in actor_counts:
+        row = out[str(n)]
+        row["efficiency_vs_linear"] = round(row["edits_per_s_steady"] / (n * base), 3)
+    return out
+
+
+def tiny_chain(until: str) -> dict[str, Any]:
+    """Wall seconds of the tiny synthetic chain with ENGINE local and ENGINE ray."""
+    from nhr.config import PipelineConfig
+    from nhr.pipeline import Pipeline
+
+    tiny = {
+        "N_PROMPTS": 6,
+        "K_INSTRUCTIONS": 4,
+        "N_SOURCE_SEEDS": 4,
+        "LONG_SIDE_MIN": 96,
+        "LONG_SIDE_MAX": 128,
+        "ASPECT_MAX": 3.0,
+        "M_EDIT_SEEDS": 3,
+        "EDIT_GUIDANCE": [2.5, 3.5],
+        "BATCH_SIZE": 8,
+    }
+    out: dict[str, Any] = {}
+    for engine in ("local", "ray"):
+        with tempfile.TemporaryDirectory() as folder:
+            cfg = PipelineConfig.from_params({**tiny, "ENGINE": engine, "RAY_LOCAL_CPUS": 4})
+            pipe = Pipeline(folder, cfg, progress=False)
+            t0 = time.perf_counter()
+            try:
+                pipe.run_chain(until)
+            finally:
+                pipe.close()
+            out[f"{engine}_seconds"] = round(time.perf_counter() - t0, 3)
+            out[f"{engine}_candidates"] = pipe.table("candidates").num_rows
+    out["ray_over_local"] = round(out["ray_seconds"] / out["local_seconds"], 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actors", default="1,2,4", help="editor actor counts to run")
+    parser.add_argument("--seconds-per-image", type=float, default=0.05)
+    parser.add_argument("--images-per-actor", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=4, help="images per editor call")
+    parser.add_argument("--tiny-chain", action="store_true", help="also time local vs ray")
+    parser.add_argument("--until", default="validate", help="last step of the tiny chain")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.actors.split(",")]
+    result: dict[str, Any] = {
+        "bench": "ray",
+        "seconds_per_image": args.seconds_per_image,
+        "images_per_actor": args.images_per_actor,
+        "batch": args.batch,
+        "cores": os.cpu_count(),
+        "scaling": scaling(counts, args.seconds_per_image, args.images_per_actor, args.batch),
+    }
+    top = str(counts[-1])
+    result["efficiency_at_max"] = result["scaling"][top]["efficiency_vs_linear"]
+    if args.tiny_chain:
+        result["tiny_chain"] = tiny_chain(args.until)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
