@@ -100,11 +100,17 @@ def scaling(actor_counts: list[int], seconds: float, per_actor: int, batch: int)
 
     from nhr.engines.ray import RayEngine, RaySettings
 
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False}
-    )
-    for _ in range(2):
-        cluster.add_node(num_cpus=4, num_gpus=2)
+    for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=4, include_dashboard=False)
+            for _ in range(2):
+                cluster.add_node(num_cpus=4, num_gpus=2)
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
     out: dict[str, Any] = {}
     try:

@@ -230,10 +230,9 @@ def cluster():
         p for p in (here, str(Path(here).parent), saved) if p
     )
     for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
-        c = Cluster(
-            initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False}
-        )
+        c = Cluster()
         try:
+            c.add_node(num_cpus=2, include_dashboard=False)
             workers = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
             break
         except Exception:
