@@ -1,14 +1,15 @@
 """Batched editor calls on a tiny diffusers pipeline: how full the calls get, and what
-batching buys per image, side by side in one run (CPU, offline, about a minute).
+batching buys per image, side by side in one run (CPU, offline; about 3 minutes on an
+idle 2-core machine).
 
 A realistic job stream: sources at bucketed sizes (RESOLUTIONS paper within
-``--aspect-max``, fitted to the demo's 128–256 px), the plan's seeded uniform order over sources × instructions × seeds,
-a few step levels and guidance values. The stream goes through ``edit_call_batches``
-(the editor link's batcher, window EDIT_SCHEDULE_WINDOW) into ``EditStage`` with a tiny
-FLUX Kontext (or InstructPix2Pix) pipeline that works at Kontext's nearest trained
-resolution scaled to ``--area`` pixels. Each of the first full calls is followed by
-its jobs one image per call (``--single-jobs`` in all), so both see the same machine
-load. It prints one JSON object:
+``--aspect-max``, fitted to the demo's 128–256 px), the plan's seeded uniform order over
+sources × instructions × seeds, a few step levels and guidance values. The stream goes
+through ``edit_call_batches`` (the editor link's batcher, window EDIT_SCHEDULE_WINDOW)
+into ``EditStage`` with a tiny FLUX Kontext (or InstructPix2Pix) pipeline that works at
+Kontext's nearest trained resolution scaled to ``--area`` pixels. Each of the first full
+calls is followed by its jobs one image per call (``--single-jobs`` in all), so both see
+the same machine load. It prints one JSON object:
 
     mean_images_per_call        editor images / editor calls of the batched run
     max_batch                   DIFFUSERS_MAX_BATCH

@@ -166,7 +166,7 @@ def test_bench_engine_runs_the_whole_chain(prompts: int) -> None:
 
     steps = {s["step"]: s for s in report["steps"]}
     assert report["completed"] and set(CHAIN) <= set(steps) and "summary" in steps
-    assert steps["sources"]["rows"] == prompts * 19
+    assert steps["sources"]["tables"]["sources"] == prompts * 19  # it streams to the gate too
     assert steps["edits"]["rows"] == report["params"]["MAX_EDIT_JOBS"]
     assert steps["export"]["rows"] and steps["export"]["rows"] > 0
     assert report["peak_rss_mb"]["self"] > 0 and report["files_written"]["files"] > 0

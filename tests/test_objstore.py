@@ -141,7 +141,7 @@ def test_tiny_chain_on_s3_exports_the_rows_of_a_local_run(s3, tiny_chain, tmp_pa
     assert pipe.store.tables.count("candidates") == tiny_chain.store.tables.count("candidates")
     local, remote = exported_rows(tiny_chain.store), exported_rows(pipe.store)
     assert remote and remote == local
-    # `datasets` loads the export from the bucket (through fsspec's s3fs)
+    # `datasets` loads the export from the bucket (its shards fetched through pyarrow.fs)
     ds = load_export(pipe.store.url("dataset"))
     assert len(ds) == len(remote) and ds[0]["source_image"].size[0] > 0
     # everything is objects in the bucket, in the local layout

@@ -219,6 +219,8 @@ def load_pipeline(cls: Any, model: str, options: DiffusersOptions, what: str) ->
     if options.vae_tiling and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
     if options.compile:
+        # each (bucket, call size) is a shape of its own: keep them all compiled
+        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
         denoiser = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
         setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
     return pipe

@@ -72,6 +72,7 @@ SCHEMA = pa.schema(
     ]
 )
 NO_LINK = -1
+LOCAL_STARTS = 3  # tries to start a local cluster (a busy machine can miss Ray's timeout)
 
 
 def dumps(obj: Any) -> bytes:
@@ -257,6 +258,15 @@ def run_cpu_link(table: pa.Table, chain: Any, token: str, k: int) -> pa.Table:
     return worker(table)
 
 
+def _quiet(ray: Any) -> Any:
+    """``ray``, with Ray Data's per-operator progress bars and plan printing off (the
+    engine draws one coarse bar; the runner its per-stage ones)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    return ray
+
+
 class RayEngine(Engine):
     """Runs chains on a Ray cluster (joined, or started locally on first use)."""
 
@@ -275,7 +285,7 @@ class RayEngine(Engine):
         the cluster of ``address`` (or ``RAY_ADDRESS``), else a new local cluster."""
         ray = import_ray()
         if ray.is_initialized():
-            return ray
+            return _quiet(ray)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = self.settings.address or os.environ.get("RAY_ADDRESS", "")
         common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
@@ -283,12 +293,17 @@ class RayEngine(Engine):
             ray.init(address=address, **common)
         else:
             cpus = self.settings.local_cpus or None
-            ray.init(address="local", num_cpus=cpus, **common)
+            for attempt in range(LOCAL_STARTS):
+                try:
+                    ray.init(address="local", num_cpus=cpus, **common)
+                    break
+                except Exception as err:  # Ray waits a fixed 30 s for its raylet
+                    ray.shutdown()
+                    if attempt == LOCAL_STARTS - 1 or "timed out during startup" not in str(err):
+                        raise
+                    log.warning("a local Ray cluster missed its start-up time; starting again")
         self._started = True
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        return ray
+        return _quiet(ray)
 
     def close(self) -> None:
         """Shut Ray down if this engine started it (a joined session stays open)."""

@@ -19,6 +19,7 @@ memory holds one shard at a time whatever the size of the run.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import shutil
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from nhr.stages.dataset_card import write_card
 from nhr.stages.export_webdataset import write_webdataset
-from nhr.store import BlobStore, RunStore, is_url, join, open_files
+from nhr.store import BlobStore, RunStore, is_url, open_files
 
 TEXT_COLUMNS = (
     "triplet_id",
@@ -301,9 +302,9 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
 
     ``datasets.load_dataset`` refuses an empty split, so a config the card records with
     zero rows comes back as an empty dataset with the right features instead. An export
-    on an object store (``s3://…/dataset``) is loaded from the shards its card names:
-    ``datasets`` reads remote files through fsspec (``s3fs`` for S3, which takes the
-    endpoint and credentials from the AWS environment), not pyarrow.fs.
+    on an object store (``s3://…/dataset``) is read through pyarrow.fs like the rest of
+    the run folder: the shards its card names are fetched into a temp folder, loaded
+    (``datasets`` copies them into its cache) and deleted, so no fsspec driver is needed.
     """
     import datasets
 
@@ -314,12 +315,23 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
         features = CONFIGS[config][1]()
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     if is_url(folder):
-        card = {c["config_name"]: c for c in read_card(folder).get("configs", [])}
-        pattern = card[config]["data_files"][0]["path"]
-        return datasets.load_dataset(
-            "parquet", data_files={"train": str(join(folder, pattern))}, split="train"
-        )
+        return _load_remote(str(folder), config, datasets)
     return datasets.load_dataset(str(folder), config, split="train")
+
+
+def _load_remote(url: str, config: str, datasets: Any) -> Any:
+    """One config of an export on an object store, as ``load_export`` returns it."""
+    files = open_files(url)
+    card = {c["config_name"]: c for c in read_card(url).get("configs", [])}
+    pattern = card[config]["data_files"][0]["path"]  # data/<prefix>-<fp>-*.parquet
+    folder, glob = pattern.rsplit("/", 1)
+    names = sorted(n for n, _ in files.listdir(folder) if fnmatch.fnmatch(n, glob))
+    with tempfile.TemporaryDirectory(prefix="nhr-load-") as tmp:
+        local = []
+        for name in names:
+            (Path(tmp) / name).write_bytes(files.read_bytes(f"{folder}/{name}"))
+            local.append(str(Path(tmp) / name))
+        return datasets.load_dataset("parquet", data_files={"train": local}, split="train")
 
 
 # config name → (shard prefix, features)
