@@ -429,6 +429,14 @@ class SyntheticBlock(Block):
     synthetic_implausible_rate: float = _f(
         0.4, "synthetic renderer: share of renders that are implausible", 0.0, 1.0
     )
+    synthetic_gpu_seconds: float = _f(
+        0.0,
+        "synthetic editor: simulated GPU seconds per image, slept per call (0: a plain CPU "
+        "editor; > 0: one call at a time, like a model on a GPU)",
+        0.0,
+        60.0,
+        runtime=True,
+    )
 
 
 class BootstrapBlock(Block):

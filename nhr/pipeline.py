@@ -35,7 +35,7 @@ from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
 from nhr.stages.validator import ValidatorStage, select_argmax
 from nhr.store import RunStore
-from nhr.summary import funnel, with_changes
+from nhr.summary import cost_per_triplet, funnel, with_changes
 from nhr.tables import SUBJECTS, TABLE_TYPES, RunTables
 
 if TYPE_CHECKING:  # pandas costs a notebook half a second; only ``frame`` needs it
@@ -391,6 +391,7 @@ class Pipeline:
             with_changes(funnel(self.tables, self.cfg)),
             chains.num_rows,
             prefs.num_rows,
+            cost_per_triplet(self.tables, self.store.all_stats()),
         )
         batch = self.cfg.export.export_shard_rows
         shards = export_to_store(

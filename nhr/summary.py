@@ -152,6 +152,7 @@ def build_summary(
             rows["edits generated"] / rows["after argmax selection"], 2
         )
     summary["cost"] = cost(stats, summary["triplets"])
+    summary["cost_per_triplet"] = cost_per_triplet(tables, stats)
     if tables.exists("mined"):
         triplets = tables.triplets(["edit_type", "origin"])
         summary["edit_types"] = _counts(triplets.column("edit_type"))
@@ -184,8 +185,10 @@ def cost(stats: dict[str, dict[str, Any]], triplets: int) -> dict[str, Any]:
     }
     totals: Counter[str] = Counter()
     for s in stats.values():
-        for key, value in (s.get("usage") or {}).items():
-            totals[key] += float(value)
+        usage = s.get("usage") or {}
+        local = "device_seconds" in usage  # a local model's calls are no API calls
+        for key, value in usage.items():
+            totals[f"device_{key}" if local and key == "calls" else key] += float(value)
     usd = round(totals.get("cost_usd", 0.0), 6)
     return {
         "usd": usd,
@@ -195,6 +198,68 @@ def cost(stats: dict[str, dict[str, Any]], triplets: int) -> dict[str, Any]:
         "tokens_in": int(totals.get("tokens_in", 0)),
         "tokens_out": int(totals.get("tokens_out", 0)),
         "device_seconds": round(totals.get("device_seconds", 0.0), 3),
+    }
+
+
+# the judge stages (verdict tables) whose calls ``cost_per_triplet`` counts; the gate
+# judges sources before any edit, so it is counted apart from the mining judges
+MINING_JUDGES = ("prefilter", "validator")
+
+
+def judge_calls(tables: RunTables, stats: dict[str, dict[str, Any]], table: str) -> int | None:
+    """Calls a judge stage made: its remote calls (``usage["calls"]``, retries included,
+    cache hits not) when its backend reports them, else one local call per verdict row;
+    None when the stage never ran."""
+    if table not in stats:
+        return None
+    usage = stats[table].get("usage") or {}
+    if "calls" in usage:
+        return int(usage["calls"])
+    return tables.count(table)
+
+
+def _per(value: float | None, n: int, digits: int = 4) -> float | None:
+    """``value / n`` rounded, or None when either is missing."""
+    return round(value / n, digits) if value is not None and n else None
+
+
+def _device_seconds(stats: dict[str, dict[str, Any]], table: str) -> float | None:
+    """Device seconds a stage's local model reported (None: it reports none, e.g. the
+    synthetic world's CPU backends)."""
+    usage = (stats.get(table) or {}).get("usage") or {}
+    return round(float(usage["device_seconds"]), 3) if "device_seconds" in usage else None
+
+
+def cost_per_triplet(tables: RunTables, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What each accepted forward triplet (a row of ``mined``) cost: generations (rows of
+    ``candidates``), judge calls (pre-filter + hard validator; the gate's apart), editor and
+    T2I device seconds, API dollars (every stage's ``usage["cost_usd"]``), and the editor's
+    busy share of the mining wall time (from ``stats/mining.json``, None without it)."""
+    mined = tables.count("mined") if tables.exists("mined") else 0
+    generations = tables.count("candidates")
+    calls = {name: judge_calls(tables, stats, name) for name in MINING_JUDGES}
+    gate = judge_calls(tables, stats, "plausibility")
+    mining_calls = sum(c for c in calls.values() if c is not None)
+    editor, t2i = _device_seconds(stats, "candidates"), _device_seconds(stats, "sources")
+    usd = sum(float((s.get("usage") or {}).get("cost_usd", 0.0)) for s in stats.values())
+    mining = stats.get("mining") or {}
+    wall, busy = mining.get("wall_seconds"), mining.get("editor_busy_seconds")
+    return {
+        "triplets": mined,
+        "generations": generations,
+        "generations_per_triplet": _per(generations, mined),
+        "judge_calls": {**calls, "gate": gate},
+        "judge_calls_per_triplet": _per(mining_calls, mined),
+        "gate_calls_per_triplet": _per(gate, mined),
+        "editor_gpu_seconds": editor,
+        "editor_gpu_seconds_per_triplet": _per(editor, mined),
+        "t2i_gpu_seconds": t2i,
+        "t2i_gpu_seconds_per_triplet": _per(t2i, mined),
+        "api_usd": round(usd, 6),
+        "api_usd_per_triplet": _per(usd, mined, 8),
+        "mining_wall_seconds": wall,
+        "editor_busy_seconds": busy,
+        "editor_busy_share": round(busy / wall, 4) if wall and busy is not None else None,
     }
 
 

@@ -57,6 +57,19 @@ def _world(ctx: BuildContext) -> Any:
     )
 
 
+def _synthetic_editor(ctx: BuildContext) -> Any:
+    """The synthetic world's editor; with SYNTHETIC_GPU_SECONDS > 0 the same editor on a
+    simulated GPU (same pixels, that many seconds per image, one call at a time)."""
+    seconds = ctx.cfg.synthetic.synthetic_gpu_seconds
+    if not seconds:
+        return _world(ctx).editor
+    from nhr.backends.synthetic.gpu import SimulatedGpuEditor
+
+    return ctx.shared(
+        "synthetic-gpu-editor", lambda: SimulatedGpuEditor(_world(ctx).truth, seconds)
+    )
+
+
 def _synthetic_inverter() -> Any:
     """The synthetic world's template inverse/compose writer."""
     from nhr.backends.synthetic.inverter import SyntheticInverter
@@ -68,7 +81,7 @@ REGISTRY: dict[str, dict[str, Factory]] = {
     "prompter": {"synthetic": lambda ctx: _world(ctx).prompter},
     "t2i": {"synthetic": lambda ctx: _world(ctx).renderer},
     "gate_judge": {"synthetic": lambda ctx: _world(ctx).judge},
-    "editor": {"synthetic": lambda ctx: _world(ctx).editor},
+    "editor": {"synthetic": _synthetic_editor},
     "prefilter_judge": {"synthetic": lambda ctx: _world(ctx).judge},
     "validator": {"synthetic": lambda ctx: _world(ctx).judge},
     "inverter": {"synthetic": lambda ctx: _synthetic_inverter()},

@@ -174,6 +174,53 @@ def _pct(change: float | None) -> str:
     return "" if change is None else f"{change:+.1%}"
 
 
+def _num(value: Any, digits: int = 4) -> str:
+    """A figure for the card (— when unknown)."""
+    if value is None:
+        return "—"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+
+
+def cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """The card's cost section: per accepted forward (mined) triplet, generations, judge
+    calls, editor and T2I GPU-seconds, API dollars and the editor's busy share."""
+    if not cost:
+        return []
+    calls = cost.get("judge_calls") or {}
+    judged = [calls.get(n) for n in ("prefilter", "validator") if calls.get(n) is not None]
+    rows = [
+        ("generations (edits made)", cost.get("generations"), cost.get("generations_per_triplet")),
+        (
+            "judge calls (pre-filter + hard validator)",
+            sum(judged) if judged else None,
+            cost.get("judge_calls_per_triplet"),
+        ),
+        ("plausibility gate calls", calls.get("gate"), cost.get("gate_calls_per_triplet")),
+        (
+            "editor GPU-seconds",
+            cost.get("editor_gpu_seconds"),
+            cost.get("editor_gpu_seconds_per_triplet"),
+        ),
+        ("T2I GPU-seconds", cost.get("t2i_gpu_seconds"), cost.get("t2i_gpu_seconds_per_triplet")),
+        ("API dollars", cost.get("api_usd"), cost.get("api_usd_per_triplet")),
+    ]
+    share = cost.get("editor_busy_share")
+    return [
+        "## Cost",
+        "",
+        f"Per accepted forward triplet ({_num(cost.get('triplets'))} mined triplets):",
+        "",
+        "| measure | run | per triplet |",
+        "|---|---|---|",
+        *[f"| {name} | {_num(total)} | {_num(per)} |" for name, total, per in rows],
+        "",
+        "Editor busy share of the mining wall time: "
+        + ("— (not recorded)" if share is None else f"{share:.1%}")
+        + ".",
+        "",
+    ]
+
+
 def card_body(
     name: str,
     by_origin: dict[str, int],
@@ -181,9 +228,10 @@ def card_body(
     funnel: list[dict[str, Any]],
     chains: int,
     preferences: int = 0,
+    cost: dict[str, Any] | None = None,
 ) -> str:
     """The dataset card's text: what it is, counts (triplets by origin and by edit type),
-    the funnel, fields."""
+    the funnel, what a mined triplet cost (``nhr.summary.cost_per_triplet``), fields."""
     rows = sum(by_origin.values())
     lines = [
         f"# {name}",
@@ -206,6 +254,7 @@ def card_body(
             for f in funnel
         ],
         "",
+        *cost_lines(cost),
         "## Composition",
         "",
         "| origin | rows |",

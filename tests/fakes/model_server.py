@@ -27,9 +27,16 @@ Compliance): 4`` / ``Reason: ...`` / ``Score 2 ...``; ``malformed`` drops Score 
 ``schema`` writes the scores as words, ``range`` gives 7, and the scripted-only
 ``ambiguous`` gives Score 1 twice with different values).
 
+With a ``judge`` (``--synthetic-judge`` on the command line: the synthetic world's
+``SyntheticJudge``), gate, pre-filter and hard-validator requests — known by their
+schemas — are answered with that judge's own verdict on the request's images and quoted
+prompt or instruction, so a run judged through the fake is judged as the synthetic world
+would judge it locally (and its truth audit means something); faults still apply on top.
+
 Every request is logged (time, api, fault served, the user text, the answer's fields),
 so tests can count calls and check what each subject was finally told. Run it alone with
-``python tests/fakes/model_server.py --port 8765 [--latency 0.25]``.
+``python tests/fakes/model_server.py --port 8765 [--latency 0.25] [--synthetic-judge]``
+(``--port 0``: any free port; the first line printed names the URL).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import io
 import json
 import random
 import re
@@ -51,6 +59,8 @@ CONTENT_FAULTS = ("malformed", "schema", "range", "safety", "truncated", "empty"
 ALL_FAULTS = TRANSPORT_FAULTS + CONTENT_FAULTS
 
 AnswerFn = Callable[[dict[str, Any], str], dict[str, Any] | None]
+# the quoted value (the prompt or instruction, a JSON string) ending a judge request
+_QUOTED = re.compile(r'\): ("(?:[^"\\]|\\.)*")\s*$')
 
 
 def _h(text: str) -> int:
@@ -157,6 +167,7 @@ class FakeModelServer:
         answer: AnswerFn | None = None,
         batch_pending_polls: int = 1,
         port: int = 0,
+        judge: Any = None,
     ) -> None:
         self.latency = latency
         self.fault_rate = fault_rate
@@ -165,6 +176,8 @@ class FakeModelServer:
         self.slow_seconds = slow_seconds
         self.answer = answer
         self.batch_pending_polls = batch_pending_polls
+        self.judge = judge
+        self._judge_lock = threading.Lock()
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._scripted: list[str] = []
@@ -290,8 +303,46 @@ class FakeModelServer:
             return False
         return True
 
+    def _judged(
+        self, schema: dict[str, Any], text: str, images: tuple[bytes, ...]
+    ) -> dict[str, Any] | None:
+        """The ``judge``'s own answer to a gate, pre-filter or validator request (by its
+        schema's fields), or None for any other request."""
+        fields = set(schema.get("properties", {}))
+        match = _QUOTED.search(text)
+        if self.judge is None or match is None or not images:
+            return None
+        from PIL import Image
+
+        quoted = json.loads(match.group(1))
+        pics = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+        with self._judge_lock:
+            if fields == {"answer"} and len(pics) == 1:
+                return {
+                    "answer": "yes" if self.judge.plausibility(pics, [quoted])[0].answer else "no"
+                }
+            if len(pics) != 2:
+                return None
+            if "UnwantedModifications" in fields:
+                a = self.judge.prefilter(pics[:1], pics[1:], [quoted])[0]
+                return {
+                    "InstructionAdherence": a.scores.adherence,
+                    "ImageAesthetic": a.scores.aesthetic,
+                    "UnwantedModifications": "yes" if a.unwanted_changes else "no",
+                    "AestheticallyAcceptable": "yes" if a.aesthetic_ok else "no",
+                }
+            if fields == {"InstructionAdherence", "ImageAesthetic"}:
+                s = self.judge.score(pics[:1], pics[1:], [quoted])[0]
+                return {"InstructionAdherence": s.adherence, "ImageAesthetic": s.aesthetic}
+        return None
+
     def _content(
-        self, schema: dict[str, Any], text: str, fault: str | None, free_text: bool = False
+        self,
+        schema: dict[str, Any],
+        text: str,
+        fault: str | None,
+        free_text: bool = False,
+        images: tuple[bytes, ...] = (),
     ) -> tuple[str, str]:
         """(answer text, finish) for a request, with a content fault applied."""
         finish = {"safety": "SAFETY", "truncated": "MAX_TOKENS"}.get(fault or "", "STOP")
@@ -306,7 +357,11 @@ class FakeModelServer:
             if fault == "malformed":
                 return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, 10)})[:-3], "STOP"
             return json.dumps(clean), finish
-        clean = (self.answer(schema, text) if self.answer else None) or default_answer(schema, text)
+        clean = (
+            self._judged(schema, text, images)
+            or (self.answer(schema, text) if self.answer else None)
+            or default_answer(schema, text)
+        )
         has_numbers = any(
             s.get("type", "").lower() == "number" for s in schema.get("properties", {}).values()
         )
@@ -343,6 +398,18 @@ class FakeModelServer:
         return "\n".join(bits), images
 
     @staticmethod
+    def _gemini_images(request: dict[str, Any]) -> tuple[bytes, ...]:
+        """The decoded inline images of a Gemini request, in order."""
+        out = []
+        for content in request.get("contents", []):
+            for part in content.get("parts", []):
+                blob = part.get("inlineData") or part.get("inline_data")
+                if blob:
+                    data = blob["data"]  # google-genai sends URL-safe base64
+                    out.append(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+        return tuple(out)
+
+    @staticmethod
     def _gemini_schema(request: dict[str, Any]) -> dict[str, Any]:
         cfg = request.get("generationConfig") or request.get("generation_config") or {}
         return cfg.get("responseJsonSchema") or cfg.get("responseSchema") or {}
@@ -354,7 +421,9 @@ class FakeModelServer:
             return {"candidates": [], "usageMetadata": usage}
         cfg = request.get("generationConfig") or request.get("generation_config") or {}
         free = (cfg.get("responseMimeType") or cfg.get("response_mime_type")) == "text/plain"
-        answer, finish = self._content(self._gemini_schema(request), text, fault, free)
+        answer, finish = self._content(
+            self._gemini_schema(request), text, fault, free, self._gemini_images(request)
+        )
         usage["candidatesTokenCount"] = len(answer) // 4 + 1
         return {
             "candidates": [
@@ -502,8 +571,24 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--synthetic-judge",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="NOISE",
+        help="answer judge requests as the synthetic world's judge (of this noise, default 1)",
+    )
     args = parser.parse_args()
-    server = FakeModelServer(latency=args.latency, fault_rate=args.fault_rate, port=args.port)
+    judge = None
+    if args.synthetic_judge is not None:
+        from nhr.backends.synthetic import SyntheticJudge
+
+        judge = SyntheticJudge(noise=args.synthetic_judge)
+    server = FakeModelServer(
+        latency=args.latency, fault_rate=args.fault_rate, port=args.port, judge=judge
+    )
     print(f"listening on {server.url}", flush=True)
     try:
         server.httpd.serve_forever()
