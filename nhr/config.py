@@ -380,14 +380,14 @@ class SearchBlock(Block):
         1, "adaptive: a (source, instruction) closes after this many validator passes", 1, 100
     )
     search_hopeless_after: int = _f(
-        2,
+        3,
         "adaptive: a (source, instruction) with at least this many scored candidates, all "
         "below SEARCH_HOPELESS_BELOW, closes as hopeless (0: never)",
         0,
         100,
     )
     search_hopeless_below: float = _f(
-        3.0,
+        2.0,
         "adaptive: the hopeless score: a candidate's min(adherence, aesthetic) from the "
         "validator, else from the pre-filter; a low-level drop counts as 0",
         0.0,

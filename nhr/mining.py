@@ -50,8 +50,8 @@ class SearchRule:
     first_seeds: int = 1
     round_seeds: int = 1
     passes: int = 1
-    hopeless_after: int = 2
-    hopeless_below: float = 3.0
+    hopeless_after: int = 3
+    hopeless_below: float = 2.0
     guidance: str = "drawn"
     guidances: tuple[float, ...] = (2.5,)
 
