@@ -383,6 +383,46 @@ class EditsBlock(Block):
         return self
 
 
+class SearchBlock(Block):
+    """Stage 4's candidate search: every seed of every (source, instruction) at once (the
+    paper's grid), or seeds in rounds, closing a (source, instruction) once a candidate
+    passes the hard validator or its candidates say it is hopeless (adaptive)."""
+
+    search: str = _f(
+        "grid",
+        "candidate search: all M_EDIT_SEEDS seeds at once (grid, the paper), or in rounds "
+        "that stop where a candidate passed or none can (adaptive)",
+        choices=("grid", "adaptive"),
+    )
+    search_first_seeds: int = _f(
+        1, "adaptive: seeds per (source, instruction) in the first round", 1, 100
+    )
+    search_round_seeds: int = _f(1, "adaptive: seeds added in each later round", 1, 100)
+    search_passes: int = _f(
+        1, "adaptive: a (source, instruction) closes after this many validator passes", 1, 100
+    )
+    search_hopeless_after: int = _f(
+        3,
+        "adaptive: a (source, instruction) with at least this many scored candidates, all "
+        "below SEARCH_HOPELESS_BELOW, closes as hopeless (0: never)",
+        0,
+        100,
+    )
+    search_hopeless_below: float = _f(
+        2.0,
+        "adaptive: the hopeless score: a candidate's min(adherence, aesthetic) from the "
+        "validator, else from the pre-filter; a low-level drop counts as 0",
+        0.0,
+        5.0,
+    )
+    search_guidance: str = _f(
+        "drawn",
+        "adaptive: guidance of the rounds after the first: drawn per job from EDIT_GUIDANCE "
+        "as in the grid, or the EDIT_GUIDANCE value with the best pass rate so far (best)",
+        choices=("drawn", "best"),
+    )
+
+
 class FiltersBlock(Block):
     """Stages 5–6: the soft pre-filter and the low-level check."""
 
@@ -777,6 +817,7 @@ BLOCKS: dict[str, type[Block]] = {
     "images": ImagesBlock,
     "gate": GateBlock,
     "edits": EditsBlock,
+    "search": SearchBlock,
     "filters": FiltersBlock,
     "validation": ValidationBlock,
     "synthetic": SyntheticBlock,
@@ -813,7 +854,7 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prompts": (("prompts", "prompt_writer", "captions"), ("prompter", "caption_writer")),
     "sources": (("sources", "images"), ("t2i",)),
     "plausibility": (("gate",), ("gate_judge",)),
-    "candidates": (("edits",), ("editor",)),
+    "candidates": (("edits", "search"), ("editor",)),
     "prefilter": (("filters",), ("prefilter_judge",)),
     "lowlevel": (("filters",), ()),
     "validator": (("validation",), ("validator",)),
@@ -825,6 +866,11 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "export": (("export",), ()),
 }
 _MINING_BLOCKS = tuple(b for b in BLOCKS if b != "evaluation")
+# what a stage also reads under SEARCH adaptive: the edits an adaptive search makes depend
+# on the verdicts of the filters and the validator it consults between rounds
+ADAPTIVE_READS: dict[str, tuple[str, ...]] = {
+    "candidates": ("prefilter", "lowlevel", "validator"),
+}
 
 
 class PipelineConfig(BaseModel):
@@ -842,6 +888,7 @@ class PipelineConfig(BaseModel):
     images: ImagesBlock = ImagesBlock()
     gate: GateBlock = GateBlock()
     edits: EditsBlock = EditsBlock()
+    search: SearchBlock = SearchBlock()
     filters: FiltersBlock = FiltersBlock()
     validation: ValidationBlock = ValidationBlock()
     synthetic: SyntheticBlock = SyntheticBlock()
@@ -937,9 +984,13 @@ class PipelineConfig(BaseModel):
 
     def stage_blocks(self, stage: str) -> tuple[str, ...]:
         """The blocks a stage (by its output table) reads: ``run``, its own blocks, its
-        roles' blocks and the backend-family blocks of the backends configured for them.
+        roles' blocks and the backend-family blocks of the backends configured for them
+        (under SEARCH adaptive, those of the stages in ``ADAPTIVE_READS`` too).
         A stage missing from ``STAGES`` reads every block but ``evaluation``."""
         blocks, roles = STAGES.get(stage, (_MINING_BLOCKS, names.ROLES))
+        if self.search.search == "adaptive":
+            for other in ADAPTIVE_READS.get(stage, ()):
+                blocks, roles = blocks + STAGES[other][0], roles + STAGES[other][1]
         wanted = ["run", *blocks, *(ROLE_BLOCK[r] for r in roles), *self.backend_blocks(roles)]
         return tuple(dict.fromkeys(wanted))
 

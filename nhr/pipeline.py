@@ -20,13 +20,15 @@ from nhr.bootstrap import Bootstrap
 from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
 from nhr.engines import engine_from_config
-from nhr.engines.base import Link, outputs_forward
+from nhr.engines.base import Link, outputs_forward, passed_forward
 from nhr.errors import ConfigError
+from nhr.mining import STATS as MINING_STATS
+from nhr.mining import MiningLoop, MiningResult, SearchRule
 from nhr.records import CandidateRow, TripletRow, from_table
 from nhr.resolutions import resolution_set
 from nhr.runner import Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
-from nhr.stages.edits import EditPlan, EditStage, plan_edit_jobs
+from nhr.stages.edits import EditPlan, EditStage, call_batcher, plan_edit_jobs
 from nhr.stages.export import card_body, export_to_store
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
@@ -227,41 +229,92 @@ class Pipeline:
             steps_levels=self.cfg.edits.edit_steps_levels,
         )
 
-    def edits(self) -> StageResult:
-        """Stage 4: M_EDIT_SEEDS edits per (gated source, instruction), within the budget."""
+    def mining_links(self) -> list[Link]:
+        """The chain of the mining loop: the editor, then the enabled filters and the hard
+        validator, each taking the survivors of the one before."""
+        editor = self.backends.editor
+        links = [
+            Link(
+                EditStage(editor, self.store.blobs),
+                batch_size=getattr(editor, "max_batch", None) or self.cfg.run.batch_size,
+                forward=outputs_forward,
+                batcher=call_batcher(editor, self.cfg.edits.edit_schedule_window),
+            )
+        ]
+        stages = [self._prefilter_stage(), self._lowlevel_stage(), self._validator_stage()]
+        on = [stage for stage in stages if stage is not None]
+        for i, stage in enumerate(on):
+            last = i == len(on) - 1
+            links.append(Link(stage, self.cfg.run.batch_size, None if last else passed_forward))
+        return links
+
+    def mine(self) -> MiningResult:
+        """Stages 4–7 as one loop: edits of the gated sources streamed through the
+        enabled filters and the hard validator, in rounds of seeds (SEARCH adaptive) or
+        all M_EDIT_SEEDS at once (grid), within MAX_EDIT_JOBS and EDIT_BUDGET_SECONDS;
+        records ``stats/mining.json``. The filters' own steps are resumed no-ops after."""
         plan = self.edit_jobs()
-        stage = EditStage(self.backends.editor, self.store.blobs)
-        return self.runner.run(
-            stage,
+        loop = MiningLoop(
+            self.runner,
+            self.tables,
             plan,
-            budget_seconds=self.cfg.edits.edit_budget_seconds,
-            extra_stats={"grid_jobs": len(plan), "grid_size": plan.grid_size},
+            self.mining_links(),
+            SearchRule.from_config(self.cfg),
+            self.cfg.edits.edit_budget_seconds,
+            {"grid_jobs": len(plan), "grid_size": plan.grid_size},
+        )
+        result = loop.run()
+        result.filters = [r for r in (self.prefilter(), self.lowlevel(), self.validate()) if r]
+        return result
+
+    def mining(self) -> dict[str, Any] | None:
+        """The record of the mining loop (``stats/mining.json``), None before it ran."""
+        return self.store.read_stats(MINING_STATS)
+
+    def edits(self) -> StageResult:
+        """Stage 4: the mining loop (``mine``); returns the candidates' result."""
+        return self.mine().candidates
+
+    def _prefilter_stage(self) -> PrefilterStage | None:
+        """The soft pre-filter stage (None when disabled)."""
+        if not self.cfg.filters.prefilter:
+            return None
+        return PrefilterStage(
+            self.backends.prefilter_judge, self.store.blobs, self.cfg.filters.prefilter_min_score
+        )
+
+    def _lowlevel_stage(self) -> LowLevelStage | None:
+        """The low-level check stage (None when disabled)."""
+        if not self.cfg.filters.lowlevel:
+            return None
+        return LowLevelStage(
+            self.store.blobs, self.cfg.filters.diff_threshold, self.cfg.filters.min_component_share
+        )
+
+    def _validator_stage(self) -> ValidatorStage:
+        """The hard validator stage."""
+        return ValidatorStage(
+            self.backends.validator, self.store.blobs, self.cfg.validation.threshold
         )
 
     def prefilter(self) -> StageResult | None:
-        """Stage 5: the soft pre-filter over every candidate (None when disabled)."""
-        if not self.cfg.filters.prefilter:
+        """Stage 5: the soft pre-filter over every candidate (None when disabled; after
+        ``mine`` a resumed no-op that records its stats)."""
+        stage = self._prefilter_stage()
+        if stage is None:
             return None
-        stage = PrefilterStage(
-            self.backends.prefilter_judge, self.store.blobs, self.cfg.filters.prefilter_min_score
-        )
         return self.runner.run(stage, self.table("candidates"))
 
     def lowlevel(self) -> StageResult | None:
         """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
-        if not self.cfg.filters.lowlevel:
+        stage = self._lowlevel_stage()
+        if stage is None:
             return None
-        stage = LowLevelStage(
-            self.store.blobs, self.cfg.filters.diff_threshold, self.cfg.filters.min_component_share
-        )
         return self.runner.run(stage, self.tables.survivors("prefilter"))
 
     def validate(self) -> StageResult:
         """Stage 7: the hard validator over the survivors of the enabled filters."""
-        stage = ValidatorStage(
-            self.backends.validator, self.store.blobs, self.cfg.validation.threshold
-        )
-        return self.runner.run(stage, self.tables.survivors("lowlevel"))
+        return self.runner.run(self._validator_stage(), self.tables.survivors("lowlevel"))
 
     def select(self) -> StageResult:
         """Argmax selection per (source, instruction) → the ``mined`` table."""

@@ -201,3 +201,34 @@ def image_grid(
         ax.set_title(textwrap.fill(textwrap.shorten(title, 110), 36), fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def search_rounds(mining: dict[str, Any]) -> Figure:
+    """Per round of the mining loop (``stats/mining.json``): groups still open, jobs run
+    and groups closed by a pass or as hopeless."""
+    plt = _pyplot()
+    rounds = mining.get("rounds", [])
+    x = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.plot(x, [r["groups_open"] for r in rounds], "o-", label="groups open", color="#4C72B0")
+    ax.plot(x, [r["jobs"] for r in rounds], "s--", label="jobs", color="#8172B2")
+    ax.bar(
+        [i - 0.15 for i in x],
+        [r["closed_passed"] for r in rounds],
+        width=0.3,
+        label="closed: passed",
+        color="#55A868",
+    )
+    ax.bar(
+        [i + 0.15 for i in x],
+        [r["closed_hopeless"] for r in rounds],
+        width=0.3,
+        label="closed: hopeless",
+        color="#C44E52",
+    )
+    ax.set_xticks(x)
+    ax.set_xlabel("round")
+    ax.set_ylabel("groups / jobs")
+    ax.set_title(f"candidate search ({mining.get('search', '?')})")
+    ax.legend(fontsize=8)
+    return fig

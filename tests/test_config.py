@@ -272,7 +272,7 @@ def test_config_tables_show_a_stages_blocks():
     cfg = PipelineConfig.from_params(FAMILIES["diffusers"])
     table = cfg.table("candidates")
     blocks = list(dict.fromkeys(table.index.get_level_values("block")))
-    assert blocks == ["run", "edits", "diffusers"]
+    assert blocks == ["run", "edits", "search", "diffusers"]
     assert table.loc[("diffusers", "DIFFUSERS_MAX_BATCH"), "kind"] == RUNTIME
     assert table.loc[("edits", "EDIT_MAX_AREA"), "kind"] == OUTPUT
     assert len(cfg.table("evaluation")) == len(BLOCKS["evaluation"].model_fields)

@@ -8,7 +8,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -85,21 +85,71 @@ class EditPlan:
     pass_jobs: int = PASS_JOBS
     band_jobs: int = BAND_JOBS
     steps_levels: int = 0  # see edit_step_levels
+    # a part of the grid (an adaptive search's round): only seeds m in [lo, hi), only the
+    # groups (source, instruction) marked open, in group order (see ``group_index``)
+    seed_range: tuple[int, int] | None = None
+    open_groups: np.ndarray | None = None
+    # per group, a guidance that replaces the drawn one (NaN: keep the drawn one)
+    guidance_by_group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         ids = self.sources.column("source_id").to_pylist()
         self._seeds = _source_seeds(ids, self.seed)
         self._jobs = self.k.astype(np.int64) * self.m_seeds
         self._offsets = np.concatenate([[0], np.cumsum(self._jobs)])
+        self._group_first = np.concatenate([[0], np.cumsum(self.k.astype(np.int64))])
+        lo, hi = self.seed_range or (0, self.m_seeds)
+        self._lo, self._hi = max(0, lo), min(hi, self.m_seeds)
+        groups = self.groups if self.open_groups is None else int(self.open_groups.sum())
+        self._selected = groups * max(0, self._hi - self._lo)
 
     @property
     def grid_size(self) -> int:
         """Jobs in the whole grid."""
         return int(self._offsets[-1])
 
+    @property
+    def groups(self) -> int:
+        """(source, instruction) groups of the grid."""
+        return int(self._group_first[-1])
+
+    @property
+    def selected(self) -> int:
+        """Jobs of the part of the grid the plan covers (the whole grid unless
+        ``seed_range`` or ``open_groups`` narrow it), before ``max_jobs``."""
+        return self._selected
+
     def __len__(self) -> int:
-        """Jobs the plan emits (the grid, or ``max_jobs`` of it)."""
-        return min(self.max_jobs, self.grid_size) if self.max_jobs else self.grid_size
+        """Jobs the plan emits (its part of the grid, or ``max_jobs`` of it)."""
+        return min(self.max_jobs, self.selected) if self.max_jobs else self.selected
+
+    def part(
+        self,
+        seed_range: tuple[int, int],
+        open_groups: np.ndarray | None = None,
+        max_jobs: int = 0,
+        guidance_by_group: np.ndarray | None = None,
+    ) -> EditPlan:
+        """The plan of seeds ``seed_range`` of the ``open_groups`` (a bool per group), the
+        ``max_jobs`` of smallest priority: every job in it is the grid's job (same id,
+        priority, seed and steps), with its guidance replaced where ``guidance_by_group``
+        gives one (not NaN)."""
+        return replace(
+            self,
+            seed_range=seed_range,
+            open_groups=open_groups,
+            max_jobs=max_jobs,
+            guidance_by_group=guidance_by_group,
+        )
+
+    def group_index(self, source_ids: pa.Array | pa.ChunkedArray, j: np.ndarray) -> np.ndarray:
+        """The group index of (source, instruction j) pairs (-1 for a source not in the
+        plan), the order ``open_groups`` and ``guidance_by_group`` use."""
+        ids = self.sources.column("source_id")
+        pos = pc.index_in(source_ids, value_set=ids)
+        pos = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        out = self._group_first[np.maximum(pos, 0)] + np.asarray(j, dtype=np.int64)
+        return np.where(pos >= 0, out, -1)
 
     def _passes(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(source index, job index within its source, priority) of every job, a slice
@@ -116,7 +166,14 @@ class EditPlan:
             )
             with np.errstate(over="ignore"):
                 state = self._seeds[src] + local.astype(np.uint64) * _STREAM
-            yield src, local, splitmix64(state)
+            prio = splitmix64(state)
+            if self.seed_range is not None or self.open_groups is not None:
+                m = local % self.m_seeds
+                keep = (m >= self._lo) & (m < self._hi)
+                if self.open_groups is not None:
+                    keep &= self.open_groups[self._group_first[src] + local // self.m_seeds]
+                src, local, prio = src[keep], local[keep], prio[keep]
+            yield src, local, prio
             start = stop
 
     def _bands(self) -> tuple[list[tuple[int, int]], int, np.uint64]:
@@ -129,7 +186,7 @@ class EditPlan:
         cum = np.cumsum(hist)
         last = int(np.searchsorted(cum, want)) if want else 0  # bin holding the want-th job
         cut = np.uint64(np.iinfo(np.uint64).max)
-        if want and want < self.grid_size:
+        if want and want < self.selected:
             before = int(cum[last - 1]) if last else 0
             inside = np.concatenate(
                 [p[(p >> _SHIFT) == np.uint64(last)] for _, _, p in self._passes()]
@@ -165,9 +222,21 @@ class EditPlan:
             left -= len(order)
             for i in range(0, len(order), self.chunk_rows):
                 take = order[i : i + self.chunk_rows]
-                yield self._table(src[take], local[take], prio[take])
+                jobs = self._table(src[take], local[take], prio[take])
+                yield self._guided(jobs, src[take], local[take])
             if not left:
                 return
+
+    def _guided(self, table: pa.Table, src: np.ndarray, local: np.ndarray) -> pa.Table:
+        """``table`` with the guidance of each job whose group has one in
+        ``guidance_by_group``."""
+        if self.guidance_by_group is None:
+            return table
+        given = self.guidance_by_group[self._group_first[src] + local // self.m_seeds]
+        drawn = table.column("guidance").to_numpy()
+        kind = table.schema.field("guidance").type
+        column = pa.array(np.where(np.isnan(given), drawn, given), kind)
+        return table.set_column(table.schema.get_field_index("guidance"), "guidance", column)
 
     def _table(self, src: np.ndarray, local: np.ndarray, prio: np.ndarray) -> pa.Table:
         """``EditJob`` rows of the given jobs, built column-wise."""

@@ -1,0 +1,273 @@
+"""The mining loop: grid = the stages run one by one; adaptive rounds close groups on a
+pass or as hopeless; caps draw uniformly from the open work; SIGKILL then rerun."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.stats import chisquare
+
+from nhr.mining import HOPELESS, OPEN, PASSED, Evidence, Groups, SearchRule, best_guidance
+from nhr.pipeline import Pipeline
+from nhr.stages.edits import EditStage
+from nhr.store import RunStore
+from tests.test_plan import _plan
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {
+    "N_PROMPTS": 4,
+    "K_INSTRUCTIONS": 4,
+    "N_SOURCE_SEEDS": 2,
+    "LONG_SIDE_MIN": 96,
+    "LONG_SIDE_MAX": 128,
+    "ASPECT_MAX": 3.0,
+    "M_EDIT_SEEDS": 3,
+    "EDIT_GUIDANCE": [2.5, 3.5],
+    "BATCH_SIZE": 4,
+    "SHARD_FLUSH_SECONDS": 0.0,
+}
+TABLES = ("candidates", "prefilter", "lowlevel", "validator")
+
+
+def _rows(run_dir: Path, table: str) -> list[str]:
+    """A table's rows as sorted JSON strings, without the timing column."""
+    tables = RunStore(run_dir).tables
+    out = []
+    for row in tables.read(table).to_pylist() if tables.exists(table) else []:
+        row.pop("seconds", None)
+        out.append(json.dumps(row, sort_keys=True))
+    return sorted(out)
+
+
+def _by_id(run_dir: Path, table: str, key: str) -> dict[str, dict]:
+    return {r[key]: r for r in RunStore(run_dir).tables.read(table).to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory) -> Path:
+    """A run folder whose prompts, sources and gate are done (copied for each test)."""
+    run = tmp_path_factory.mktemp("mining") / "gated"
+    pipe = Pipeline.open(run, SMALL, progress=False)
+    pipe.run_chain("gate")
+    (run / "config.yaml").unlink()  # each copy records its own search parameters
+    return run
+
+
+def _mine(gated: Path, dest: Path, **params) -> Pipeline:
+    shutil.copytree(gated, dest)
+    pipe = Pipeline.open(dest, {**SMALL, **params}, progress=False)
+    pipe.mine()
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def grid(gated, tmp_path_factory) -> Path:
+    """The loop under SEARCH grid."""
+    run = tmp_path_factory.mktemp("mining") / "grid"
+    _mine(gated, run, SEARCH="grid")
+    return run
+
+
+def _groups(run_dir: Path) -> dict[str, list[tuple[int, bool]]]:
+    """(seed index, validator passed) of each group's candidates, by group."""
+    passed = {k: v["passed"] for k, v in _by_id(run_dir, "validator", "subject_id").items()}
+    out: dict[str, list[tuple[int, bool]]] = {}
+    for cid in _by_id(run_dir, "candidates", "candidate_id"):
+        group, m = cid.rsplit("-e", 1)
+        out.setdefault(group, []).append((int(m), passed.get(cid, False)))
+    return {g: sorted(v) for g, v in out.items()}
+
+
+def test_grid_gives_the_rows_of_the_stages_run_one_by_one(gated, grid, tmp_path):
+    one_by_one = tmp_path / "one-by-one"
+    shutil.copytree(gated, one_by_one)
+    pipe = Pipeline.open(one_by_one, {**SMALL, "SEARCH": "grid"}, progress=False)
+    plan = pipe.edit_jobs()
+    pipe.runner.run(EditStage(pipe.backends.editor, pipe.store.blobs), plan)
+    pipe.prefilter()
+    pipe.lowlevel()
+    pipe.validate()
+    for table in TABLES:
+        assert _rows(grid, table) == _rows(one_by_one, table), table
+    assert len(_rows(grid, "candidates")) == len(plan) == plan.grid_size
+    mining = RunStore(grid).read_stats("mining")
+    assert [r["seeds"] for r in mining["rounds"]] == [[0, 3]]
+    assert mining["jobs"] == len(plan) and mining["groups_by_state"]["open"] == 0
+
+
+def test_adaptive_closes_a_group_on_a_pass_and_stops_its_seeds(gated, grid, tmp_path):
+    """Without the hopeless rule and with drawn guidance, each group's candidates are
+    the grid's up to its first pass: the same groups are accepted from fewer edits."""
+    run = tmp_path / "adaptive"
+    pipe = _mine(gated, run, SEARCH="adaptive", SEARCH_HOPELESS_AFTER=0)
+    full, adaptive = _groups(grid), _groups(run)
+    assert set(adaptive) == set(full)
+    for group, seeds in full.items():
+        first = next((m for m, ok in seeds if ok), None)
+        want = seeds if first is None else seeds[: first + 1]
+        assert adaptive[group] == want, group
+    assert any(len(v) < 3 for v in adaptive.values())
+    grid_rows = set(_rows(grid, "candidates"))
+    assert set(_rows(run, "candidates")) <= grid_rows  # the very jobs of the grid
+    mining = pipe.mining()
+    assert [r["seeds"] for r in mining["rounds"]] == [[0, 1], [1, 2], [2, 3]]
+    closed = sum(r["closed_passed"] for r in mining["rounds"])
+    assert (
+        closed
+        == mining["groups_by_state"]["passed"]
+        == sum(any(ok for _, ok in v) for v in full.values())
+    )
+    opens = [r["groups_open"] for r in mining["rounds"]]
+    assert opens == sorted(opens, reverse=True) and opens[0] == len(full)
+    assert pipe.mine().candidates.stats["processed_rows"] == 0  # a rerun is a no-op
+
+
+def test_the_hopeless_rule_closes_groups_whose_scores_are_low(gated, tmp_path):
+    run = tmp_path / "hopeless"
+    pipe = _mine(gated, run, SEARCH="adaptive", SEARCH_HOPELESS_AFTER=1, SEARCH_HOPELESS_BELOW=5.0)
+    mining = pipe.mining()
+    assert mining["rounds"][0]["closed_hopeless"] == mining["groups_by_state"]["hopeless"] > 0
+    groups = _groups(run)
+    one = [g for g, v in groups.items() if len(v) == 1 and not v[0][1]]
+    assert len(one) >= mining["groups_by_state"]["hopeless"]
+
+
+def test_groups_close_by_the_rule():
+    rule = SearchRule("adaptive", m_seeds=4, hopeless_after=2, hopeless_below=3.0)
+    ev = Evidence(
+        group=np.array([0, 0, 1, 1, 2, 3, 3, 4, 4]),
+        round=np.zeros(9, dtype=int),
+        guidance=np.array([2.5] * 9),
+        passed=np.array([False, False, False, False, True, False, False, False, False]),
+        # group 0: both low; 1: one high; 2: passed; 3: a judge error (no score); 4: 0s
+        score=np.array([2.0, 2.9, 2.0, 3.5, 4.8, np.nan, 1.0, 0.0, 0.0]),
+    )
+    groups = Groups.judge(ev, 6, rule, seeds_done=2)
+    assert groups.state.tolist() == [HOPELESS, OPEN, PASSED, OPEN, HOPELESS, OPEN]
+    assert Groups.judge(ev, 6, rule, seeds_done=4).counts() == {
+        "open": 0,
+        "passed": 1,
+        "hopeless": 2,
+        "exhausted": 3,
+    }
+    grid = Groups.judge(ev, 6, SearchRule("grid", m_seeds=4), seeds_done=4)
+    assert grid.counts()["hopeless"] == 0
+    assert rule.rounds() == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert SearchRule("adaptive", m_seeds=5, first_seeds=2, round_seeds=2).rounds() == [
+        (0, 2),
+        (2, 4),
+        (4, 5),
+    ]
+    mixed = Evidence(ev.group, ev.round, np.array([2.5] * 5 + [3.5] * 4), ev.passed, ev.score)
+    assert best_guidance(mixed, (2.5, 3.5)) == 2.5
+    assert best_guidance(mixed, (3.5, 2.5)) == 2.5
+
+
+def test_round_jobs_are_the_grid_jobs_and_a_cap_draws_uniformly_from_open_work():
+    full = _plan(600)
+    jobs = {r["candidate_id"]: r for t in full for r in t.to_pylist()}
+    rng = np.random.default_rng(1)
+    open_groups = rng.random(full.groups) < 0.5
+    part = full.part((1, 3), open_groups)
+    rows = [r for t in part for r in t.to_pylist()]
+    assert len(rows) == len(part) == 2 * int(open_groups.sum())
+    assert all(jobs[r["candidate_id"]] == r for r in rows)  # same id, seed, steps, guidance
+    j = np.array([int(r["instruction_id"].rsplit("-i", 1)[1]) for r in rows])
+    gi = full.group_index(pa.array([r["source_id"] for r in rows]), j)
+    assert open_groups[gi].all()
+    assert {int(r["candidate_id"].rsplit("-e", 1)[1]) for r in rows} == {1, 2}
+    # a cap keeps the smallest priorities: the grid's order, restricted to the part
+    capped = [
+        c
+        for t in full.part((1, 3), open_groups, 1500)
+        for c in t.column("candidate_id").to_pylist()
+    ]
+    assert capped == [r["candidate_id"] for r in rows][:1500]
+    # ... which is uniform over the open groups and the round's seeds
+    picked = Counter(int(gi[k]) for k in range(1500))
+    per_open = [picked.get(int(g), 0) for g in np.flatnonzero(open_groups)]
+    bins = np.add.reduceat(per_open, np.arange(0, len(per_open), len(per_open) // 20))[:20]
+    assert chisquare(bins).pvalue > 0.001
+    seeds = Counter(c.rsplit("-e", 1)[1] for c in capped)
+    assert chisquare(list(seeds.values())).pvalue > 0.001
+    guided = np.full(full.groups, np.nan)
+    guided[open_groups] = 9.0
+    assert {
+        r["guidance"] for t in full.part((1, 3), open_groups, 0, guided) for r in t.to_pylist()
+    } == {9.0}
+
+
+def test_a_cap_stops_the_loop_with_the_open_work_drawn(gated, tmp_path):
+    pipe = _mine(gated, tmp_path / "capped", SEARCH="adaptive", MAX_EDIT_JOBS=20)
+    mining = pipe.mining()
+    assert mining["jobs"] == 20 == RunStore(tmp_path / "capped").tables.count("candidates")
+    assert mining["stopped_by"] in ("cap", "done")
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, json
+    from nhr.pipeline import Pipeline
+    from nhr.store.shards import TableStore
+
+    run_dir, at, params = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    calls = [0]
+    put = TableStore._put_entry
+
+    def killing(self, *args):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return put(self, *args)
+
+    if __name__ == "__main__":
+        TableStore._put_entry = killing
+        Pipeline.open(run_dir, params, progress=False).mine()
+    """
+)
+
+
+KILL_PARAMS = {**SMALL, "SEARCH": "adaptive", "SEARCH_GUIDANCE": "best", "WORKERS": 1}
+
+
+@pytest.fixture(scope="module")
+def clean(gated, tmp_path_factory) -> Path:
+    """The uninterrupted adaptive run the killed ones must reproduce."""
+    run = tmp_path_factory.mktemp("mining") / "clean"
+    _mine(gated, run, **{k: v for k, v in KILL_PARAMS.items() if k not in SMALL})
+    return run
+
+
+@pytest.mark.parametrize("at", [3, 12])
+def test_sigkill_mid_loop_then_rerun_gives_the_uninterrupted_tables(gated, clean, tmp_path, at):
+    params = KILL_PARAMS
+    script = tmp_path / "mine.py"
+    script.write_text(KILL_SCRIPT)
+    killed = tmp_path / "killed"
+    shutil.copytree(gated, killed)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, str(script), str(killed)]
+    proc = subprocess.run(
+        [*args, str(at), json.dumps(params)], env=env, capture_output=True, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(_rows(killed, "candidates")) < len(_rows(clean, "candidates")) or len(
+        _rows(killed, "validator")
+    ) < len(_rows(clean, "validator"))
+    again = subprocess.run(
+        [*args, "0", json.dumps(params)], env=env, capture_output=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    for table in TABLES:
+        assert _rows(killed, table) == _rows(clean, table), table
+    rounds = RunStore(killed).read_stats("mining")["rounds"]
+    assert rounds == RunStore(clean).read_stats("mining")["rounds"]
