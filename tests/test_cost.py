@@ -124,7 +124,12 @@ def test_cost_per_triplet_equals_what_the_tables_and_stats_record(judged_run):
     usd = stats["prefilter"]["usage"]["cost_usd"] + stats["validator"]["usage"]["cost_usd"]
     assert usd > 0 and cost["api_usd"] == round(usd, 6)
     assert cost["api_usd_per_triplet"] == round(usd / mined, 8)
-    assert cost["editor_busy_share"] is None  # no stats/mining.json
+    # the mining loop's record: the editor's seconds over the loop's wall time
+    mining = pipe.store.read_stats("mining")
+    assert mining["wall_seconds"] > 0
+    assert cost["editor_busy_share"] == round(
+        mining["editor_busy_seconds"] / mining["wall_seconds"], 4
+    )
     assert summary["cost"]["calls"] == len(requests)  # the editor's calls are no API calls
 
 
