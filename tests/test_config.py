@@ -252,7 +252,8 @@ def test_every_block_is_read_by_a_stage():
     for family in FAMILIES.values():
         cfg = PipelineConfig.from_params(family)
         cfg_blocks |= {b for s in STAGES for b in cfg.stage_blocks(s)}
-    assert cfg_blocks == set(BLOCKS)
+    # the engine block says where stages run (local or Ray), never what they output
+    assert cfg_blocks == set(BLOCKS) - {"engine"}
 
 
 def test_the_runner_refuses_an_output_change_and_resumes_a_runtime_change(tmp_path):
