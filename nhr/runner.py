@@ -334,7 +334,8 @@ class _ChainRun:
             for state in self.states:
                 state.bar.close()
         wall = time.perf_counter() - started
-        return [self._stats(i, state, wall) for i, state in enumerate(self.states)]
+        engine = self.runner.engine.describe()
+        return [self._stats(i, state, wall, engine) for i, state in enumerate(self.states)]
 
     def _engine_links(self) -> list[Link]:
         """The links as the engine gets them: each forward skips the rows its next link
@@ -491,8 +492,9 @@ class _ChainRun:
         for i in range(len(self.states) - 1, -1, -1):
             self._flush(i)
 
-    def _stats(self, i: int, state: _LinkRun, wall: float) -> StageResult:
-        """Write and return one link's stats, as ``run`` does for one stage."""
+    def _stats(self, i: int, state: _LinkRun, wall: float, engine: dict[str, Any]) -> StageResult:
+        """Write and return one link's stats, as ``run`` does for one stage, with the
+        engine's description of how it ran the chain (``Engine.describe``)."""
         tables = self.runner.store.tables
         name = state.stage.name
         after = ledger_stats(tables.entries(name))
@@ -517,6 +519,7 @@ class _ChainRun:
             "usage": {k: round(v, 6) for k, v in sorted(after["usage"].items())},
             "settings": state.settings,
             "shards": len(tables.entries(name)),
+            "engine": engine,
             **(self.extra[i] or {}),
         }
         self.runner.store.write_stats(name, stats)

@@ -142,6 +142,10 @@ def build_summary(
         "seconds_total": round(sum(float(s.get("seconds", 0)) for s in stats.values()), 3),
         "config": cfg.to_params(),
     }
+    for name, s in stats.items():  # which engine ran each stage (its stats tell how)
+        engine = (s.get("engine") or {}).get("name")
+        if engine:
+            summary["stages"][name]["engine"] = engine
     rows = {r["stage"]: r["rows"] for r in f}
     if rows.get("edits generated") and "after hard validator" in rows:
         summary["hard_validator_pass_rate"] = round(

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from nhr.engines.base import Link, outputs_forward
+from nhr.engines.local import LocalEngine
 from nhr.errors import RunFolderError
 from nhr.lock import RunLock
 from nhr.records import PromptJob, Record, Verdict, from_table, to_table
@@ -109,6 +111,51 @@ def test_workers_give_the_same_rows(tmp_path):
     a = sorted(tuple(r.to_row().items()) for r in _rows(one))
     b = sorted(tuple(r.to_row().items()) for r in _rows(many))
     assert a == b
+
+
+class PlusStage(Stage[Square, Square]):
+    """Each square plus one."""
+
+    name = "plus"
+    input_type = Square
+    output_type = Square
+
+    def process_batch(self, rows: list[Square]) -> list[Square]:
+        return [Square(r.prompt_id, r.value + 1) for r in rows]
+
+
+class CountingEngine(LocalEngine):
+    """The local engine, telling in ``describe`` how many batches its last stream ran."""
+
+    name = "counting"
+
+    def stream(self, links: Any, batches: Any) -> Any:
+        self.batches = 0
+        for done in super().stream(links, batches):
+            self.batches += 1
+            yield done
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "batches": self.batches}
+
+
+def test_stats_record_the_engine_and_how_it_ran_the_chain(tmp_path):
+    local = Runner(RunStore(tmp_path / "a"), batch_size=3, workers=2, progress=False)
+    stats = local.run(SquareStage(), _jobs(10)).stats
+    assert stats["engine"] == {"name": "local", "workers": 2, "queue_batches": 4}
+    assert RunStore(tmp_path / "a").read_stats("squares")["engine"] == stats["engine"]
+    # written after the stream: what the engine did for this chain, link by link alike
+    engine = CountingEngine(workers=1)
+    runner = Runner(RunStore(tmp_path / "b"), batch_size=3, progress=False, engine=engine)
+    links = [Link(SquareStage(), 3, outputs_forward), Link(PlusStage(), 2)]
+    first, second = runner.run_chain(links, _jobs(7))
+    assert first.stats["engine"] == second.stats["engine"]
+    assert first.stats["engine"] == {
+        "name": "counting",
+        "workers": 1,
+        "queue_batches": 4,
+        "batches": 3 + 4,
+    }
 
 
 def test_a_live_writer_is_named(tmp_path):

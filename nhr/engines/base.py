@@ -86,5 +86,6 @@ class Engine(ABC):
         return None
 
     def describe(self) -> dict[str, Any]:
-        """What the engine is, for a run's stats (name, workers, cluster)."""
+        """What the engine is and how it ran the last stream (name, workers, cluster),
+        JSON-ready: the runner writes it into the stats of every stage of the chain."""
         return {"name": self.name}

@@ -83,7 +83,13 @@ class LocalEngine(Engine):
         self.queue_batches = queue_batches
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "workers": resolve_workers(self.workers)}
+        """The engine's name, its executors' slots (``workers``, resolved) and its
+        back-pressure bound, for a chain's stats."""
+        return {
+            "name": self.name,
+            "workers": resolve_workers(self.workers),
+            "queue_batches": self.queue_batches,
+        }
 
     def bound(self, link: Link, slots: int) -> int:
         """Rows a downstream link may have queued before link 0 waits."""

@@ -313,9 +313,12 @@ class RayEngine(Engine):
             self._started = False
 
     def describe(self) -> dict[str, Any]:
-        """Engine, settings, the cluster's resources and what the last streams did."""
+        """Engine, settings, the cluster (address, live nodes, resources), and what the
+        last stream did: windows, batches, duplicates dropped, each link's placement
+        (kind, actors or tasks, GPUs and CPUs each)."""
         info: dict[str, Any] = {"name": self.name, "settings": asdict(self.settings)}
         info.update(dict(self._counts))
+        info["windows"] = self._counts["windows"]
         info["duplicates_dropped"] = self._counts["duplicates_dropped"]
         if self._placement:
             info["links"] = self._placement
@@ -323,6 +326,7 @@ class RayEngine(Engine):
             ray = import_ray()
             if ray.is_initialized():
                 info["cluster"] = {
+                    "address": ray.get_runtime_context().gcs_address,
                     "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
                     "resources": {
                         k: v
@@ -395,10 +399,12 @@ class RayEngine(Engine):
     # ---- streaming ------------------------------------------------------------------
     def stream(self, links: Sequence[Link], batches: Iterable[list[Record]]) -> Iterator[Done]:
         """Run ``batches`` through ``links`` window by window on the cluster; yield each
-        finished batch of every link once."""
+        finished batch of every link once. A chain with nothing to do (every input
+        committed in an earlier run) never connects to Ray."""
         if not links:
             return
-        ray = self.connect()
+        self._counts = Counter()  # describe() tells of this stream (one chain's stats)
+        self._placement = {}
         try:
             blob = dumps(list(links))
         except Exception as err:
@@ -408,10 +414,14 @@ class RayEngine(Engine):
                 f"({type(err).__name__}: {err}); make its stages, forwards and batchers "
                 "picklable (top-level functions and classes)"
             ) from err
+        pulled = iter(batches)
+        window = self._window(pulled)
+        if not window:
+            return
+        ray = self.connect()
         chain = ray.put(blob)
         token = uuid.uuid4().hex
         seen: list[set[str]] = [set() for _ in links]
-        pulled = iter(batches)
         bar = tqdm(
             desc=f"ray: {' → '.join(link.stage.name for link in links)}",
             unit="row",
@@ -419,15 +429,13 @@ class RayEngine(Engine):
             dynamic_ncols=True,
         )
         try:
-            while True:
-                window = self._window(pulled)
-                if not window:
-                    break
+            while window:
                 self._counts["windows"] += 1
                 bar.total = (bar.total or 0) + sum(t.num_rows for t in window)
                 ds = self._dataset(ray, chain, token, links, window)
                 for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                     yield from self._finished(block, seen, bar)
+                window = self._window(pulled)
         finally:
             bar.close()
 
