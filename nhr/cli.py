@@ -2,13 +2,14 @@
 
 ``nhr run CONFIG [-p KEY VALUE ...] [--run-dir DIR]`` validates the config, locks the run
 folder, refuses a folder made with other settings, and executes the config's notebooks
-in order with papermill, saving the executed copies in ``<run>/notebooks/``. A rerun
-after a crash resumes: every stage skips what it already wrote. ``DIR`` may be an
-object-store URL (``s3://bucket/run``; endpoint and credentials from the environment,
-e.g. ``AWS_ENDPOINT_URL``): the kernels then read and write the run there, and the
-executed notebooks are written to the local folder ``results/<name>/notebooks/`` (papermill
-needs a local file to write cell by cell) and copied into ``<run>/notebooks/`` after each
-notebook, failed ones included.
+in order with papermill, saving the executed copies in ``<run>/notebooks/`` (with ``ENGINE
+ray`` and no ``RAY_ADDRESS``, every notebook joins one local Ray cluster started for the
+run, and stopped at its end). A rerun after a crash resumes: every stage skips what it
+already wrote. ``DIR`` may be an object-store URL (``s3://bucket/run``; endpoint and
+credentials from the environment, e.g. ``AWS_ENDPOINT_URL``): the kernels then read and
+write the run there, and the executed notebooks are written to the local folder
+``results/<name>/notebooks/`` (papermill needs a local file to write cell by cell) and
+copied into ``<run>/notebooks/`` after each notebook, failed ones included.
 ``nhr audit RUN_DIR`` prints the hard validator against the synthetic world's truth.
 ``nhr push RUN_DIR REPO_ID`` uploads the run's exported dataset to the Hugging Face hub.
 """
@@ -21,8 +22,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from nhr.config import RunConfig, parse_override, reconcile, repo_root
+from nhr.engines import run_cluster
 from nhr.errors import NhrError, RunFolderError
 from nhr.runner import PARENT_ENV, WRITER_LOCK
 from nhr.store import RunStore, location, open_files
@@ -38,9 +41,9 @@ def notebook_parameters(path: Path) -> set[str]:
 
 
 def run(config: RunConfig, progress: bool = True) -> int:
-    """Execute a run config's notebooks in order; returns the exit status."""
-    import papermill
-
+    """Execute a run config's notebooks in order; returns the exit status. With ``ENGINE
+    ray`` and no cluster named, one local Ray cluster serves every notebook of the run
+    (``nhr.engines.run_cluster``), stopped when the run ends or fails."""
     where = config.run_dir
     run_dir: Path | str = where.resolve() if isinstance(where, Path) else where
     store = RunStore(run_dir)
@@ -51,49 +54,69 @@ def run(config: RunConfig, progress: bool = True) -> int:
         # a kernel orphaned by a killed earlier run exits within a second; wait for it
         store.lock(WRITER_LOCK, "a notebook kernel", wait_seconds=5.0).acquire().release()
         os.environ[PARENT_ENV] = str(os.getpid())
-        local = store.local_path("notebooks")
-        out_dir = local or Path("results").resolve() / config.name / "notebooks"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        root = Path(__file__).resolve().parent.parent
-        for i, nb in enumerate(config.notebooks, 1):
-            declared = notebook_parameters(nb)
-            nb_params = {k: v for k, v in params.items() if k in declared}
-            if "RUN_DIR" in declared:
-                nb_params["RUN_DIR"] = str(run_dir)
-            if "RUN_NAME" in declared:
-                nb_params["RUN_NAME"] = config.name
-            print(f"[{i}/{len(config.notebooks)}] {nb.stem}", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-            try:
-                papermill.execute_notebook(
-                    str(nb),
-                    str(out_dir / nb.name),
-                    parameters=nb_params,
-                    kernel_name="python3",
-                    progress_bar=progress,
-                    cwd=str(root),
-                    # the kernel's own start-up warnings (plain TCP on localhost) are noise
-                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                )
-            except papermill.PapermillExecutionError as err:
-                if local is None:
-                    store.write_bytes(f"notebooks/{nb.name}", (out_dir / nb.name).read_bytes())
-                first = (err.evalue or "").strip().splitlines()[:1]
-                print(
-                    f"nhr: notebook {nb.name} failed: {err.ename}: {first[0] if first else ''}"
-                    f" — see {out_dir / nb.name}; fix it and rerun, finished work is kept",
-                    file=sys.stderr,
-                )
-                return 1
-            if local is None:
-                store.write_bytes(f"notebooks/{nb.name}", (out_dir / nb.name).read_bytes())
-            print(f"    done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        with run_cluster(config.pipeline) as address:
+            if address is not None:
+                print(f"a local Ray cluster for this run: {address}", file=sys.stderr)
+            status = _notebooks(config, params, run_dir, store, progress)
+    if status:
+        return status
     s = store.read_json("summary.json")
     if s is not None:
         print(
             f"{s.get('triplets')} triplets in {store.url('dataset')}; "
             f"summary: {store.url('summary.json')}"
         )
+    return 0
+
+
+def _notebooks(
+    config: RunConfig,
+    params: dict[str, Any],
+    run_dir: Path | str,
+    store: RunStore,
+    progress: bool,
+) -> int:
+    """Execute the notebooks one by one with papermill (``run``'s body, under its
+    locks), saving the executed copies; 1 at the first that fails, else 0."""
+    import papermill
+
+    local = store.local_path("notebooks")
+    out_dir = local or Path("results").resolve() / config.name / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    for i, nb in enumerate(config.notebooks, 1):
+        declared = notebook_parameters(nb)
+        nb_params = {k: v for k, v in params.items() if k in declared}
+        if "RUN_DIR" in declared:
+            nb_params["RUN_DIR"] = str(run_dir)
+        if "RUN_NAME" in declared:
+            nb_params["RUN_NAME"] = config.name
+        print(f"[{i}/{len(config.notebooks)}] {nb.stem}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(nb),
+                str(out_dir / nb.name),
+                parameters=nb_params,
+                kernel_name="python3",
+                progress_bar=progress,
+                cwd=str(root),
+                # the kernel's own start-up warnings (plain TCP on localhost) are noise
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
+        except papermill.PapermillExecutionError as err:
+            if local is None:
+                store.write_bytes(f"notebooks/{nb.name}", (out_dir / nb.name).read_bytes())
+            first = (err.evalue or "").strip().splitlines()[:1]
+            print(
+                f"nhr: notebook {nb.name} failed: {err.ename}: {first[0] if first else ''}"
+                f" — see {out_dir / nb.name}; fix it and rerun, finished work is kept",
+                file=sys.stderr,
+            )
+            return 1
+        if local is None:
+            store.write_bytes(f"notebooks/{nb.name}", (out_dir / nb.name).read_bytes())
+        print(f"    done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -1,13 +1,18 @@
-"""Shared fixtures: a tiny in-process chain, and a tiny `nhr run` through papermill."""
+"""Shared fixtures: a tiny in-process chain, a tiny `nhr run` through papermill, and an
+S3 server on 127.0.0.1."""
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from fakes.s3 import CREDENTIALS, moto_s3
 
 from nhr.pipeline import Pipeline
+from nhr.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 NHR = [sys.executable, "-m", "nhr.cli"]
@@ -22,6 +27,23 @@ TINY = {
     "EDIT_GUIDANCE": [2.5, 3.5],
     "BATCH_SIZE": 8,
 }
+
+
+# A store pickles without credentials: worker processes (and Ray nodes) take them from
+# their own environment, which is that of the time they started. So moto's credentials
+# are set before any test starts one (moto accepts any; the endpoint, which a store does
+# carry, is set by the ``s3`` fixture).
+for _name, _value in CREDENTIALS.items():
+    os.environ.setdefault(_name, _value)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1 with one bucket (``fakes.s3.BUCKET``) for the
+    session, the AWS environment pointing at it; the value is a pyarrow filesystem on it."""
+    pytest.importorskip("moto")
+    with moto_s3() as fs:
+        yield fs
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -45,6 +67,30 @@ def run_chain(run_dir: Path, params: dict | None = None) -> Pipeline:
     pipe = Pipeline.open(run_dir, {**TINY, **(params or {})}, progress=False)
     pipe.run_chain()
     return pipe
+
+
+def exported_rows(store: RunStore) -> list[tuple[str, str, str]]:
+    """(sha256 of source bytes, instruction, sha256 of edited bytes) of every exported
+    triplet, read from the dataset's parquet shards wherever the run folder is."""
+    rows = []
+    for rel in store.walk("dataset/data"):
+        if not rel.split("/")[-1].startswith("train-"):
+            continue
+        path, fs = store.files.arrow(rel)
+        table = pq.read_table(
+            path, filesystem=fs, columns=["source_image", "instruction", "edited_image"]
+        )
+        for src, text, edited in zip(
+            *(table.column(c).to_pylist() for c in table.column_names), strict=True
+        ):
+            rows.append(
+                (
+                    hashlib.sha256(src["bytes"]).hexdigest(),
+                    text,
+                    hashlib.sha256(edited["bytes"]).hexdigest(),
+                )
+            )
+    return sorted(rows)
 
 
 def nhr_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

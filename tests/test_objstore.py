@@ -5,7 +5,6 @@ local run; its blobs, shards, ledger and stats are objects there; an interrupted
 resumes without redoing committed work; the request cache is shared through the bucket.
 """
 
-import hashlib
 import json
 import os
 import pickle
@@ -13,11 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 
-import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, run_chain
+from conftest import TINY, exported_rows, run_chain
+from fakes.s3 import SECRET
+from fakes.s3 import url as _url
 
 pytest.importorskip("moto")
 pafs = pytest.importorskip("pyarrow.fs")
@@ -29,95 +28,6 @@ from nhr.pipeline import Pipeline  # noqa: E402
 from nhr.stages.edits import EditStage  # noqa: E402
 from nhr.stages.export import load_export  # noqa: E402
 from nhr.store import ObjectFiles, RunStore, open_files  # noqa: E402
-
-BUCKET = "nhr-test"
-SECRET = "moto-secret-never-pickled"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "test",
-    "AWS_SECRET_ACCESS_KEY": SECRET,
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-# A store pickles without credentials: worker processes take them from their own
-# environment, and a pool started by an earlier test has the environment of that time.
-# So the credentials are set when this module is collected, before any test starts one
-# (moto accepts any; the endpoint, which the store does carry, is set by the fixture).
-for _name, _value in CREDENTIALS.items():
-    os.environ.setdefault(_name, _value)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """A moto S3 server on a free port of 127.0.0.1 with one bucket; the AWS environment
-    points at it for the session (restored at teardown, the server killed)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.05)
-        fs = pafs.S3FileSystem(
-            endpoint_override=f"127.0.0.1:{port}",
-            scheme="http",
-            region="us-east-1",
-            allow_bucket_creation=True,
-        )
-        fs.create_dir(BUCKET)
-        yield fs
-    finally:
-        proc.kill()
-        proc.wait()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _url(name: str) -> str:
-    return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:6]}"
-
-
-def exported_rows(store: RunStore) -> list[tuple[str, str, str]]:
-    """(sha256 of source bytes, instruction, sha256 of edited bytes) of every exported
-    triplet, read from the dataset's parquet shards wherever the run folder is."""
-    rows = []
-    for rel in store.walk("dataset/data"):
-        if not rel.split("/")[-1].startswith("train-"):
-            continue
-        path, fs = store.files.arrow(rel)
-        table = pq.read_table(
-            path, filesystem=fs, columns=["source_image", "instruction", "edited_image"]
-        )
-        for src, text, edited in zip(
-            *(table.column(c).to_pylist() for c in table.column_names), strict=True
-        ):
-            rows.append(
-                (
-                    hashlib.sha256(src["bytes"]).hexdigest(),
-                    text,
-                    hashlib.sha256(edited["bytes"]).hexdigest(),
-                )
-            )
-    return sorted(rows)
 
 
 def test_files_on_s3_write_read_list_delete_and_pickle(s3):

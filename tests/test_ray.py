@@ -1,11 +1,14 @@
-"""The Ray engine on a local multi-node cluster (a head and two workers with logical
-GPUs): the engine contract (every batch of every link once, survivors forwarded on the
-workers, usage per batch), errors as themselves, windows pulled lazily; the tiny
-synthetic chain with ENGINE ray exports the rows of the local engine, also with a
-worker node removed mid-run, and after a SIGKILL of its driver and a rerun; the
-missing-Ray error."""
+"""The Ray engine on a local multi-node cluster (a head and a worker node, each with a
+logical GPU), one cluster for the module: the engine contract (every batch of every link
+once, survivors forwarded on the workers, usage per batch, API limits shared, placement
+by kind), errors as themselves, windows pulled lazily, nothing started for a chain with
+nothing to do; the tiny synthetic chain with ENGINE ray and its run folder on S3 (moto on
+127.0.0.1) exports the rows of the local engine after a SIGKILL of its driver and a rerun
+that loses the worker node; `nhr run` without a cluster named starts one for all its
+notebooks and stops it; the missing-Ray error."""
 
 import builtins
+import json
 import os
 import pickle
 import sys
@@ -219,10 +222,17 @@ def input_ids(dones: list[Done], link: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head (no GPU) and two worker nodes with one logical GPU each."""
+def cluster(request):
+    """A head and a worker node, one logical GPU each (CPUs are logical too: enough for
+    every operator's actors and tasks, the worker's lost included). moto's S3 server
+    (where it is installed) starts first: every node's processes inherit the AWS
+    environment."""
     from ray.cluster_utils import Cluster
 
+    try:
+        request.getfixturevalue("s3")
+    except pytest.skip.Exception:
+        pass  # no moto: the S3 test skips, the others run
     # the nodes' workers import this module (its stages) by name
     saved = os.environ.get("PYTHONPATH")
     here = str(Path(__file__).resolve().parent)
@@ -232,8 +242,8 @@ def cluster():
     for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
         c = Cluster()
         try:
-            c.add_node(num_cpus=2, include_dashboard=False)
-            workers = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+            c.add_node(num_cpus=4, num_gpus=1, include_dashboard=False)
+            workers = [c.add_node(num_cpus=2, num_gpus=1)]
             break
         except Exception:
             c.shutdown()
@@ -273,8 +283,11 @@ def test_every_batch_of_every_link_comes_once(cluster):
     places = {name.split(":")[1]: p for name, p in info["links"].items()}
     assert places["cubes"]["kind"] == "device" and places["cubes"]["num_gpus"] == 1.0
     assert places["cubes"]["actors"] == 2  # one per GPU of the cluster
-    assert places["verdicts"]["kind"] == "io" and places["squares"]["kind"] == "cpu"
-    assert info["cluster"]["resources"]["GPU"] == 2.0
+    assert places["verdicts"]["kind"] == "io" and places["verdicts"]["actors"] == 2
+    assert places["squares"]["kind"] == "cpu" and places["squares"]["num_cpus"] == 1.0
+    assert info["cluster"]["resources"]["GPU"] == 2.0 and info["cluster"]["nodes"] == 2
+    assert info["cluster"]["address"] == cluster[0].address
+    assert json.loads(json.dumps(info)) == info  # fit for a stage's stats
     engine.close()
     assert ray.is_initialized()  # a joined session stays open
 
@@ -287,7 +300,8 @@ def test_windows_pull_batches_lazily(cluster):
     first = next(stream)
     assert len(pulled) == 4  # the first window of 20 rows, nothing beyond it
     dones = [first, *stream]
-    assert engine.describe()["windows"] == 2
+    info = engine.describe()  # of this stream alone
+    assert info["windows"] == 2 and set(info["links"]) == {"0:squares", "1:plus_one"}
     for link in (0, 1):
         assert sorted(input_ids(dones, link)) == [j.prompt_id for j in jobs(40)]
 
@@ -298,6 +312,13 @@ def test_a_stage_error_comes_back_as_itself(cluster):
         list(engine.stream([Link(SquareStage(poison="p0007"), 4)], batches(20, 5)))
     assert "refused p0007" in str(err.value)
     assert any("in stage 'squares'" in note for note in err.value.__notes__)
+
+
+def test_a_chain_with_nothing_to_do_starts_nothing(monkeypatch):
+    engine = RayEngine(RaySettings(), progress=False)
+    monkeypatch.setattr(engine, "connect", lambda: pytest.fail("connected to Ray"))
+    assert list(engine.stream(chain(), iter([[], []]))) == []
+    assert engine.describe()["windows"] == 0
 
 
 def test_a_recomputed_batch_is_dropped_once_and_counted():
@@ -348,11 +369,21 @@ def test_rows_carry_items_and_dones():
 
 
 def tiny_ray() -> dict:
-    """The tiny chain's parameters, shards of a few rows (imported here, not at the top:
-    Ray workers import this module for its stages, and conftest imports the pipeline)."""
+    """The tiny chain's parameters, made smaller (on Ray a stage costs actor and task
+    start-ups more than rows), with shards of a few rows and one actor per API stage
+    (imported here, not at the top: Ray workers import this module for its stages, and
+    conftest imports the pipeline)."""
     from conftest import TINY
 
-    return {**TINY, "SHARD_ROWS": 16, "SHARD_FLUSH_SECONDS": 0.0}
+    return {
+        **TINY,
+        "N_PROMPTS": 3,
+        "N_SOURCE_SEEDS": 3,
+        "BATCH_SIZE": 4,
+        "SHARD_ROWS": 8,
+        "SHARD_FLUSH_SECONDS": 0.0,
+        "RAY_IO_ACTORS": 1,
+    }
 
 
 DRIVER = """
@@ -369,36 +400,16 @@ if __name__ == "__main__":
 """
 
 
-def exported(run_dir: Path) -> list[tuple[str, str, str]]:
-    """The exported rows as sorted (source, instruction, edited) hashes."""
-    import hashlib
-
-    import pyarrow.parquet as pq
-
-    rows = []
-    for shard in sorted((run_dir / "dataset" / "data").glob("train-*.parquet")):
-        t = pq.read_table(shard, columns=["source_image", "instruction", "edited_image"])
-        for src, text, edited in zip(
-            *(t.column(c).to_pylist() for c in t.column_names), strict=True
-        ):
-            rows.append(
-                (
-                    hashlib.sha256(src["bytes"]).hexdigest(),
-                    hashlib.sha256(text.encode()).hexdigest(),
-                    hashlib.sha256(edited["bytes"]).hexdigest(),
-                )
-            )
-    return sorted(rows)
-
-
-def mine(run_dir: Path, params: dict) -> Any:
+def mine(where: Path | str, params: dict) -> Any:
+    """The tiny chain up to ``select``, exported, its summary written."""
     from nhr.config import PipelineConfig
     from nhr.pipeline import Pipeline
 
-    pipe = Pipeline(run_dir, PipelineConfig.from_params(params), progress=False)
+    pipe = Pipeline(where, PipelineConfig.from_params(params), progress=False)
     try:
         pipe.run_chain("select")
         pipe.export()
+        pipe.write_summary()
     finally:
         pipe.close()
     return pipe
@@ -406,78 +417,143 @@ def mine(run_dir: Path, params: dict) -> Any:
 
 @pytest.fixture(scope="module")
 def local_rows(tmp_path_factory) -> list[tuple[str, str, str]]:
-    """The exported rows of the tiny chain on the local engine."""
-    run = tmp_path_factory.mktemp("local") / "run"
-    mine(run, {**tiny_ray(), "ENGINE": "local"})
-    rows = exported(run)
+    """The exported rows of the tiny chain on the local engine, in a local folder."""
+    from conftest import exported_rows
+
+    pipe = mine(tmp_path_factory.mktemp("local") / "run", {**tiny_ray(), "ENGINE": "local"})
+    rows = exported_rows(pipe.store)
     assert len(rows) >= 5
     return rows
 
 
-def test_a_sigkilled_driver_then_a_rerun_with_a_node_lost_gives_the_local_rows(
-    cluster, local_rows, tmp_path
+def committed(store: Any, table: str, ended: Any, seconds: float = 150.0) -> bool:
+    """Wait until ``table`` has a committed shard; False if ``ended()`` says the
+    writer is gone or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and ended() is None:
+        if any(n.endswith(".parquet") for n, _ in store.files.listdir(f"tables/{table}/ledger")):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path):
+    """`nhr run -p ENGINE ray` with no cluster named starts one local Ray cluster: every
+    notebook's kernel joins it (their stages' stats name its address and one node), and
+    it is stopped when the run ends, here by a failing notebook."""
+    import re
+    import socket
+    import subprocess
+
+    import nbformat
+    from conftest import NHR, ROOT
+
+    from nhr.store import RunStore
+
+    failing = tmp_path / "03_fails.ipynb"
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        }
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell('RUN_DIR = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('raise RuntimeError("stopped here")'),
+    ]
+    nbformat.write(nb, failing)
+    config = tmp_path / "two.yaml"
+    notebooks = [ROOT / "notebooks" / f"{n}.ipynb" for n in ("01_prompts", "02_sources")]
+    config.write_text(
+        "name: two\n"
+        f"notebooks: [{', '.join(str(p) for p in [*notebooks, failing])}]\n"
+        "params: {SEED: 0, PROMPTER: synthetic, T2I: synthetic, GATE_JUDGE: synthetic,\n"
+        "  N_PROMPTS: 2, K_INSTRUCTIONS: 2, N_SOURCE_SEEDS: 2, LONG_SIDE_MIN: 96,\n"
+        "  LONG_SIDE_MAX: 128, ENGINE: ray, RAY_IO_ACTORS: 1, RAY_LOCAL_CPUS: 2}\n"
+    )
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [*NHR, "run", str(config), "--run-dir", str(run), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "notebook 03_fails.ipynb failed: RuntimeError: stopped here" in proc.stderr
+    address = re.search(r"a local Ray cluster for this run: (\S+)", proc.stderr).group(1)
+    store = RunStore(run)
+    for table in ("prompts", "sources", "plausibility"):
+        cluster = store.read_stats(table)["engine"]["cluster"]
+        assert cluster["address"] == address and cluster["nodes"] == 1, table
+    host, port = address.rsplit(":", 1)
+    with pytest.raises(OSError):  # its head is gone
+        socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def test_on_s3_a_sigkilled_driver_then_a_rerun_losing_a_node_gives_the_local_rows(
+    s3, cluster, local_rows, tmp_path
 ):
-    """A driver joins the cluster through RAY_ADDRESS and is SIGKILLed once it has
-    committed sources; the rerun (ENGINE ray) loses a worker node while it makes
-    candidates (Ray retries that node's tasks elsewhere); the export has exactly the
-    local engine's rows, and the stats sum what every worker did."""
-    import json
+    """The run folder is on S3 (moto on 127.0.0.1; the nodes have its environment). A
+    driver joins the cluster through RAY_ADDRESS and is SIGKILLed once it has committed
+    sources; the rerun (ENGINE ray) loses the worker node while it makes candidates (Ray
+    retries that node's work on the head); the export has exactly the local engine's
+    rows, the stats sum what every worker did and record the engine, and nothing is
+    written to a local folder."""
     import signal
     import subprocess
 
+    from conftest import exported_rows
+    from fakes.s3 import url
+
+    from nhr.store import RunStore
+
     c, workers = cluster
-    run = tmp_path / "run"
+    where = url("ray")
+    store = RunStore(where)
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": c.address}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(run), repr(tiny_ray())],
+        [sys.executable, str(script), where, repr(tiny_ray())],
+        cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        assert wait_for_rows(run, "sources", proc.poll), proc.stderr.read().decode()[-3000:]
+        assert committed(store, "sources", proc.poll), proc.stderr.read().decode()[-3000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-    assert not (run / "dataset").exists()  # killed before the end
+    assert not store.exists("dataset")  # killed before the end
 
     removed = threading.Event()
 
     def remove_when_editing() -> None:
-        if wait_for_rows(run, "candidates", lambda: None):
-            c.remove_node(workers[1])
+        if committed(store, "candidates", lambda: None):
+            c.remove_node(workers.pop())  # the last test on the cluster: none comes back
             removed.set()
 
     killer = threading.Thread(target=remove_when_editing, daemon=True)
     killer.start()
     try:
-        pipe = mine(run, {**tiny_ray(), "ENGINE": "ray"})
+        pipe = mine(where, {**tiny_ray(), "ENGINE": "ray"})
     finally:
         killer.join(timeout=130)
-        workers[1] = c.add_node(num_cpus=2, num_gpus=1)
     assert removed.is_set()
-    assert exported(run) == local_rows
-    stats = json.loads((run / "stats" / "candidates.json").read_text())
+    assert exported_rows(store) == local_rows
+    stats = store.read_stats("candidates")
     assert stats["rows_out"] == pipe.table("candidates").num_rows > 0
     assert stats["processed_rows"] + stats["resumed_rows"] == stats["rows_in"]
-
-
-def wait_for_rows(run: Path, table: str, ended: Any, seconds: float = 150.0) -> bool:
-    """Wait until ``table`` has a committed shard; False if ``ended()`` says the
-    writer is gone or time runs out."""
-    folder = run / "tables" / table / "ledger"
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and ended() is None:
-        if any(folder.glob("*.parquet")):
-            return True
-        time.sleep(0.02)
-    return False
+    engine = stats["engine"]  # how the chain that made them ran
+    assert engine["name"] == "ray" and engine["windows"] >= 1
+    assert engine["duplicates_dropped"] >= 0 and engine["settings"]["io_actors"] == 1
+    assert any(name.endswith(":candidates") for name in engine["links"])
+    assert all(p["kind"] in ("cpu", "io", "device") for p in engine["links"].values())
+    summary = store.read_json("summary.json")
+    assert summary["stages"]["candidates"]["engine"] == "ray"
+    assert [p.name for p in tmp_path.iterdir()] == ["driver.py"]
 
 
 def test_a_remote_client_pickles_and_shares_its_limits(tmp_path):

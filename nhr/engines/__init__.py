@@ -6,6 +6,8 @@ The runner owns the ledger, resume, stats and progress; an engine only computes.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,3 +45,17 @@ def engine_from_config(cfg: PipelineConfig, progress: bool = True) -> Engine | N
 
     import_ray()
     return RayEngine(ray_settings(cfg), progress)
+
+
+def run_cluster(cfg: PipelineConfig) -> contextlib.AbstractContextManager[str | None]:
+    """What ``nhr run`` holds around its notebooks: with ``ENGINE ray`` and no cluster
+    named (``RAY_ADDRESS`` empty, no such variable), one local Ray cluster that every
+    notebook's kernel joins (``nhr.engines.ray.local_cluster``; its address is the
+    value); otherwise nothing (None): a named cluster is joined by each kernel."""
+    e = cfg.engine
+    if e.engine != "ray" or e.ray_address or os.environ.get("RAY_ADDRESS"):
+        return contextlib.nullcontext(None)
+    from nhr.engines.ray import import_ray, local_cluster
+
+    import_ray()
+    return local_cluster(e.ray_local_cpus)

@@ -267,6 +267,47 @@ def _quiet(ray: Any) -> Any:
     return ray
 
 
+QUIET_INIT = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+
+
+def start_local(ray: Any, cpus: int = 0) -> None:
+    """Start a local Ray cluster (``cpus`` logical CPUs, 0: the machine's cores) with this
+    process as its driver, trying again when a busy machine misses Ray's start-up time."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for attempt in range(LOCAL_STARTS):
+        try:
+            ray.init(address="local", num_cpus=cpus or None, **QUIET_INIT)
+            return
+        except Exception as err:  # Ray waits a fixed 30 s for its raylet
+            ray.shutdown()
+            if attempt == LOCAL_STARTS - 1 or "timed out during startup" not in str(err):
+                raise
+            log.warning("a local Ray cluster missed its start-up time; starting again")
+
+
+@contextlib.contextmanager
+def local_cluster(cpus: int = 0) -> Iterator[str]:
+    """A local Ray cluster for the processes this one starts (``nhr run``'s notebook
+    kernels): started here, its address exported as ``RAY_ADDRESS`` so every kernel
+    joins it rather than starting a cluster of its own, shut down on the way out
+    (errors included; Ray's processes also end with this one if it is killed)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        raise RuntimeError("this process is connected to a Ray cluster already")
+    start_local(ray, cpus)
+    saved = os.environ.get("RAY_ADDRESS")
+    try:
+        address = ray.get_runtime_context().gcs_address
+        os.environ["RAY_ADDRESS"] = address
+        yield address
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = saved
+        ray.shutdown()
+
+
 class RayEngine(Engine):
     """Runs chains on a Ray cluster (joined, or started locally on first use)."""
 
@@ -286,22 +327,12 @@ class RayEngine(Engine):
         ray = import_ray()
         if ray.is_initialized():
             return _quiet(ray)
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = self.settings.address or os.environ.get("RAY_ADDRESS", "")
-        common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
         if address:
-            ray.init(address=address, **common)
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(address=address, **QUIET_INIT)
         else:
-            cpus = self.settings.local_cpus or None
-            for attempt in range(LOCAL_STARTS):
-                try:
-                    ray.init(address="local", num_cpus=cpus, **common)
-                    break
-                except Exception as err:  # Ray waits a fixed 30 s for its raylet
-                    ray.shutdown()
-                    if attempt == LOCAL_STARTS - 1 or "timed out during startup" not in str(err):
-                        raise
-                    log.warning("a local Ray cluster missed its start-up time; starting again")
+            start_local(ray, self.settings.local_cpus)
         self._started = True
         return _quiet(ray)
 
