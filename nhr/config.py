@@ -421,6 +421,13 @@ class SearchBlock(Block):
         "as in the grid, or the EDIT_GUIDANCE value with the best pass rate so far (best)",
         choices=("drawn", "best"),
     )
+    search_guidance_share: float = _f(
+        0.5,
+        "adaptive, best: the share of the first round's jobs (the first by priority) whose "
+        "pass rates choose the guidance; the editor need not wait for the rest",
+        0.01,
+        1.0,
+    )
 
 
 class FiltersBlock(Block):

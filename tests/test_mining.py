@@ -16,7 +16,16 @@ import pyarrow as pa
 import pytest
 from scipy.stats import chisquare
 
-from nhr.mining import HOPELESS, OPEN, PASSED, Evidence, Groups, SearchRule, best_guidance
+from nhr.mining import (
+    HOPELESS,
+    OPEN,
+    PASSED,
+    Evidence,
+    Groups,
+    MiningLoop,
+    SearchRule,
+    best_guidance,
+)
 from nhr.pipeline import Pipeline
 from nhr.stages.edits import EditStage
 from nhr.store import RunStore
@@ -204,6 +213,50 @@ def test_round_jobs_are_the_grid_jobs_and_a_cap_draws_uniformly_from_open_work()
     assert {
         r["guidance"] for t in full.part((1, 3), open_groups, 0, guided) for r in t.to_pylist()
     } == {9.0}
+
+
+def test_group_jobs_are_the_jobs_of_a_part_for_those_groups():
+    full = _plan(300)
+    rng = np.random.default_rng(3)
+    chosen = np.flatnonzero(rng.random(full.groups) < 0.3)
+    mask = np.zeros(full.groups, dtype=bool)
+    mask[chosen] = True
+    for seeds in ((0, 1), (1, 3)):
+        part = pa.concat_tables(list(full.part(seeds, mask)))
+        direct = full.group_jobs(chosen, seeds)
+        assert direct.to_pylist() == part.to_pylist()  # same jobs, same priority order
+    guided = full.group_jobs(chosen[:5], (2, 3), 7.0)
+    assert set(guided.column("guidance").to_pylist()) == {7.0} and guided.num_rows == 5
+    assert full.group_jobs(chosen[:0], (0, 1)).num_rows == 0
+
+
+def test_the_streamed_search_makes_the_rows_of_the_round_by_round_one(gated, tmp_path):
+    """One chain (each group's next round as soon as it is judged) and one chain per
+    round decide from the same verdicts: the same jobs, candidates and verdicts."""
+    params = {
+        "SEARCH": "adaptive",
+        "SEARCH_GUIDANCE": "best",
+        "SEARCH_HOPELESS_AFTER": 2,
+        "SEARCH_HOPELESS_BELOW": 3.0,
+    }
+    streamed = _mine(gated, tmp_path / "streamed", **params)
+    by_round = tmp_path / "by-round"
+    shutil.copytree(gated, by_round)
+    pipe = Pipeline.open(by_round, {**SMALL, **params}, progress=False)
+    loop = MiningLoop(
+        pipe.runner,
+        pipe.tables,
+        pipe.edit_jobs(),
+        pipe.mining_links(),
+        SearchRule.from_config(pipe.cfg),
+    )
+    loop._rounds()
+    for table in TABLES:
+        assert _rows(tmp_path / "streamed", table) == _rows(by_round, table), table
+    one, other = streamed.mining(), pipe.mining()
+    assert one["rounds"] == other["rounds"] and one["groups_by_state"] == other["groups_by_state"]
+    assert one["rounds"][1]["guidance"] in (2.5, 3.5)
+    assert len(one["rounds"]) > 1
 
 
 def test_a_cap_stops_the_loop_with_the_open_work_drawn(gated, tmp_path):

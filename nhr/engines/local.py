@@ -8,6 +8,9 @@ its ``batch_size`` (or its ``batcher``'s calls). A partial batch goes out when t
 would otherwise sit idle, or once everything upstream of it is finished, so no row is
 held back for ever.
 
+Link 0's inputs may pause (an empty batch: nothing more right now); the engine asks
+again after the next batch finishes, so inputs can depend on what finished.
+
 Back-pressure: more of link 0's inputs are pulled only while every downstream queue
 holds fewer than ``queue_batches`` batches per slot of its link, so memory stays
 bounded and a slow judge slows the editor down, while the editor never waits as long
@@ -141,8 +144,13 @@ class LocalEngine(Engine):
                 if batch is None:
                     exhausted = True
                     break
-                if not batch:
-                    continue
+                if not batch:  # link 0's inputs paused: more once a batch finishes
+                    if not futures:
+                        raise RuntimeError(
+                            f"the inputs of {links[0].stage.name} paused with no batch in "
+                            "flight: nothing could ever resume them"
+                        )
+                    break
                 futures[pools[0].submit(batch)] = (0, seq)
                 seq += 1
                 in_flight[0] += 1
