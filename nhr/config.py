@@ -422,9 +422,10 @@ class SearchBlock(Block):
         choices=("drawn", "best"),
     )
     search_guidance_share: float = _f(
-        0.5,
+        1.0,
         "adaptive, best: the share of the first round's jobs (the first by priority) whose "
-        "pass rates choose the guidance; the editor need not wait for the rest",
+        "pass rates choose the guidance of the later rounds; below 1 the later rounds need "
+        "not wait for the rest of the first to be judged, on less evidence",
         0.01,
         1.0,
     )

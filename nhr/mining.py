@@ -56,7 +56,7 @@ class SearchRule:
     hopeless_below: float = 2.0
     guidance: str = "drawn"
     guidances: tuple[float, ...] = (2.5,)
-    guidance_share: float = 0.5
+    guidance_share: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> SearchRule:
@@ -388,9 +388,12 @@ class SeedFeed:
         self.ready: list[int] = []  # groups whose next round is to be issued
         self.waiting: list[int] = []  # groups whose next round waits for the guidance
         self.guidance: float | None = None
-        self.calibration_left = 0
-        self.tried = {g: 0 for g in rule.guidances}
-        self.passed = {g: 0 for g in rule.guidances}
+        # the calibration jobs (the first of the first round): not yet issued, and per
+        # guidance value decided, passed and undecided
+        self.unissued = 0
+        self.tried = {float(g): 0 for g in rule.guidances}
+        self.passed = {float(g): 0 for g in rule.guidances}
+        self.undecided = {float(g): 0 for g in rule.guidances}
         self.stats = [
             {
                 "round": r,
@@ -411,8 +414,7 @@ class SeedFeed:
         lo, hi = self.bounds[0]
         first = self.plan.part((lo, hi))
         total = len(first)
-        self.calibration_left = self.rule.calibration_jobs(total)
-        calibration = self.calibration_left
+        calibration = self.unissued = self.rule.calibration_jobs(total)
         self.pending[:] = hi - lo
         self.stats[0]["groups_open"] = self.plan.groups if total else 0
         issued = 0
@@ -463,6 +465,9 @@ class SeedFeed:
         rounds = self.round[groups] if r is None else np.full(len(groups), r)
         for k in np.unique(rounds):
             self.stats[int(k)]["jobs"] += int((rounds == k).sum())
+        for value in guidance[calibration]:
+            self.undecided[float(value)] += 1
+        self.unissued -= int(calibration.sum())
         at = positions(ids, self.decided.ids)
         for i, cid in enumerate(ids.to_pylist()):
             self.inflight[cid] = (
@@ -475,6 +480,35 @@ class SeedFeed:
                 self._decide(
                     cid, True, bool(self.decided.passed[at[i]]), float(self.decided.score[at[i]])
                 )
+
+    def _choose_guidance(self) -> None:
+        """Fix the later rounds' guidance as soon as the calibration jobs still open
+        cannot change it: the value whose smoothed pass rate, were all its open jobs to
+        fail, still beats every other's were all of theirs to pass (jobs not yet issued
+        counted against it and for each other). The choice is the one all the
+        calibration verdicts give; it just comes before the last of them."""
+        if self.guidance is not None or not self.rule.chooses_guidance:
+            return
+        gs = [float(g) for g in self.rule.guidances]
+        x = self.unissued
+        for i, lead in enumerate(gs):
+            lo_num = self.passed[lead] + 1
+            lo_den = self.tried[lead] + self.undecided[lead] + x + 2
+            certain = True
+            for k, other in enumerate(gs):
+                if k == i:
+                    continue
+                hi_num = self.passed[other] + self.undecided[other] + x + 1
+                hi_den = self.tried[other] + self.undecided[other] + x + 2
+                left, right = lo_num * hi_den, hi_num * lo_den  # lo/lo_den vs hi/hi_den
+                if left < right or (left == right and k < i):
+                    certain = False
+                    break
+            if certain:
+                self.guidance = lead
+                self.ready.extend(self.waiting)
+                self.waiting = []
+                return
 
     # ---- the observer ----------------------------------------------------------------
     def observe(self, done: Done) -> None:
@@ -508,16 +542,10 @@ class SeedFeed:
             self.best[g] = max(self.best[g], score)
         self.passes[g] += int(passed)
         if calibration:
-            self.tried[guidance] = self.tried.get(guidance, 0) + 1
-            self.passed[guidance] = self.passed.get(guidance, 0) + int(passed)
-            self.calibration_left -= 1
-            if not self.calibration_left:
-                gs = list(self.rule.guidances)
-                self.guidance = smoothed_best(
-                    gs, [self.tried[x] for x in gs], [self.passed[x] for x in gs]
-                )
-                self.ready.extend(self.waiting)
-                self.waiting = []
+            self.tried[guidance] += 1
+            self.passed[guidance] += int(passed)
+            self.undecided[guidance] -= 1
+            self._choose_guidance()
         self.pending[g] -= 1
         if self.pending[g]:
             return

@@ -10,12 +10,13 @@ can stream through. An iterable may yield ``PAUSE``: it has nothing more right n
 more comes once batches in flight finish (inputs that depend on results, such as an
 adaptive search's next seeds, seen through ``run_chain``'s ``observe``). The runner
 skips input keys the table's ledger already covers, so a rerun after a crash repeats
-nothing and loses nothing; it builds records only for ``process_batch``, and buffers outputs into shards of many rows (a shard closes by rows,
-bytes or seconds; each is committed by a ledger entry with the keys it covers, the
-seconds it took and the API usage). An engine computes the batches (by default the
-``LocalEngine``: worker processes for CPU-bound stages, threads for API-bound ones, up
-to ``workers`` batches at once per stage, 0: one per core); the runner alone writes
-shards, and drops a batch whose input keys it already committed (a retried task).
+nothing and loses nothing; it builds records only for ``process_batch``, and buffers
+outputs into shards of many rows (a shard closes by rows, bytes or seconds; each is
+committed by a ledger entry with the keys it covers, the seconds it took and the API
+usage). An engine computes the batches (by default the ``LocalEngine``: worker
+processes for CPU-bound stages, threads for API-bound ones, up to ``workers`` batches at
+once per stage, 0: one per core); the runner alone writes shards, and drops a batch
+whose input keys it already committed (a retried task).
 
 In a chain, a batch is committed only once every row it forwarded is committed
 downstream, so after a SIGKILL anywhere the rerun redoes exactly the batches whose work

@@ -20,11 +20,14 @@ from nhr.mining import (
     HOPELESS,
     OPEN,
     PASSED,
+    Decisions,
     Evidence,
     Groups,
     MiningLoop,
     SearchRule,
+    SeedFeed,
     best_guidance,
+    smoothed_best,
 )
 from nhr.pipeline import Pipeline
 from nhr.stages.edits import EditStage
@@ -324,3 +327,37 @@ def test_sigkill_mid_loop_then_rerun_gives_the_uninterrupted_tables(gated, clean
         assert _rows(killed, table) == _rows(clean, table), table
     rounds = RunStore(killed).read_stats("mining")["rounds"]
     assert rounds == RunStore(clean).read_stats("mining")["rounds"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_guidance_is_fixed_early_only_when_the_rest_cannot_change_it(seed):
+    """The feed fixes the later rounds' guidance before the last calibration verdict
+    only where no outcome of the rest could change the choice: it always equals the
+    choice made from every verdict."""
+    plan = _plan(30)
+    rule = SearchRule(
+        search="adaptive", m_seeds=plan.m_seeds, guidance="best", guidances=plan.guidances
+    )
+    no_verdicts = Decisions(pa.array([], pa.string()), np.zeros(0, bool), np.zeros(0))
+    feed = SeedFeed(plan, rule, [], no_verdicts)
+    first = next(iter(feed))  # the first round, in one chunk
+    rng = np.random.default_rng(seed)
+    rate = {2.5: rng.uniform(0.1, 0.5), 3.5: rng.uniform(0.1, 0.5)}
+    guidance = first.column("guidance").to_pylist()
+    outcomes = [bool(rng.random() < rate[g]) for g in guidance]
+    fixed_at = None
+    for k, (cid, ok) in enumerate(
+        zip(first.column("candidate_id").to_pylist(), outcomes, strict=True)
+    ):
+        feed._decide(cid, True, ok, 5.0 if ok else 1.0)
+        if feed.guidance is not None and fixed_at is None:
+            fixed_at = k
+    tried = [guidance.count(g) for g in rule.guidances]
+    passed = [
+        sum(ok for g2, ok in zip(guidance, outcomes, strict=True) if g2 == g)
+        for g in rule.guidances
+    ]
+    assert feed.guidance == smoothed_best(rule.guidances, tried, passed)
+    assert fixed_at is not None
+    if abs(rate[2.5] - rate[3.5]) > 0.25:
+        assert fixed_at < len(outcomes) - 1  # a clear winner is known before the end

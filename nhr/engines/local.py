@@ -124,14 +124,16 @@ class LocalEngine(Engine):
         in_flight = [0] * n
         futures: dict[Future[BatchDone], tuple[int, int]] = {}
         seq = 0
-        exhausted = False
+        exhausted = paused = False
         while True:
             for i in range(n - 1, 0, -1):
                 upstream_done = (
                     exhausted and not any(in_flight[:i]) and not any(len(q) for q in queues[1:i])
                 )
                 while in_flight[i] < pools[i].slots:
-                    call = queues[i].take(partial=in_flight[i] == 0 or upstream_done)
+                    # while link 0 waits on results, a row held back for a fuller batch
+                    # delays them
+                    call = queues[i].take(partial=in_flight[i] == 0 or upstream_done or paused)
                     if call is None:
                         break
                     futures[pools[i].submit(call)] = (i, seq)
@@ -150,7 +152,9 @@ class LocalEngine(Engine):
                             f"the inputs of {links[0].stage.name} paused with no batch in "
                             "flight: nothing could ever resume them"
                         )
+                    paused = True
                     break
+                paused = False
                 futures[pools[0].submit(batch)] = (0, seq)
                 seq += 1
                 in_flight[0] += 1
