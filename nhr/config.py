@@ -418,7 +418,8 @@ class SearchBlock(Block):
     search_guidance: str = _f(
         "drawn",
         "adaptive: guidance of the rounds after the first: drawn per job from EDIT_GUIDANCE "
-        "as in the grid, or the EDIT_GUIDANCE value with the best pass rate so far (best)",
+        "as in the grid, or the EDIT_GUIDANCE value that passed most often among the first "
+        "round's jobs (best; see SEARCH_GUIDANCE_SHARE)",
         choices=("drawn", "best"),
     )
     search_guidance_share: float = _f(

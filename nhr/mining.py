@@ -6,16 +6,22 @@ With ``SEARCH grid`` (the paper) there is one round holding every seed of every 
 group gets ``SEARCH_FIRST_SEEDS`` seeds, then ``SEARCH_ROUND_SEEDS`` more per round up to
 ``M_EDIT_SEEDS``, and closes once ``SEARCH_PASSES`` of its candidates passed the hard
 validator, or as hopeless once ``SEARCH_HOPELESS_AFTER`` of them scored and every score is
-below ``SEARCH_HOPELESS_BELOW``. A round is one chain (editor → enabled filters →
-validator) over the round's jobs of every open group; its jobs are the grid's jobs (same
-id, seed and steps), drawn in the grid's priority order, so a job cap takes a uniform
-sample of the work still open.
+below ``SEARCH_HOPELESS_BELOW``. With ``SEARCH_GUIDANCE best`` the later rounds run at the
+guidance that passed most often among the first ``SEARCH_GUIDANCE_SHARE`` of the first
+round's jobs. A group's jobs are the grid's jobs (same id, seed and steps).
 
-Every decision reads only committed verdicts of earlier rounds, and a round's jobs are a
-function of those, so a run killed anywhere and rerun makes the rows of an uninterrupted
-run (without an editor budget in seconds, where timing decides what fits, as in the
-grid). The loop calls only ``runner.run_chain`` / ``runner.run`` and reads tables: it
-runs on any engine.
+Without a job cap the search is one streamed chain (``SeedFeed``): the first round's
+jobs in the grid's priority order, then each group's next round as soon as its own
+candidates are judged, so the editor keeps generating while the judges score and no
+round waits for the slowest group. With ``MAX_EDIT_JOBS`` it runs one chain per round,
+each round's jobs drawn in priority order from the groups still open, so the cap takes
+a uniform sample of the open work. Both decide from the same verdicts by the same rule
+and make the same rows.
+
+Every decision reads verdicts only (committed ones, on a rerun), never timing, so a run
+killed anywhere and rerun makes the rows of an uninterrupted run (without an editor
+budget in seconds, where timing decides what fits, as in the grid). The loop calls only
+``runner.run_chain`` / ``runner.run`` and reads tables: it runs on any engine.
 """
 
 from __future__ import annotations
