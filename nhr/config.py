@@ -478,6 +478,13 @@ class SyntheticBlock(Block):
     synthetic_implausible_rate: float = _f(
         0.4, "synthetic renderer: share of renders that are implausible", 0.0, 1.0
     )
+    synthetic_hard_share: float = _f(
+        0.0,
+        "synthetic editor: share of (source, instruction) pairs it cannot do (every seed "
+        "fails, mostly by changing nothing), as real editors have; 0: seeds independent",
+        0.0,
+        1.0,
+    )
     synthetic_gpu_seconds: float = _f(
         0.0,
         "synthetic editor: simulated GPU seconds per image, slept per call (0: a plain CPU "
