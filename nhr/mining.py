@@ -10,11 +10,12 @@ below ``SEARCH_HOPELESS_BELOW``. With ``SEARCH_GUIDANCE best`` the later rounds 
 guidance that passed most often among the first ``SEARCH_GUIDANCE_SHARE`` of the first
 round's jobs. A group's jobs are the grid's jobs (same id, seed and steps).
 
-Without a job cap the search is one streamed chain (``SeedFeed``): the first round's
-jobs in the grid's priority order, then each group's next round as soon as its own
-candidates are judged, so the editor keeps generating while the judges score and no
-round waits for the slowest group. With ``MAX_EDIT_JOBS`` it runs one chain per round,
-each round's jobs drawn in priority order from the groups still open, so the cap takes
+Without a job cap or an editor budget the search is one streamed chain (``SeedFeed``):
+the first round's jobs in the grid's priority order, then each group's next round as
+soon as its own candidates are judged, so the editor keeps generating while the judges
+score and no round waits for the slowest group. With ``MAX_EDIT_JOBS`` or
+``EDIT_BUDGET_SECONDS`` it runs one chain per round, each round's jobs drawn in priority
+order from the groups still open, so wherever the cap or the budget binds it has taken
 a uniform sample of the open work. Both decide from the same verdicts by the same rule
 and make the same rows.
 
@@ -608,8 +609,10 @@ class MiningLoop:
 
     def run(self) -> MiningResult:
         """Every round until no group is open, the cap is spent or the budget is: one
-        streamed chain (adaptive without a job cap), or one chain per round."""
-        if self.rule.adaptive and not self.plan.max_jobs:
+        streamed chain (adaptive without a job cap or an editor budget), or one chain per
+        round (where a cap or a budget may bind, each round's jobs are drawn uniformly
+        from the work still open)."""
+        if self.rule.adaptive and not self.plan.max_jobs and not self.budget_seconds:
             return self._stream()
         return self._rounds()
 
