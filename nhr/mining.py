@@ -616,15 +616,19 @@ class MiningLoop:
             return self._stream()
         return self._rounds()
 
+    def _wall_before(self) -> float:
+        """The mining wall seconds an earlier run of this rule recorded (0 for none)."""
+        before = self.tables.store.read_stats(STATS) or {}
+        if before.get("rule") != self.rule.describe():
+            return 0.0
+        return float(before.get("wall_seconds", 0.0))
+
     def _stream(self) -> MiningResult:
         """The search as one chain: a group's next round starts as soon as its own
         candidates are judged (``SeedFeed``)."""
         store = self.tables.store
         started = self.clock()
-        before = store.read_stats(STATS) or {}
-        if before.get("rule") != self.rule.describe():
-            before = {}
-        wall_before = float(before.get("wall_seconds", 0.0))
+        wall_before = self._wall_before()
         worked = self._catch_up(None)
         feed = SeedFeed(self.plan, self.rule, self.links, committed_decisions(self.tables))
         extra = {**self.extra_stats, "search": self.rule.search}
@@ -648,10 +652,7 @@ class MiningLoop:
         still open after the rounds before it."""
         store = self.tables.store
         started = self.clock()
-        before = store.read_stats(STATS) or {}
-        if before.get("rule") != self.rule.describe():
-            before = {}
-        wall_before = float(before.get("wall_seconds", 0.0))
+        wall_before = self._wall_before()
         n_groups = self.plan.groups
         open_now = np.ones(n_groups, dtype=bool)
         left = self.plan.max_jobs
