@@ -138,7 +138,7 @@ def prepare_tiny_models(config: RunConfig) -> list[Path]:
     return [written[n] for n in missing]
 
 
-def push(run_dir: Path, repo_id: str, private: bool, webdataset: bool) -> int:
+def push(run_dir: str, repo_id: str, private: bool, webdataset: bool) -> int:
     """Upload a run's exported dataset to the Hugging Face hub; prints its URL."""
     from nhr.push import push_dataset
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p_tiny.add_argument("folder", type=Path)
     p_tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p_push = sub.add_parser("push", help="upload a run's dataset/ to the Hugging Face hub")
-    p_push.add_argument("run_dir", type=Path)
+    p_push.add_argument("run_dir", help="a run folder or an object-store URL (s3://bucket/run)")
     p_push.add_argument("repo_id", help="the dataset repository, owner/name")
     p_push.add_argument("--public", action="store_true", help="make a new repository public")
     p_push.add_argument(

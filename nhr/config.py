@@ -418,8 +418,17 @@ class SearchBlock(Block):
     search_guidance: str = _f(
         "drawn",
         "adaptive: guidance of the rounds after the first: drawn per job from EDIT_GUIDANCE "
-        "as in the grid, or the EDIT_GUIDANCE value with the best pass rate so far (best)",
+        "as in the grid, or the EDIT_GUIDANCE value that passed most often among the first "
+        "round's jobs (best; see SEARCH_GUIDANCE_SHARE)",
         choices=("drawn", "best"),
+    )
+    search_guidance_share: float = _f(
+        1.0,
+        "adaptive, best: the share of the first round's jobs (the first by priority) whose "
+        "pass rates choose the guidance of the later rounds; below 1 the later rounds need "
+        "not wait for the rest of the first to be judged, on less evidence",
+        0.01,
+        1.0,
     )
 
 
@@ -468,6 +477,13 @@ class SyntheticBlock(Block):
     )
     synthetic_implausible_rate: float = _f(
         0.4, "synthetic renderer: share of renders that are implausible", 0.0, 1.0
+    )
+    synthetic_hard_share: float = _f(
+        0.0,
+        "synthetic editor: share of (source, instruction) pairs it cannot do (every seed "
+        "fails, mostly by changing nothing), as real editors have; 0: seeds independent",
+        0.0,
+        1.0,
     )
     synthetic_gpu_seconds: float = _f(
         0.0,

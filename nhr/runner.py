@@ -6,14 +6,17 @@ as its batches finish, and every stage writes its own table and stats as ``run``
 
 Inputs come as a list of records, an Arrow table of the stage's input type, or an
 iterable of chunks (each a list of records or a table), so a plan far larger than memory
-can stream through. The runner skips input keys the table's ledger already covers, so a
-rerun after a crash repeats nothing and loses nothing; it builds records only for
-``process_batch``, and buffers outputs into shards of many rows (a shard closes by rows,
-bytes or seconds; each is committed by a ledger entry with the keys it covers, the
-seconds it took and the API usage). An engine computes the batches (by default the
-``LocalEngine``: worker processes for CPU-bound stages, threads for API-bound ones, up
-to ``workers`` batches at once per stage, 0: one per core); the runner alone writes
-shards, and drops a batch whose input keys it already committed (a retried task).
+can stream through. An iterable may yield ``PAUSE``: it has nothing more right now, and
+more comes once batches in flight finish (inputs that depend on results, such as an
+adaptive search's next seeds, seen through ``run_chain``'s ``observe``). The runner
+skips input keys the table's ledger already covers, so a rerun after a crash repeats
+nothing and loses nothing; it builds records only for ``process_batch``, and buffers
+outputs into shards of many rows (a shard closes by rows, bytes or seconds; each is
+committed by a ledger entry with the keys it covers, the seconds it took and the API
+usage). An engine computes the batches (by default the ``LocalEngine``: worker
+processes for CPU-bound stages, threads for API-bound ones, up to ``workers`` batches at
+once per stage, 0: one per core); the runner alone writes shards, and drops a batch
+whose input keys it already committed (a retried task).
 
 In a chain, a batch is committed only once every row it forwarded is committed
 downstream, so after a SIGKILL anywhere the rerun redoes exactly the batches whose work
@@ -28,7 +31,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,9 +53,20 @@ PARENT_ENV = "NHR_RUN_PID"
 WRITER_LOCK = ".nhr-writer.lock"
 GROUP_ROWS = 4096  # pending rows turned into records at once
 
+
+class _Pause:
+    """The type of ``PAUSE``."""
+
+    def __repr__(self) -> str:
+        return "PAUSE"
+
+
+# yielded by an input iterable: nothing more now; ask again once a batch in flight ends
+PAUSE = _Pause()
+
 # what a runner accepts as a stage's input
 Chunk = list[Record] | pa.Table
-Inputs = list[Record] | pa.Table | Iterable[Chunk]
+Inputs = list[Record] | pa.Table | Iterable[Chunk | _Pause]
 
 
 @dataclass
@@ -161,8 +175,9 @@ class _Batch:
         return self.chunk_fps[self.group.idx[self.start : self.stop]]
 
 
-def _chunks(inputs: Inputs) -> Iterator[Chunk]:
-    """The inputs as chunks (a list of records or a table is one chunk)."""
+def _chunks(inputs: Inputs) -> Iterator[Chunk | _Pause]:
+    """The inputs as chunks (a list of records or a table is one chunk), and the
+    ``PAUSE``s of an iterable."""
     if isinstance(inputs, pa.Table | list):
         yield inputs
         return
@@ -293,12 +308,14 @@ class _ChainRun:
         inputs: Inputs,
         budget_seconds: float,
         extra_stats: Sequence[dict[str, Any] | None],
+        observe: Callable[[Done], None] | None = None,
     ) -> None:
         self.runner = runner
         self.links = list(links)
         self.inputs = inputs
         self.budget = budget_seconds
         self.extra = extra_stats
+        self.observe = observe
         self.states: list[_LinkRun] = []
         # link 0's batches in flight, by the id of the list fed to the engine
         self.fed: dict[int, _Batch] | None = {}
@@ -352,29 +369,48 @@ class _ChainRun:
 
     def _feed(self) -> Iterator[list[Record]]:
         """Link 0's pending inputs as calls (its batcher's, or slices of its batch
-        size); once its budget is spent, the rest is read (to count it), not fed."""
+        size), and an empty call for each ``PAUSE`` of the inputs (a batcher sees the
+        inputs between two pauses as a whole); once link 0's budget is spent, the rest
+        is read (to count it), not fed."""
         state = self.states[0]
         link = self.links[0]
         cls = link.stage.input_type
         pending = self.runner._pending(
             link.stage, self.inputs, state.done, state.counts, state.bar, link.batch_size
         )
-        if link.batcher is None:
-            calls: Iterator[list[Record]] = (self._fed_call(b.build(cls)) for b in pending)
-        else:
-            records = (r for b in pending for r in b.build(cls).records)
-            calls = iter(link.batcher(records, link.batch_size))
-        for call in calls:
-            if self.budget and state.spent >= self.budget:
-                for _ in pending:  # count the rest, feed none
-                    pass
-                return
-            if not parent_alive():
-                raise RunFolderError(
-                    "the `nhr run` that started this kernel is gone",
-                    "rerun `nhr run`; it resumes where this stopped",
+        paused = False
+
+        def segment() -> Iterator[Record]:
+            nonlocal paused
+            for b in pending:
+                if b is None:
+                    paused = True
+                    return
+                yield from b.build(cls).records
+
+        while True:
+            paused = False
+            if link.batcher is None:
+                calls: Iterator[list[Record]] = (
+                    self._fed_call(b.build(cls)) if b is not None else [] for b in pending
                 )
-            yield call
+            else:
+                calls = iter(link.batcher(segment(), link.batch_size))
+            for call in calls:
+                if self.budget and state.spent >= self.budget:
+                    for b in pending:  # count the rest (up to a pause), feed none
+                        if b is None:
+                            break
+                    return
+                if not parent_alive():
+                    raise RunFolderError(
+                        "the `nhr run` that started this kernel is gone",
+                        "rerun `nhr run`; it resumes where this stopped",
+                    )
+                yield call
+            if not paused:
+                return
+            yield []  # the inputs paused: the engine asks again once a batch finishes
 
     def _fed_call(self, batch: _Batch) -> list[Record]:
         """A batch's records, remembered with its keys (while an engine hands back the
@@ -415,6 +451,8 @@ class _ChainRun:
             )
         Runner._check(state.stage, done.outputs)
         state.taken.add(fps)
+        if self.observe is not None:
+            self.observe(done)
         keys = None
         if i:  # only a link that has an upstream tracks keys one by one
             keys = key_array.to_pylist()
@@ -603,6 +641,7 @@ class Runner:
         inputs: Inputs,
         budget_seconds: float = 0.0,
         extra_stats: Sequence[dict[str, Any] | None] | None = None,
+        observe: Callable[[Done], None] | None = None,
     ) -> list[StageResult]:
         """Run a chain of stages, streamed: ``inputs`` (as for ``run``) feed link 0, and
         each link's forwarded rows feed the next as its batches finish. Every stage
@@ -611,7 +650,10 @@ class Runner:
 
         ``budget_seconds`` > 0 stops feeding link 0 once its recorded seconds reach it;
         the links after it still finish what they were given. ``extra_stats`` holds one
-        dict (or None) per link, added to its stats. Returns one result per link.
+        dict (or None) per link, added to its stats. ``observe``, when given, sees every
+        batch the runner accepts (of any link, before it is committed), in the order the
+        engine yields them, so inputs that ``PAUSE`` can depend on results. Returns one
+        result per link.
         """
         if not links:
             raise ValueError("a chain needs at least one link")
@@ -623,7 +665,7 @@ class Runner:
             raise ValueError(f"extra_stats has {len(extras)} entries for {len(links)} links")
         what = f"stage {names[0]}" if len(names) == 1 else f"stages {' -> '.join(names)}"
         with self.writing(what):
-            return _ChainRun(self, links, inputs, budget_seconds, extras).run()
+            return _ChainRun(self, links, inputs, budget_seconds, extras, observe).run()
 
     def _pending(
         self,
@@ -633,11 +675,15 @@ class Runner:
         counts: Counter[str],
         bar: tqdm,
         batch_size: int,
-    ) -> Iterator[_Batch]:
+    ) -> Iterator[_Batch | None]:
         """The batches still to do, chunk by chunk: duplicate keys refused, done keys
-        skipped (counted), records built only for what is pending."""
+        skipped (counted), records built only for what is pending; None for a pause."""
         seen = KeySet()
         for chunk in _chunks(inputs):
+            if chunk is PAUSE:
+                yield None
+                continue
+            assert not isinstance(chunk, _Pause)
             keys = _chunk_keys(chunk, stage)
             fps = fingerprints(keys)
             dup = seen.add(fps)

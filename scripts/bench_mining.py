@@ -17,9 +17,11 @@ The mining step is ``Pipeline.mine()`` then ``select()`` where the pipeline has 
 streaming loop, else the stages one after another (edits, prefilter, lowlevel, validate,
 select).
 
-    PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py
+    PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py -p SEARCH_GUIDANCE=best
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py --prompts 24 --gpu-seconds 0.2 \
-        -p ADAPTIVE_ROUND_SEEDS=2
+        -p SEARCH_ROUND_SEEDS=2
+    # a world where 30 % of (source, instruction) pairs are impossible for the editor
+    PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py -p SYNTHETIC_HARD_SHARE=0.3
 
 Output (stdout, one JSON object): ``grid`` and ``adaptive``, each with ``accepted``
 (rows of ``mined``), ``generations`` (rows of ``candidates``), ``generations_per_accepted``,

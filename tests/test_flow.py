@@ -18,7 +18,7 @@ from nhr.engines.base import Done, Engine, Link, outputs_forward
 from nhr.engines.local import LocalEngine
 from nhr.pipeline import Pipeline
 from nhr.records import Record
-from nhr.runner import Runner
+from nhr.runner import PAUSE, Runner
 from nhr.store import RunStore
 
 N = 120
@@ -248,3 +248,41 @@ def test_sources_stream_to_the_gate_with_the_rows_of_the_stages_one_by_one(tmp_p
     assert alone.gate().stats["processed_rows"] == sources.rows_out
     for table in ("sources", "plausibility"):
         assert _columns(streamed, table) == _columns(alone, table)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_inputs_that_pause_resume_as_batches_finish(tmp_path, expected, workers):
+    """The second half of the inputs comes only once the last link has judged the first
+    half (seen through ``observe``): the inputs pause meanwhile, and the rows are those
+    of the stages run one by one."""
+    runner = Runner(RunStore(tmp_path), workers=workers, progress=False)
+    chain = links(Grow(), Judge(), Finish(), (5, 3, 4))
+    first, second = jobs(N)[: N // 2], jobs(N)[N // 2 :]
+    seen: dict[int, int] = {}
+    pauses = [0]
+
+    def observe(done: Done) -> None:
+        seen[done.link] = seen.get(done.link, 0) + len(done.inputs)
+
+    def inputs() -> Iterator[object]:
+        yield first
+        while seen.get(0, 0) < len(first) or seen.get(1, 0) < expected_judged:
+            pauses[0] += 1
+            yield PAUSE
+        yield second
+
+    expected_judged = N // 2  # Grow makes one square per job; Judge sees each
+    runner.run_chain(chain, inputs(), observe=observe)
+    assert table_rows(runner) == expected
+    assert pauses[0] >= 1
+    assert seen[0] == N
+
+
+def test_inputs_that_pause_with_nothing_in_flight_are_an_error(tmp_path):
+    runner = Runner(RunStore(tmp_path), workers=1, progress=False)
+
+    def inputs() -> Iterator[object]:
+        yield PAUSE
+
+    with pytest.raises(RuntimeError, match=r"grown.*paused with no batch in flight"):
+        runner.run_chain(links(Grow(), Judge(), Finish(), (5, 3, 4)), inputs())

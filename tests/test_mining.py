@@ -16,7 +16,19 @@ import pyarrow as pa
 import pytest
 from scipy.stats import chisquare
 
-from nhr.mining import HOPELESS, OPEN, PASSED, Evidence, Groups, SearchRule, best_guidance
+from nhr.mining import (
+    HOPELESS,
+    OPEN,
+    PASSED,
+    Decisions,
+    Evidence,
+    Groups,
+    MiningLoop,
+    SearchRule,
+    SeedFeed,
+    best_guidance,
+    smoothed_best,
+)
 from nhr.pipeline import Pipeline
 from nhr.stages.edits import EditStage
 from nhr.store import RunStore
@@ -206,6 +218,50 @@ def test_round_jobs_are_the_grid_jobs_and_a_cap_draws_uniformly_from_open_work()
     } == {9.0}
 
 
+def test_group_jobs_are_the_jobs_of_a_part_for_those_groups():
+    full = _plan(300)
+    rng = np.random.default_rng(3)
+    chosen = np.flatnonzero(rng.random(full.groups) < 0.3)
+    mask = np.zeros(full.groups, dtype=bool)
+    mask[chosen] = True
+    for seeds in ((0, 1), (1, 3)):
+        part = pa.concat_tables(list(full.part(seeds, mask)))
+        direct = full.group_jobs(chosen, seeds)
+        assert direct.to_pylist() == part.to_pylist()  # same jobs, same priority order
+    guided = full.group_jobs(chosen[:5], (2, 3), 7.0)
+    assert set(guided.column("guidance").to_pylist()) == {7.0} and guided.num_rows == 5
+    assert full.group_jobs(chosen[:0], (0, 1)).num_rows == 0
+
+
+def test_the_streamed_search_makes_the_rows_of_the_round_by_round_one(gated, tmp_path):
+    """One chain (each group's next round as soon as it is judged) and one chain per
+    round decide from the same verdicts: the same jobs, candidates and verdicts."""
+    params = {
+        "SEARCH": "adaptive",
+        "SEARCH_GUIDANCE": "best",
+        "SEARCH_HOPELESS_AFTER": 2,
+        "SEARCH_HOPELESS_BELOW": 3.0,
+    }
+    streamed = _mine(gated, tmp_path / "streamed", **params)
+    by_round = tmp_path / "by-round"
+    shutil.copytree(gated, by_round)
+    pipe = Pipeline.open(by_round, {**SMALL, **params}, progress=False)
+    loop = MiningLoop(
+        pipe.runner,
+        pipe.tables,
+        pipe.edit_jobs(),
+        pipe.mining_links(),
+        SearchRule.from_config(pipe.cfg),
+    )
+    loop._rounds()
+    for table in TABLES:
+        assert _rows(tmp_path / "streamed", table) == _rows(by_round, table), table
+    one, other = streamed.mining(), pipe.mining()
+    assert one["rounds"] == other["rounds"] and one["groups_by_state"] == other["groups_by_state"]
+    assert one["rounds"][1]["guidance"] in (2.5, 3.5)
+    assert len(one["rounds"]) > 1
+
+
 def test_a_cap_stops_the_loop_with_the_open_work_drawn(gated, tmp_path):
     pipe = _mine(gated, tmp_path / "capped", SEARCH="adaptive", MAX_EDIT_JOBS=20)
     mining = pipe.mining()
@@ -271,3 +327,37 @@ def test_sigkill_mid_loop_then_rerun_gives_the_uninterrupted_tables(gated, clean
         assert _rows(killed, table) == _rows(clean, table), table
     rounds = RunStore(killed).read_stats("mining")["rounds"]
     assert rounds == RunStore(clean).read_stats("mining")["rounds"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_guidance_is_fixed_early_only_when_the_rest_cannot_change_it(seed):
+    """The feed fixes the later rounds' guidance before the last calibration verdict
+    only where no outcome of the rest could change the choice: it always equals the
+    choice made from every verdict."""
+    plan = _plan(30)
+    rule = SearchRule(
+        search="adaptive", m_seeds=plan.m_seeds, guidance="best", guidances=plan.guidances
+    )
+    no_verdicts = Decisions(pa.array([], pa.string()), np.zeros(0, bool), np.zeros(0))
+    feed = SeedFeed(plan, rule, [], no_verdicts)
+    first = next(iter(feed))  # the first round, in one chunk
+    rng = np.random.default_rng(seed)
+    rate = {2.5: rng.uniform(0.1, 0.5), 3.5: rng.uniform(0.1, 0.5)}
+    guidance = first.column("guidance").to_pylist()
+    outcomes = [bool(rng.random() < rate[g]) for g in guidance]
+    fixed_at = None
+    for k, (cid, ok) in enumerate(
+        zip(first.column("candidate_id").to_pylist(), outcomes, strict=True)
+    ):
+        feed._decide(cid, True, ok, 5.0 if ok else 1.0)
+        if feed.guidance is not None and fixed_at is None:
+            fixed_at = k
+    tried = [guidance.count(g) for g in rule.guidances]
+    passed = [
+        sum(ok for g2, ok in zip(guidance, outcomes, strict=True) if g2 == g)
+        for g in rule.guidances
+    ]
+    assert feed.guidance == smoothed_best(rule.guidances, tried, passed)
+    assert fixed_at is not None
+    if abs(rate[2.5] - rate[3.5]) > 0.25:
+        assert fixed_at < len(outcomes) - 1  # a clear winner is known before the end

@@ -34,6 +34,7 @@ from nhr.backends.synthetic.language import (
 )
 from nhr.backends.synthetic.prompter import draw_scene
 from nhr.backends.synthetic.scene import BACKGROUNDS, COLOURS, KINDS, SIZES
+from nhr.backends.synthetic.truth import pixel_hash
 
 
 @pytest.fixture()
@@ -258,6 +259,34 @@ def test_editor_failure_modes_and_controls(world: SyntheticWorld) -> None:
     assert share[3.5]["correct"] > max(share[1.0].get("correct", 0), share[7.0].get("correct", 0))
     p = outcome_probabilities(24, 3.5)
     assert set(p) == set(OUTCOMES) and abs(sum(p.values()) - 1) < 1e-9
+
+
+def test_hard_pairs_fail_on_every_seed_and_come_at_their_share(tmp_path: Path) -> None:
+    world = SyntheticWorld(tmp_path / "truth", hard_share=0.4)
+    plain = SyntheticWorld(tmp_path / "truth")  # same truth folder: same sources
+    pairs = hard = correct_easy = 0
+    for i in range(20):
+        draft, src = _source(world, f"h{i}", i, k=3)
+        digest = pixel_hash(src)
+        for ins in draft.instructions:
+            pairs += 1
+            seeds = list(range(8))
+            outs = world.editor.edit([src] * 8, [ins.text] * 8, seeds, [24] * 8, 3.5)
+            outcomes = [world.truth.triplet(src, ins.text, o).outcome for o in outs]
+            if world.editor.is_hard(digest, ins.text):
+                hard += 1
+                assert "correct" not in outcomes, ins.text
+                assert outcomes.count("no_change") >= 3  # mostly: nothing changes
+            else:
+                correct_easy += outcomes.count("correct")
+                # an easy pair is edited exactly as in a world without hard pairs
+                again = plain.editor.edit([src] * 8, [ins.text] * 8, seeds, [24] * 8, 3.5)
+                assert [a.tobytes() for a in again] == [o.tobytes() for o in outs]
+    assert 0.2 < hard / pairs < 0.6
+    assert correct_easy > 0
+    assert not plain.editor.is_hard(digest, draft.instructions[0].text)
+    with pytest.raises(ValueError, match="hard_share"):
+        SyntheticWorld(tmp_path / "t2", hard_share=1.5)
 
 
 def test_editor_deterministic_and_seed_dependent(world: SyntheticWorld) -> None:

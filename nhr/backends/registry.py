@@ -53,6 +53,7 @@ def _world(ctx: BuildContext) -> Any:
             seed=ctx.cfg.run.seed,
             implausible_rate=ctx.cfg.synthetic.synthetic_implausible_rate,
             judge_noise=ctx.cfg.synthetic.synthetic_judge_noise,
+            hard_share=ctx.cfg.synthetic.synthetic_hard_share,
         ),
     )
 
@@ -66,7 +67,10 @@ def _synthetic_editor(ctx: BuildContext) -> Any:
     from nhr.backends.synthetic.gpu import SimulatedGpuEditor
 
     return ctx.shared(
-        "synthetic-gpu-editor", lambda: SimulatedGpuEditor(_world(ctx).truth, seconds)
+        "synthetic-gpu-editor",
+        lambda: SimulatedGpuEditor(
+            _world(ctx).truth, seconds, ctx.cfg.synthetic.synthetic_hard_share
+        ),
     )
 
 

@@ -71,7 +71,9 @@ class Done:
 class Engine(ABC):
     """Executes chains. ``stream`` pulls batches of link 0's inputs lazily (a bounded
     number ahead), so a caller that stops iterating them (a budget spent) starts nothing
-    more; each link's outputs flow to the next as soon as its batch finishes."""
+    more; each link's outputs flow to the next as soon as its batch finishes. An empty
+    batch is a pause: link 0 has nothing more right now, and the engine asks again once
+    it has yielded at least one more finished batch (never while nothing is in flight)."""
 
     name: str = "engine"
 

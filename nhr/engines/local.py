@@ -8,6 +8,9 @@ its ``batch_size`` (or its ``batcher``'s calls). A partial batch goes out when t
 would otherwise sit idle, or once everything upstream of it is finished, so no row is
 held back for ever.
 
+Link 0's inputs may pause (an empty batch: nothing more right now); the engine asks
+again after the next batch finishes, so inputs can depend on what finished.
+
 Back-pressure: more of link 0's inputs are pulled only while every downstream queue
 holds fewer than ``queue_batches`` batches per slot of its link, so memory stays
 bounded and a slow judge slows the editor down, while the editor never waits as long
@@ -127,14 +130,16 @@ class LocalEngine(Engine):
         in_flight = [0] * n
         futures: dict[Future[BatchDone], tuple[int, int]] = {}
         seq = 0
-        exhausted = False
+        exhausted = paused = False
         while True:
             for i in range(n - 1, 0, -1):
                 upstream_done = (
                     exhausted and not any(in_flight[:i]) and not any(len(q) for q in queues[1:i])
                 )
                 while in_flight[i] < pools[i].slots:
-                    call = queues[i].take(partial=in_flight[i] == 0 or upstream_done)
+                    # while link 0 waits on results, a row held back for a fuller batch
+                    # delays them
+                    call = queues[i].take(partial=in_flight[i] == 0 or upstream_done or paused)
                     if call is None:
                         break
                     futures[pools[i].submit(call)] = (i, seq)
@@ -147,8 +152,15 @@ class LocalEngine(Engine):
                 if batch is None:
                     exhausted = True
                     break
-                if not batch:
-                    continue
+                if not batch:  # link 0's inputs paused: more once a batch finishes
+                    if not futures:
+                        raise RuntimeError(
+                            f"the inputs of {links[0].stage.name} paused with no batch in "
+                            "flight: nothing could ever resume them"
+                        )
+                    paused = True
+                    break
+                paused = False
                 futures[pools[0].submit(batch)] = (0, seq)
                 seq += 1
                 in_flight[0] += 1

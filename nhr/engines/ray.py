@@ -25,7 +25,8 @@ Ray Data needs a dataset's input up front, so the engine pulls the runner's batc
 windows of ``window_rows`` inputs of link 0 (one dataset, and one start of the actor
 pools, per window): large windows start actors rarely, small ones stop sooner once the
 runner's budget is spent (the runner stops handing out batches; a window already pulled
-runs to its end).
+runs to its end). A pause of the inputs (an empty batch) ends a window early: what
+comes after it depends on the window's results.
 
 Exactly-once: Ray retries tasks and restarts actors lost with a node, and recomputes
 lost blocks from their lineage; a recomputed batch can reach the driver twice, so the
@@ -475,9 +476,15 @@ class RayEngine(Engine):
         window: list[pa.Table] = []
         rows = 0
         for batch in pulled:
-            if batch:
-                window.append(_rows(0, batch, [], []))
-                rows += len(batch)
+            if not batch:  # the inputs paused: they resume once this window has run
+                if not window:
+                    raise RuntimeError(
+                        "link 0's inputs paused with no batch in flight: nothing could "
+                        "ever resume them"
+                    )
+                break
+            window.append(_rows(0, batch, [], []))
+            rows += len(batch)
             if rows >= self.settings.window_rows:
                 break
         return window

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import spearmanr
 
 from nhr.tables import RunTables, positions
 
@@ -109,6 +108,8 @@ def judge_vs_truth(tables: RunTables, truth: Any, memo: TruthMemo | None = None)
     true_pos = int((correct & passed).sum())
     with warnings.catch_warnings():  # a constant input gives NaN, reported as None
         warnings.simplefilter("ignore")
+        from scipy.stats import spearmanr  # 0.8 s to import: only where a run is audited
+
         rho_adh = spearmanr(_floats(verdicts.column("adherence")), true_adh)
         rho_aes = spearmanr(_floats(verdicts.column("aesthetic")), true_aes)
     mined_share = None

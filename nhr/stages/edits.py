@@ -151,6 +151,30 @@ class EditPlan:
         out = self._group_first[np.maximum(pos, 0)] + np.asarray(j, dtype=np.int64)
         return np.where(pos >= 0, out, -1)
 
+    def group_jobs(
+        self, groups: np.ndarray, seed_range: tuple[int, int], guidance: float | None = None
+    ) -> pa.Table:
+        """The jobs of seeds ``seed_range`` of the given groups, in priority order, built
+        directly (no pass over the grid): each is the grid's job (same id, priority, seed
+        and steps), at ``guidance`` where one is given."""
+        groups = np.asarray(groups, dtype=np.int64)
+        lo, hi = max(0, seed_range[0]), min(seed_range[1], self.m_seeds)
+        if not len(groups) or hi <= lo:
+            return EditJob.schema().empty_table()
+        src = np.searchsorted(self._group_first, groups, side="right") - 1
+        j = groups - self._group_first[src]
+        ms = np.arange(lo, hi, dtype=np.int64)
+        src = np.repeat(src, len(ms))
+        local = np.repeat(j, len(ms)) * self.m_seeds + np.tile(ms, len(groups))
+        with np.errstate(over="ignore"):
+            prio = splitmix64(self._seeds[src] + local.astype(np.uint64) * _STREAM)
+        order = np.lexsort((local, src, prio))
+        table = self._table(src[order], local[order], prio[order])
+        if guidance is None:
+            return table
+        column = pa.array(np.full(table.num_rows, guidance), table.schema.field("guidance").type)
+        return table.set_column(table.schema.get_field_index("guidance"), "guidance", column)
+
     def _passes(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(source index, job index within its source, priority) of every job, a slice
         of sources at a time (about ``pass_jobs`` jobs each)."""

@@ -3,6 +3,9 @@
 Its "understanding" of the source is the layout the truth store holds for it. Whether it
 succeeds depends on seed, steps and guidance, and it fails the ways real editors fail:
 no change, wrong target, partial edit, collateral change, global colour drift, artifacts.
+A share ``hard_share`` of (source, instruction) pairs (drawn by a hash of the pair) it
+cannot do at all, as a real editor has instructions it does not understand on some
+images: every seed of such a pair fails, most of them by changing nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ OUTCOMES: tuple[str, ...] = (
 _TINTS = ((1, 0.5, -1), (-1, 0, 1), (1, 1, 1), (-1, -1, -1), (-0.5, 1, -0.5), (1, -0.5, 0.5))
 
 
+# how a (source, instruction) pair the editor cannot do fails, seed by seed
+HARD_OUTCOMES: dict[str, float] = {"no_change": 0.7, "wrong_target": 0.2, "partial": 0.1}
+
+
 def outcome_probabilities(steps: int, guidance: float) -> dict[str, float]:
     """Probability of each outcome at (steps, guidance); correct peaks near guidance 3.5."""
     g = float(guidance)
@@ -70,8 +77,19 @@ class SyntheticEditor:
     model_id = "synthetic-editor-v1"
     work = "cpu"  # re-renders in Python and numpy: worth a process per core
 
-    def __init__(self, truth: SyntheticTruth) -> None:
+    def __init__(self, truth: SyntheticTruth, hard_share: float = 0.0) -> None:
+        if not 0.0 <= float(hard_share) <= 1.0:
+            raise ValueError(f"hard_share must be in [0, 1], got {hard_share!r}")
         self.truth = truth
+        self.hard_share = float(hard_share)
+
+    def is_hard(self, digest: str, text: str) -> bool:
+        """Whether the pair (source pixels ``digest``, instruction) is one this editor
+        cannot do (the same answer for every seed, step count and guidance)."""
+        if not self.hard_share:
+            return False
+        u = np.random.default_rng(derive_seed("hard-pair", digest, text)).random()
+        return bool(u < self.hard_share)
 
     # ------------------------------------------------------------ protocol
     def edit(
@@ -116,8 +134,12 @@ class SyntheticEditor:
             instr = parse_instruction(text)
         except ValueError:
             return image.copy()
-        probs = outcome_probabilities(steps, guidance)
-        mode = OUTCOMES[int(rng.choice(len(OUTCOMES), p=[probs[o] for o in OUTCOMES]))]
+        if self.is_hard(digest, text):
+            probs = HARD_OUTCOMES
+        else:
+            probs = outcome_probabilities(steps, guidance)
+        modes = [o for o in OUTCOMES if o in probs]
+        mode = modes[int(rng.choice(len(modes), p=[probs[o] for o in modes]))]
         out = self.outcome_layout(src, list(instr.edits), mode, rng, w, h)
         if out is None or out.depiction() == src.depiction():
             return image.copy()

@@ -29,6 +29,7 @@ class SyntheticWorld:
         implausible_rate: float = 0.4,
         compound_share: float = 0.18,
         judge_noise: float = 1.0,
+        hard_share: float = 0.0,
     ) -> None:
         if not isinstance(truth_dir, (str, Path)) or not str(truth_dir):
             raise ValueError(f"truth_dir must be a non-empty path, got {truth_dir!r}")
@@ -38,6 +39,8 @@ class SyntheticWorld:
             raise ValueError(f"implausible_rate must be in [0, 1], got {implausible_rate!r}")
         if not 0.0 <= float(compound_share) < 1.0:
             raise ValueError(f"compound_share must be in [0, 1), got {compound_share!r}")
+        if not 0.0 <= float(hard_share) <= 1.0:
+            raise ValueError(f"hard_share must be in [0, 1], got {hard_share!r}")
         if not 0.0 <= float(judge_noise) <= 3.0:
             raise ValueError(f"judge_noise must be in [0, 3], got {judge_noise!r}")
         self.truth_dir = location(truth_dir)  # a folder, or an object-store URL
@@ -48,7 +51,7 @@ class SyntheticWorld:
         self.truth = SyntheticTruth(self.truth_dir)
         self.prompter = SyntheticPrompter(compound_share=float(compound_share))
         self.renderer = SyntheticRenderer(self.truth, implausible_rate=float(implausible_rate))
-        self.editor = SyntheticEditor(self.truth)
+        self.editor = SyntheticEditor(self.truth, hard_share=float(hard_share))
         self.judge = SyntheticJudge(noise=float(judge_noise))
         self.captioner = SyntheticCaptioner()
         self.caption_writer = SyntheticCaptionWriter(self.prompter)
