@@ -317,7 +317,7 @@ def test_a_stage_error_comes_back_as_itself(cluster):
 def test_a_chain_with_nothing_to_do_starts_nothing(monkeypatch):
     engine = RayEngine(RaySettings(), progress=False)
     monkeypatch.setattr(engine, "connect", lambda: pytest.fail("connected to Ray"))
-    assert list(engine.stream(chain(), iter([[], []]))) == []
+    assert list(engine.stream(chain(), iter([]))) == []
     assert engine.describe()["windows"] == 0
 
 
@@ -380,7 +380,7 @@ def tiny_ray() -> dict:
         "N_PROMPTS": 3,
         "N_SOURCE_SEEDS": 3,
         "BATCH_SIZE": 4,
-        "SHARD_ROWS": 8,
+        "SHARD_ROWS": 16,
         "SHARD_FLUSH_SECONDS": 0.0,
         "RAY_IO_ACTORS": 1,
     }
@@ -439,8 +439,8 @@ def committed(store: Any, table: str, ended: Any, seconds: float = 150.0) -> boo
 
 def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path):
     """`nhr run -p ENGINE ray` with no cluster named starts one local Ray cluster: every
-    notebook's kernel joins it (their stages' stats name its address and one node), and
-    it is stopped when the run ends, here by a failing notebook."""
+    notebook's kernel is given its address (the prompts stage ran there: its stats name
+    it, and one node), and it is stopped when the run ends, here by a failing notebook."""
     import re
     import socket
     import subprocess
@@ -450,25 +450,24 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
 
     from nhr.store import RunStore
 
-    failing = tmp_path / "03_fails.ipynb"
-    nb = nbformat.v4.new_notebook(
-        metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        }
-    )
+    seen = tmp_path / "kernel_ray_address.txt"
+    failing = tmp_path / "02_fails.ipynb"
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernel})
     nb.cells = [
         nbformat.v4.new_code_cell('RUN_DIR = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            f"import os, pathlib; pathlib.Path({str(seen)!r}).write_text(os.environ['RAY_ADDRESS'])"
+        ),
         nbformat.v4.new_code_cell('raise RuntimeError("stopped here")'),
     ]
     nbformat.write(nb, failing)
     config = tmp_path / "two.yaml"
-    notebooks = [ROOT / "notebooks" / f"{n}.ipynb" for n in ("01_prompts", "02_sources")]
     config.write_text(
         "name: two\n"
-        f"notebooks: [{', '.join(str(p) for p in [*notebooks, failing])}]\n"
-        "params: {SEED: 0, PROMPTER: synthetic, T2I: synthetic, GATE_JUDGE: synthetic,\n"
-        "  N_PROMPTS: 2, K_INSTRUCTIONS: 2, N_SOURCE_SEEDS: 2, LONG_SIDE_MIN: 96,\n"
-        "  LONG_SIDE_MAX: 128, ENGINE: ray, RAY_IO_ACTORS: 1, RAY_LOCAL_CPUS: 2}\n"
+        f"notebooks: [{ROOT / 'notebooks' / '01_prompts.ipynb'}, {failing}]\n"
+        "params: {SEED: 0, PROMPTER: synthetic, N_PROMPTS: 3, K_INSTRUCTIONS: 2,\n"
+        "  ENGINE: ray, RAY_IO_ACTORS: 1, RAY_LOCAL_CPUS: 2}\n"
     )
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -476,12 +475,11 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
     cmd = [*NHR, "run", str(config), "--run-dir", str(run), "--no-progress"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "notebook 03_fails.ipynb failed: RuntimeError: stopped here" in proc.stderr
+    assert "notebook 02_fails.ipynb failed: RuntimeError: stopped here" in proc.stderr
     address = re.search(r"a local Ray cluster for this run: (\S+)", proc.stderr).group(1)
-    store = RunStore(run)
-    for table in ("prompts", "sources", "plausibility"):
-        cluster = store.read_stats(table)["engine"]["cluster"]
-        assert cluster["address"] == address and cluster["nodes"] == 1, table
+    cluster = RunStore(run).read_stats("prompts")["engine"]["cluster"]
+    assert cluster["address"] == address and cluster["nodes"] == 1
+    assert seen.read_text() == address
     host, port = address.rsplit(":", 1)
     with pytest.raises(OSError):  # its head is gone
         socket.create_connection((host, int(port)), timeout=2).close()
