@@ -383,6 +383,9 @@ def tiny_ray() -> dict:
         "SHARD_ROWS": 16,
         "SHARD_FLUSH_SECONDS": 0.0,
         "RAY_IO_ACTORS": 1,
+        # the demo's search: the streamed adaptive loop runs on Ray as on the local engine
+        "SEARCH": "adaptive",
+        "SEARCH_GUIDANCE": "best",
     }
 
 
