@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TINY, exported_rows, run_chain
@@ -25,6 +26,7 @@ from nhr.config import reconcile  # noqa: E402
 from nhr.errors import RunFolderError  # noqa: E402
 from nhr.lock import ObjectLock  # noqa: E402
 from nhr.pipeline import Pipeline  # noqa: E402
+from nhr.push import push_dataset  # noqa: E402
 from nhr.stages.edits import EditStage  # noqa: E402
 from nhr.stages.export import load_export  # noqa: E402
 from nhr.store import ObjectFiles, RunStore, open_files  # noqa: E402
@@ -76,6 +78,27 @@ def test_tiny_chain_on_s3_exports_the_rows_of_a_local_run(s3, tiny_chain, tmp_pa
     again = Pipeline.open(url, TINY, progress=False)
     assert again.tables.exists("triplets") or again.tables.exists("mined")
     assert again.export().stats == pipe.store.read_stats("export")
+    # `nhr push` uploads the bucket's export: the same files as the export in the bucket
+    uploaded: dict[str, bytes] = {}
+
+    class Hub:
+        def create_repo(self, repo_id: str, **kw: object) -> str:
+            return f"https://huggingface.co/datasets/{repo_id}"
+
+        def upload_folder(self, folder_path: str, **kw: object) -> None:
+            root = Path(folder_path)
+            for f in root.rglob("*"):
+                if f.is_file():
+                    uploaded[f.relative_to(root).as_posix()] = f.read_bytes()
+
+    push_dataset(url, "me/edits", webdataset=False, api=Hub())
+    files = open_files(url)
+    want = {
+        rel.split("/", 1)[1]: files.read_bytes(rel)
+        for rel in files.walk("dataset")
+        if not rel.startswith("dataset/webdataset/")
+    }
+    assert uploaded == want and "README.md" in uploaded
 
 
 def test_interrupted_run_on_s3_resumes_without_redoing_work(s3, tmp_path, monkeypatch):
