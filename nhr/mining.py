@@ -181,10 +181,35 @@ def _verdicts(tables: RunTables, name: str, ids: pa.Array) -> dict[str, np.ndarr
     }
 
 
+def decide(tables: RunTables, ids: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per candidate of ``ids``: whether a verdict decides it, whether the validator
+    passed it, and its score: min(adherence, aesthetic) from the validator if it got
+    there, else from the pre-filter that dropped it (NaN for a judge error or no
+    verdict); a low-level drop scores 0."""
+    n = len(ids)
+    decided = np.zeros(n, dtype=bool)
+    passed = np.zeros(n, dtype=bool)
+    score = np.full(n, np.nan)
+    val = _verdicts(tables, "validator", ids)
+    if val is not None:
+        decided = val["present"].copy()
+        passed = val["passed"]
+        score = np.where(val["present"] & ~val["error"], val["score"], np.nan)
+    low = _verdicts(tables, "lowlevel", ids)
+    if low is not None:
+        dropped = ~decided & low["present"] & ~low["passed"]
+        score = np.where(dropped, 0.0, score)
+        decided |= dropped
+    pre = _verdicts(tables, "prefilter", ids)
+    if pre is not None:
+        dropped = ~decided & pre["present"] & ~pre["passed"]
+        score = np.where(dropped & ~pre["error"], pre["score"], score)
+        decided |= dropped
+    return decided, passed, score
+
+
 def read_evidence(tables: RunTables, plan: EditPlan, rule: SearchRule, last: int) -> Evidence:
-    """The evidence of every candidate of rounds ``<= last``: a candidate's score is
-    min(adherence, aesthetic) from the validator if it got there, else from the
-    pre-filter that dropped it; a low-level drop scores 0."""
+    """The evidence of every candidate of rounds ``<= last``, scored by ``decide``."""
     cand = tables.read("candidates", ["candidate_id", "source_id", "guidance"])
     ids = cand.column("candidate_id")
     parts = pc.extract_regex(ids, _CANDIDATE)
@@ -196,24 +221,7 @@ def read_evidence(tables: RunTables, plan: EditPlan, rule: SearchRule, last: int
     ids = ids.take(take)
     group = plan.group_index(cand.column("source_id").take(take), j[keep])
     guidance = cand.column("guidance").take(take).to_numpy().astype(np.float64)
-    n = len(keep)
-    passed = np.zeros(n, dtype=bool)
-    score = np.full(n, np.nan)
-    decided = np.zeros(n, dtype=bool)
-    val = _verdicts(tables, "validator", ids)
-    low = _verdicts(tables, "lowlevel", ids)
-    pre = _verdicts(tables, "prefilter", ids)
-    if val is not None:
-        passed = val["passed"]
-        score = np.where(val["present"] & ~val["error"], val["score"], np.nan)
-        decided = val["present"]
-    if low is not None:
-        dropped = ~decided & low["present"] & ~low["passed"]
-        score = np.where(dropped, 0.0, score)
-        decided |= dropped
-    if pre is not None:
-        dropped = ~decided & pre["present"] & ~pre["passed"]
-        score = np.where(dropped & ~pre["error"], pre["score"], score)
+    _, passed, score = decide(tables, ids)
     known = group >= 0
     return Evidence(
         group[known],
@@ -253,11 +261,14 @@ class Groups:
         return {name: int((self.state == s).sum()) for s, name in STATE_NAMES.items()}
 
 
-def best_guidance(evidence: Evidence, guidances: Sequence[float]) -> float:
-    """The guidance value with the highest pass rate in ``evidence`` (add-one smoothed;
-    ties: the first listed)."""
-    tried = [int((evidence.guidance == g).sum()) for g in guidances]
-    passed = [int(evidence.passed[evidence.guidance == g].sum()) for g in guidances]
+def best_guidance(
+    evidence: Evidence, guidances: Sequence[float], among: np.ndarray | None = None
+) -> float:
+    """The guidance value with the highest pass rate in ``evidence`` (only its entries
+    ``among`` where given; add-one smoothed; ties: the first listed)."""
+    use = np.ones(len(evidence.guidance), dtype=bool) if among is None else among
+    tried = [int((use & (evidence.guidance == g)).sum()) for g in guidances]
+    passed = [int(evidence.passed[use & (evidence.guidance == g)].sum()) for g in guidances]
     return smoothed_best(guidances, tried, passed)
 
 
@@ -313,7 +324,7 @@ def first_ids(plan: EditPlan, n: int) -> pa.Array:
 @dataclass
 class Decisions:
     """Candidates whose verdicts are committed: id, validator passed, score (NaN where
-    no judge scored it), as ``read_evidence`` scores them."""
+    no judge scored it), as ``decide`` scores them."""
 
     ids: pa.Array
     passed: np.ndarray
@@ -331,25 +342,7 @@ def committed_decisions(tables: RunTables) -> Decisions:
     ids = pc.unique(
         pa.concat_arrays([flat(tables.read(n, ["subject_id"]).column("subject_id")) for n in names])
     )
-    n = len(ids)
-    decided = np.zeros(n, dtype=bool)
-    passed = np.zeros(n, dtype=bool)
-    score = np.full(n, np.nan)
-    val = _verdicts(tables, "validator", ids)
-    if val is not None:
-        decided = val["present"].copy()
-        passed = val["passed"]
-        score = np.where(val["present"] & ~val["error"], val["score"], np.nan)
-    low = _verdicts(tables, "lowlevel", ids)
-    if low is not None:
-        dropped = ~decided & low["present"] & ~low["passed"]
-        score = np.where(dropped, 0.0, score)
-        decided |= dropped
-    pre = _verdicts(tables, "prefilter", ids)
-    if pre is not None:
-        dropped = ~decided & pre["present"] & ~pre["passed"]
-        score = np.where(dropped & ~pre["error"], pre["score"], score)
-        decided |= dropped
+    decided, passed, score = decide(tables, ids)
     keep = pa.array(decided)
     return Decisions(ids.filter(keep), passed[decided], score[decided])
 
@@ -428,7 +421,7 @@ class SeedFeed:
         for chunk in first:
             flags = issued + np.arange(chunk.num_rows) < calibration
             issued += chunk.num_rows
-            self._issue(chunk, 0, flags)
+            self._issue(chunk, flags)
             yield chunk
         while True:
             table = self._next_round()
@@ -457,19 +450,19 @@ class SeedFeed:
                 self.stats[int(r)]["guidance"] = self.guidance
             parts.append(self.plan.group_jobs(at, (lo, hi), self.guidance))
         table = pa.concat_tables(parts)
-        self._issue(table, None, np.zeros(table.num_rows, dtype=bool))
+        self._issue(table, np.zeros(table.num_rows, dtype=bool))
         return table
 
-    def _issue(self, jobs: pa.Table, r: int | None, calibration: np.ndarray) -> None:
-        """Register issued jobs (round ``r``, or each group's current round); decide the
-        ones a committed verdict decides already."""
+    def _issue(self, jobs: pa.Table, calibration: np.ndarray) -> None:
+        """Register issued jobs (of each group's current round); decide the ones a
+        committed verdict decides already."""
         ids = flat(jobs.column("candidate_id"))
         j = pc.cast(pc.struct_field(pc.extract_regex(ids, _CANDIDATE), "j"), pa.int64()).to_numpy(
             zero_copy_only=False
         )
         groups = self.plan.group_index(jobs.column("source_id"), j)
         guidance = jobs.column("guidance").to_numpy().astype(np.float64)
-        rounds = self.round[groups] if r is None else np.full(len(groups), r)
+        rounds = self.round[groups]
         for k in np.unique(rounds):
             self.stats[int(k)]["jobs"] += int((rounds == k).sum())
         for value in guidance[calibration]:
@@ -665,18 +658,6 @@ class MiningLoop:
         calibration: pa.Array | None = None
         guidance = None
         for r, (lo, hi) in enumerate(self.rule.rounds()):
-            if r == 1 and calibration is not None:
-                evidence = read_evidence(self.tables, self.plan, self.rule, 0)
-                assert evidence.ids is not None
-                used = pc.is_in(evidence.ids, value_set=calibration).to_numpy(zero_copy_only=False)
-                guidance = smoothed_best(
-                    self.rule.guidances,
-                    [int((evidence.guidance[used] == g).sum()) for g in self.rule.guidances],
-                    [
-                        int(evidence.passed[used & (evidence.guidance == g)].sum())
-                        for g in self.rule.guidances
-                    ],
-                )
             by_group = None if guidance is None else np.full(n_groups, guidance)
             wave = self.plan.part((lo, hi), None if r == 0 else open_now, max(left, 0), by_group)
             jobs = len(wave)
@@ -706,6 +687,12 @@ class MiningLoop:
                     "guidance": guidance,
                 }
             )
+            if calibration is not None and r == 0:  # the later rounds' guidance
+                assert evidence.ids is not None
+                among = pc.is_in(evidence.ids, value_set=calibration)
+                guidance = best_guidance(
+                    evidence, self.rule.guidances, among.to_numpy(zero_copy_only=False)
+                )
             if self.plan.max_jobs:
                 left -= jobs
             elapsed = (self.clock() - started) if worked else 0.0
