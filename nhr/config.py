@@ -864,29 +864,7 @@ FIELDS: dict[str, tuple[str, str]] = _field_table()
 # the role fields (backend names), each in the block of the stage that uses it
 ROLE_BLOCK: dict[str, str] = {role: FIELDS[role][0] for role in names.ROLES}
 
-# each stage (by its output table): the blocks it reads and the backend roles it calls
-STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "photos": (("sources", "images", "captions"), ("captioner",)),
-    "prompts": (("prompts", "prompt_writer", "captions"), ("prompter", "caption_writer")),
-    "sources": (("sources", "images"), ("t2i",)),
-    "plausibility": (("gate",), ("gate_judge",)),
-    "candidates": (("edits", "search"), ("editor",)),
-    "prefilter": (("filters",), ("prefilter_judge",)),
-    "lowlevel": (("filters",), ()),
-    "validator": (("validation",), ("validator",)),
-    "inversion": (("bootstrap",), ("inverter",)),
-    "backward": (("validation", "bootstrap"), ("validator",)),
-    "composition": (("bootstrap",), ("inverter",)),
-    "composed_validator": (("validation", "bootstrap"), ("validator",)),
-    "eval_scores": (("validation", "evaluation", "images"), ("validator",)),
-    "export": (("export",), ()),
-}
 _MINING_BLOCKS = tuple(b for b in BLOCKS if b != "evaluation")
-# what a stage also reads under SEARCH adaptive: the edits an adaptive search makes depend
-# on the verdicts of the filters and the validator it consults between rounds
-ADAPTIVE_READS: dict[str, tuple[str, ...]] = {
-    "candidates": ("prefilter", "lowlevel", "validator"),
-}
 
 
 class PipelineConfig(BaseModel):
@@ -1003,6 +981,8 @@ class PipelineConfig(BaseModel):
         roles' blocks and the backend-family blocks of the backends configured for them
         (under SEARCH adaptive, those of the stages in ``ADAPTIVE_READS`` too).
         A stage missing from ``STAGES`` reads every block but ``evaluation``."""
+        from nhr.steps import ADAPTIVE_READS, STAGES  # the step table imports the records
+
         blocks, roles = STAGES.get(stage, (_MINING_BLOCKS, names.ROLES))
         if self.search.search == "adaptive":
             for other in ADAPTIVE_READS.get(stage, ()):
@@ -1020,6 +1000,8 @@ class PipelineConfig(BaseModel):
         given: all) as a DataFrame of block, parameter, value, kind (output or runtime) and
         doc: what a notebook shows of its config."""
         import pandas as pd
+
+        from nhr.steps import STAGES
 
         chosen: list[str] = []
         for name in names_ or tuple(BLOCKS):
