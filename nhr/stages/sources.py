@@ -48,6 +48,7 @@ class SourceStage(Stage[PromptRow, SourceRow]):
     name = "sources"
     input_type = PromptRow
     output_type = SourceRow
+    backend_fields = ("t2i",)
 
     def __init__(
         self,
