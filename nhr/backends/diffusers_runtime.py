@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image
 
+from nhr.backends.base import Backend
 from nhr.errors import BackendError, missing_extra
 from nhr.resolutions import Size, nearest, scaled
 
@@ -334,7 +335,7 @@ class PipelineHolder:
         return dict(self.counters)
 
 
-class DiffusersEditor:
+class DiffusersEditor(Backend):
     """An ``Editor`` over a diffusers image-editing pipeline.
 
     Jobs are grouped by working size and steps (a diffusers call takes one of each) and

@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from nhr.backends.base import Backend
 from nhr.seeds import derive_seed
 
 from .language import Edit, parse_instruction, resize_target
@@ -71,7 +72,7 @@ def outcome_probabilities(steps: int, guidance: float) -> dict[str, float]:
     return {k: v / total for k, v in w.items()}
 
 
-class SyntheticEditor:
+class SyntheticEditor(Backend):
     """Applies instructions to world images; output is always the input's size."""
 
     model_id = "synthetic-editor-v1"
