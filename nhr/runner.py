@@ -575,7 +575,8 @@ class _ChainRun:
 
     def _stats(self, i: int, state: _LinkRun, wall: float, engine: dict[str, Any]) -> StageResult:
         """Write and return one link's stats, as ``run`` does for one stage, with the
-        engine's description of how it ran the chain (``Engine.describe``)."""
+        engine's description of how it ran the chain (``Engine.describe``) and the links
+        before it (``upstream``)."""
         tables = self.runner.store.tables
         name = state.stage.name
         after = ledger_stats(tables.entries(name))
@@ -601,11 +602,14 @@ class _ChainRun:
             "settings": state.settings,
             "shards": len(tables.entries(name)),
             "engine": engine,
+            "upstream": [link.stage.name for link in self.links[:i]],
             **extra_figures(self.extra[i]),
         }
-        store = self.runner.store
-        if counts["processed"] or stats["not_scheduled"] or store.read_stats(name) is None:
-            store.write_stats(name, stats)  # a call that did nothing keeps the record
+        recorded = self.runner.store.read_stats(name) or {}
+        idle = not counts["processed"] and not stats["not_scheduled"]
+        if not (idle and recorded.get("upstream") and not stats["upstream"]):
+            # a stage alone that did nothing keeps the record of the chain that ran it
+            self.runner.store.write_stats(name, stats)
         return StageResult(name, stats)
 
 
