@@ -126,9 +126,11 @@ class FormatJudge:
         )
 
 
-def build_format_judge(ctx: Any, transport: str, cls: type[FormatJudge], model: str = "") -> Any:
+def build_format_judge(
+    ctx: Any, transport: str, cls: type[FormatJudge], model: str = "", **options: Any
+) -> Any:
     """A judge format on a remote backend (``gemini`` or ``openai``), sharing the backend's
-    client; ``model`` overrides ``VALIDATOR_MODEL``."""
+    client; ``model`` overrides ``VALIDATOR_MODEL``; ``options`` go to the class."""
     from nhr.backends.api_roles import make_client, model_for
 
     client = ctx.shared(
@@ -139,4 +141,5 @@ def build_format_judge(ctx: Any, transport: str, cls: type[FormatJudge], model: 
         model or model_for(ctx.cfg, transport, "validator"),
         ctx.cfg.api.api_image_max_side,
         ctx.cfg.api.api_max_output_tokens,
+        **options,
     )
