@@ -565,6 +565,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument(
+        "--viescore-style", default="json", choices=viescore_judge.STYLES, help="VIEScore answers"
+    )
+    parser.add_argument(
         "--synthetic-judge",
         type=float,
         nargs="?",
@@ -580,7 +583,11 @@ def main() -> None:
 
         judge = SyntheticJudge(noise=args.synthetic_judge)
     server = FakeModelServer(
-        latency=args.latency, fault_rate=args.fault_rate, port=args.port, judge=judge
+        latency=args.latency,
+        fault_rate=args.fault_rate,
+        port=args.port,
+        judge=judge,
+        viescore_style=args.viescore_style,
     )
     print(f"listening on {server.url}", flush=True)
     try:
