@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-from fakes import viescore_judge
-from fakes.model_server import FakeModelServer, imgedit_answer
+from fakes import imgedit_judge, viescore_judge
+from fakes.model_server import FakeModelServer
 from fakes.remote import images, remote_backends, remote_config, use_fake
 
 from nhr.backends.api_client import CallError
@@ -41,7 +41,7 @@ def _user_text(instruction, srcs, edits, template):
 
     from nhr.backends.api_roles import PromptTemplate
 
-    t = PromptTemplate.load(template)
+    t = PromptTemplate.load(template, 2)
     parts = t.render(
         {"instruction": instruction},
         {"source": image_part(srcs, 1024), "edited": image_part(edits, 1024)},
@@ -105,33 +105,52 @@ def test_viescore_formula_is_editscores():
 
 
 @pytest.mark.parametrize(
-    ("text", "scores"),
+    ("text", "scores", "labels"),
     [
-        ("Score 1: 4\nReason: done.\nScore 2: 3\nReason: a seam.", (4.0, 3.0)),
-        (
-            "**Score 1 (Prompt Compliance):** 5/5\n**Score 2 (Visual Quality):** 4 out of 5",
-            (5.0, 4.0),
+        (  # ImgEdit's own example (basic_bench_readme.md)
+            "Brief reasoning: No fur change; wrong subject; mainly butterfly retained with minor "
+            "color alteration.\nPrompt Compliance: 1\nVisual Seamlessness: 4\n"
+            "Physical & Detail Fidelity: 4",
+            (1.0, 4.0, 4.0),
+            ["Prompt Compliance", "Visual Seamlessness", "Physical & Detail Fidelity"],
         ),
-        ("Prompt Compliance: 3\nVisual Naturalness: 2", (3.0, 2.0)),
-        ("score 1 = 4.5; SCORE 2 = 5", (4.5, 5.0)),
-        ("Score 1: 2\nReason: the red cube is still red, not 5 as asked.\nScore 2: 5", (2.0, 5.0)),
+        (
+            "**Prompt Compliance:** 5/5\n**Visual Naturalness:** 4\n- Physical & Detail "
+            "Integrity: 4.5",
+            (5.0, 4.0, 4.5),
+            ["Prompt Compliance", "Visual Naturalness", "Physical & Detail Integrity"],
+        ),
+        (
+            "Brief reasoning: the cube: 5 of them, not 3.\nPrompt Compliance: 2\n"
+            "Visual Naturalness: 5\nPhysical & Detail Integrity: 3",
+            (2.0, 5.0, 3.0),
+            ["Prompt Compliance", "Visual Naturalness", "Physical & Detail Integrity"],
+        ),
     ],
 )
-def test_imgedit_text_is_read_robustly(text, scores):
+def test_imgedit_answers_are_read_as_imgedit_reads_them(text, scores, labels):
     s = parse_imgedit(text)
-    assert (s.adherence, s.aesthetic) == scores
+    assert (s.adherence, s.aesthetic) == (scores[0], (scores[1] + scores[2]) / 2)
+    d = s.details
+    assert (d["compliance"], d["naturalness"], d["physical"]) == scores
+    assert d["labels"] == labels and d["overall"] == round(sum(scores) / 3, 4)
 
 
 @pytest.mark.parametrize(
     ("text", "kind"),
     [
+        ("Prompt Compliance: 5\nVisual Naturalness: 5", "schema_violation"),
+        ("Prompt Compliance: five\nVisual Naturalness: five\nPhysical: five", "schema_violation"),
+        ("Prompt Compliance: 7\nVisual Naturalness: 5\nPhysical: 5", "out_of_range"),
+        ("Prompt Compliance: 0\nVisual Naturalness: 5\nPhysical: 5", "out_of_range"),
+        (
+            "Prompt Compliance: 5\nVisual Naturalness: 5\nPhysical: 5\nPrompt Compliance: 2",
+            "schema_violation",
+        ),
         ("Score 1: 5\nReason: perfect.", "schema_violation"),
-        ("Score 1: five\nScore 2: five", "schema_violation"),
-        ("Score 1: 7\nScore 2: 5", "out_of_range"),
-        ("Score 1: 0\nScore 2: 5", "out_of_range"),
-        ("Score 1: 5\nScore 1: 2\nScore 2: 5", "schema_violation"),
+        ('{"reasoning": "x", "score": [25, 25]}', "schema_violation"),
         ("", "schema_violation"),
-        ({"Score 1": 5}, "schema_violation"),
+        ({"Prompt Compliance": 5}, "schema_violation"),
     ],
 )
 def test_imgedit_refuses_what_it_cannot_trust(text, kind):
@@ -182,8 +201,9 @@ def test_imgedit_judge_asks_for_free_text_and_parses_it(srv, tmp_path):
         scores = b.validator.score(srcs, edits, instructions)
     logged = srv.requests("openai")
     assert len(logged) == 4 and all(r["fields"] == "" for r in logged)  # no response schema
+    assert all("Physical & Detail Integrity: A number from 1 to 5." in r["text"] for r in logged)
     for s, src, edit, text in zip(scores, srcs, edits, instructions, strict=True):
-        raw = imgedit_answer(_user_text(text, src, edit, "imgedit"))
+        raw = imgedit_judge.answer(_user_text(text, src, edit, "imgedit"))
         assert s.error is None and s.details["raw"] == raw
         assert (s.adherence, s.aesthetic) == (
             parse_imgedit(raw).adherence,

@@ -32,6 +32,7 @@ class FormatJudge:
 
     style = "format"
     template_name = ""
+    template_version = 1
     schema: ClassVar[dict[str, Any]] = {}
     free_text = False
 
@@ -46,7 +47,7 @@ class FormatJudge:
         self.model = model
         self.image_max_side = image_max_side
         self.max_output_tokens = max_output_tokens
-        self.template = PromptTemplate.load(self.template_name)
+        self.template = PromptTemplate.load(self.template_name, self.template_version)
         self.judge_id = f"{client.transport.name}:{model}:{self.style}"
         self.prompt_version = self.template.version
         self._usage = Usage()

@@ -23,10 +23,10 @@ client that trusted them would count a pass.
 Judge formats: a request asking for no structured output is answered in free text as
 the judge its prompt is written for answers: a VIEScore SC or PQ prompt as an EditScore /
 VIEScore model does (``fakes.viescore_judge``; ``viescore_style`` picks fenced, prose,
-bare-list or unparseable answers), any other ImgEdit-Judge style (``Score 1 (Prompt
-Compliance): 4`` / ``Reason: ...`` / ``Score 2 ...``; ``malformed`` drops Score 2,
-``schema`` writes the scores as words, ``range`` gives 7, and the scripted-only
-``ambiguous`` gives Score 1 twice with different values).
+bare-list or unparseable answers), any other as ImgEdit-Judge does
+(``fakes.imgedit_judge``: ``Brief reasoning: ...`` and three labelled 1–5 lines;
+``malformed`` drops the third, ``schema`` writes words, ``range`` gives 7, and the
+scripted-only ``ambiguous`` repeats the first with another value).
 
 With a ``judge`` (``--synthetic-judge`` on the command line: the synthetic world's
 ``SyntheticJudge``), gate, pre-filter and hard-validator requests — known by their
@@ -56,8 +56,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 try:
-    from fakes import viescore_judge
+    from fakes import imgedit_judge, viescore_judge
 except ImportError:  # run as a script from tests/fakes
+    import imgedit_judge  # type: ignore[no-redef]
     import viescore_judge  # type: ignore[no-redef]
 
 TRANSPORT_FAULTS = ("429", "500", "503", "slow")
@@ -94,31 +95,6 @@ def default_answer(schema: dict[str, Any], text: str) -> dict[str, Any]:
         else:
             out[name] = "make the red object blue"
     return out
-
-
-def imgedit_answer(text: str) -> str:
-    """An ImgEdit-Judge style free-text answer, deterministic in the request text."""
-    h = _h(text)
-    a, b = [5, 5, 4, 4, 3, 2, 1, 5][h % 8], [5, 4, 5, 3, 4, 2, 5, 5][(h >> 3) % 8]
-    return (
-        f"Score 1 (Prompt Compliance): {a}\nReason: the instruction is carried out.\n"
-        f"Score 2 (Visual Quality): {b}\nReason: the result looks natural."
-    )
-
-
-def imgedit_fault(fault: str | None, clean: str) -> str:
-    """An ImgEdit-style answer with a content fault applied (passing-looking)."""
-    if fault == "malformed":
-        return "Score 1 (Prompt Compliance): 5\nReason: the instruction is carried out."
-    if fault == "schema":
-        return "Score 1: five\nScore 2: five"
-    if fault == "range":
-        return "Score 1: 7\nReason: perfect.\nScore 2: 7\nReason: perfect."
-    if fault == "ambiguous":
-        return "Score 1: 5\nReason: perfect.\nScore 1: 2\nScore 2: 5"
-    if fault in ("safety", "truncated"):
-        return "Score 1: 5\nScore 2: 5"
-    return clean
 
 
 def passing_answer(schema: dict[str, Any]) -> dict[str, Any]:
@@ -346,8 +322,8 @@ class FakeModelServer:
         if free_text and viescore_judge.is_viescore_request(text):
             n = n_images or len(images)
             return viescore_judge.answer(text, n, self.viescore_style, fault), finish
-        if free_text:  # no structured output asked: an ImgEdit-Judge style answer
-            return imgedit_fault(fault, imgedit_answer(text)), finish
+        if free_text:  # no structured output asked: an ImgEdit-Judge answer
+            return imgedit_judge.answer(text, fault), finish
         clean = (
             self._judged(schema, text, images)
             or (self.answer(schema, text) if self.answer else None)
