@@ -18,7 +18,7 @@ from pathlib import Path
 MARKERS = ("pyproject.toml", "nhr/__init__.py", "notebooks")
 
 
-def repo_root(start: Path | str | None = None) -> Path | None:
+def checkout_root(start: Path | str | None = None) -> Path | None:
     """The nearest folder at or above ``start`` (the working folder) that is an nhr
     checkout, or None outside of one (an installed package used from elsewhere)."""
     here = Path(start if start is not None else os.getcwd()).resolve()
@@ -31,7 +31,7 @@ def repo_root(start: Path | str | None = None) -> Path | None:
 def work_from_repo_root() -> Path:
     """Make the repository root the working folder (nothing changes outside a
     checkout) and return the working folder."""
-    root = repo_root()
+    root = checkout_root()
     if root is not None and Path.cwd().resolve() != root:
         os.chdir(root)
     return Path.cwd()

@@ -66,6 +66,7 @@ class RatingApp:
         self.status = w.HTML()
         for name in ("source", "edited", "instruction", "adherence", "aesthetic", "save", "skip"):
             getattr(self, name).add_class(f"nhr-rate-{name}")  # stable handles for a browser
+        self.status.add_class("nhr-rate-status")
         self.save.on_click(self._on_save)
         self.skip.on_click(self._on_skip)
         self.rater.observe(self._on_rater, names="value")
