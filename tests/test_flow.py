@@ -311,3 +311,10 @@ def test_a_run_writes_each_stats_file_once(tmp_path, monkeypatch, search):
     assert max(writes.values()) == 1, writes
     rounds = pipe.mining()["rounds"]
     assert len(rounds) > 1 and pipe.store.read_stats("candidates")["rounds"] == len(rounds)
+
+
+def test_a_missing_table_names_the_notebook_that_makes_it(tmp_path):
+    from nhr.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match=r"'mined' does not exist .* notebooks/05_validate"):
+        RunStore(tmp_path / "run").tables.read("mined")
