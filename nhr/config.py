@@ -719,9 +719,10 @@ class EvaluationBlock(Block):
         runtime=True,
     )
     bench_editors: tuple[str, ...] = _f(
-        ("synthetic:skill=0.3", "synthetic:skill=0.6", "synthetic:skill=0.9"),
+        (),
         "editors benchmarked: NAME[:model=..,steps=..,guidance=..,seed=..,skill=..,label=..]"
-        "[+lora=PATH] (each its own table; adding one resumes the rest)",
+        "[+lora=PATH], each its own table, adding one resumes the rest (empty: the "
+        "synthetic editor at skill 0.3, 0.6 and 0.9)",
         runtime=True,
     )
     bench_judges: tuple[str, ...] = _f(

@@ -44,6 +44,8 @@ from .bench_sets import BenchItem
 EDITS_PREFIX = "bench_edits_"
 SCORES_PREFIX = "bench_scores_"
 EDITOR_KEYS = ("model", "steps", "guidance", "seed", "skill", "label")
+# what an empty BENCH_EDITORS benchmarks: three synthetic editors of known, ordered skill
+DEFAULT_EDITORS = ("synthetic:skill=0.3", "synthetic:skill=0.6", "synthetic:skill=0.9")
 
 
 # ---------------------------------------------------------------- editor specs
@@ -502,7 +504,7 @@ def run_bench(pipe: Any, progress: bool = True) -> BenchRun:
         for s in sets
     }
     every = [it for s in sets for it in items[s.name]]
-    specs = [parse_editor(e) for e in ev.bench_editors]
+    specs = [parse_editor(e) for e in ev.bench_editors or DEFAULT_EDITORS]
     ids = [s.editor_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"BENCH_EDITORS repeats an editor: {ids}", "give each a label=NAME")

@@ -33,10 +33,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-import numpy as np
 
 from nhr.stages.dataset_card import write_card
 from nhr.stages.export_webdataset import write_webdataset
