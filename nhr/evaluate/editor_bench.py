@@ -8,7 +8,8 @@
   ``qwen-image-edit:…``, ``instruct-pix2pix:…``: a registered editor with its model id,
   steps, guidance and seed (``seed=`` fixes one seed for every item; by default each
   item has its own seed, the same for every editor, so editors are compared on the same
-  draws); ``+lora=PATH`` passes a LoRA to the editor (``EDITOR_LORA``);
+  draws); ``+lora=PATH[@SCALE]`` passes a LoRA to the editor (``EDITOR_LORA``,
+  ``EDITOR_LORA_SCALE``);
 - ``label=NAME`` in any spec names the editor in tables and in the output layout.
 
 ``BENCH_JUDGES`` names judges: ``synthetic-viescore[:noise=X]`` (the synthetic judge in
@@ -164,7 +165,14 @@ def build_editor(spec: EditorSpec, ctx: Any) -> BenchEditor:
                 "not load (no EDITOR_LORA)",
                 "update nhr, or benchmark the editor without +lora=",
             )
-        params["EDITOR_LORA"] = spec.lora
+        path, at, scale = spec.lora.rpartition("@")
+        try:
+            params["EDITOR_LORA_SCALE"] = float(scale) if at else 1.0
+            params["EDITOR_LORA"] = path if at else spec.lora
+        except ValueError:
+            params["EDITOR_LORA"] = spec.lora
+        if "editor_lora_scale" not in FIELDS:
+            params.pop("EDITOR_LORA_SCALE")
     sub = BuildContext(cfg.replace(**params), ctx.run_dir, ctx._shared)
     return BenchEditor(spec, REGISTRY["editor"][spec.name](sub), steps, guidance)
 
