@@ -467,6 +467,20 @@ class ValidationBlock(Block):
         "all or majority (of members passing on their own)",
         choices=("combined", "all", "majority"),
     )
+    viescore_range: int = _f(
+        10, "VIEScore judges: scores on 0..R (10 VIEScore/GEdit-Bench, 25 EditScore)", 1, 100
+    )
+    judge_max_error_share: float = _f(
+        0.5,
+        "stop the run when a judge's error verdicts exceed this share of its first (then "
+        "any sliding) JUDGE_ERROR_WINDOW verdicts; 1: never",
+        0.0,
+        1.0,
+        runtime=True,
+    )
+    judge_error_window: int = _f(
+        50, "verdicts per judge the error share is taken over", 1, 100_000, runtime=True
+    )
 
 
 class SyntheticBlock(Block):
