@@ -43,6 +43,8 @@ from nhr.store import BlobStore
 from .bench_sets import BenchItem
 
 EDITS_PREFIX = "bench_edits_"
+# numbers in a judge's details that describe the scale, not a criterion
+NOT_CRITERIA = ("score_range", "range", "score")
 SCORES_PREFIX = "bench_scores_"
 EDITOR_KEYS = ("model", "steps", "guidance", "seed", "skill", "label")
 # what an empty BENCH_EDITORS benchmarks: three synthetic editors of known, ordered skill
@@ -446,17 +448,19 @@ class BenchJudgeStage(Stage[BenchEdit, BenchScore]):
         if s.error:
             return BenchScore(**base, scale="", **empty, criteria="{}", error=str(s.error))
         details = dict(s.details or {})
-        criteria = {k: v for k, v in details.items() if _number(v) is not None}
+        criteria = {
+            k: v for k, v in details.items() if _number(v) is not None and k not in NOT_CRITERIA
+        }
         sc, pq = _number(details.get("sc")), _number(details.get("pq"))
+        overall = _number(details.get("overall"))
         if sc is not None and pq is not None:
             scale = "viescore-0-10"
-            overall = _number(details.get("overall"))
-            overall = (
-                round(math.sqrt(max(sc, 0.0) * max(pq, 0.0)), 4) if overall is None else overall
-            )
-        else:
+            if overall is None:
+                overall = round(math.sqrt(max(sc, 0.0) * max(pq, 0.0)), 4)
+        else:  # a validator's 1–5 scores; a judge's own overall (ImgEdit: the criteria's mean)
             scale = "validator-1-5"
-            overall = round(math.sqrt(max(s.adherence, 0.0) * max(s.aesthetic, 0.0)), 4)
+            if overall is None:
+                overall = round(math.sqrt(max(s.adherence, 0.0) * max(s.aesthetic, 0.0)), 4)
         return BenchScore(
             **base,
             scale=scale,

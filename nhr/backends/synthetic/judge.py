@@ -560,7 +560,8 @@ class SyntheticVIEScoreJudge(SyntheticJudge):
     ghosts and half-done objects cost), PQ = min of the two. O = √(SC·PQ). Sub-scores
     are whole numbers with seeded noise, as a VLM answers them. The verdict's scores are
     SC and PQ on the validator's 1–5 scale (1 + 0.4·x); ``details`` holds the four
-    sub-scores, ``sc``, ``pq``, ``overall`` and ``range``.
+    sub-scores, ``sc``, ``pq``, ``overall``, ``score_range`` and the score lists, as the
+    remote VIEScore judge's verdicts hold them (``nhr.backends.judge_viescore``).
     """
 
     judge_id = "synthetic-viescore-v1"
@@ -605,12 +606,15 @@ class SyntheticVIEScoreJudge(SyntheticJudge):
             sc = min(subs["edit_success"], subs["over_editing"])
             pq = min(subs["naturalness"], subs["artifacts"])
             details = {
+                "judge_style": "viescore",
+                "score_range": VIESCORE_RANGE,
                 **subs,
                 "sc": sc,
                 "pq": pq,
                 "overall": round(float(np.sqrt(sc * pq)), 4),
-                "range": VIESCORE_RANGE,
-                "reasoning": a.reason,
+                "sc_scores": [subs["edit_success"], subs["over_editing"]],
+                "pq_scores": [subs["naturalness"], subs["artifacts"]],
+                "sc_reasoning": a.reason,
             }
             out.append(Scores(round(1 + 0.4 * sc, 4), round(1 + 0.4 * pq, 4), details=details))
         return out
