@@ -18,6 +18,7 @@ from nhr.backends.synthetic.truth import SyntheticTruth
 from nhr.errors import ConfigError
 from nhr.evaluate import bench_report
 from nhr.evaluate.bench_sets import RawItem, stratified
+from nhr.evaluate.datasets import DatasetError
 from nhr.evaluate.editor_bench import parse_editor, run_bench
 from nhr.pipeline import Pipeline
 from nhr.records import TripletRow, to_table
@@ -221,7 +222,7 @@ def test_gedit_set_runs_editors_and_writes_gedits_layout(tmp_path):
         "BENCH_SUBSET": "intersection",
     }
     pipe = Pipeline.open(tmp_path / "bench", params, progress=False)
-    run = run_bench(pipe, progress=False)
+    run = run_bench(pipe)
     data = bench_report.write_bench(run, pipe, pipe.backends.truth)
     files = sorted(
         p.relative_to(tmp_path / "bench" / "bench")
@@ -260,7 +261,7 @@ def test_killed_benchmark_resumes_to_the_same_scores_and_a_rerun_calls_no_judge(
             "BENCH_JUDGES": ["gemini"],
         }
         whole = Pipeline.open(tmp_path / "whole", params, progress=False)
-        first = run_bench(whole, False)
+        first = run_bench(whole)
         expected = bench_report.write_bench(first, whole)["results"]
         distinct = {(e.source_image, e.edited_image, e.instruction) for e in first.edits}
         assert len(first.edits) == 16 and len(distinct) <= srv.count <= 16  # one ask per edit
@@ -277,16 +278,16 @@ def test_killed_benchmark_resumes_to_the_same_scores_and_a_rerun_calls_no_judge(
         monkeypatch.setattr(editor_bench.BenchJudgeStage, "process_batch", dies)
         pipe = Pipeline.open(tmp_path / "killed", params, progress=False)
         with pytest.raises(KeyboardInterrupt):
-            run_bench(pipe, False)
+            run_bench(pipe)
         monkeypatch.setattr(editor_bench.BenchJudgeStage, "process_batch", real)
         kept = pipe.store.tables.read(editor_bench.judge_table("gemini")).num_rows
         assert 0 < kept < 16  # the batches judged before the kill are committed
         pipe = Pipeline.open(tmp_path / "killed", params, progress=False)
-        resumed = bench_report.write_bench(run_bench(pipe, False), pipe)["results"]
+        resumed = bench_report.write_bench(run_bench(pipe), pipe)["results"]
         assert resumed == expected
         after = srv.count
         pipe = Pipeline.open(tmp_path / "killed", params, progress=False)
-        again = bench_report.write_bench(run_bench(pipe, False), pipe)["results"]
+        again = bench_report.write_bench(run_bench(pipe), pipe)["results"]
         assert again == expected and srv.count == after  # a rerun asks the judge nothing
     assert all(
         r["judge_id"].startswith("gemini:") and r["scale"] == "validator-1-5" for r in expected
@@ -306,7 +307,7 @@ def test_remote_viescore_and_imgedit_judges_score_a_benchmark(tmp_path, monkeypa
             "BENCH_JUDGES": ["openai-viescore:EditScore/EditScore-7B", "openai-imgedit:judge"],
         }
         pipe = Pipeline.open(tmp_path / "b", params, progress=False)
-        data = bench_report.write_bench(run_bench(pipe, False), pipe)
+        data = bench_report.write_bench(run_bench(pipe), pipe)
     by_style = {r["judge_id"].rsplit(":", 1)[1]: r for r in data["results"]}
     vie, img = by_style["viescore"], by_style["imgedit"]
     assert vie["scale"] == "viescore-0-10"
@@ -363,3 +364,42 @@ def test_tiny_kontext_editors_run_the_notebook_through_nhr_run(tmp_path):
     assert {e["editor_id"]: e["seed"] for e in data["editors"]}["kontext"] == 7
     assert len(list((run_dir / "bench" / "synthetic" / "kontext").rglob("*.png"))) == 2
     assert (run_dir / "plots" / "bench_grid_synthetic.png").is_file()
+
+
+def test_imgedit_basic_and_mapped_datasets_load_as_items(tmp_path):
+    from nhr.evaluate.bench_sets import load_set, parse_sets
+    from nhr.evaluate.datasets import write_parquet_dataset
+    from nhr.store import RunStore
+
+    folder = tmp_path / "imgedit"
+    (folder / "singleturn" / "animal").mkdir(parents=True)
+    meta = {}
+    for i, kind in enumerate(("add", "remove", "add")):
+        Image.new("RGB", (40, 32), (i * 50, 90, 9)).save(
+            folder / "singleturn" / "animal" / f"{i}.jpg"
+        )
+        meta[f"{i}"] = {"id": f"animal/{i}.jpg", "prompt": f"{kind} a cat", "edit_type": kind}
+    (folder / "basic_edit.json").write_text(json.dumps(meta))
+    pairs = [
+        (Image.new("RGB", (32, 32), (i, 0, 0)), f"make it {i}", Image.new("RGB", (32, 32)))
+        for i in range(5)
+    ]
+    mapped = write_parquet_dataset(tmp_path / "mine", pairs)
+    sets = parse_sets([f"imgedit-basic={folder}", f"mine={mapped}"])
+    assert [(s.name, s.kind, s.standard) for s in sets] == [
+        ("imgedit-basic", "imgedit-basic", "imgedit"),
+        ("mine", "dataset", "nhr"),
+    ]
+    store = RunStore(tmp_path / "run")
+    items = load_set(sets[0], store, store.blobs, 0, 0)
+    assert [(i.item_key, i.task_type, i.instruction) for i in items] == [
+        ("0", "add", "add a cat"),
+        ("1", "remove", "remove a cat"),
+        ("2", "add", "add a cat"),
+    ]
+    assert store.blobs.get(items[1].source_image).size == (40, 32)
+    assert load_set(sets[0], store, store.blobs, 0, 0) == items  # read back, not again
+    two = load_set(sets[1], store, store.blobs, 2, 0)
+    assert len(two) == 2 and all(i.instruction.startswith("make it") for i in two)
+    with pytest.raises(DatasetError, match=r"basic_edit\.json does not exist"):
+        load_set(parse_sets([f"imgedit-basic={tmp_path}"])[0], store, store.blobs, 0, 0)

@@ -279,12 +279,14 @@ def _split(spec: SetSpec) -> Iterator[RawItem]:
         )
 
 
-def _dataset(spec: SetSpec) -> Iterator[RawItem]:
+def _dataset(spec: SetSpec, n: int, seed: int) -> Iterator[RawItem]:
+    """A uniform seeded sample of ``n`` rows (one task type: nothing to stratify), read
+    as notebook 08 reads datasets (a hub dataset streamed, only the sampled rows kept)."""
     from nhr.evaluate.datasets import read_sample
 
     assert spec.columns is not None
     ds_spec = DatasetSpec(spec.name, spec.location, spec.columns)
-    for index, row in read_sample(ds_spec, 10**9, 0):
+    for index, row in read_sample(ds_spec, n or 10**9, derive_seed("bench-sample", seed)):
         yield RawItem(
             str(index),
             "all",
@@ -395,7 +397,7 @@ def load_set(
     elif spec.kind == "split":
         raw = list(_split(spec))
     else:
-        raw = list(_dataset(spec))
+        raw = list(_dataset(spec, max_items, seed))
     if not raw:
         raise DatasetError(
             f"benchmark {spec.name} ({spec.location or 'synthetic'}) has no items "

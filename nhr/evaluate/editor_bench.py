@@ -486,7 +486,7 @@ class BenchRun:
     scores: list[BenchScore]
 
 
-def run_bench(pipe: Any, progress: bool = True) -> BenchRun:
+def run_bench(pipe: Any) -> BenchRun:
     """Read the sets, edit every item with every editor, score every edit with every
     judge, all through the pipeline's runner (resumable; cached judges make no call on
     a rerun). Returns the rows for ``bench_report``."""
