@@ -366,7 +366,7 @@ def test_tiny_kontext_editors_run_the_notebook_through_nhr_run(tmp_path):
     assert (run_dir / "plots" / "bench_grid_synthetic.png").is_file()
 
 
-def test_imgedit_basic_and_mapped_datasets_load_as_items(tmp_path):
+def test_imgedit_basic_kris_and_mapped_datasets_load_as_items(tmp_path):
     from nhr.evaluate.bench_sets import load_set, parse_sets
     from nhr.evaluate.datasets import write_parquet_dataset
     from nhr.store import RunStore
@@ -401,5 +401,16 @@ def test_imgedit_basic_and_mapped_datasets_load_as_items(tmp_path):
     assert load_set(sets[0], store, store.blobs, 0, 0) == items  # read back, not again
     two = load_set(sets[1], store, store.blobs, 2, 0)
     assert len(two) == 2 and all(i.instruction.startswith("make it") for i in two)
+    kris = tmp_path / "KRIS_Bench"  # <category>/annotation.json: id -> ori_img, ins_en
+    for cat in ("count_change", "color_change"):
+        (kris / cat).mkdir(parents=True)
+        Image.new("RGB", (36, 36), (5, 5, 200)).save(kris / cat / "1.jpg")
+        ann = {"1": {"ori_img": "1.jpg", "ins_en": f"do the {cat}", "explain_en": "why"}}
+        (kris / cat / "annotation.json").write_text(json.dumps(ann))
+    k = load_set(parse_sets([f"kris={kris}"])[0], store, store.blobs, 0, 0)
+    assert sorted((i.item_key, i.task_type, i.instruction) for i in k) == [
+        ("color_change/1", "color_change", "do the color_change"),
+        ("count_change/1", "count_change", "do the count_change"),
+    ]
     with pytest.raises(DatasetError, match=r"basic_edit\.json does not exist"):
         load_set(parse_sets([f"imgedit-basic={tmp_path}"])[0], store, store.blobs, 0, 0)

@@ -10,8 +10,11 @@ A set is named by a ``BENCH_SETS`` entry:
 - ``imgedit-basic=PATH``: ImgEdit-Bench's basic set, a folder holding ``basic_edit.json``
   (key → ``{id, prompt, edit_type}``) and the images at ``PATH/<id>`` (or under
   ``PATH/singleturn/``, as ``Benchmark.tar`` unpacks);
-- ``kris`` (hub ``wukeming11/kris-bench``) or ``kris=PATH`` (a parquet copy, or a folder of
-  ``<task>/annotation.json`` files naming images beside them);
+- ``kris`` (hub ``wukeming11/kris-bench``, its images in ``ori_images``; the instruction
+  and task columns are looked up by name: ``ins_en``/``instruction``,
+  ``category``/``task``) or ``kris=PATH``: a parquet copy, or the ``KRIS_Bench`` folder
+  as its scripts read it, ``<category>/annotation.json`` mapping an id to ``{ori_img,
+  ins_en, explain_en}`` with ``ori_img`` beside it;
 - ``split=RUN_DIR``: the ``test`` split of a run's export (``EXPORT_TEST_SHARE``);
 - ``synthetic``: the synthetic world's own benchmark: world pictures rendered here and
   one instruction each, task type = edit type, with truth;
