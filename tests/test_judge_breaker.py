@@ -72,6 +72,7 @@ PARAMS = {
     "WORKERS": 2,
     "COMPOSITION": False,
     **FAST,
+    "API_TIMEOUT_SECONDS": 10.0,  # a busy test machine must not turn answers into errors
 }
 
 

@@ -171,9 +171,14 @@ def test_viescore_judge_on_the_fake_server(srv, tmp_path, backend, style):
     with remote_backends(cfg, tmp_path) as b:
         judge = b.validator
         out = judge.score(srcs, [edit] * 3, texts)
+        logged = list({r["text"]: r for r in srv.requests(api)}.values())  # retries once
+        assert len(logged) == 4  # three SC calls, one PQ call for the one edited image
+        again = judge.score(srcs[:1], [edit], ["make the cube green"])[0]
+        assert len({r["text"] for r in srv.requests(api)}) == 5  # only the new SC call
+        assert again.details["pq_scores"] == out[0].details["pq_scores"]
+        asked = srv.count
+        assert judge.score(srcs, [edit] * 3, texts) == out and srv.count == asked  # the cache
     assert judge.judge_id.endswith(":viescore") and judge.prompt_version == "viescore-v2-r25"
-    logged = srv.requests(api)
-    assert len(logged) == 4  # three SC calls, one PQ call for the one edited image
     pq_text = [r["text"] for r in logged if r["text"].count("img:") == 1]
     assert len(pq_text) == 1 and "scale from 0 to 25" in pq_text[0]
     pq_scores = viescore_judge.scores(pq_text[0], 1)

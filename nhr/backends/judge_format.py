@@ -7,6 +7,7 @@ the client layer (cache, limits, retries), parses the answer with its format's p
 maps it onto the validator's 1–5 scale, and keeps the raw answer in the verdict's
 ``details``. An answer the parser refuses is an error verdict (never a pass), with the
 raw answer kept too. These judges serve the ``validator`` role only (stages 7 and 9).
+A protocol of more than one call (VIEScore's SC and PQ) overrides ``score``.
 """
 
 from __future__ import annotations
