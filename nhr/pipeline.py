@@ -376,6 +376,7 @@ class Pipeline:
             "shard_rows": self.cfg.export.export_shard_rows,
             "preference_pairs": self.cfg.export.export_preference_pairs,
             "source": source,
+            "test_share": self.cfg.export.export_test_share,
         }
         inputs = [source, "mined", "candidates", "sources", "prompts", "plausibility"]
         inputs += [*self.tables.enabled, "inversion"]
@@ -430,6 +431,7 @@ class Pipeline:
             self.cfg.export.export_webdataset_shard_rows,
             self.cfg.export.export_license,
             provenance(self.tables.triplets(PROVENANCE_COLUMNS), name),
+            self.cfg.export.export_test_share,
         )
         figures = {
             "rows_in": shape.num_rows,
