@@ -5,7 +5,9 @@ by kind), errors as themselves, windows pulled lazily, nothing started for a cha
 nothing to do; the tiny synthetic chain with ENGINE ray and its run folder on S3 (moto on
 127.0.0.1) exports the rows of the local engine after a SIGKILL of its driver and a rerun
 that loses the worker node; `nhr run` without a cluster named starts one for all its
-notebooks and stops it; the missing-Ray error."""
+notebooks and stops it, and that cluster refuses a client without its token, while one
+named through RAY_ADDRESS that accepts such clients gets a warning; the missing-Ray
+error."""
 
 import builtins
 import json
@@ -226,7 +228,8 @@ def input_ids(dones: list[Done], link: int) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster(request):
     """A head and a worker node, one logical GPU each (CPUs are logical too: enough for
-    every operator's actors and tasks, the worker's lost included). moto's S3 server
+    every operator's actors and tasks, the worker's lost included), without token
+    authentication (as `ray start` makes a cluster before Ray 2.61). moto's S3 server
     (where it is installed) starts first: every node's processes inherit the AWS
     environment."""
     from ray.cluster_utils import Cluster
@@ -241,6 +244,8 @@ def cluster(request):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (here, str(Path(here).parent), saved) if p
     )
+    saved_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
         c = Cluster()
         try:
@@ -257,6 +262,10 @@ def cluster(request):
     finally:
         ray.shutdown()
         c.shutdown()
+        if saved_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_auth
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -306,6 +315,21 @@ def test_windows_pull_batches_lazily(cluster):
     assert info["windows"] == 2 and set(info["links"]) == {"0:squares", "1:plus_one"}
     for link in (0, 1):
         assert sorted(input_ids(dones, link)) == [j.prompt_id for j in jobs(40)]
+
+
+def test_nhr_run_warns_once_of_a_named_cluster_open_without_a_token(cluster, monkeypatch, caplog):
+    """`nhr run` with RAY_ADDRESS naming a cluster that answers a client without a token
+    warns once, naming the fix; it joins it rather than starting one."""
+    from nhr.config import PipelineConfig
+    from nhr.engines import run_cluster
+
+    monkeypatch.setenv("RAY_ADDRESS", cluster[0].address)
+    cfg = PipelineConfig.from_params({"ENGINE": "ray"})
+    with caplog.at_level("WARNING", logger="nhr.engines.ray"), run_cluster(cfg) as started:
+        assert started is None
+    warned = [r.getMessage() for r in caplog.records if "authentication token" in r.getMessage()]
+    assert len(warned) == 1
+    assert cluster[0].address in warned[0] and "RAY_AUTH_MODE=token" in warned[0]
 
 
 def test_a_stage_error_comes_back_as_itself(cluster):
@@ -456,6 +480,7 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
     from nhr.store import RunStore
 
     seen = tmp_path / "kernel_ray_address.txt"
+    anonymous = tmp_path / "accepts_anonymous.txt"
     failing = tmp_path / "02_fails.ipynb"
     kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernel})
@@ -463,6 +488,11 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
         nbformat.v4.new_code_cell('RUN_DIR = ""', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
             f"import os, pathlib; pathlib.Path({str(seen)!r}).write_text(os.environ['RAY_ADDRESS'])"
+        ),
+        nbformat.v4.new_code_cell(
+            "from nhr.engines.ray import accepts_anonymous\n"
+            f"pathlib.Path({str(anonymous)!r}).write_text("
+            "repr(accepts_anonymous(os.environ['RAY_ADDRESS'])))"
         ),
         nbformat.v4.new_code_cell('raise RuntimeError("stopped here")'),
     ]
@@ -475,7 +505,8 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
         "  ENGINE: ray, RAY_IO_ACTORS: 1, RAY_LOCAL_CPUS: 2}\n"
     )
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray's defaults for a local cluster: no cluster named, no authentication mode set
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and "RAY_AUTH" not in k}
     env["PYTHONPATH"] = str(ROOT)
     cmd = [*NHR, "run", str(config), "--run-dir", str(run), "--no-progress"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -485,6 +516,7 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
     cluster = RunStore(run).read_stats("prompts")["engine"]["cluster"]
     assert cluster["address"] == address and cluster["nodes"] == 1
     assert seen.read_text() == address
+    assert anonymous.read_text() == "False"  # a client without its token is refused
     host, port = address.rsplit(":", 1)
     with pytest.raises(OSError):  # its head is gone
         socket.create_connection((host, int(port)), timeout=2).close()

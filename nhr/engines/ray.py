@@ -44,6 +44,7 @@ import logging
 import os
 import pickle
 import socket
+import subprocess
 import sys
 import uuid
 from collections import Counter
@@ -252,6 +253,65 @@ def start_local(ray: Any, cpus: int = 0) -> None:
             if attempt == LOCAL_STARTS - 1 or "timed out during startup" not in str(err):
                 raise
             log.warning("a local Ray cluster missed its start-up time; starting again")
+
+
+# Run in a fresh interpreter with token authentication off: a GCS that answers it
+# accepts anyone who reaches its port. Exit 0: answered; 3: refused for want of a token.
+_ANONYMOUS_PROBE = """
+import sys
+from ray._private.services import canonicalize_bootstrap_address_or_die
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+try:
+    GcsClient(address=canonicalize_bootstrap_address_or_die(sys.argv[1])).internal_kv_get(
+        b"nhr-probe", None, timeout=float(sys.argv[2]))
+except AuthenticationError:
+    sys.exit(3)
+"""
+OPEN_CLUSTER_FIX = (
+    "restart it with token authentication: the same RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+    "(or RAY_AUTH_TOKEN_PATH, a file holding it; `ray get-auth-token --generate` makes one) "
+    "in the environment of `ray start` on every node and of `nhr run` (KubeRay: the "
+    "RayCluster's `authOptions: {mode: token}`)"
+)
+
+
+def accepts_anonymous(address: str, timeout: float = 20.0) -> bool | None:
+    """Whether the Ray cluster at ``address`` (``host:port`` or ``auto``) answers a client
+    that sends no authentication token: True (open), False (it refuses one), None (no
+    answer either way: unreachable, a Ray Client ``ray://`` address, a timeout)."""
+    if address.startswith("ray://"):
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    env["RAY_AUTH_MODE"] = "disabled"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _ANONYMOUS_PROBE, address, str(timeout)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 30,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode in (0, 3):
+        return proc.returncode == 0
+    log.debug("probing the Ray cluster at %s failed: %s", address, proc.stderr[-2000:])
+    return None
+
+
+def warn_if_open(address: str) -> bool:
+    """Warn (once per call; ``nhr run`` calls it once) when the cluster at ``address``
+    accepts clients without a token, naming the fix; True if it warned."""
+    if not accepts_anonymous(address):
+        return False
+    log.warning(
+        "the Ray cluster at %s accepts clients without an authentication token: anyone "
+        "who reaches its ports can run code on every node (CVE-2023-48022); %s",
+        address,
+        OPEN_CLUSTER_FIX,
+    )
+    return True
 
 
 @contextlib.contextmanager
