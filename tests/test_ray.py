@@ -273,7 +273,7 @@ def cluster(request):
 
 
 def test_every_batch_of_every_link_comes_once(cluster):
-    engine = RayEngine(RaySettings(window_rows=1000, io_actors=2), progress=False)
+    engine = RayEngine(RaySettings(window_rows=20, io_actors=2), progress=False)
     dones = list(engine.stream(chain(), batches(60, 5)))
     assert observed(dones) == expected(60)
     for link in (0, 1):
@@ -290,8 +290,12 @@ def test_every_batch_of_every_link_comes_once(cluster):
     # each of the two judge actors holds half of the API limits
     assert {v.details for d in judged for v in d.outputs} == {'{"share": 0.5}'}
     info = engine.describe()
-    assert info["duplicates_dropped"] == 0 and info["windows"] == 1
+    assert info["duplicates_dropped"] == 0 and info["windows"] == 3
     places = {name.split(":")[1]: p for name, p in info["links"].items()}
+    # the actors live across the windows: one setup (model load) per actor per chain
+    assert list(places["cubes"]["loads"].values()) == [1, 1]
+    assert list(places["verdicts"]["loads"].values()) == [1, 1]
+    assert "loads" not in places["squares"]  # tasks: set up once per worker process
     assert places["cubes"]["kind"] == "device" and places["cubes"]["num_gpus"] == 1.0
     assert places["cubes"]["actors"] == 2  # one per GPU of the cluster
     assert places["verdicts"]["kind"] == "io" and places["verdicts"]["actors"] == 2

@@ -3,18 +3,24 @@
 Each link becomes one ``map_batches`` operator with the resources its stage declares
 (``Stage.work_kind``):
 
-- ``device`` (text-to-image models, editors): an actor pool, ``gpus_per_actor`` GPUs
-  each, one model resident per actor (one actor per GPU of the cluster by default);
-- ``io`` (API judges, writers): a pool of ``io_actors`` CPU actors; the API's
+- ``device`` (text-to-image models, editors): long-lived host actors, ``gpus_per_actor``
+  GPUs each, one model resident per actor (one actor per GPU of the cluster by default);
+- ``io`` (API judges, writers): ``io_actors`` long-lived CPU host actors; the API's
   concurrency and rate limits (``API_CONCURRENCY``, ``API_RPM``, ``API_TPM``, each per
   backend) are split evenly among them, so the cluster as a whole keeps the configured
   caps without a call to a limiter actor per request;
 - ``cpu`` (the synthetic world, the low-level check): Ray tasks, the stage unpickled and
   set up once per worker process.
 
+The host actors of a link are made once per chain (``stream`` call) and live across its
+windows, so a model loads once per actor per chain (counted under the link's ``loads``
+in ``describe()``); the link's ``map_batches`` operator is a pool of light tasks that
+hand each block to a free host through the link's ``HostDispatch`` actor. A host lost
+with its node is dropped (its blocks go to the others; ``lost`` counts it).
+
 Stages travel as one pickle of the chain, put in the object store once; each worker
-builds its link's stage from it and calls ``setup()`` once, and ``teardown()`` when Ray
-ends the actor. Rows flow through the operators as three
+builds its link's stage from it and calls ``setup()`` once, and ``teardown()`` when the
+chain ends. Rows flow through the operators as three
 columns: ``link`` (whose input the row is; -1 for none), ``item`` (a pickled record) and
 ``done`` (pickled ``Done``s of the batches finished upstream, carried along on the first
 row of each output, so survivors never return to the driver between links while every
@@ -22,8 +28,8 @@ link's results still reach it). The driver reads the last operator's output and 
 the ``Done``s; the runner commits them.
 
 Ray Data needs a dataset's input up front, so the engine pulls the runner's batches in
-windows of ``window_rows`` inputs of link 0 (one dataset, and one start of the actor
-pools, per window): large windows start actors rarely, small ones stop sooner once the
+windows of ``window_rows`` inputs of link 0 (one dataset per window; the host actors
+stay): small windows stop sooner once the
 runner's budget is spent (the runner stops handing out batches; a window already pulled
 runs to its end). A pause of the inputs (an empty batch) ends a window early: what
 comes after it depends on the window's results.
@@ -38,6 +44,7 @@ the stage, the batch and the node) and is raised on the driver.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -74,6 +81,7 @@ SCHEMA = pa.schema(
     ]
 )
 NO_LINK = -1
+HOST_CALL_CPUS = 0.01  # a task handing a block to a host actor only waits on it
 LOCAL_STARTS = 3  # tries to start a local cluster (a busy machine can miss Ray's timeout)
 
 
@@ -139,7 +147,8 @@ class LinkWorker:
 
     def __init__(self, chain: Any, k: int, share: float = 1.0) -> None:
         self.k = k
-        self.failed: bytes | None = None  # a setup error, sent back with the first block
+        self.loads = 0  # setups done (a model loaded): one per actor per chain
+        self.failed: bytes | None = None  # a setup error, sent back with every block
         try:
             ray = import_ray()
             blob = ray.get(chain) if isinstance(chain, ray.ObjectRef) else chain
@@ -150,6 +159,7 @@ class LinkWorker:
             if share < 1.0:
                 self.stage.share_limits(share)
             self.stage.setup()
+            self.loads += 1
             self.run = BatchRun(self.stage, portable=True, node=True)
         except Exception as err:  # Ray Data would retry a failing constructor forever
             sent = sendable(err)
@@ -190,6 +200,22 @@ class LinkWorker:
             carried.append(dumps(done))
         return _rows(self.k + 1, forward, carried, errors)
 
+    def call(self, table: pa.Table) -> pa.Table:
+        """``self(table)``, as an actor method (a host of the link, see ``run_on_host``)."""
+        return self(table)
+
+    def report(self) -> dict[str, Any]:
+        """As a host actor: its id, node, and its loads."""
+        actor = import_ray().get_runtime_context().get_actor_id()
+        return {"actor": actor, "node": socket.gethostname(), "loads": self.loads}
+
+    def close(self) -> None:
+        """Release the stage (its model) before the actor is ended."""
+        stage = getattr(self, "stage", None)
+        self.stage = None
+        if stage is not None:
+            _teardown(stage)
+
     def __del__(self) -> None:
         stage = getattr(self, "stage", None)
         if stage is not None:
@@ -226,6 +252,44 @@ def run_cpu_link(table: pa.Table, chain: Any, token: str, k: int) -> pa.Table:
             _TASK_WORKERS.pop(old)
         worker = _TASK_WORKERS[key] = LinkWorker(chain, k)
     return worker(table)
+
+
+class HostDispatch:
+    """Hands the blocks of an actor link to its long-lived hosts (an async Ray actor on
+    the driver's node): each block waits for a free host, runs there, and frees it,
+    whatever becomes of the task that sent it. A host lost with its node is dropped and
+    the block goes to another; with every host lost, the block fails."""
+
+    def __init__(self, hosts: list[Any]) -> None:
+        self.hosts = hosts
+        self.alive = len(hosts)
+        self.free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(hosts)):
+            self.free.put_nowait(i)
+
+    async def call(self, table: pa.Table) -> pa.Table:
+        ray = import_ray()
+        while True:
+            i = await self.free.get()
+            if i < 0:  # every host is lost: wake the next waiter too
+                self.free.put_nowait(i)
+                raise RuntimeError(f"every actor of this link ({len(self.hosts)}) was lost")
+            try:
+                out = await self.hosts[i].call.remote(table)
+            except ray.exceptions.RayActorError:
+                log.warning("an actor of a link was lost; its blocks go to the others")
+                self.alive -= 1
+                if self.alive == 0:
+                    self.free.put_nowait(-1)
+                continue
+            self.free.put_nowait(i)
+            return out
+
+
+def run_on_host(table: pa.Table, dispatch: Any) -> pa.Table:
+    """A Ray task's body for a device or io link: the block run by a free host of the
+    link (a long-lived ``LinkWorker`` actor holding the model, made once per chain)."""
+    return import_ray().get(dispatch.call.remote(table))
 
 
 def _quiet(ray: Any) -> Any:
@@ -348,6 +412,7 @@ class RayEngine(Engine):
         self._started = False
         self._counts: Counter[str] = Counter()
         self._placement: dict[str, dict[str, Any]] = {}
+        self._hosts: dict[int, tuple[list[Any], Any]] = {}  # of the stream running
 
     # ---- the cluster ----------------------------------------------------------------
     def connect(self) -> Any:
@@ -446,15 +511,58 @@ class RayEngine(Engine):
                     **common,
                 )
                 continue
-            share = 1.0 / place["actors"] if place["kind"] == IO else 1.0
+            if k not in self._hosts:
+                self._hosts[k] = self._start_hosts(ray, chain, k, place)
+            hosts, dispatch = self._hosts[k]
             ds = ds.map_batches(
-                LinkWorker,
-                fn_constructor_kwargs={"chain": chain, "k": k, "share": share},
-                compute=ray.data.ActorPoolStrategy(size=place["actors"]),
-                num_gpus=place.get("num_gpus") or None,
-                **common,
+                run_on_host,
+                fn_kwargs={"dispatch": dispatch},
+                compute=ray.data.TaskPoolStrategy(size=len(hosts)),
+                **{**common, "num_cpus": HOST_CALL_CPUS},
             )
         return ds
+
+    def _start_hosts(
+        self, ray: Any, chain: Any, k: int, place: dict[str, Any]
+    ) -> tuple[list[Any], Any]:
+        """The long-lived actors of an actor link (each builds the stage and loads its
+        model once per chain; one lost with its node is not restarted, its blocks go to
+        the others) and the dispatcher that hands them the link's blocks."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        share = 1.0 / place["actors"] if place["kind"] == IO else 1.0
+        host = ray.remote(LinkWorker).options(
+            num_cpus=place["num_cpus"], num_gpus=place.get("num_gpus") or None
+        )
+        hosts = [host.remote(chain, k, share) for _ in range(place["actors"])]
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        dispatch = (
+            ray.remote(HostDispatch)
+            .options(num_cpus=0, max_restarts=-1, scheduling_strategy=here)
+            .remote(hosts)
+        )
+        return hosts, dispatch
+
+    def _stop_hosts(self, ray: Any, links: Sequence[Link]) -> None:
+        """Record each host's model loads in its link's placement, release the stages,
+        end the actors."""
+        for k, (hosts, dispatch) in self._hosts.items():
+            name = f"{k}:{links[k].stage.name}"
+            loads: dict[str, int] = {}
+            for h in hosts:
+                try:
+                    report = ray.get(h.report.remote(), timeout=60)
+                except Exception:  # lost with its node
+                    self._placement[name]["lost"] = self._placement[name].get("lost", 0) + 1
+                    continue
+                loads[report["actor"]] = report["loads"]
+            self._placement[name]["loads"] = loads
+            with contextlib.suppress(Exception):
+                ray.get([h.close.remote() for h in hosts], timeout=60)
+            for actor in [*hosts, dispatch]:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+        self._hosts = {}
 
     # ---- streaming ------------------------------------------------------------------
     def stream(self, links: Sequence[Link], batches: Iterable[list[Record]]) -> Iterator[Done]:
@@ -498,6 +606,7 @@ class RayEngine(Engine):
                 window = self._window(pulled)
         finally:
             bar.close()
+            self._stop_hosts(ray, links)
 
     def _window(self, pulled: Iterator[list[Record]]) -> list[pa.Table]:
         """The next window of link 0's inputs, one block per runner batch."""
