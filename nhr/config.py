@@ -861,7 +861,7 @@ class EngineBlock(Block):
     )
     ray_window_rows: int = _f(
         20_000,
-        "first-stage inputs per Ray dataset: actors start once per window; a spent "
+        "first-stage inputs per Ray dataset (the actors live across windows); a spent "
         "budget stops the run at the end of a window",
         1,
         10**9,

@@ -31,6 +31,11 @@ growing with N.
 
 ``--time-limit S`` stops a run after S seconds (SIGALRM) and still prints the JSON, with
 ``completed: false`` and the step it stopped in.
+
+``--prompts 633,6329`` (several sizes, ascending) runs each size in a process of its own
+(peak RSS is per process) and prints ``{"runs": [each size's object], "memory_growth":
+...}``: the peak RSS (process and children, the larger) of the largest size over that
+of the smallest.
 """
 
 from __future__ import annotations
@@ -286,7 +291,11 @@ def step_figures(
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, run the benchmark, print its JSON object."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--prompts", type=int, required=True, help="N_PROMPTS (Table 2: 63,292)")
+    ap.add_argument(
+        "--prompts",
+        required=True,
+        help="N_PROMPTS (Table 2: 63,292); several, comma-separated: memory_growth",
+    )
     ap.add_argument("--run-dir", type=Path, help="run folder (new or empty); default: a temp one")
     ap.add_argument("--keep", action="store_true", help="keep the run folder afterwards")
     ap.add_argument("--batch-size", type=int, default=256, help="BATCH_SIZE (default 256)")
@@ -297,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--time-limit", type=float, default=0.0, help="stop after S seconds (0: none)")
     args = ap.parse_args(argv)
+    sizes = [int(n) for n in str(args.prompts).split(",") if n.strip()]
+    if len(sizes) > 1:
+        if args.run_dir is not None:
+            ap.error("--run-dir takes one size of --prompts")
+        return compare_sizes(sorted(sizes), argv if argv is not None else sys.argv[1:])
+    args.prompts = sizes[0]
 
     if args.run_dir is not None:
         run_dir = args.run_dir
@@ -333,6 +348,48 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(out, indent=1))
     return 0 if report["completed"] else 2
+
+
+def peak_of(run: dict[str, Any]) -> float:
+    """A size's peak RSS, MiB: the larger of its process's and its children's."""
+    peak = run["peak_rss_mb"]
+    return max(peak["self"], peak["children"])
+
+
+def compare_sizes(sizes: list[int], argv: list[str]) -> int:
+    """Run this script once per size, each in its own process; print the runs and the
+    growth of the peak RSS from the smallest size to the largest."""
+    rest: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--prompts":
+            skip = True
+        elif not a.startswith("--prompts="):
+            rest.append(a)
+    runs = []
+    for n in sizes:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--prompts", str(n), *rest],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if proc.returncode not in (0, 2):
+            print(f"the run of {n} prompts failed (exit {proc.returncode})", file=sys.stderr)
+            return proc.returncode
+        runs.append(json.loads(proc.stdout))
+    growth = peak_of(runs[-1]) / max(peak_of(runs[0]), 1e-9)
+    out = {
+        "benchmark": "engine on the null world, several sizes",
+        "prompts": sizes,
+        "peak_rss_mb": [peak_of(r) for r in runs],
+        "memory_growth": round(growth, 3),
+        "volume_growth": round(sizes[-1] / sizes[0], 3),
+        "runs": runs,
+    }
+    print(json.dumps(out, indent=1))
+    return 0 if all(r["completed"] for r in runs) else 2
 
 
 if __name__ == "__main__":
