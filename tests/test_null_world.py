@@ -154,14 +154,19 @@ def test_bench_engine_runs_the_whole_chain(prompts: int) -> None:
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
-        [sys.executable, str(root / "scripts" / "bench_engine.py"), "--prompts", str(prompts)],
+        [sys.executable, str(root / "scripts" / "bench_engine.py"), "--prompts", f"4,{prompts}"],
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
+    both = json.loads(done.stdout)  # two sizes, each run in a process of its own
+    assert both["prompts"] == [4, prompts] and len(both["runs"]) == 2
+    peaks = [max(r["peak_rss_mb"].values()) for r in both["runs"]]
+    assert both["peak_rss_mb"] == peaks and both["memory_growth"] == round(peaks[1] / peaks[0], 3)
+    report = both["runs"][1]
+    assert report["prompts"] == prompts
     from nhr.pipeline import CHAIN
 
     steps = {s["step"]: s for s in report["steps"]}

@@ -537,9 +537,7 @@ class RayEngine(Engine):
         hosts = [host.remote(chain, k, share) for _ in range(place["actors"])]
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         dispatch = (
-            ray.remote(HostDispatch)
-            .options(num_cpus=0, max_restarts=-1, scheduling_strategy=here)
-            .remote(hosts)
+            ray.remote(HostDispatch).options(num_cpus=0, scheduling_strategy=here).remote(hosts)
         )
         return hosts, dispatch
 
