@@ -338,7 +338,13 @@ class EditsBlock(Block):
     """Stage 4: the editor, the N×k×M job grid and how each job is edited."""
 
     editor: str = _f("synthetic", "image editor backend", role=True)
-    editor_model: str = _f("", "editor model id or local folder ('': the default)")
+    editor_model: str = _f(
+        "", "editor model id or local folder ('': the default); MODEL+lora=LORA[@SCALE] too"
+    )
+    editor_lora: str = _f(
+        "", "LoRA loaded into a diffusers editor: a folder, .safetensors file or hub id"
+    )
+    editor_lora_scale: float = _f(1.0, "strength of EDITOR_LORA", -10.0, 10.0)
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
     edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
@@ -380,6 +386,11 @@ class EditsBlock(Block):
             )
         if not self.edit_guidance:
             raise ConfigError("edit_guidance is empty", "give at least one value, e.g. [2.5]")
+        if self.editor_lora and self.editor in ("synthetic", "null"):
+            raise ConfigError(
+                f"EDITOR_LORA={self.editor_lora!r} with EDITOR={self.editor}, which has no LoRA",
+                "use a diffusers editor (flux-kontext, qwen-image-edit) or clear EDITOR_LORA",
+            )
         return self
 
 
