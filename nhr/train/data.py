@@ -109,11 +109,12 @@ def _image(cell: dict[str, Any] | None, key: str, column: str) -> Image.Image:
         return img.convert("RGB")
 
 
-def iter_triplets(
-    files: Sequence[Path], start: int = 0, stop: int | None = None
-) -> Iterator[Triplet]:
-    """Triplets ``start`` to ``stop`` (row numbers across ``files`` in order), streamed a
-    few rows at a time; whole files before ``start`` are skipped by their footers."""
+def iter_rows(
+    files: Sequence[Path], columns: Sequence[str], start: int = 0, stop: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Rows ``start`` to ``stop`` (row numbers across ``files`` in order) as dicts of
+    ``columns``, read ``READ_ROWS`` at a time; files before ``start`` are skipped by
+    their footers."""
     offset = 0
     for path in files:
         if stop is not None and offset >= stop:
@@ -123,23 +124,31 @@ def iter_triplets(
         if offset + n <= start:
             offset += n
             continue
-        for batch in pf.iter_batches(batch_size=READ_ROWS, columns=list(COLUMNS)):
-            cols = {c: batch.column(c).to_pylist() for c in COLUMNS}
+        for batch in pf.iter_batches(batch_size=READ_ROWS, columns=list(columns)):
+            cols = {c: batch.column(c).to_pylist() for c in columns}
             for i in range(batch.num_rows):
                 row = offset + i
                 if row < start:
                     continue
                 if stop is not None and row >= stop:
                     return
-                key = cols["triplet_id"][i]
-                yield Triplet(
-                    key=key,
-                    source=_image(cols["source_image"][i], key, "source_image"),
-                    edited=_image(cols["edited_image"][i], key, "edited_image"),
-                    instruction=cols["instruction"][i],
-                )
+                yield {c: cols[c][i] for c in columns}
             offset += batch.num_rows
             del cols, batch
+
+
+def iter_triplets(
+    files: Sequence[Path], start: int = 0, stop: int | None = None
+) -> Iterator[Triplet]:
+    """Triplets ``start`` to ``stop`` of ``files`` (see ``iter_rows``), images decoded."""
+    for row in iter_rows(files, COLUMNS, start, stop):
+        key = row["triplet_id"]
+        yield Triplet(
+            key=key,
+            source=_image(row["source_image"], key, "source_image"),
+            edited=_image(row["edited_image"], key, "edited_image"),
+            instruction=row["instruction"],
+        )
 
 
 def bucket_size(size: Size, buckets: Sequence[Size], area: int, multiple: int) -> Size:
