@@ -198,3 +198,40 @@ def test_reader_takes_the_train_split_and_streams_rows(world):
     assert count_rows(files) == 8
     seen = [t.key for t in iter_triplets(files, start=2, stop=6)]
     assert seen == ["t000002", "t000003", "t000000", "t000001"]  # across shard files
+
+
+@pytest.mark.slow
+def test_nhr_run_finetune_config_trains_into_its_run_folder(world, tmp_path):
+    """configs/finetune.yaml through papermill on a tiny export (the demo's stands in;
+    about a minute on a busy 2-core machine, hence slow like the tiny-diffusers run)."""
+    import yaml
+
+    from tests.conftest import nhr_cli
+
+    config = yaml.safe_load((ROOT / "configs" / "finetune.yaml").read_text())
+    config["tiny_models"] = str(world["root"] / "tiny")  # already written: nothing to do
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    overrides = {
+        "TRAIN_DATA": str(world["export"]),
+        "TRAIN_MODEL": str(world["kontext"]),
+        "TRAIN_STEPS": 4,
+        "TRAIN_BATCH": 2,
+        "TRAIN_MAX_TOKENS": 16,
+        "TRAIN_CHECKPOINT_STEPS": 2,
+        "TRAIN_SAMPLE_STEPS": 2,
+        "TRAIN_SAMPLE_ITEMS": 2,
+    }
+    args = [a for k, v in overrides.items() for a in ("-p", k, json.dumps(v))]
+    proc = nhr_cli("run", str(path), "--run-dir", str(run), "--no-progress", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["triplets"] == 8
+    assert sorted(summary["buckets"]) == [[64, 64], [96, 48]]
+    assert (run / "train" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (run / "notebooks" / "13_finetune.ipynb").is_file()
+    assert sorted(p.name for p in (run / "train" / "checkpoints").iterdir()) == [
+        "step-0000002",
+        "step-0000004",
+    ]
