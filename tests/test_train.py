@@ -235,3 +235,19 @@ def test_nhr_run_finetune_config_trains_into_its_run_folder(world, tmp_path):
         "step-0000002",
         "step-0000004",
     ]
+
+
+def test_reader_peak_memory_does_not_grow_with_10x_the_rows(tmp_path):
+    """The trainer's reader over N and 10×N rows (shards of the export's size): the
+    same peak; reading every shard at once, the contrast, grows with the data."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_train_data import measure, write_noise_export
+
+    peaks, sizes = {}, {}
+    for n in (20, 200):
+        sizes[n] = write_noise_export(tmp_path / str(n), n, 128, shard_rows=20) / 2**20
+        peaks[n] = {m: measure(tmp_path / str(n), m) for m in ("stream", "whole")}
+        assert peaks[n]["stream"]["rows"] == n
+    grown = sizes[200] - sizes[20]  # about 17 MB more data
+    assert peaks[200]["stream"]["peak_mb"] - peaks[20]["stream"]["peak_mb"] < 0.2 * grown
+    assert peaks[200]["whole"]["peak_mb"] - peaks[20]["whole"]["peak_mb"] > 0.5 * grown
