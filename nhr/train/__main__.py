@@ -20,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        cfg = reconcile(args.run_dir, {k.upper(): parse_override(v) for k, v in args.param})
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():  # one process writes config.yaml
+            cfg = reconcile(args.run_dir, {k.upper(): parse_override(v) for k, v in args.param})
         result = train(cfg, args.run_dir, progress=not args.no_progress)
     except NhrError as err:
         print(f"nhr: {err}", file=sys.stderr)

@@ -299,7 +299,7 @@ def train(
     t = cfg.train
     folder = Path(run_dir) / "train"
     folder.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and cfg.diffusers.diffusers_device != "cpu"
     precision = t.train_precision if t.train_precision != "auto" else ("bf16" if cuda else "no")
     acc = Accelerator(mixed_precision=precision, cpu=not cuda)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32

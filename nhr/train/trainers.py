@@ -124,7 +124,7 @@ class KontextTrainer:
         cond_ids = ids.clone()
         cond_ids[..., 0] = 1
         guidance = None
-        if transformer.config.guidance_embeds:
+        if getattr(transformer, "module", transformer).config.guidance_embeds:  # DDP wraps
             guidance = torch.full((b,), self.guidance, device=device, dtype=torch.float32)
         pred = transformer(
             hidden_states=torch.cat([packed, packed_cond], dim=1).to(device, dtype),
