@@ -83,14 +83,14 @@ def test_loss_on_a_fixed_batch_falls_by_half_overfitting_8_triplets():
         [t for _, _, t in ims],
     )
     model = pipe.transformer
-    opt = torch.optim.AdamW(add_lora(model, 8, 8, WIDE, seed=0), lr=1e-2)
+    opt = torch.optim.AdamW(add_lora(model, 8, 8, WIDE, seed=0), lr=2e-2)
 
     def loss() -> torch.Tensor:  # the same noise and σ every time: a fixed batch
         return trainer.loss(pipe, model, batch, torch.Generator().manual_seed(0))
 
     with torch.no_grad():
         before = float(loss())
-    for _ in range(30):
+    for _ in range(15):
         loss().backward()
         opt.step()
         opt.zero_grad()
@@ -245,9 +245,9 @@ def test_reader_peak_memory_does_not_grow_with_10x_the_rows(tmp_path):
 
     peaks, sizes = {}, {}
     for n in (20, 200):
-        sizes[n] = write_noise_export(tmp_path / str(n), n, 128, shard_rows=20) / 2**20
+        sizes[n] = write_noise_export(tmp_path / str(n), n, 192, shard_rows=10) / 2**20
         peaks[n] = {m: measure(tmp_path / str(n), m) for m in ("stream", "whole")}
         assert peaks[n]["stream"]["rows"] == n
-    grown = sizes[200] - sizes[20]  # about 17 MB more data
-    assert peaks[200]["stream"]["peak_mb"] - peaks[20]["stream"]["peak_mb"] < 0.2 * grown
-    assert peaks[200]["whole"]["peak_mb"] - peaks[20]["whole"]["peak_mb"] > 0.5 * grown
+    grown = sizes[200] - sizes[20]  # about 38 MB more data; allocator noise is ~6 MB
+    assert peaks[200]["stream"]["peak_mb"] - peaks[20]["stream"]["peak_mb"] < 0.3 * grown
+    assert peaks[200]["whole"]["peak_mb"] - peaks[20]["whole"]["peak_mb"] > 0.8 * grown
