@@ -17,6 +17,10 @@ class NhrError(Exception):
         """Pickle as (problem, fix), so the error crosses from a worker process intact."""
         return type(self), (self.problem, self.fix), self.__dict__
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows in a notebook instead of the traceback: the one line."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(NhrError):
     """A config file, key or value is wrong."""

@@ -161,3 +161,34 @@ def test_a_damaged_image_is_named_then_repaired(tiny_run, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     for table in TABLES:
         assert _rows(run_dir, table) == _rows(tiny_run, table), table
+
+
+def test_rating_notebook_from_notebooks_folder_resolves_paths_at_the_root(tiny_chain, tmp_path):
+    """JupyterLab starts a kernel in notebooks/: relative paths still mean the
+    repository's, and 11_rate runs top to bottom before anyone has rated."""
+    import papermill
+
+    from nhr.evaluate import rating
+
+    rating_dir = tmp_path / "ratings"
+    rel = {  # relative to the repository root, wrong from notebooks/
+        "RUN_DIR": os.path.relpath(rating_dir, ROOT),
+        "EVAL_RUN_DIR": os.path.relpath(tiny_chain.store.root, ROOT),
+    }
+    assert not (ROOT / "notebooks" / rel["RUN_DIR"]).resolve().is_relative_to(tmp_path)
+    out = papermill.execute_notebook(
+        str(ROOT / "notebooks" / "11_rate.ipynb"),
+        str(tmp_path / "11.ipynb"),
+        parameters={**rel, "RATE_ITEMS": 6},
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+    )
+    assert len(rating.read_items(rating_dir / rating.ITEMS_FILE)) == 6  # drawn, at the root
+    assert sorted(p.name for p in rating_dir.iterdir()) == [rating.ITEMS_FILE]  # no rating yet
+    shown = [
+        o.get("data", {}).get("text/plain", "")
+        for c in out.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    ]
+    assert sum(rating.NO_RATINGS_YET in s for s in shown) == 2  # the summary and tuning cells

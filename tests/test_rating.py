@@ -117,6 +117,53 @@ def test_widget_binds_the_session(tiny_chain, sample, tmp_path):
     assert app.item is None and "done" in app.status.value
 
 
+def test_rating_files_share_one_mode(tiny_chain, tmp_path):
+    import os
+    import stat
+
+    ratings_file = tmp_path / "rating" / "ratings.csv"
+    old = os.umask(0o002)  # a group of raters on a shared machine
+    try:
+        items = rating.prepare_items(tiny_chain, ratings_file, 4, 0, 5, 4.7)
+        session = rating.RatingSession(items, ratings_file, "ann")
+        session.rate(items[0].item_id, 3, 4)
+        session.skip(items[1].item_id)
+        session.rate(items[2].item_id, 5, 5)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ratings_file.parent.iterdir()}
+    assert sorted(modes) == [
+        "rating_items.jsonl", "ratings.csv", "ratings.csv.lock", "ratings.skips.jsonl"
+    ]  # fmt: skip
+    assert set(modes.values()) == {0o664}, modes
+    assert session.progress() == {"rated": 2, "skipped": 1, "left": 1, "total": 4}
+
+
+def test_widget_letterboxes_every_image_in_one_box(tiny_chain, sample, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from nhr.evaluate.rating_ui import BACKDROP, BOX, RatingApp, _png
+
+    portrait = tmp_path / "portrait.png"
+    Image.new("RGB", (50, 200), (255, 0, 0)).save(portrait)
+    shown = Image.open(io.BytesIO(_png(portrait)))
+    assert shown.size == (BOX, BOX)
+    assert shown.getpixel((BOX // 2, BOX // 2)) == (255, 0, 0)
+    assert shown.getpixel((5, BOX // 2)) == shown.getpixel((BOX - 5, BOX // 2)) == BACKDROP
+    red = [x for x in range(BOX) if shown.getpixel((x, BOX // 2)) == (255, 0, 0)]
+    assert abs(len(red) - BOX / 4) <= 2  # the aspect ratio kept, not stretched
+    app = RatingApp(
+        rating.RatingSession(sample[:2], tmp_path / "r.csv", "ann"), tiny_chain.store.root
+    )
+    for _ in range(3):  # two items, then the empty box once done
+        for image in (app.source, app.edited):
+            assert Image.open(io.BytesIO(image.value)).size == (BOX, BOX)
+            assert image.layout.width == image.layout.height == f"{BOX}px"
+        app.skip.click()
+
+
 def test_simulated_raters_agree_less_with_more_noise(tiny_chain, sample):
     calm = rating.simulate_ratings(tiny_chain, sample, raters=3, noise=0.2, seed=0)
     noisy = rating.simulate_ratings(tiny_chain, sample, raters=3, noise=1.5, seed=0)

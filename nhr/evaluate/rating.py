@@ -13,8 +13,10 @@ A ``RatingSession`` is one rater's pass over the items: it skips what that rater
 rated or skipped, and writes each rating at once into the ratings file that
 ``09_calibrate_validator`` reads (CSV: item_id, rater, adherence, aesthetic), under a
 file lock, so several raters may rate side by side and a closed notebook resumes where
-it stopped. Skips go to a file beside it (``<ratings>.skips.jsonl``). Nothing here needs
-a browser: ``nhr.evaluate.rating_ui`` binds the widgets.
+it stopped. Skips go to a file beside it (``<ratings>.skips.jsonl``). Every file written
+here (sample, ratings, skips, lock) is a new file with the mode ``open`` gives (0666 less
+the umask), so on a shared machine another rater's account reads what one wrote. Nothing
+here needs a browser: ``nhr.evaluate.rating_ui`` binds the widgets.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
 
 ITEMS_FILE = "rating_items.jsonl"
+NO_RATINGS_YET = "no ratings yet: rate items in the widget above, then run the cells below again"
 SCALE = (1, 2, 3, 4, 5)
 
 
@@ -135,11 +139,24 @@ def sample_items(
     ]
 
 
+def file_mode() -> int:
+    """The mode a new file gets from ``open`` here: 0666 less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_shared(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically, with the mode of every other rating file."""
+    atomic_write_bytes(path, data)
+    os.chmod(path, file_mode())  # the temp file it was renamed from is private (0600)
+
+
 def write_items(path: Path | str, items: Sequence[RatingItem]) -> Path:
     """Write the items as JSON lines (atomically)."""
     path = Path(path)
     lines = "".join(json.dumps(dataclasses.asdict(i)) + "\n" for i in items)
-    atomic_write_bytes(path, lines.encode())
+    _write_shared(path, lines.encode())
     return path
 
 
@@ -174,16 +191,30 @@ def prepare_items(
 
 
 # ---------------------------------------------------------------- a rater's session
+def ratings_so_far(ratings_file: Path | str) -> list[Rating]:
+    """Every rating in a ratings file; none before the first (no file, or no rows yet)."""
+    path = Path(ratings_file)
+    if not path.is_file() or not path.read_text().strip():
+        return []
+    try:
+        return read_ratings(path)
+    except RatingsError as err:
+        if "holds no ratings" in err.problem:
+            return []
+        raise
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive flock beside ``path`` (several raters' kernels write one file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    # opened for reading: flock needs no more, so a lock file another rater made will do
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def skips_path(ratings_file: Path | str) -> Path:
@@ -207,14 +238,7 @@ class RatingSession:
     # ---- reading --------------------------------------------------------------------
     def ratings(self) -> list[Rating]:
         """Every rater's ratings so far."""
-        if not self.ratings_file.is_file() or not self.ratings_file.read_text().strip():
-            return []
-        try:
-            return read_ratings(self.ratings_file)
-        except RatingsError as err:
-            if "holds no ratings" in err.problem:
-                return []
-            raise
+        return ratings_so_far(self.ratings_file)
 
     def skipped(self) -> set[str]:
         """Item ids this rater skipped."""
@@ -259,7 +283,14 @@ class RatingSession:
         rating = Rating(item_id, self.rater, float(adherence), float(aesthetic))
         with _locked(self.ratings_file):
             kept = [r for r in self.ratings() if (r.item_id, r.rater) != (item_id, self.rater)]
-            write_ratings(self.ratings_file, [*kept, rating])
+            # a new file renamed over the old: whole for readers, and the writer's own
+            tmp = self.ratings_file.with_name(f".tmp-{os.getpid()}-{self.ratings_file.name}")
+            try:
+                write_ratings(tmp, [*kept, rating])
+                os.chmod(tmp, file_mode())
+                os.replace(tmp, self.ratings_file)
+            finally:
+                tmp.unlink(missing_ok=True)
         return rating
 
     def skip(self, item_id: str) -> None:
@@ -270,7 +301,7 @@ class RatingSession:
         with _locked(self.ratings_file):
             old = path.read_bytes() if path.is_file() else b""
             line = json.dumps({"item_id": item_id, "rater": self.rater}) + "\n"
-            atomic_write_bytes(path, old + line.encode())
+            _write_shared(path, old + line.encode())
 
 
 # ---------------------------------------------------------------- simulated raters
@@ -305,17 +336,21 @@ def simulate_ratings(
 
 
 def summary(ratings_file: Path | str, items: Sequence[RatingItem]) -> dict[str, Any]:
-    """Ratings per rater, items rated by at least one and by two or more raters."""
-    session_ratings = read_ratings(ratings_file) if Path(ratings_file).is_file() else []
+    """Ratings per rater, items rated by at least one and by two or more raters (and,
+    before the first rating, what to do next)."""
+    session_ratings = ratings_so_far(ratings_file)
     per_rater: dict[str, int] = {}
     per_item: dict[str, int] = {}
     for r in session_ratings:
         per_rater[r.rater] = per_rater.get(r.rater, 0) + 1
         per_item[r.item_id] = per_item.get(r.item_id, 0) + 1
-    return {
+    out: dict[str, Any] = {
         "items": len(items),
         "ratings": len(session_ratings),
         "per_rater": per_rater,
         "rated_items": len(per_item),
         "items_with_two_or_more": sum(1 for v in per_item.values() if v >= 2),
     }
+    if not session_ratings:
+        out["next"] = NO_RATINGS_YET
+    return out

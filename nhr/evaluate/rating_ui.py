@@ -11,20 +11,27 @@ from typing import Any
 from nhr.errors import NhrError
 from nhr.evaluate.rating import SCALE, RatingItem, RatingSession
 
-THUMB = 384  # long side of the images shown, px
+BOX = 384  # side of the square box each image is shown in, px
+BACKDROP = (238, 238, 238)  # the letterbox around an image that does not fill the box
 
 
-def _png(path: Path, long_side: int = THUMB) -> bytes:
+def _png(path: Path | None, box: int = BOX) -> bytes:
+    """The image at ``path`` scaled to fit a ``box``×``box`` square and centred on the
+    backdrop (letterboxed, aspect kept), as PNG; the empty box for None. Every item then
+    takes the same room, so the controls below never move."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        scale = long_side / max(im.size)
-        if scale < 1:
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        return buf.getvalue()
+    canvas = Image.new("RGB", (box, box), BACKDROP)
+    if path is not None:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = box / max(im.size)
+            size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            im = im.resize(size, Image.Resampling.LANCZOS)
+            canvas.paste(im, ((box - size[0]) // 2, (box - size[1]) // 2))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class RatingApp:
@@ -40,10 +47,13 @@ class RatingApp:
         self.session = session
         self.run_dir = Path(run_dir)
         self.item: RatingItem | None = None
-        layout = w.Layout(width=f"{THUMB + 8}px")
-        self.source = w.Image(format="png", layout=layout)
-        self.edited = w.Image(format="png", layout=layout)
-        self.instruction = w.HTML()
+        side = f"{BOX}px"
+        self.source = w.Image(format="png", layout=w.Layout(width=side, height=side))
+        self.edited = w.Image(format="png", layout=w.Layout(width=side, height=side))
+        # a fixed height (scrolling when long), so the buttons below stay in place
+        self.instruction = w.HTML(
+            layout=w.Layout(width=f"{2 * BOX + 16}px", height="4.5em", overflow="auto")
+        )
         self.adherence = w.ToggleButtons(
             options=list(SCALE), value=None, description="adherence", style={"button_width": "40px"}
         )
@@ -54,6 +64,9 @@ class RatingApp:
         self.save = w.Button(description="save and next", button_style="success")
         self.skip = w.Button(description="skip")
         self.status = w.HTML()
+        for name in ("source", "edited", "instruction", "adherence", "aesthetic", "save", "skip"):
+            getattr(self, name).add_class(f"nhr-rate-{name}")  # stable handles for a browser
+        self.status.add_class("nhr-rate-status")
         self.save.on_click(self._on_save)
         self.skip.on_click(self._on_skip)
         self.rater.observe(self._on_rater, names="value")
@@ -82,7 +95,7 @@ class RatingApp:
         p = self.session.progress()
         counts = f"{p['rated']} rated, {p['skipped']} skipped, {p['left']} left of {p['total']}"
         if self.item is None:
-            self.source.value = self.edited.value = b""
+            self.source.value = self.edited.value = _png(None)
             self.instruction.value = "<i>nothing left to rate</i>"
             self.status.value = f"{self.session.rater}: done — {counts}"
             return
