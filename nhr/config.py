@@ -473,6 +473,20 @@ class ValidationBlock(Block):
         "all or majority (of members passing on their own)",
         choices=("combined", "all", "majority"),
     )
+    viescore_range: int = _f(
+        10, "VIEScore judges: scores on 0..R (10 VIEScore/GEdit-Bench, 25 EditScore)", 1, 100
+    )
+    judge_max_error_share: float = _f(
+        0.5,
+        "stop the run when a judge's error verdicts exceed this share of its first (then "
+        "any sliding) JUDGE_ERROR_WINDOW verdicts; 1: never",
+        0.0,
+        1.0,
+        runtime=True,
+    )
+    judge_error_window: int = _f(
+        50, "verdicts per judge the error share is taken over", 1, 100_000, runtime=True
+    )
 
 
 class SyntheticBlock(Block):
@@ -718,6 +732,38 @@ class EvaluationBlock(Block):
     rate_simulated_noise: float = _f(
         0.6, "rating notebook: sd of a simulated rater's noise on the 1-5 scale", 0.0, 3.0
     )
+    bench_sets: tuple[str, ...] = _f(
+        ("synthetic",),
+        "editor benchmark sets: gedit[=PATH], imgedit-basic=PATH, kris[=PATH], split=RUN_DIR, "
+        "synthetic, or NAME=PATH with EVAL_COLUMNS (each set its own items; adding one resumes)",
+        runtime=True,
+    )
+    bench_editors: tuple[str, ...] = _f(
+        (),
+        "editors benchmarked: NAME[:model=..,steps=..,guidance=..,seed=..,skill=..,label=..]"
+        "[+lora=PATH], each its own table, adding one resumes the rest (empty: the "
+        "synthetic editor at skill 0.3, 0.6 and 0.9)",
+        runtime=True,
+    )
+    bench_judges: tuple[str, ...] = _f(
+        ("synthetic-viescore",),
+        "benchmark judges: synthetic-viescore[:noise=X] or a validator spec (gemini-viescore, "
+        "openai-viescore:MODEL, openai-imgedit, ...); each its own table",
+        runtime=True,
+    )
+    bench_max_items: int = _f(
+        60, "items per set at most, a seeded sample stratified by task type (0: all)", 0, 10**7
+    )
+    bench_seed: int = _f(0, "seed of the item sample and of each item's edit seed", 0, 2**31 - 1)
+    bench_languages: tuple[str, ...] = _f(
+        ("en",), "GEdit-Bench instruction languages kept (en, cn; empty: all)"
+    )
+    bench_subset: str = _f(
+        "full",
+        "GEdit-Bench subset: every item or the Intersection_exist ones",
+        choices=("full", "intersection"),
+    )
+    bench_bootstrap: int = _f(1000, "bootstrap resamples of each 95 % interval", 100, 100_000)
     tune_images: str = _f(
         "gcs",
         "Vertex tuning data: images as GCS fileData URIs or inline",
@@ -756,6 +802,13 @@ class ExportBlock(Block):
     export_license: str = _f("cc-by-4.0", "licence id written in the dataset card")
     export_preference_pairs: int = _f(
         1, "rejected edits paired with each mined triplet in the preference config", 0, 100
+    )
+    export_test_share: float = _f(
+        0.0,
+        "share of sources whose triplets form the default config's test split (by source: "
+        "no test source in train; 0: one train split)",
+        0.0,
+        0.9,
     )
 
 

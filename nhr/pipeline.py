@@ -8,7 +8,7 @@ one at a time, in separate processes, and resumed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,9 @@ from nhr.bootstrap import Bootstrap
 from nhr.bootstrap import chains as chains_of
 from nhr.config import PipelineConfig
 from nhr.engines import engine_from_config
-from nhr.engines.base import Link, outputs_forward, passed_forward
+from nhr.engines.base import Done, Link, outputs_forward, passed_forward
 from nhr.errors import ConfigError
+from nhr.judge_breaker import JudgeBreaker
 from nhr.mining import STATS as MINING_STATS
 from nhr.mining import MiningLoop, MiningResult, SearchRule
 from nhr.records import CandidateRow, TripletRow, from_table
@@ -70,13 +71,22 @@ class ConfiguredRunner(Runner):
     def __init__(self, cfg: PipelineConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cfg = cfg
+        self.judges = JudgeBreaker.from_config(cfg)
 
-    def run_chain(self, links: Sequence[Link], *args: Any, **kwargs: Any) -> list[StageResult]:
+    def run_chain(
+        self,
+        links: Sequence[Link],
+        inputs: Any,
+        budget_seconds: float = 0.0,
+        extra_stats: Sequence[dict[str, Any] | None] | None = None,
+        observe: Callable[[Done], None] | None = None,
+    ) -> list[StageResult]:
         """``Runner.run_chain`` (which ``run`` calls) after setting every link's
-        ``stage.config``."""
+        ``stage.config``; the judge breaker sees every batch (``nhr.judge_breaker``)."""
         for link in links:
             link.stage.config = self.cfg.stage_settings(link.stage.name)
-        return super().run_chain(links, *args, **kwargs)
+        watched = self.judges.watch(links, observe)
+        return super().run_chain(links, inputs, budget_seconds, extra_stats, watched)
 
 
 class Pipeline:
@@ -414,6 +424,7 @@ class Pipeline:
             "shard_rows": self.cfg.export.export_shard_rows,
             "preference_pairs": self.cfg.export.export_preference_pairs,
             "source": source,
+            "test_share": self.cfg.export.export_test_share,
         }
         inputs = [source, "mined", "candidates", "sources", "prompts", "plausibility"]
         inputs += [*self.tables.enabled, "inversion"]
@@ -463,6 +474,7 @@ class Pipeline:
             self.cfg.export.export_webdataset_shard_rows,
             self.cfg.export.export_license,
             provenance(self.tables.triplets(PROVENANCE_COLUMNS), name),
+            self.cfg.export.export_test_share,
         )
         stats = {
             "stage": "export",

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from nhr.evaluate.truth import audit, judge_vs_truth
+from nhr.judge_breaker import judge_error_shares
 from nhr.tables import RunTables
 
 # Table 2 of the paper (v2): rows after each stage, on 63,292 prompts, in its order.
@@ -155,6 +156,7 @@ def build_summary(
         summary["generations_per_triplet"] = round(
             rows["edits generated"] / rows["after argmax selection"], 2
         )
+    summary["judge_errors"] = judge_error_shares(tables)
     summary["cost"] = cost(stats, summary["triplets"])
     summary["cost_per_triplet"] = cost_per_triplet(tables, stats)
     if tables.exists("mined"):

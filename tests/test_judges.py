@@ -6,14 +6,20 @@ import json
 import math
 
 import pytest
-from fakes.model_server import FakeModelServer, imgedit_answer, viescore_answer
+from fakes import imgedit_judge, viescore_judge
+from fakes.model_server import FakeModelServer
 from fakes.remote import images, remote_backends, remote_config, use_fake
 
 from nhr.backends.api_client import CallError
-from nhr.backends.api_roles import image_part
+from nhr.backends.api_roles import image_part, model_for
 from nhr.backends.judge_ensemble import EnsembleJudge, build_judge
 from nhr.backends.judge_imgedit import parse_imgedit
-from nhr.backends.judge_viescore import parse_viescore, to_validator_scale
+from nhr.backends.judge_viescore import (
+    check_range,
+    parse_score_answer,
+    to_validator_scale,
+    viescore,
+)
 from nhr.backends.registry import REGISTRY, BuildContext
 from nhr.config import PipelineConfig
 from nhr.errors import ConfigError
@@ -35,7 +41,7 @@ def _user_text(instruction, srcs, edits, template):
 
     from nhr.backends.api_roles import PromptTemplate
 
-    t = PromptTemplate.load(template)
+    t = PromptTemplate.load(template, 2)
     parts = t.render(
         {"instruction": instruction},
         {"source": image_part(srcs, 1024), "edited": image_part(edits, 1024)},
@@ -51,78 +57,100 @@ def _user_text(instruction, srcs, edits, template):
 
 
 # ---------------------------------------------------------------- parsing
-def test_viescore_mapping_is_the_stated_one():
-    s = parse_viescore(
-        {"reasoning": "ok", "prompt_following": 9, "consistency": 6, "perceptual_quality": 10}
-    )
-    assert (s.adherence, s.aesthetic) == (3.4, 5.0)  # SC = min(9, 6) → 1 + 0.4·6; PQ = 10 → 5
-    assert s.details["sc"] == 6 and s.details["pq"] == 10
-    assert s.details["overall"] == round(math.sqrt(60), 4)
-    assert to_validator_scale(0) == 1.0 and to_validator_scale(9.25) == 4.7
-    assert parse_viescore(
-        {"reasoning": "", "prompt_following": "8", "consistency": 8, "perceptual_quality": 8.5}
-    ).adherence == pytest.approx(4.2)
-
-
 @pytest.mark.parametrize(
-    ("answer", "kind"),
+    ("text", "scores", "reasoning"),
     [
-        ({"prompt_following": 9, "consistency": 9, "perceptual_quality": 9}, "schema_violation"),
-        (
-            {"reasoning": "x", "prompt_following": 11, "consistency": 9, "perceptual_quality": 9},
-            "out_of_range",
-        ),
-        (
-            {"reasoning": "x", "prompt_following": True, "consistency": 9, "perceptual_quality": 9},
-            "schema_violation",
-        ),
-        (
-            {
-                "reasoning": "x",
-                "prompt_following": "ten",
-                "consistency": 9,
-                "perceptual_quality": 9,
-            },
-            "schema_violation",
-        ),
-        ({"reasoning": "x", "consistency": 9, "perceptual_quality": 9}, "schema_violation"),
-        ([9, 9, 9], "schema_violation"),
+        ('{\n"reasoning" : "done",\n"score" : [21, 18]\n}', (21.0, 18.0), "done"),
+        ('```json\n{"reasoning": "ok", "score": [6, 0]}\n```', (6.0, 0.0), "ok"),
+        ('Sure.\n{"reasoning": "it\'s fine", "score": [7.5, 8]}\nThanks!', (7.5, 8.0), "it's fine"),
+        ("[6, 0]", (6.0, 0.0), ""),
+        ("Scores: [25, 3]", (25.0, 3.0), ""),
+        ("{reasoning: 'a', score: ['4', 5]}", (4.0, 5.0), "a"),
     ],
 )
-def test_viescore_refuses_what_it_cannot_trust(answer, kind):
-    with pytest.raises(CallError) as err:
-        parse_viescore(answer)
-    assert err.value.kind == kind
-
-
-@pytest.mark.parametrize(
-    ("text", "scores"),
-    [
-        ("Score 1: 4\nReason: done.\nScore 2: 3\nReason: a seam.", (4.0, 3.0)),
-        (
-            "**Score 1 (Prompt Compliance):** 5/5\n**Score 2 (Visual Quality):** 4 out of 5",
-            (5.0, 4.0),
-        ),
-        ("Prompt Compliance: 3\nVisual Naturalness: 2", (3.0, 2.0)),
-        ("score 1 = 4.5; SCORE 2 = 5", (4.5, 5.0)),
-        ("Score 1: 2\nReason: the red cube is still red, not 5 as asked.\nScore 2: 5", (2.0, 5.0)),
-    ],
-)
-def test_imgedit_text_is_read_robustly(text, scores):
-    s = parse_imgedit(text)
-    assert (s.adherence, s.aesthetic) == scores
+def test_viescore_answers_are_read_as_editscore_reads_them(text, scores, reasoning):
+    got = parse_score_answer(text, 25)
+    assert got.scores == scores and got.reasoning == reasoning
 
 
 @pytest.mark.parametrize(
     ("text", "kind"),
     [
+        ('{"reasoning": "x"}', "schema_violation"),
+        ('{"reasoning": "x", "score": [7]}', "schema_violation"),
+        ('{"reasoning": "x", "score": 7}', "schema_violation"),
+        ('{"reasoning": "x", "score": [7, 7, 7]}', "schema_violation"),
+        ('{"reasoning": "x", "score": ["ten", "ten"]}', "schema_violation"),
+        ('{"reasoning": "x", "score": [true, 5]}', "schema_violation"),
+        ('{"reasoning": "x", "score": [11, 5]}', "out_of_range"),
+        ('{"reasoning": "x", "score": [-1, 5]}', "out_of_range"),
+        ('{"reasoning": "x", "score": [10', "schema_violation"),
+        ("Prompt Compliance: 4\nVisual Naturalness: 4", "schema_violation"),
+        ({"score": [5, 5]}, "schema_violation"),
+    ],
+)
+def test_viescore_refuses_what_it_cannot_trust(text, kind):
+    with pytest.raises(CallError) as err:
+        parse_score_answer(text, 10)
+    assert err.value.kind == kind
+
+
+def test_viescore_formula_is_editscores():
+    sc, pq, o = viescore((18.0, 22.0), (25.0, 20.0), 25)
+    assert (sc, pq, o) == (18 / 2.5, 20 / 2.5, math.sqrt((18 / 2.5) * (20 / 2.5)))
+    assert viescore((6.0, 0.0), (9.0, 8.0), 10) == (0.0, 8.0, 0.0)
+    assert to_validator_scale(0) == 1.0 and to_validator_scale(9.25) == 4.7
+    with pytest.raises(ConfigError):
+        check_range(0)
+
+
+@pytest.mark.parametrize(
+    ("text", "scores", "labels"),
+    [
+        (  # ImgEdit's own example (basic_bench_readme.md)
+            "Brief reasoning: No fur change; wrong subject; mainly butterfly retained with minor "
+            "color alteration.\nPrompt Compliance: 1\nVisual Seamlessness: 4\n"
+            "Physical & Detail Fidelity: 4",
+            (1.0, 4.0, 4.0),
+            ["Prompt Compliance", "Visual Seamlessness", "Physical & Detail Fidelity"],
+        ),
+        (
+            "**Prompt Compliance:** 5/5\n**Visual Naturalness:** 4\n- Physical & Detail "
+            "Integrity: 4.5",
+            (5.0, 4.0, 4.5),
+            ["Prompt Compliance", "Visual Naturalness", "Physical & Detail Integrity"],
+        ),
+        (
+            "Brief reasoning: the cube: 5 of them, not 3.\nPrompt Compliance: 2\n"
+            "Visual Naturalness: 5\nPhysical & Detail Integrity: 3",
+            (2.0, 5.0, 3.0),
+            ["Prompt Compliance", "Visual Naturalness", "Physical & Detail Integrity"],
+        ),
+    ],
+)
+def test_imgedit_answers_are_read_as_imgedit_reads_them(text, scores, labels):
+    s = parse_imgedit(text)
+    assert (s.adherence, s.aesthetic) == (scores[0], (scores[1] + scores[2]) / 2)
+    d = s.details
+    assert (d["compliance"], d["naturalness"], d["physical"]) == scores
+    assert d["labels"] == labels and d["overall"] == round(sum(scores) / 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Prompt Compliance: 5\nVisual Naturalness: 5", "schema_violation"),
+        ("Prompt Compliance: five\nVisual Naturalness: five\nPhysical: five", "schema_violation"),
+        ("Prompt Compliance: 7\nVisual Naturalness: 5\nPhysical: 5", "out_of_range"),
+        ("Prompt Compliance: 0\nVisual Naturalness: 5\nPhysical: 5", "out_of_range"),
+        (
+            "Prompt Compliance: 5\nVisual Naturalness: 5\nPhysical: 5\nPrompt Compliance: 2",
+            "schema_violation",
+        ),
         ("Score 1: 5\nReason: perfect.", "schema_violation"),
-        ("Score 1: five\nScore 2: five", "schema_violation"),
-        ("Score 1: 7\nScore 2: 5", "out_of_range"),
-        ("Score 1: 0\nScore 2: 5", "out_of_range"),
-        ("Score 1: 5\nScore 1: 2\nScore 2: 5", "schema_violation"),
+        ('{"reasoning": "x", "score": [25, 25]}', "schema_violation"),
         ("", "schema_violation"),
-        ({"Score 1": 5}, "schema_violation"),
+        ({"Prompt Compliance": 5}, "schema_violation"),
     ],
 )
 def test_imgedit_refuses_what_it_cannot_trust(text, kind):
@@ -133,24 +161,41 @@ def test_imgedit_refuses_what_it_cannot_trust(text, kind):
 
 # ---------------------------------------------------------------- on the fake servers
 @pytest.mark.parametrize("backend", ["openai-viescore", "gemini-viescore"])
-def test_viescore_judge_on_the_fake_server(srv, tmp_path, backend):
-    cfg = remote_config(
-        srv, "openai" if backend.startswith("openai") else "gemini", validator=backend
-    )
-    src, edit = images(2)
+@pytest.mark.parametrize("style", ["json", "fenced", "bare"])
+def test_viescore_judge_on_the_fake_server(srv, tmp_path, backend, style):
+    srv.viescore_style = style
+    api = "openai" if backend.startswith("openai") else "gemini"
+    cfg = remote_config(srv, api, validator=backend, viescore_range=25)
+    srcs, edit = images(3), images(1, (24, 32))[0]
+    texts = ["make the cube red", "make the cube blue", "add a hat"]
     with remote_backends(cfg, tmp_path) as b:
         judge = b.validator
-        s = judge.score([src], [edit], ["make the cube red"])[0]
-    assert judge.judge_id.endswith(":viescore") and judge.prompt_version == "viescore-v1"
-    assert s.error is None
-    raw = json.loads(s.details["raw"])
-    assert set(raw) == {"reasoning", "prompt_following", "consistency", "perceptual_quality"}
-    sc = min(raw["prompt_following"], raw["consistency"])
-    assert s.adherence == pytest.approx(1 + 0.4 * sc)
-    assert s.aesthetic == pytest.approx(1 + 0.4 * raw["perceptual_quality"])
-    if backend.startswith("openai"):
-        expected = viescore_answer(_user_text("make the cube red", src, edit, "viescore"))
-        assert raw == expected  # the answer the server gave, parsed as is
+        out = judge.score(srcs, [edit] * 3, texts)
+        logged = list({r["text"]: r for r in srv.requests(api)}.values())  # retries once
+        assert len(logged) == 4  # three SC calls, one PQ call for the one edited image
+        again = judge.score(srcs[:1], [edit], ["make the cube green"])[0]
+        assert len({r["text"] for r in srv.requests(api)}) == 5  # only the new SC call
+        assert again.details["pq_scores"] == out[0].details["pq_scores"]
+        asked = srv.count
+        assert judge.score(srcs, [edit] * 3, texts) == out and srv.count == asked  # the cache
+    assert judge.judge_id.endswith(":viescore") and judge.prompt_version == "viescore-v2-r25"
+    pq_text = [r["text"] for r in logged if r["text"].count("img:") == 1]
+    assert len(pq_text) == 1 and "scale from 0 to 25" in pq_text[0]
+    pq_scores = viescore_judge.scores(pq_text[0], 1)
+    for s in out:
+        assert s.error is None
+        d = s.details
+        sc_scores = tuple(float(x) for x in d["sc_scores"])
+        assert d["pq_scores"] == pq_scores and d["score_range"] == 25
+        want = (min(sc_scores) / 2.5, min(pq_scores) / 2.5)  # EditScore's formula
+        assert (d["sc"], d["pq"]) == want and d["overall"] == math.sqrt(want[0] * want[1])
+        assert s.adherence == to_validator_scale(d["sc"])
+        assert s.aesthetic == to_validator_scale(d["pq"])
+        assert d["raw_sc"] and d["raw_pq"] == viescore_judge.answer(pq_text[0], 1, style)
+    sc_text = {r["text"] for r in logged} - set(pq_text)
+    assert sorted(tuple(s.details["sc_scores"]) for s in out) == sorted(
+        tuple(viescore_judge.scores(t, 2)) for t in sc_text
+    )
 
 
 def test_imgedit_judge_asks_for_free_text_and_parses_it(srv, tmp_path):
@@ -161,8 +206,9 @@ def test_imgedit_judge_asks_for_free_text_and_parses_it(srv, tmp_path):
         scores = b.validator.score(srcs, edits, instructions)
     logged = srv.requests("openai")
     assert len(logged) == 4 and all(r["fields"] == "" for r in logged)  # no response schema
+    assert all("Physical & Detail Integrity: A number from 1 to 5." in r["text"] for r in logged)
     for s, src, edit, text in zip(scores, srcs, edits, instructions, strict=True):
-        raw = imgedit_answer(_user_text(text, src, edit, "imgedit"))
+        raw = imgedit_judge.answer(_user_text(text, src, edit, "imgedit"))
         assert s.error is None and s.details["raw"] == raw
         assert (s.adherence, s.aesthetic) == (
             parse_imgedit(raw).adherence,
@@ -202,17 +248,12 @@ def test_malformed_judge_answers_are_error_verdicts(srv, tmp_path, backend, faul
         )
         srv.queue(fault)
         verdict = stage.process_batch([row])[0]
-    if fault == "ambiguous" and backend == "openai-viescore":
-        assert verdict.error is None  # a JSON judge has no such fault: a clean answer
-        return
     assert not verdict.passed and verdict.reason == "judge_error" and verdict.error
     details = json.loads(verdict.details)
     assert details["judge_style"] in ("viescore", "imgedit")
-    parsed = fault in ("schema", "range", "ambiguous") or (
-        fault == "malformed" and backend == "openai-imgedit"
-    )
+    parsed = fault in ("schema", "range", "ambiguous", "malformed")
     if parsed:  # an answer the parser refused is kept; blocked or cut-off ones never reach it
-        assert details["raw"]
+        assert details["raw_sc" if backend == "openai-viescore" else "raw"]
 
 
 # ---------------------------------------------------------------- the ensemble
@@ -269,7 +310,20 @@ def test_ensemble_member_error_is_an_error(srv, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "spec", ["nope", "synthetic:noise=9", "synthetic:seed=1", "ensemble", "plumbing-accept-all:x"]
+    "spec",
+    [
+        "nope",
+        "synthetic:noise=9",
+        "synthetic:seed=1",
+        "ensemble",
+        "plumbing-accept-all:x",
+        "openai-viescore:m,range=x",
+        "openai-viescore:m,range=0",
+        "openai-viescore:a,b",
+        "openai-viescore:m,seed=1",
+        "openai-imgedit:m,range=25",
+        "openai:m,range=25",
+    ],
 )
 def test_bad_judge_specs_name_the_fix(tmp_path, spec):
     ctx = BuildContext(PipelineConfig(), tmp_path)
@@ -284,6 +338,14 @@ def test_judge_spec_overrides_the_model(srv, tmp_path):
     assert judge.judge_id == "openai:EditScore/EditScore-7B:viescore"
     assert plain.judge_id == "openai:my-tuned-judge"
     judge.score(images(1), images(1), ["make it red"])
-    assert srv.requests("openai")[-1]["fields"].startswith("consistency,perceptual_quality")
+    assert srv.requests("openai")[-1]["fields"] == ""  # free text, as the model was trained
+    assert judge.prompt_version == "viescore-v2-r10"
+    ranged = build_judge(
+        ctx, "openai-viescore:EditScore/EditScore-7B,range=25", REGISTRY["validator"]
+    )
+    assert ranged.judge_id == judge.judge_id and ranged.prompt_version == "viescore-v2-r25"
+    default = build_judge(ctx, "openai-viescore:range=25", REGISTRY["validator"])
+    assert default.model == model_for(ctx.cfg, "openai", "validator")
+    assert default.prompt_version == "viescore-v2-r25"
     for obj in ctx._shared.values():
         obj.close()

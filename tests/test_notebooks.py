@@ -65,6 +65,10 @@ def test_run_records_every_stage(tiny_run):
     assert all(len(r["images"]) == 3 and len(r["instructions"]) == 2 for r in multiturn)
     for key in ("precision", "recall", "spearman"):
         assert key in summary["judge_vs_truth"]
+    judged = summary["judge_errors"]["validator"]  # the synthetic judge never errs
+    assert [(v["verdicts"], v["errors"]) for v in judged.values()] == [
+        (summary["funnel"][5]["rows"], 0)
+    ]
     listed = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["notebooks"]
     for nb in (ROOT / name for name in listed):
         executed = nbformat.read(tiny_run / "notebooks" / nb.name, as_version=4)
@@ -73,6 +77,9 @@ def test_run_records_every_stage(tiny_run):
             c for c, t in zip(executed.cells, tags, strict=True) if "injected-parameters" in t
         ]
         assert injected and str(tiny_run) in injected[0].source
+    validate = nbformat.read(tiny_run / "notebooks" / "05_validate.ipynb", as_version=4)
+    shown = [c for c in validate.cells if "judge_error_rows" in c.source]
+    assert len(shown) == 1 and "share" in json.dumps(shown[0].outputs)
     for plot in ("funnel", "scores", "edit_types", "resolutions", "samples"):
         assert (tiny_run / "plots" / f"{plot}.png").stat().st_size > 5000
     ds = datasets.load_dataset(str(tiny_run / "dataset"), split="train")

@@ -2,10 +2,11 @@
 
 Members are named by specs (``JUDGE_ENSEMBLE_MEMBERS``): a validator backend name
 (``synthetic``, ``gemini``, ``openai``, ``openai-viescore``, ...) or ``NAME:MODEL`` to
-give that member its own model id (``openai-viescore:EditScore/EditScore-7B``); the
-synthetic judge takes ``synthetic:noise=X`` instead. Per dimension the members' scores
-are combined by ``mean`` or ``min``. The pass rule says what must hold besides the
-validator's threshold on the combined scores:
+give that member its own model id (``openai-viescore:EditScore/EditScore-7B``); a VIEScore
+member also takes its score range, ``openai-viescore:EditScore/EditScore-7B,range=25``
+(else ``VIESCORE_RANGE``); the synthetic judge takes ``synthetic:noise=X`` instead. Per
+dimension the members' scores are combined by ``mean`` or ``min``. The pass rule says
+what must hold besides the validator's threshold on the combined scores:
 
 - ``combined``: nothing more (with ``min`` this is "every member passes");
 - ``all``: every member passes on its own (both scores >= threshold);
@@ -161,7 +162,10 @@ def build_judge(ctx: Any, spec: str, factories: Mapping[str, Callable[[Any], Any
     if name not in REMOTE:
         raise ConfigError(f"judge spec {spec!r}: {name} takes no model", f"write just {name}")
     transport, style = REMOTE[name]
+    model, options = _model_and_options(spec, arg)
     if not style:
+        if options:
+            raise ConfigError(f"judge spec {spec!r}: {name} takes no options", "give a model")
         from nhr.backends.api_roles import RemoteJudge, make_client
 
         client = ctx.shared(
@@ -169,25 +173,62 @@ def build_judge(ctx: Any, spec: str, factories: Mapping[str, Callable[[Any], Any
         )
         return RemoteJudge(
             client,
-            arg,
+            model,
             "validator",
             ctx.cfg.api.api_image_max_side,
             ctx.cfg.api.api_max_output_tokens,
         )
-    return build_style(ctx, transport, style, arg)
+    return build_style(ctx, transport, style, model, options)
 
 
-def build_style(ctx: Any, transport: str, style: str, model: str = "") -> Any:
-    """A judge format (``viescore`` or ``imgedit``) on a remote transport."""
+def _model_and_options(spec: str, arg: str) -> tuple[str, dict[str, str]]:
+    """(model, options) of a spec's part after the colon: comma-separated items, a
+    ``key=value`` item an option, the one other item the model id ('' when none)."""
+    models, options = [], {}
+    for item in (x.strip() for x in arg.split(",")):
+        key, eq, value = item.partition("=")
+        if eq:
+            options[key.strip()] = value.strip()
+        elif item:
+            models.append(item)
+    if len(models) > 1:
+        raise ConfigError(f"judge spec {spec!r} names {len(models)} models", "name one")
+    return (models[0] if models else ""), options
+
+
+def build_style(
+    ctx: Any, transport: str, style: str, model: str = "", options: dict[str, str] | None = None
+) -> Any:
+    """A judge format (``viescore`` or ``imgedit``) on a remote transport; ``options`` are
+    a spec's ``key=value`` items (``range`` for VIEScore, else ``VIESCORE_RANGE``)."""
     from nhr.backends.judge_format import build_format_judge
 
+    options = dict(options or {})
     if style == "viescore":
         from nhr.backends.judge_viescore import VIEScoreJudge
 
-        return build_format_judge(ctx, transport, VIEScoreJudge, model)
+        score_range = ctx.cfg.validation.viescore_range
+        if "range" in options:
+            text = options.pop("range")
+            if not text.isdigit():
+                raise ConfigError(f"VIEScore range {text!r}", "write range=N, e.g. range=25")
+            score_range = int(text)
+        _no_options(style, options)
+        return build_format_judge(ctx, transport, VIEScoreJudge, model, score_range=score_range)
     from nhr.backends.judge_imgedit import ImgEditJudge
 
+    _no_options(style, options)
     return build_format_judge(ctx, transport, ImgEditJudge, model)
+
+
+def _no_options(style: str, options: dict[str, str]) -> None:
+    """Refuse spec options a judge format does not know."""
+    if options:
+        known = "range=N" if style == "viescore" else "none"
+        raise ConfigError(
+            f"judge spec option(s) {', '.join(sorted(options))} for {style}",
+            f"{style} takes: {known}",
+        )
 
 
 def build_ensemble(ctx: Any, factories: Mapping[str, Callable[[Any], Any]]) -> EnsembleJudge:

@@ -7,6 +7,7 @@ the client layer (cache, limits, retries), parses the answer with its format's p
 maps it onto the validator's 1–5 scale, and keeps the raw answer in the verdict's
 ``details``. An answer the parser refuses is an error verdict (never a pass), with the
 raw answer kept too. These judges serve the ``validator`` role only (stages 7 and 9).
+A protocol of more than one call (VIEScore's SC and PQ) overrides ``score``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class FormatJudge:
 
     style = "format"
     template_name = ""
+    template_version = 1
     schema: ClassVar[dict[str, Any]] = {}
     free_text = False
 
@@ -46,7 +48,7 @@ class FormatJudge:
         self.model = model
         self.image_max_side = image_max_side
         self.max_output_tokens = max_output_tokens
-        self.template = PromptTemplate.load(self.template_name)
+        self.template = PromptTemplate.load(self.template_name, self.template_version)
         self.judge_id = f"{client.transport.name}:{model}:{self.style}"
         self.prompt_version = self.template.version
         self._usage = Usage()
@@ -126,9 +128,11 @@ class FormatJudge:
         )
 
 
-def build_format_judge(ctx: Any, transport: str, cls: type[FormatJudge], model: str = "") -> Any:
+def build_format_judge(
+    ctx: Any, transport: str, cls: type[FormatJudge], model: str = "", **options: Any
+) -> Any:
     """A judge format on a remote backend (``gemini`` or ``openai``), sharing the backend's
-    client; ``model`` overrides ``VALIDATOR_MODEL``."""
+    client; ``model`` overrides ``VALIDATOR_MODEL``; ``options`` go to the class."""
     from nhr.backends.api_roles import make_client, model_for
 
     client = ctx.shared(
@@ -139,4 +143,5 @@ def build_format_judge(ctx: Any, transport: str, cls: type[FormatJudge], model: 
         model or model_for(ctx.cfg, transport, "validator"),
         ctx.cfg.api.api_image_max_side,
         ctx.cfg.api.api_max_output_tokens,
+        **options,
     )

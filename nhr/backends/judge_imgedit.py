@@ -1,13 +1,29 @@
-"""An ImgEdit-Judge style judge: two 1–5 scores in free text.
+"""An ImgEdit-Judge judge: three 1–5 criteria in labelled lines of free text.
 
-ImgEdit-Judge (a Qwen2.5-VL-7B tuned on ImgEdit's ratings) writes its verdict as text,
-not JSON, e.g. ``Score 1 (Prompt Compliance): 4`` / ``Reason: ...`` / ``Score 2: 3``.
-The request asks for free text (no structured output, prompt ``imgedit_v1.txt``) and the
-parser reads it robustly: case, bold markers, a label in brackets, ``4/5`` or ``4 out of
-5`` and named labels (``Prompt Compliance``, ``Visual Quality`` / ``Naturalness``)
-without the number are all understood. Score 1 is the adherence and Score 2 the
-aesthetic, both already on 1–5. A missing score, one outside 1–5, or two different
-values for one score is an error verdict (never a pass); the raw text is kept.
+ImgEdit (``Benchmark/Basic/prompts.json``) rates an edit on a 5-point scale from three
+perspectives, the first always the instruction's (``Prompt Compliance``), then visual
+quality (``Visual Naturalness`` / ``Visual Seamlessness``) and physical and detail
+consistency (``Physical & Detail Integrity`` / ``Fidelity`` / ``Coherence``), and asks
+for the answer as::
+
+    Brief reasoning: <at most 20 words>
+    Prompt Compliance: <1-5>
+    Visual Naturalness: <1-5>
+    Physical & Detail Integrity: <1-5>
+
+ImgEdit-Judge (Qwen2.5-VL-7B tuned on those ratings) answers in that form; ImgEdit's own
+scorer reads every ``label: integer`` line and averages them. Its prompts are written per
+edit type (add, remove, replace, adjust, ...) with that type's labels; a judge here sees
+only the instruction, so the prompt (``imgedit_v2.txt``) is the general one the add,
+remove and replace prompts share (the same three criteria, the same labels), with the
+images after the text as in ImgEdit's own calls.
+
+The parser reads the score lines in order, whatever their labels (bold markers, ``4/5``
+and decimals are understood); exactly three are needed, each within 1–5, else the
+answer is an error verdict (never a pass). The mapping onto the validator's scale:
+adherence = the first score (compliance), aesthetic = the mean of the other two; the
+three scores, their labels, ImgEdit's per-item score (their mean), the reasoning and the
+raw text are kept in ``details``.
 """
 
 from __future__ import annotations
@@ -19,53 +35,44 @@ from nhr.backends.api_client import CallError
 from nhr.backends.base import Scores
 from nhr.backends.judge_format import FormatJudge
 
-_NUMBER = r"\**\s*(-?\d+(?:\.\d+)?)\s*\**\s*(?:/\s*5(?:\.0)?|out\s+of\s+5)?"
-_PATTERNS = {
-    1: (
-        re.compile(r"score\s*1\b[^\n:=\d]*[:=]\s*" + _NUMBER, re.IGNORECASE),
-        re.compile(
-            r"(?:prompt\s+compliance|instruction\s+(?:following|adherence))\**\s*[:=]\s*" + _NUMBER,
-            re.IGNORECASE,
-        ),
-    ),
-    2: (
-        re.compile(r"score\s*2\b[^\n:=\d]*[:=]\s*" + _NUMBER, re.IGNORECASE),
-        re.compile(
-            r"(?:visual\s+(?:quality|naturalness)|image\s+quality|aesthetics?)\**\s*[:=]\s*"
-            + _NUMBER,
-            re.IGNORECASE,
-        ),
-    ),
-}
-
-
-def _find(text: str, k: int) -> float:
-    """The value of Score k: the numbered form, else the named label."""
-    for pattern in _PATTERNS[k]:
-        found = {float(m.group(1)) for m in pattern.finditer(text)}
-        if len(found) > 1:
-            raise CallError("schema_violation", f"Score {k} is given twice: {sorted(found)}")
-        if found:
-            value = found.pop()
-            if not 1.0 <= value <= 5.0:
-                raise CallError("out_of_range", f"Score {k}={value:g} is outside 1-5")
-            return value
-    raise CallError("schema_violation", f"no Score {k} in {text[:80]!r}")
+# "Label: 4", "**Label:** 4", "Label: 4/5", "Label: 4.5"; not "Brief reasoning: text"
+_LINE = re.compile(
+    r"^[\s*_#-]*([A-Za-z][^:\n]{1,60}?)[\s*_]*:[\s*_]*(-?\d+(?:\.\d+)?)[\s*_]*(?:/\s*5)?[\s*_.]*$",
+    re.MULTILINE,
+)
+CRITERIA = ("compliance", "naturalness", "physical")
 
 
 def parse_imgedit(value: Any) -> Scores:
-    """Scores from an ImgEdit-Judge style text answer."""
+    """Scores from an ImgEdit-Judge answer (the mapping is in the module docstring)."""
     if not isinstance(value, str) or not value.strip():
         raise CallError("schema_violation", "expected a text answer")
-    adherence, aesthetic = _find(value, 1), _find(value, 2)
-    return Scores(adherence, aesthetic, details={"score_1": adherence, "score_2": aesthetic})
+    found = [(m.group(1).strip(), float(m.group(2))) for m in _LINE.finditer(value)]
+    if len(found) != 3:
+        raise CallError(
+            "schema_violation",
+            f"{len(found)} labelled 1-5 score lines, not 3, in {value[:80]!r}",
+        )
+    for label, score in found:
+        if not 1.0 <= score <= 5.0:
+            raise CallError("out_of_range", f"{label}={score:g} is outside 1-5")
+    values = [score for _, score in found]
+    reasoning = re.search(r"reasoning\**\s*:\s*(.+)", value, re.IGNORECASE)
+    details: dict[str, Any] = {
+        **dict(zip(CRITERIA, values, strict=True)),
+        "labels": [label for label, _ in found],
+        "overall": round(sum(values) / 3, 4),
+        "reasoning": reasoning.group(1).strip()[:500] if reasoning else "",
+    }
+    return Scores(values[0], round((values[1] + values[2]) / 2, 4), details=details)
 
 
 class ImgEditJudge(FormatJudge):
-    """The hard validator as an ImgEdit-Judge style judge (free text, two 1–5 scores)."""
+    """The hard validator as ImgEdit-Judge (free text, three labelled 1–5 criteria)."""
 
     style = "imgedit"
     template_name = "imgedit"
+    template_version = 2
     free_text = True
 
     def parse(self, value: Any) -> Scores:

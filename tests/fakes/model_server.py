@@ -20,12 +20,13 @@ scripted (``queue(...)``, served in order before any random one):
 the API key, to test redaction). Content faults carry a *passing-looking* answer, so a
 client that trusted them would count a pass.
 
-Judge formats: a schema with ``prompt_following`` is answered VIEScore-style (0–10
-sub-scores with reasoning; ``range`` gives 11, ``schema`` sub-scores as words); a request
-asking for no structured output is answered in free text, ImgEdit-Judge style (``Score 1 (Prompt
-Compliance): 4`` / ``Reason: ...`` / ``Score 2 ...``; ``malformed`` drops Score 2,
-``schema`` writes the scores as words, ``range`` gives 7, and the scripted-only
-``ambiguous`` gives Score 1 twice with different values).
+Judge formats: a request asking for no structured output is answered in free text as
+the judge its prompt is written for answers: a VIEScore SC or PQ prompt as an EditScore /
+VIEScore model does (``fakes.viescore_judge``; ``viescore_style`` picks fenced, prose,
+bare-list or unparseable answers), any other as ImgEdit-Judge does
+(``fakes.imgedit_judge``: ``Brief reasoning: ...`` and three labelled 1–5 lines;
+``malformed`` drops the third, ``schema`` writes words, ``range`` gives 7, and the
+scripted-only ``ambiguous`` repeats the first with another value).
 
 With a ``judge`` (``--synthetic-judge`` on the command line: the synthetic world's
 ``SyntheticJudge``), gate, pre-filter and hard-validator requests — known by their
@@ -53,6 +54,12 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+try:
+    from fakes import imgedit_judge, viescore_judge
+except ImportError:  # run as a script from tests/fakes
+    import imgedit_judge  # type: ignore[no-redef]
+    import viescore_judge  # type: ignore[no-redef]
 
 TRANSPORT_FAULTS = ("429", "500", "503", "slow")
 CONTENT_FAULTS = ("malformed", "schema", "range", "safety", "truncated", "empty")
@@ -88,43 +95,6 @@ def default_answer(schema: dict[str, Any], text: str) -> dict[str, Any]:
         else:
             out[name] = "make the red object blue"
     return out
-
-
-VIESCORE_FIELDS = ("prompt_following", "consistency", "perceptual_quality")
-
-
-def viescore_answer(text: str) -> dict[str, Any]:
-    """A VIEScore-style answer, deterministic in the request text."""
-    h = _h(text)
-    out: dict[str, Any] = {"reasoning": "the requested change is visible; the rest is kept"}
-    for i, name in enumerate(VIESCORE_FIELDS):
-        out[name] = [10, 10, 9, 9, 8, 7, 5, 2][(h >> (3 * i)) % 8]
-    return out
-
-
-def imgedit_answer(text: str) -> str:
-    """An ImgEdit-Judge style free-text answer, deterministic in the request text."""
-    h = _h(text)
-    a, b = [5, 5, 4, 4, 3, 2, 1, 5][h % 8], [5, 4, 5, 3, 4, 2, 5, 5][(h >> 3) % 8]
-    return (
-        f"Score 1 (Prompt Compliance): {a}\nReason: the instruction is carried out.\n"
-        f"Score 2 (Visual Quality): {b}\nReason: the result looks natural."
-    )
-
-
-def imgedit_fault(fault: str | None, clean: str) -> str:
-    """An ImgEdit-style answer with a content fault applied (passing-looking)."""
-    if fault == "malformed":
-        return "Score 1 (Prompt Compliance): 5\nReason: the instruction is carried out."
-    if fault == "schema":
-        return "Score 1: five\nScore 2: five"
-    if fault == "range":
-        return "Score 1: 7\nReason: perfect.\nScore 2: 7\nReason: perfect."
-    if fault == "ambiguous":
-        return "Score 1: 5\nReason: perfect.\nScore 1: 2\nScore 2: 5"
-    if fault in ("safety", "truncated"):
-        return "Score 1: 5\nScore 2: 5"
-    return clean
 
 
 def passing_answer(schema: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +138,7 @@ class FakeModelServer:
         batch_pending_polls: int = 1,
         port: int = 0,
         judge: Any = None,
+        viescore_style: str = "json",
     ) -> None:
         self.latency = latency
         self.fault_rate = fault_rate
@@ -177,6 +148,7 @@ class FakeModelServer:
         self.answer = answer
         self.batch_pending_polls = batch_pending_polls
         self.judge = judge
+        self.viescore_style = viescore_style
         self._judge_lock = threading.Lock()
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
@@ -343,20 +315,15 @@ class FakeModelServer:
         fault: str | None,
         free_text: bool = False,
         images: tuple[bytes, ...] = (),
+        n_images: int = 0,
     ) -> tuple[str, str]:
         """(answer text, finish) for a request, with a content fault applied."""
         finish = {"safety": "SAFETY", "truncated": "MAX_TOKENS"}.get(fault or "", "STOP")
-        if free_text:  # no structured output asked: an ImgEdit-Judge style answer
-            return imgedit_fault(fault, imgedit_answer(text)), finish
-        if "prompt_following" in schema.get("properties", {}):
-            clean = (self.answer(schema, text) if self.answer else None) or viescore_answer(text)
-            if fault == "range":
-                return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, 11)}), "STOP"
-            if fault == "schema":
-                return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, "ten")}), "STOP"
-            if fault == "malformed":
-                return json.dumps({**clean, **dict.fromkeys(VIESCORE_FIELDS, 10)})[:-3], "STOP"
-            return json.dumps(clean), finish
+        if free_text and viescore_judge.is_viescore_request(text):
+            n = n_images or len(images)
+            return viescore_judge.answer(text, n, self.viescore_style, fault), finish
+        if free_text:  # no structured output asked: an ImgEdit-Judge answer
+            return imgedit_judge.answer(text, fault), finish
         clean = (
             self._judged(schema, text, images)
             or (self.answer(schema, text) if self.answer else None)
@@ -422,7 +389,7 @@ class FakeModelServer:
         cfg = request.get("generationConfig") or request.get("generation_config") or {}
         free = (cfg.get("responseMimeType") or cfg.get("response_mime_type")) == "text/plain"
         answer, finish = self._content(
-            self._gemini_schema(request), text, fault, free, self._gemini_images(request)
+            self._gemini_schema(request), text, fault, free, self._gemini_images(request), images
         )
         usage["candidatesTokenCount"] = len(answer) // 4 + 1
         return {
@@ -538,7 +505,9 @@ class FakeModelServer:
                 h, 200, {"id": "x", "object": "chat.completion", "choices": [], "usage": usage}
             )
             return
-        answer, finish = self._content(schema, text, fault, "response_format" not in body)
+        answer, finish = self._content(
+            schema, text, fault, "response_format" not in body, n_images=images
+        )
         usage["completion_tokens"] = len(answer) // 4 + 1
         reason = {"STOP": "stop", "SAFETY": "content_filter", "MAX_TOKENS": "length"}[finish]
         self._send(
@@ -572,6 +541,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument(
+        "--viescore-style", default="json", choices=viescore_judge.STYLES, help="VIEScore answers"
+    )
+    parser.add_argument(
         "--synthetic-judge",
         type=float,
         nargs="?",
@@ -587,7 +559,11 @@ def main() -> None:
 
         judge = SyntheticJudge(noise=args.synthetic_judge)
     server = FakeModelServer(
-        latency=args.latency, fault_rate=args.fault_rate, port=args.port, judge=judge
+        latency=args.latency,
+        fault_rate=args.fault_rate,
+        port=args.port,
+        judge=judge,
+        viescore_style=args.viescore_style,
     )
     print(f"listening on {server.url}", flush=True)
     try:
