@@ -95,6 +95,11 @@ REGISTRY: dict[str, dict[str, Factory]] = {
 DIFFUSERS_RESIDENCY = "diffusers-residency"  # shared name: one diffusers model on the GPU
 
 
+def _lora(ctx: BuildContext) -> dict[str, Any]:
+    """The editor's LoRA (EDITOR_LORA at EDITOR_LORA_SCALE; '': none)."""
+    return {"lora": ctx.cfg.edits.editor_lora, "lora_scale": ctx.cfg.edits.editor_lora_scale}
+
+
 def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
     """Options and the shared one-model-on-the-GPU residency of the diffusers backends."""
     from nhr.backends.diffusers_runtime import DiffusersOptions, Residency
@@ -127,6 +132,7 @@ def _make_kontext(ctx: BuildContext) -> Any:
         preferred_resolutions=ctx.cfg.edits.edit_preferred_resolutions,
         buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
+        **_lora(ctx),
     )
 
 
@@ -138,6 +144,7 @@ def _make_qwen_edit(ctx: BuildContext) -> Any:
         max_area=ctx.cfg.edits.edit_max_area,
         buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
+        **_lora(ctx),
     )
 
 
@@ -150,6 +157,7 @@ def _make_pix2pix(ctx: BuildContext) -> Any:
         image_guidance=ctx.cfg.edits.pix2pix_image_guidance,
         buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
+        **_lora(ctx),
     )
 
 
