@@ -25,6 +25,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nhr.backends import names
+from nhr.backends.diffusers_levers import (
+    ATTENTION_BACKENDS,
+    CACHES,
+    EDITOR_PIPELINES,
+    SCHEDULERS,
+    Levers,
+    check,
+)
 from nhr.colours import parse_colour
 from nhr.errors import ConfigError
 
@@ -345,6 +353,12 @@ class EditsBlock(Block):
         "", "LoRA loaded into a diffusers editor: a folder, .safetensors file or hub id"
     )
     editor_lora_scale: float = _f(1.0, "strength of EDITOR_LORA", -10.0, 10.0)
+    editor_scheduler: str = _f(
+        "default",
+        "editor sampler: the pipeline's own, or lightning (Qwen-Image-Lightning's "
+        "4/8-step LoRA schedule; use EDIT_GUIDANCE [1.0])",
+        choices=SCHEDULERS,
+    )
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
     edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
@@ -557,8 +571,38 @@ class DiffusersBlock(Block):
     diffusers_vae_tiling: bool = _f(
         False, "decode/encode in tiles (less memory at high res)", runtime=True
     )
-    diffusers_compile: bool = _f(
-        False, "torch.compile the denoiser (faster after a warm-up)", runtime=True
+    diffusers_compile: str = _f(
+        "auto",
+        "torch.compile the denoiser: regional (its repeated blocks, one graph for all "
+        "sizes), full, none; auto: regional on cuda, none elsewhere",
+        choices=("auto", "none", "regional", "full"),
+        runtime=True,
+    )
+    diffusers_quant: str = _f(
+        "none", "fp8: torchao fp8 weights and activations (GPU ≥ sm89)", choices=("none", "fp8")
+    )
+    diffusers_attention: str = _f(
+        "", "denoiser attention backend ('': diffusers' default)", choices=ATTENTION_BACKENDS
+    )
+    diffusers_fuse_qkv: bool = _f(False, "fuse attention q/k/v into one matmul", runtime=True)
+    diffusers_cache: str = _f(
+        "none", "skip denoiser work between steps with a diffusers cache hook", choices=CACHES
+    )
+    diffusers_fbc_threshold: float = _f(
+        0.05, "first-block: skip the rest while the first block changes less", 0.0, 10.0
+    )
+    diffusers_taylorseer_interval: int = _f(5, "taylorseer: steps per full compute", 1, 1000)
+    diffusers_taylorseer_warmup: int = _f(3, "taylorseer: first steps fully computed", 0, 1000)
+    diffusers_taylorseer_order: int = _f(1, "taylorseer: Taylor order of the forecast", 1, 4)
+    diffusers_magcache_threshold: float = _f(
+        0.06, "magcache: accumulated error allowed before a full step", 0.0, 10.0
+    )
+    diffusers_magcache_max_skip: int = _f(3, "magcache: most steps skipped in a row", 1, 1000)
+    diffusers_magcache_retention: float = _f(
+        0.2, "magcache: share of first steps never skipped", 0.0, 1.0
+    )
+    diffusers_magcache_ratios: str = _f(
+        "", "magcache: the ratios file `nhr magcache-calibrate` wrote for this editor"
     )
     diffusers_max_batch: int = _f(
         8, "most images per diffusers call (less: less memory)", 1, 1024, runtime=True
@@ -1019,6 +1063,24 @@ class PipelineConfig(BaseModel):
             base = given.model_dump() if isinstance(given, Block) else dict(given)
             out[block] = {**base, **values}
         return out
+
+    @model_validator(mode="after")
+    def _editor_levers(self) -> PipelineConfig:
+        """Refuse, before any model loads, the editor speed levers that cannot work."""
+        edits = self.edits
+        pipeline = EDITOR_PIPELINES.get(edits.editor)
+        if pipeline is None:
+            if edits.editor_scheduler != "default":
+                raise ConfigError(
+                    f"EDITOR_SCHEDULER={edits.editor_scheduler} with EDITOR={edits.editor}, "
+                    "which has no scheduler",
+                    "use a diffusers editor (flux-kontext, qwen-image-edit) or set it to default",
+                )
+            return self
+        lora = bool(edits.editor_lora) or "+lora=" in edits.editor_model
+        levers = Levers.from_block(self.diffusers)
+        check(pipeline, levers, self.diffusers.diffusers_max_batch, edits.editor_scheduler, lora)
+        return self
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -96,8 +96,13 @@ DIFFUSERS_RESIDENCY = "diffusers-residency"  # shared name: one diffusers model 
 
 
 def _lora(ctx: BuildContext) -> dict[str, Any]:
-    """The editor's LoRA (EDITOR_LORA at EDITOR_LORA_SCALE; '': none)."""
-    return {"lora": ctx.cfg.edits.editor_lora, "lora_scale": ctx.cfg.edits.editor_lora_scale}
+    """The editor's LoRA (EDITOR_LORA at EDITOR_LORA_SCALE; '': none) and scheduler."""
+    edits = ctx.cfg.edits
+    return {
+        "lora": edits.editor_lora,
+        "lora_scale": edits.editor_lora_scale,
+        "scheduler": edits.editor_scheduler,
+    }
 
 
 def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
