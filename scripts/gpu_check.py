@@ -14,7 +14,15 @@
    and the headline figures: seconds per 1024² 28-step full-depth edit and the share of
    bf16 peak, at the fullest call, with and without compile.
 
-4. One LoRA training step of the Kontext transformer at 1024² (``--train-size``): random
+4. The editor's speed levers (``levers``, the default section; ``--bench`` adds 2–3):
+   full-depth Kontext with random bf16 weights at 1024², one batched call of
+   ``--lever-batch`` (DIFFUSERS_MAX_BATCH) images, 28 steps: seconds per edit, share of
+   bf16 peak and drift from eager (mean |final latents − eager's|, same seed and inputs)
+   for eager, regional compile, + fp8, + FA3, + each cache hook (MagCache with diffusers'
+   FLUX ratios: random weights have none of their own). Sets this machine cannot run say
+   why; ``--lever-budget`` keeps the whole check within 8 minutes on one H100.
+
+5. One LoRA training step of the Kontext transformer at 1024² (``--train-size``): random
    weights at full size (19 + 38 blocks; ``--train-depth reduced`` uses the depth above),
    frozen in bf16, a rank-16 LoRA (``--train-rank``) on the attention projections in
    float32 (``nhr.train.loop.add_lora``), AdamW, bf16 autocast, gradient checkpointing
@@ -28,6 +36,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -313,6 +322,142 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def denoise(torch: Any, model: Any, feed: dict, steps: int, cached: bool) -> Any:
+    """A Kontext denoising loop on the transformer alone (flow-matching Euler, sigmas 1 →
+    0): the noisy latents are the first half of ``hidden_states``, the source's latents the
+    second. Returns the final latents. A cache hook's state lives in one ``cond`` context
+    for the whole loop, as the editor runs it."""
+    x, ctx = feed["hidden_states"].chunk(2, dim=1)
+    b = x.shape[0]
+    sigmas = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    scope = model.cache_context("cond") if cached else contextlib.nullcontext()
+    with torch.inference_mode(), scope:
+        for i in range(steps):
+            step = {**feed, "hidden_states": torch.cat([x, ctx], dim=1)}
+            step["timestep"] = torch.full((b,), sigmas[i], device=x.device, dtype=x.dtype)
+            v = model(**step)[0][:, : x.shape[1]]
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+    if cached:
+        model._reset_stateful_cache()
+    return x
+
+
+def lever_sets(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The lever sets to time, each on top of the last that ran: eager, regional compile,
+    + fp8, + FA3, then each cache hook on the best of those."""
+    sets = [("eager", {}), ("regional", {"compile": True}), ("+fp8", {"fp8": True})]
+    sets.append(("+fa3", {"attention": args.attention}))
+    for cache in ("first-block", "taylorseer", "magcache"):
+        sets.append((f"+{cache}", {"cache": cache}))
+    return sets
+
+
+def apply_lever(torch: Any, model: Any, name: str, lever: dict, args: argparse.Namespace) -> None:
+    """Apply one lever set to the transformer in place (see ``lever_sets``)."""
+    import diffusers
+
+    sys.path.insert(0, str(ROOT))
+    from nhr.backends import diffusers_levers
+
+    if lever.get("fp8"):
+        diffusers_levers._quantize_fp8(model, args.device)
+    if lever.get("attention"):
+        model.set_attention_backend(lever["attention"])
+    cache = lever.get("cache")
+    if model.is_cache_enabled:
+        model.disable_cache()
+    if cache == "first-block":
+        model.enable_cache(diffusers.FirstBlockCacheConfig(threshold=0.05))
+    elif cache == "taylorseer":
+        model.enable_cache(diffusers.TaylorSeerCacheConfig())
+    elif cache == "magcache":
+        from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+
+        config = diffusers.MagCacheConfig(
+            mag_ratios=FLUX_MAG_RATIOS, num_inference_steps=args.lever_steps
+        )
+        model.enable_cache(config)
+    if lever.get("compile") or (name != "eager" and args.compiled):
+        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        torch.fx.experimental._config.use_duck_shape = False
+        model.compile_repeated_blocks(
+            fullgraph=cache is None, dynamic=True, backend=args.compile_backend
+        )
+        args.compiled = True
+
+
+def levers(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per edit, share of bf16 peak and output drift from eager of each lever set
+    on a full-depth Kontext transformer (random bf16 weights) at ``--size``², a batched
+    call of ``--lever-batch`` images, ``--lever-steps`` steps. Sets that cannot run here
+    (no torchao, no FA3 kernels) say why; sets past ``--lever-budget`` seconds are left
+    out. Drift: mean |final latents − eager's| on the same seed and inputs."""
+    import torch
+
+    t_start = time.perf_counter()
+    sheet, measured = peak_tflops(torch, args.device)
+    peak = sheet or measured
+    depth = (args.double, args.single) if args.tiny else FULL_DEPTH
+    lever_args = argparse.Namespace(**{**vars(args), "double": depth[0], "single": depth[1]})
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if args.device == "cuda" else torch.float32)
+    try:
+        with torch.device(args.device):
+            model, shape = build(torch, lever_args)
+    finally:
+        torch.set_default_dtype(before)
+    dtype = next(model.parameters()).dtype
+    torch.manual_seed(1)
+    feed = inputs(torch, shape, args.lever_batch, args.device, dtype)
+    d = shape["heads"] * shape["head_dim"]
+    tokens = feed["hidden_states"].shape[1] + shape["text"]
+    flops = flops_per_step(d, *depth, tokens) * args.lever_steps * args.lever_batch
+    args.compiled = False
+    out: dict[str, Any] = {
+        "depth": list(depth),
+        "size": shape["size"],
+        "images_per_call": args.lever_batch,
+        "steps": args.lever_steps,
+        "sets": {},
+    }
+    eager_x = None
+    for name, lever in lever_sets(args):
+        if name != "eager" and time.perf_counter() - t_start > args.lever_budget:
+            out["sets"][name] = {"skipped": f"past --lever-budget {args.lever_budget:g} s"}
+            continue
+        try:
+            apply_lever(torch, model, name, lever, args)
+            t0 = time.perf_counter()
+            warm = dict(feed, hidden_states=feed["hidden_states"])
+            denoise(torch, model, warm, 2 if name != "eager" else 1, bool(lever.get("cache")))
+            sync(torch, args.device)
+            warmup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            x = denoise(torch, model, feed, args.lever_steps, bool(lever.get("cache")))
+            sync(torch, args.device)
+            secs = time.perf_counter() - t0
+        except Exception as err:  # a lever this machine lacks: say which and why
+            out["sets"][name] = {"skipped": f"{type(err).__name__}: {str(err)[:300]}"}
+            if lever.get("cache") and model.is_cache_enabled:
+                model.disable_cache()
+            continue
+        if eager_x is None:
+            eager_x = x.float()
+        out["sets"][name] = {
+            "seconds_per_edit": round(secs / args.lever_batch, 3),
+            "share_of_bf16_peak": round(flops / secs / 1e12 / peak, 4),
+            "drift_from_eager": round((x.float() - eager_x).abs().mean().item(), 5),
+            "warmup_seconds": round(warmup, 1),
+        }
+        print(json.dumps({"lever": name, **out["sets"][name]}), flush=True)
+    ran = {k: v for k, v in out["sets"].items() if "seconds_per_edit" in v}
+    if ran:
+        best = min(ran, key=lambda k: ran[k]["seconds_per_edit"])
+        out["best"] = {"set": best, **ran[best]}
+    out["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    return out
+
+
 def train_step(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds per LoRA training step of a Kontext transformer (see the docstring, 4)."""
     import torch
@@ -416,6 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, default=1, help="training step: images")
     p.add_argument("--no-train-checkpointing", action="store_true")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
+    p.add_argument("--bench", action="store_true", help="also the reduced-depth benchmark")
+    p.add_argument("--no-levers", action="store_true", help="skip the speed levers")
+    p.add_argument("--lever-batch", type=int, default=8, help="images per call (max batch)")
+    p.add_argument("--lever-steps", type=int, default=28, help="denoising steps per edit")
+    p.add_argument("--lever-budget", type=float, default=330.0, help="seconds for the levers")
+    p.add_argument("--attention", default="_flash_3", help="the attention backend to try")
+    p.add_argument("--compile-backend", default="", help="torch.compile backend (cpu: eager)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     import torch
@@ -423,8 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU here — use --device cpu --tiny for a dry run")
         return 2
+    if not args.compile_backend:
+        args.compile_backend = "inductor" if args.device == "cuda" else "eager"
     status = 0 if args.no_tests else run_tests(args.device)
-    figures = benchmark(args)
+    figures: dict[str, Any] = benchmark(args) if args.bench else {}
+    if not args.no_levers:
+        figures["levers"] = levers(args)
     if not args.no_train:
         figures["train_step"] = train_step(args)
     figures["tests_exit_status"] = status
