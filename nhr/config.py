@@ -400,11 +400,6 @@ class EditsBlock(Block):
             )
         if not self.edit_guidance:
             raise ConfigError("edit_guidance is empty", "give at least one value, e.g. [2.5]")
-        if self.editor_lora and self.editor in ("synthetic", "null"):
-            raise ConfigError(
-                f"EDITOR_LORA={self.editor_lora!r} with EDITOR={self.editor}, which has no LoRA",
-                "use a diffusers editor (flux-kontext, qwen-image-edit) or clear EDITOR_LORA",
-            )
         return self
 
 
@@ -1000,6 +995,7 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "composed_validator": (("validation", "bootstrap"), ("validator",)),
     "eval_scores": (("validation", "evaluation", "images"), ("validator",)),
     "export": (("export",), ()),
+    "train": (("train",), ()),  # LoRA fine-tuning (nhr.train), on an export
 }
 _MINING_BLOCKS = tuple(b for b in BLOCKS if b not in ("evaluation", "train"))
 # what a stage also reads under SEARCH adaptive: the edits an adaptive search makes depend

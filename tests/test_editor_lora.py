@@ -7,9 +7,10 @@ from PIL import Image
 
 from nhr.backends.diffusers_kontext import KontextEditor
 from nhr.backends.diffusers_runtime import DiffusersOptions, LoraSpec, split_lora
+from nhr.backends.registry import build_backends
 from nhr.backends.tiny_diffusers import build_tiny
 from nhr.config import PipelineConfig
-from nhr.errors import BackendError, ConfigError
+from nhr.errors import BackendError
 
 CPU = DiffusersOptions(device="cpu", dtype="float32")
 
@@ -75,7 +76,6 @@ def test_lora_errors_are_clear(tiny_kontext, tmp_path):
     missing = KontextEditor(model, CPU, max_area=64 * 64, lora=str(tmp_path / "nope"))
     with pytest.raises(BackendError, match="does not exist"):
         missing.load()
-    with pytest.raises(ConfigError, match="EDITOR_LORA"):
-        PipelineConfig.from_params({"EDITOR": "synthetic", "EDITOR_LORA": "x"})
-    cfg = PipelineConfig.from_params({"EDITOR": "flux-kontext", "EDITOR_LORA": "x"})
-    assert cfg.edits.editor_lora_scale == 1.0
+    cfg = PipelineConfig.from_params({"EDITOR": "synthetic", "EDITOR_LORA": "x"})
+    with pytest.raises(BackendError, match="EDITOR_LORA='x' with EDITOR=synthetic"):
+        build_backends(cfg, tmp_path).get("editor")

@@ -58,9 +58,20 @@ def _world(ctx: BuildContext) -> Any:
     )
 
 
+def _no_lora(ctx: BuildContext) -> None:
+    """Refuse EDITOR_LORA for an editor that cannot load one (rather than ignore it)."""
+    if ctx.cfg.edits.editor_lora:
+        raise BackendError(
+            f"EDITOR_LORA={ctx.cfg.edits.editor_lora!r} with EDITOR={ctx.cfg.edits.editor}, "
+            "which loads no LoRA",
+            "use a diffusers editor (flux-kontext, qwen-image-edit) or clear EDITOR_LORA",
+        )
+
+
 def _synthetic_editor(ctx: BuildContext) -> Any:
     """The synthetic world's editor; with SYNTHETIC_GPU_SECONDS > 0 the same editor on a
     simulated GPU (same pixels, that many seconds per image, one call at a time)."""
+    _no_lora(ctx)
     seconds = ctx.cfg.synthetic.synthetic_gpu_seconds
     if not seconds:
         return _world(ctx).editor
