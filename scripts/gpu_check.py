@@ -563,9 +563,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-train", action="store_true", help="skip the training step")
     p.add_argument("--bench", action="store_true", help="also the reduced-depth benchmark")
     p.add_argument("--no-levers", action="store_true", help="skip the speed levers")
-    p.add_argument("--lever-batch", type=int, default=8, help="images per call (max batch)")
+    p.add_argument(
+        "--lever-batch",
+        type=int,
+        default=4,
+        help="images per call (DIFFUSERS_MAX_BATCH of flux-gemini)",
+    )
     p.add_argument("--lever-steps", type=int, default=28, help="denoising steps per edit")
-    p.add_argument("--lever-budget", type=float, default=330.0, help="seconds for the levers")
+    p.add_argument("--lever-budget", type=float, default=300.0, help="seconds for the levers")
     p.add_argument("--attention", default="_flash_3", help="the attention backend to try")
     p.add_argument("--compile-backend", default="", help="torch.compile backend (cpu: eager)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures here")
