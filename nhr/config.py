@@ -25,14 +25,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nhr.backends import names
-from nhr.backends.diffusers_levers import (
-    ATTENTION_BACKENDS,
-    CACHES,
-    EDITOR_PIPELINES,
-    SCHEDULERS,
-    Levers,
-    check,
-)
 from nhr.colours import parse_colour
 from nhr.errors import ConfigError
 
@@ -357,7 +349,7 @@ class EditsBlock(Block):
         "default",
         "editor sampler: the pipeline's own, or lightning (Qwen-Image-Lightning's "
         "4/8-step LoRA schedule; use EDIT_GUIDANCE [1.0])",
-        choices=SCHEDULERS,
+        choices=("default", "lightning"),
     )
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
@@ -544,6 +536,26 @@ class BootstrapBlock(Block):
     )
 
 
+# attention backends of diffusers 0.42.1 (diffusers.models.attention_dispatch)
+ATTENTION_BACKENDS = (
+    "",
+    "native",
+    "_native_cudnn",
+    "_native_efficient",
+    "_native_flash",
+    "_native_math",
+    "flex",
+    "xformers",
+    "flash",
+    "flash_hub",
+    "_flash_3",
+    "_flash_3_hub",
+    "flash_4_hub",
+    "sage",
+    "sage_hub",
+)
+
+
 class DiffusersBlock(Block):
     """The local diffusers backends: device and precision (output) and memory (runtime)."""
 
@@ -581,7 +593,9 @@ class DiffusersBlock(Block):
     )
     diffusers_fuse_qkv: bool = _f(False, "fuse attention q/k/v into one matmul", runtime=True)
     diffusers_cache: str = _f(
-        "none", "skip denoiser work between steps with a diffusers cache hook", choices=CACHES
+        "none",
+        "skip denoiser work between steps with a diffusers cache hook",
+        choices=("none", "first-block", "taylorseer", "magcache"),
     )
     diffusers_fbc_threshold: float = _f(
         0.05, "first-block: skip the rest while the first block changes less", 0.0, 10.0
@@ -1063,15 +1077,11 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _editor_levers(self) -> PipelineConfig:
         """Refuse, before any model loads, the editor speed levers that cannot work."""
+        from nhr.backends.diffusers_levers import EDITOR_PIPELINES, Levers, check
+
         edits = self.edits
         pipeline = EDITOR_PIPELINES.get(edits.editor)
-        if pipeline is None:
-            if edits.editor_scheduler != "default":
-                raise ConfigError(
-                    f"EDITOR_SCHEDULER={edits.editor_scheduler} with EDITOR={edits.editor}, "
-                    "which has no scheduler",
-                    "use a diffusers editor (flux-kontext, qwen-image-edit) or set it to default",
-                )
+        if pipeline is None:  # not a diffusers editor: the levers are not read
             return self
         lora = bool(edits.editor_lora) or "+lora=" in edits.editor_model
         levers = Levers.from_block(self.diffusers)

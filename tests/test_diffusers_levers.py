@@ -109,6 +109,20 @@ def test_regional_compile_serves_two_buckets_with_one_graph(kontext_dir, eager):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cache", ["first-block", "taylorseer"])
+def test_regional_compile_under_a_cache_hook_traces_the_blocks(kontext_dir, cache):
+    """Under a cache hook the compiled blocks still run compiled, and edit alike."""
+    from torch._dynamo.utils import counters
+
+    hook = {"cache": cache, "fbc_threshold": 5.0, "taylorseer_interval": 2}
+    plain = edit(editor(kontext_dir, **hook))
+    counters.clear()
+    out = edit(editor(kontext_dir, compile="regional", compile_backend="eager", **hook))
+    assert counters["stats"]["unique_graphs"] > 0
+    assert np.abs(out - plain).max() <= 1
+
+
+@pytest.mark.slow
 def test_regional_compile_with_inductor_on_cpu(kontext_dir, eager):
     """The real compiler on the CPU (minutes on a small machine: slow)."""
     assert np.abs(edit(editor(kontext_dir, compile="regional")) - eager).max() <= 2
@@ -131,7 +145,6 @@ def test_lightning_scheduler_is_set_and_named(kontext_dir):
         ({"EDITOR": "flux-kontext", "DIFFUSERS_CACHE": "magcache"}, "magcache-calibrate"),
         ({"EDITOR": "flux-kontext", "DIFFUSERS_QUANT": "fp8", "EDITOR_LORA": "x"}, "fp8"),
         ({"EDITOR": "instruct-pix2pix", "EDITOR_SCHEDULER": "lightning"}, "flow-matching"),
-        ({"EDITOR": "synthetic", "EDITOR_SCHEDULER": "lightning"}, "no scheduler"),
     ],
 )
 def test_combinations_that_cannot_work_are_refused_by_the_config(params, reason):

@@ -38,20 +38,6 @@ from nhr.errors import BackendError, ConfigError
 
 # attention backends whose kernels take no attention mask (diffusers' attention_dispatch)
 MASKLESS_ATTENTION = ("flash", "flash_hub", "_flash_3", "_flash_3_hub", "flash_4_hub")
-ATTENTION_BACKENDS = (
-    "",
-    "native",
-    "_native_cudnn",
-    "_native_efficient",
-    "_native_flash",
-    "_native_math",
-    "flex",
-    "xformers",
-    *MASKLESS_ATTENTION,
-    "sage",
-    "sage_hub",
-)
-CACHES = ("none", "first-block", "taylorseer", "magcache")
 # Qwen-Image-Lightning's scheduler config (README of ModelTC/Qwen-Image-Lightning)
 LIGHTNING_SCHEDULER: dict[str, Any] = {
     "base_image_seq_len": 256,
@@ -69,7 +55,6 @@ LIGHTNING_SCHEDULER: dict[str, Any] = {
     "use_exponential_sigmas": False,
     "use_karras_sigmas": False,
 }
-SCHEDULERS = ("default", "lightning")
 
 
 @dataclass(frozen=True)
@@ -294,10 +279,8 @@ def _quantize_fp8(denoiser: Any, device: str) -> None:
 
 
 def apply(pipe: Any, levers: Levers, device: str, scheduler: str = "default") -> None:
-    """Apply the levers to a loaded pipeline: scheduler, fp8, attention, fused QKV, the
-    cache hook (MagCache per call, see ``call_scope``), then compile."""
-    import torch
-
+    """Apply the levers to a loaded pipeline: scheduler, fp8, attention, fused QKV,
+    compile, then the cache hook (MagCache per call, see ``call_scope``)."""
     if scheduler == "lightning":
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -318,22 +301,33 @@ def apply(pipe: Any, levers: Levers, device: str, scheduler: str = "default") ->
             ) from err
     if levers.fuse_qkv:
         denoiser.fuse_qkv_projections()
+    compile_denoiser(denoiser, levers.compile_mode(device), levers.cache, levers.compile_backend)
     if levers.cache in ("first-block", "taylorseer"):
         denoiser.enable_cache(cache_config(levers, 0))
-    mode = levers.compile_mode(device)
+
+
+def compile_denoiser(denoiser: Any, mode: str, cache: str, backend: str = "inductor") -> None:
+    """``torch.compile`` the denoiser (``regional``: its repeated blocks; ``full``: all of
+    it) with dynamic shapes and no duck sizing, so each size bucket does not compile anew.
+    First-block and MagCache wrap each block in compiler-disabled hook code, so under them
+    the blocks' own ``forward`` is what gets compiled (call this before enabling them);
+    TaylorSeer hooks the attention inside the blocks, which then break the graph there."""
     if mode == "none":
         return
-    # each bucket and call size is a shape: keep them compiled, and let one graph serve
-    # every bucket (dynamic shapes without duck sizing)
+    import torch
+
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     torch.fx.experimental._config.use_duck_shape = False
-    full_graph = levers.cache == "none"  # the cache hooks are compiler-disabled code
-    if mode == "regional":
-        denoiser.compile_repeated_blocks(
-            fullgraph=full_graph, dynamic=True, backend=levers.compile_backend
-        )
+    if mode == "full":
+        denoiser.compile(dynamic=True, backend=backend)
+    elif cache in ("first-block", "magcache"):
+        for block in denoiser.modules():
+            if type(block).__name__ in denoiser._repeated_blocks:
+                block.forward = torch.compile(
+                    block.forward, fullgraph=True, dynamic=True, backend=backend
+                )
     else:
-        denoiser.compile(dynamic=True, backend=levers.compile_backend)
+        denoiser.compile_repeated_blocks(fullgraph=cache == "none", dynamic=True, backend=backend)
 
 
 @contextlib.contextmanager
