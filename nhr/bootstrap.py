@@ -9,7 +9,6 @@ drop by its reason.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -273,60 +272,51 @@ class Bootstrap:
         A whole-table step: recorded with the fingerprint of its inputs and settings, so
         a rerun over unchanged tables returns the recorded result at once."""
         inputs = ["mined", "inversion", "backward", "composition", "composed_validator"]
-        with self.runner.writing("assemble"):
-            fp = self.tables.fingerprint(inputs, self.settings())
-            done = self.tables.done("triplets", fp)
-            if done is not None and self.tables.exists("triplets"):
-                return StageResult("triplets", done)
-            t0 = time.perf_counter()
-            forwards, inverses, drops = self.consistent()
-            composed, compose_drops = self.composed(forwards)
-            drops.update(compose_drops)
-            rows = pa.concat_tables([forwards, inverses, composed])
-            counts = {
-                "mined": forwards.num_rows,
-                "inverted": inverses.num_rows,
-                "composed": composed.num_rows,
-            }
-            hashing: dict[str, Any] = {}
-            if self.cfg.bootstrap.dedup:
-                store = self.tables.store
-                hashes, hashing = image_hashes(
-                    pc.unique(
-                        pa.chunked_array(
-                            [flat(rows.column("source_image")), flat(rows.column("edited_image"))]
-                        )
-                    ),
-                    self.tables.read(HASHES_TABLE) if self.tables.exists(HASHES_TABLE) else None,
-                    store.blobs.get,
-                )
-                if hashing["computed"]:
-                    store.tables.write_table(HASHES_TABLE, hashes, {"settings_hash": "whole-table"})
-                kept, dedup_drops, _ = dedup(
-                    rows, hashes, store.blobs.get, self.cfg.bootstrap.dedup_max_distance
-                )
-                drops.update(dedup_drops)
-            else:
-                kept = rows
-            self.tables.store.tables.write_table(
-                "triplets", kept, {"settings_hash": "whole-table", "input_fingerprint": fp}
+        return self.runner.whole_table("triplets", inputs, self.settings(), self._assemble)
+
+    def _assemble(self) -> tuple[pa.Table, dict[str, Any]]:
+        """The ``triplets`` table and its figures."""
+        forwards, inverses, drops = self.consistent()
+        composed, compose_drops = self.composed(forwards)
+        drops.update(compose_drops)
+        rows = pa.concat_tables([forwards, inverses, composed])
+        counts = {
+            "mined": forwards.num_rows,
+            "inverted": inverses.num_rows,
+            "composed": composed.num_rows,
+        }
+        hashing: dict[str, Any] = {}
+        if self.cfg.bootstrap.dedup:
+            store = self.tables.store
+            hashes, hashing = image_hashes(
+                pc.unique(
+                    pa.chunked_array(
+                        [flat(rows.column("source_image")), flat(rows.column("edited_image"))]
+                    )
+                ),
+                self.tables.read(HASHES_TABLE) if self.tables.exists(HASHES_TABLE) else None,
+                store.blobs.get,
             )
-            stats = {
-                "stage": "triplets",
-                "rows_in": rows.num_rows,
-                "rows_out": kept.num_rows,
-                "by_origin_before_dedup": counts,
-                "by_origin": {
-                    item["values"]: item["counts"]
-                    for item in pc.value_counts(kept.column("origin")).to_pylist()
-                },
-                "drops_by_reason": dict(sorted(drops.items())),
-                "image_hashes": hashing,
-                "seconds": round(time.perf_counter() - t0, 3),
-                "input_fingerprint": fp,
-            }
-            self.tables.store.write_stats("triplets", stats)
-            return StageResult("triplets", stats)
+            if hashing["computed"]:
+                store.tables.write_table(HASHES_TABLE, hashes, {"settings_hash": "whole-table"})
+            kept, dedup_drops, _ = dedup(
+                rows, hashes, store.blobs.get, self.cfg.bootstrap.dedup_max_distance
+            )
+            drops.update(dedup_drops)
+        else:
+            kept = rows
+        figures = {
+            "rows_in": rows.num_rows,
+            "rows_out": kept.num_rows,
+            "by_origin_before_dedup": counts,
+            "by_origin": {
+                item["values"]: item["counts"]
+                for item in pc.value_counts(kept.column("origin")).to_pylist()
+            },
+            "drops_by_reason": dict(sorted(drops.items())),
+            "image_hashes": hashing,
+        }
+        return kept, figures
 
 
 def chains(triplets: pa.Table) -> pa.Table:

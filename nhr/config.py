@@ -790,6 +790,38 @@ class EvaluationBlock(Block):
     rate_simulated_noise: float = _f(
         0.6, "rating notebook: sd of a simulated rater's noise on the 1-5 scale", 0.0, 3.0
     )
+    bench_sets: tuple[str, ...] = _f(
+        ("synthetic",),
+        "editor benchmark sets: gedit[=PATH], imgedit-basic=PATH, kris[=PATH], split=RUN_DIR, "
+        "synthetic, or NAME=PATH with EVAL_COLUMNS (each set its own items; adding one resumes)",
+        runtime=True,
+    )
+    bench_editors: tuple[str, ...] = _f(
+        (),
+        "editors benchmarked: NAME[:model=..,steps=..,guidance=..,seed=..,skill=..,label=..]"
+        "[+lora=PATH], each its own table, adding one resumes the rest (empty: the "
+        "synthetic editor at skill 0.3, 0.6 and 0.9)",
+        runtime=True,
+    )
+    bench_judges: tuple[str, ...] = _f(
+        ("synthetic-viescore",),
+        "benchmark judges: synthetic-viescore[:noise=X] or a validator spec (gemini-viescore, "
+        "openai-viescore:MODEL, openai-imgedit, ...); each its own table",
+        runtime=True,
+    )
+    bench_max_items: int = _f(
+        60, "items per set at most, a seeded sample stratified by task type (0: all)", 0, 10**7
+    )
+    bench_seed: int = _f(0, "seed of the item sample and of each item's edit seed", 0, 2**31 - 1)
+    bench_languages: tuple[str, ...] = _f(
+        ("en",), "GEdit-Bench instruction languages kept (en, cn; empty: all)"
+    )
+    bench_subset: str = _f(
+        "full",
+        "GEdit-Bench subset: every item or the Intersection_exist ones",
+        choices=("full", "intersection"),
+    )
+    bench_bootstrap: int = _f(1000, "bootstrap resamples of each 95 % interval", 100, 100_000)
     tune_images: str = _f(
         "gcs",
         "Vertex tuning data: images as GCS fileData URIs or inline",
@@ -828,6 +860,13 @@ class ExportBlock(Block):
     export_license: str = _f("cc-by-4.0", "licence id written in the dataset card")
     export_preference_pairs: int = _f(
         1, "rejected edits paired with each mined triplet in the preference config", 0, 100
+    )
+    export_test_share: float = _f(
+        0.0,
+        "share of sources whose triplets form the default config's test split (by source: "
+        "no test source in train; 0: one train split)",
+        0.0,
+        0.9,
     )
 
 
@@ -993,30 +1032,7 @@ FIELDS: dict[str, tuple[str, str]] = _field_table()
 # the role fields (backend names), each in the block of the stage that uses it
 ROLE_BLOCK: dict[str, str] = {role: FIELDS[role][0] for role in names.ROLES}
 
-# each stage (by its output table): the blocks it reads and the backend roles it calls
-STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "photos": (("sources", "images", "captions"), ("captioner",)),
-    "prompts": (("prompts", "prompt_writer", "captions"), ("prompter", "caption_writer")),
-    "sources": (("sources", "images"), ("t2i",)),
-    "plausibility": (("gate",), ("gate_judge",)),
-    "candidates": (("edits", "search"), ("editor",)),
-    "prefilter": (("filters",), ("prefilter_judge",)),
-    "lowlevel": (("filters",), ()),
-    "validator": (("validation",), ("validator",)),
-    "inversion": (("bootstrap",), ("inverter",)),
-    "backward": (("validation", "bootstrap"), ("validator",)),
-    "composition": (("bootstrap",), ("inverter",)),
-    "composed_validator": (("validation", "bootstrap"), ("validator",)),
-    "eval_scores": (("validation", "evaluation", "images"), ("validator",)),
-    "export": (("export",), ()),
-    "train": (("train",), ()),  # LoRA fine-tuning (nhr.train), on an export
-}
 _MINING_BLOCKS = tuple(b for b in BLOCKS if b not in ("evaluation", "train"))
-# what a stage also reads under SEARCH adaptive: the edits an adaptive search makes depend
-# on the verdicts of the filters and the validator it consults between rounds
-ADAPTIVE_READS: dict[str, tuple[str, ...]] = {
-    "candidates": ("prefilter", "lowlevel", "validator"),
-}
 
 
 class PipelineConfig(BaseModel):
@@ -1147,7 +1163,9 @@ class PipelineConfig(BaseModel):
         """The blocks a stage (by its output table) reads: ``run``, its own blocks, its
         roles' blocks and the backend-family blocks of the backends configured for them
         (under SEARCH adaptive, those of the stages in ``ADAPTIVE_READS`` too).
-        A stage missing from ``STAGES`` reads every block but ``evaluation``."""
+        A stage missing from ``STAGES`` reads every block but ``evaluation`` and ``train``."""
+        from nhr.steps import ADAPTIVE_READS, STAGES  # the step table imports the records
+
         blocks, roles = STAGES.get(stage, (_MINING_BLOCKS, names.ROLES))
         if self.search.search == "adaptive":
             for other in ADAPTIVE_READS.get(stage, ()):
@@ -1165,6 +1183,8 @@ class PipelineConfig(BaseModel):
         given: all) as a DataFrame of block, parameter, value, kind (output or runtime) and
         doc: what a notebook shows of its config."""
         import pandas as pd
+
+        from nhr.steps import STAGES
 
         chosen: list[str] = []
         for name in names_ or tuple(BLOCKS):

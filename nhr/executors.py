@@ -1,7 +1,7 @@
 """Where the local engine runs a stage's batches: in threads, or in worker processes.
 
 A stage, or a backend it holds, declares what its batches spend in the class attribute
-``work``:
+``work`` (``Stage.work_kind`` reads them):
 
 - ``"cpu"``: pure computation (the synthetic world, the low-level check). Batches run
   in worker processes, up to one per core, so one interpreter's lock does not leave
@@ -19,10 +19,10 @@ this process, so the exactly-once ledger does not depend on where a batch ran.
 
 Worker processes come from a forkserver (a plain fork of a process with live threads,
 such as a Jupyter kernel, can deadlock), hold the stage once each (its pickle is sent
-with each batch and unpickled, then ``setup()``, once per worker), and are reused by the
-next stage of the same process. Each worker holds the read end of a pipe from its
-owner: when the owner dies, even by SIGKILL, the pipe closes and the worker exits at
-once, so a killed run leaves no process behind.
+with each batch and unpickled, then ``setup()``, once per worker), serve every cpu link
+of one chain, and end with it (an idle kernel holds no workers). Each worker holds the
+read end of a pipe from its owner: when the owner dies, even by SIGKILL, the pipe closes
+and the worker exits at once, so a killed run leaves no process behind.
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ import os
 import pickle
 import signal
 import threading
-import time
-import traceback
 import uuid
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,13 +42,12 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
+from nhr.backends.base import CPU, DEVICE, IO, WORK_KINDS, declared_work
+from nhr.engines.batch import BatchRun, StageError, sendable, where
 from nhr.records import Record
 from nhr.stages.base import Stage
 
-CPU, IO, DEVICE = "cpu", "io", "device"
-WORK_KINDS = (CPU, IO, DEVICE)
-# a stage holding backends of several kinds runs as the most constrained of them
-PRECEDENCE = (DEVICE, IO, CPU)
+__all__ = ["CPU", "DEVICE", "IO", "WORK_KINDS", "StageError"]
 
 
 def cpu_count() -> int:
@@ -71,23 +68,9 @@ def resolve_workers(workers: int) -> int:
     return workers or cpu_count()
 
 
-def _declared(obj: Any) -> str | None:
-    """The ``work`` an object's class declares, checked; None when it declares none."""
-    kind = getattr(type(obj), "work", None)
-    if kind is None:
-        return None
-    if kind not in WORK_KINDS:
-        raise ValueError(
-            f"{type(obj).__name__}.work is {kind!r}; declare one of {', '.join(WORK_KINDS)}"
-        )
-    return kind
-
-
 def work_of(stage: Stage) -> str:
-    """What a stage's batches spend: its own declaration and those of the backends it
-    holds, the most constrained winning (device, then io, then cpu); ``io`` if none."""
-    kinds = {_declared(stage)} | {_declared(v) for v in vars(stage).values()}
-    return next((k for k in PRECEDENCE if k in kinds), IO)
+    """What a stage's batches spend (``Stage.work_kind``)."""
+    return stage.work_kind()
 
 
 @dataclass(frozen=True)
@@ -101,22 +84,6 @@ class BatchDone:
     seconds: float
     usage: dict[str, float]
     tag: Any = None
-
-
-class StageError(RuntimeError):
-    """A stage failed in a worker with an error that could not be sent back as itself."""
-
-
-def _where(stage_name: str, batch: list[Record], pid: int) -> str:
-    """The note added to a batch's error: which stage, which rows, which process."""
-    first = batch[0].id if batch else "-"
-    return f"in stage {stage_name!r}, a batch of {len(batch)} rows from {first!r}, process {pid}"
-
-
-def _usage_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """``after - before`` per key, without the keys that did not move."""
-    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
-    return {k: v for k, v in delta.items() if v}
 
 
 class BatchExecutor(ABC):
@@ -161,29 +128,16 @@ class ThreadExecutor(BatchExecutor):
         super().__init__(stage, max(1, threads))
         self.inline = inline
         self._pool: ThreadPoolExecutor | None = None
-        self._ready = False
-        self._lock = threading.Lock()
-        self._mark: dict[str, float] = {}
+        self._batch: BatchRun | None = None
 
     def _run(self, batch: list[Record], tag: Any) -> BatchDone:
-        t0 = time.perf_counter()
-        try:
-            out = self.stage.process_batch(batch)
-        except Exception as err:
-            err.add_note(_where(self.stage.name, batch, os.getpid()))
-            raise
-        seconds = time.perf_counter() - t0
-        with self._lock:
-            now = self.stage.usage()
-            delta = _usage_delta(self._mark, now)
-            self._mark = now
-        return BatchDone(batch, out, seconds, delta, tag)
+        assert self._batch is not None
+        return BatchDone(batch, *self._batch(batch), tag)
 
     def submit(self, batch: list[Record], tag: Any = None) -> Future[BatchDone]:
-        if not self._ready:
+        if self._batch is None:
             self.stage.setup()
-            self._mark = self.stage.usage()
-            self._ready = True
+            self._batch = BatchRun(self.stage)
         if self.slots > 1 or not self.inline:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=self.stage.name)
@@ -201,8 +155,8 @@ class ThreadExecutor(BatchExecutor):
 
 
 # ---------------------------------------------------------------- worker processes
-# in a worker: the stages it holds, by token (the newest few), and its owner's pipe
-_WORKER_STAGES: OrderedDict[str, Stage] = OrderedDict()
+# in a worker: the stages it holds, set up, by token (the newest few)
+_WORKER_STAGES: OrderedDict[str, BatchRun] = OrderedDict()
 _KEEP_STAGES = 4
 
 
@@ -222,28 +176,16 @@ def _worker_init(alive: Connection) -> None:
     threading.Thread(target=_exit_with_owner, args=(alive,), daemon=True).start()
 
 
-def _worker_stage(token: str, blob: bytes) -> Stage:
+def _worker_stage(token: str, blob: bytes) -> BatchRun:
     """In a worker: the stage of ``token``, unpickled and set up on first use."""
-    stage = _WORKER_STAGES.get(token)
-    if stage is None:
+    run = _WORKER_STAGES.get(token)
+    if run is None:
         stage = pickle.loads(blob)
         stage.setup()
-        _WORKER_STAGES[token] = stage
+        run = _WORKER_STAGES[token] = BatchRun(stage, portable=True)
         while len(_WORKER_STAGES) > _KEEP_STAGES:
             _WORKER_STAGES.popitem(last=False)
-    return stage
-
-
-def _sendable(err: BaseException) -> BaseException:
-    """``err`` if it survives a pickle round trip, else a StageError carrying its text."""
-    try:
-        back = pickle.loads(pickle.dumps(err))
-        if type(back) is type(err) and str(back) == str(err):
-            return err
-    except Exception:  # any failure to pickle means: send its text instead
-        pass
-    text = "".join(traceback.format_exception(err)).rstrip()
-    return StageError(f"{type(err).__name__}: {err}\n{text}")
+    return run
 
 
 def _run_in_worker(
@@ -251,16 +193,12 @@ def _run_in_worker(
 ) -> tuple[list[Record], float, dict[str, float]]:
     """In a worker: process one batch; (outputs, seconds, usage added)."""
     try:
-        stage = _worker_stage(token, blob)
-        before = stage.usage()
-        t0 = time.perf_counter()
-        out = stage.process_batch(batch)
-        seconds = time.perf_counter() - t0
-        return out, seconds, _usage_delta(before, stage.usage())
-    except Exception as err:
-        sent = _sendable(err)
-        sent.add_note(_where(name, batch, os.getpid()))
+        run = _worker_stage(token, blob)
+    except Exception as err:  # the stage's setup
+        sent = sendable(err)
+        sent.add_note(where(name, batch))
         raise sent from None
+    return run(batch)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -305,6 +243,7 @@ class WorkerPool:
 
 _POOL: WorkerPool | None = None
 _POOL_LOCK = threading.Lock()
+STARTED: Counter[int] = Counter()  # worker pools started in this process, by size
 
 
 def worker_pool(size: int, preload: list[str]) -> WorkerPool:
@@ -317,6 +256,7 @@ def worker_pool(size: int, preload: list[str]) -> WorkerPool:
             _POOL = None
         if _POOL is None:
             _POOL = WorkerPool(size, preload)
+            STARTED[size] += 1
         return _POOL
 
 
@@ -337,7 +277,7 @@ class ProcessExecutor(BatchExecutor):
     """Batches in up to ``processes`` worker processes of this process's pool.
 
     Up to twice as many batches as processes are in flight, so a worker never waits
-    for the runner to write the previous shard."""
+    for the runner to write the previous shard. ``close`` ends the pool's workers."""
 
     def __init__(self, stage: Stage, processes: int) -> None:
         super().__init__(stage, 2 * processes)
@@ -352,7 +292,7 @@ class ProcessExecutor(BatchExecutor):
         self._token = uuid.uuid4().hex
         self._processes = processes
         modules = {type(stage).__module__}
-        modules |= {type(v).__module__ for v in vars(stage).values() if _declared(v)}
+        modules |= {type(b).__module__ for b in stage.backends() if declared_work(b)}
         self._preload = sorted(modules)
         self._pool: WorkerPool | None = None
         self._futures: set[Future[Any]] = set()
@@ -389,8 +329,11 @@ class ProcessExecutor(BatchExecutor):
         return done
 
     def close(self, abort: bool = False) -> None:
-        if abort and any(not f.done() for f in list(self._futures)):
-            shutdown_workers(kill=True)  # batches still running would only be discarded
+        if self._pool is None:
+            return
+        self._pool = None
+        running = any(not f.done() for f in list(self._futures))
+        shutdown_workers(kill=abort and running)  # batches still running would be discarded
 
 
 def executor_for(stage: Stage, workers: int, inline: bool = True) -> BatchExecutor:
@@ -399,7 +342,7 @@ def executor_for(stage: Stage, workers: int, inline: bool = True) -> BatchExecut
     ``inline`` False keeps a one-thread executor off the caller's thread (a chain's
     scheduler must not block on one link's batch)."""
     n = resolve_workers(workers)
-    kind = work_of(stage)
+    kind = stage.work_kind()
     if kind == CPU and n > 1:
         return ProcessExecutor(stage, n)
     return ThreadExecutor(stage, 1 if kind == DEVICE else n, inline)

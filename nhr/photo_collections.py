@@ -88,13 +88,30 @@ def _folder(path: Path) -> PhotoCollection:
     return PhotoCollection(str(path), "folder", names, lambda i: files[i])
 
 
+def is_imagefolder(path: Path) -> bool:
+    """Whether ``path`` is a folder with an imagefolder's metadata file."""
+    return path.is_dir() and any((path / m).is_file() for m in METADATA_FILES)
+
+
+def read_metadata(folder: Path, error: type[NhrError] = CollectionError) -> list[dict[str, Any]]:
+    """The rows of an imagefolder's ``metadata.jsonl`` (preferred) or ``metadata.csv``;
+    a line that is not JSON raises ``error``."""
+    jsonl, csv_path = folder / "metadata.jsonl", folder / "metadata.csv"
+    if not jsonl.is_file():
+        with csv_path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    rows = []
+    for i, line in enumerate(jsonl.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise error(f"{jsonl} line {i} is not JSON", "fix or remove that line") from None
+    return rows
+
+
 def _imagefolder(path: Path, column: str) -> PhotoCollection:
-    jsonl = path / "metadata.jsonl"
-    if jsonl.is_file():
-        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    else:
-        with (path / "metadata.csv").open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+    rows = read_metadata(path)
     key = column or "file_name"
     if rows and key not in rows[0]:
         raise CollectionError(
@@ -248,7 +265,7 @@ def open_collection(location: str, column: str = "", split: str = "train") -> Ph
     if path.is_file() and path.suffix == ".parquet":
         return _parquet(path, column)
     if path.is_dir():
-        if any((path / m).is_file() for m in METADATA_FILES):
+        if is_imagefolder(path):
             return _imagefolder(path, column)
         tars = sorted(path.glob("*.tar"))
         if tars:

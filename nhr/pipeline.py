@@ -7,7 +7,6 @@ one at a time, in separate processes, and resumed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nhr.backends.base import contract
 from nhr.backends.registry import Backends, build_backends
 from nhr.bootstrap import Bootstrap
 from nhr.bootstrap import chains as chains_of
@@ -27,7 +27,7 @@ from nhr.mining import STATS as MINING_STATS
 from nhr.mining import MiningLoop, MiningResult, SearchRule
 from nhr.records import CandidateRow, TripletRow, from_table
 from nhr.resolutions import resolution_set
-from nhr.runner import Runner, StageResult
+from nhr.runner import Extra, Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import EditPlan, EditStage, call_batcher, plan_edit_jobs
 from nhr.stages.export import card_body, export_to_store
@@ -37,30 +37,13 @@ from nhr.stages.preference import preference_pairs
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
 from nhr.stages.validator import ValidatorStage, select_argmax
+from nhr.steps import BY_TABLE, CHAIN, FILTERS, SUBJECTS, TABLE_TYPES
 from nhr.store import RunStore
 from nhr.summary import cost_per_triplet, funnel, with_changes
-from nhr.tables import SUBJECTS, TABLE_TYPES, RunTables
+from nhr.tables import RunTables
 
 if TYPE_CHECKING:  # pandas costs a notebook half a second; only ``frame`` needs it
     import pandas as pd
-
-# every step of the chain in order, as Pipeline method paths
-CHAIN = (
-    "prompts",
-    "sources",
-    "gate",
-    "edits",
-    "prefilter",
-    "lowlevel",
-    "validate",
-    "select",
-    "bootstrap.invert",
-    "bootstrap.backward",
-    "bootstrap.compose",
-    "bootstrap.validate_composed",
-    "bootstrap.assemble",
-    "export",
-)
 
 
 class ConfiguredRunner(Runner):
@@ -78,7 +61,7 @@ class ConfiguredRunner(Runner):
         links: Sequence[Link],
         inputs: Any,
         budget_seconds: float = 0.0,
-        extra_stats: Sequence[dict[str, Any] | None] | None = None,
+        extra_stats: Sequence[Extra] | None = None,
         observe: Callable[[Done], None] | None = None,
     ) -> list[StageResult]:
         """``Runner.run_chain`` (which ``run`` calls) after setting every link's
@@ -160,11 +143,7 @@ class Pipeline:
 
     def filters(self) -> list[tuple[str, bool]]:
         """The candidate filters (verdict tables) in pipeline order, with whether each runs."""
-        return [
-            ("prefilter", self.cfg.filters.prefilter),
-            ("lowlevel", self.cfg.filters.lowlevel),
-            ("validator", True),
-        ]
+        return [(name, BY_TABLE[name].enabled(self.cfg)) for name in FILTERS]
 
     def survivors(self, after: str) -> list[CandidateRow]:
         """Candidates that survive every enabled filter up to and including ``after``."""
@@ -246,13 +225,12 @@ class Pipeline:
         links = [
             Link(
                 EditStage(editor, self.store.blobs),
-                batch_size=getattr(editor, "max_batch", None) or self.cfg.run.batch_size,
+                batch_size=contract(editor).max_batch or self.cfg.run.batch_size,
                 forward=outputs_forward,
                 batcher=call_batcher(editor, self.cfg.edits.edit_schedule_window),
             )
         ]
-        stages = [self._prefilter_stage(), self._lowlevel_stage(), self._validator_stage()]
-        on = [stage for stage in stages if stage is not None]
+        on = [getattr(self, f"_{name}_stage")() for name, enabled in self.filters() if enabled]
         for i, stage in enumerate(on):
             last = i == len(on) - 1
             links.append(Link(stage, self.cfg.run.batch_size, None if last else passed_forward))
@@ -262,7 +240,7 @@ class Pipeline:
         """Stages 4–7 as one loop: edits of the gated sources streamed through the
         enabled filters and the hard validator, in rounds of seeds (SEARCH adaptive) or
         all M_EDIT_SEEDS at once (grid), within MAX_EDIT_JOBS and EDIT_BUDGET_SECONDS;
-        records ``stats/mining.json``. The filters' own steps are resumed no-ops after."""
+        records ``stats/mining.json``. The result holds every link's result."""
         plan = self.edit_jobs()
         loop = MiningLoop(
             self.runner,
@@ -273,9 +251,7 @@ class Pipeline:
             self.cfg.edits.edit_budget_seconds,
             {"grid_jobs": len(plan), "grid_size": plan.grid_size},
         )
-        result = loop.run()
-        result.filters = [r for r in (self.prefilter(), self.lowlevel(), self.validate()) if r]
-        return result
+        return loop.run()
 
     def mining(self) -> dict[str, Any] | None:
         """The record of the mining loop (``stats/mining.json``), None before it ran."""
@@ -285,18 +261,14 @@ class Pipeline:
         """Stage 4: the mining loop (``mine``); returns the candidates' result."""
         return self.mine().candidates
 
-    def _prefilter_stage(self) -> PrefilterStage | None:
-        """The soft pre-filter stage (None when disabled)."""
-        if not self.cfg.filters.prefilter:
-            return None
+    def _prefilter_stage(self) -> PrefilterStage:
+        """The soft pre-filter stage."""
         return PrefilterStage(
             self.backends.prefilter_judge, self.store.blobs, self.cfg.filters.prefilter_min_score
         )
 
-    def _lowlevel_stage(self) -> LowLevelStage | None:
-        """The low-level check stage (None when disabled)."""
-        if not self.cfg.filters.lowlevel:
-            return None
+    def _lowlevel_stage(self) -> LowLevelStage:
+        """The low-level check stage."""
         return LowLevelStage(
             self.store.blobs, self.cfg.filters.diff_threshold, self.cfg.filters.min_component_share
         )
@@ -309,37 +281,29 @@ class Pipeline:
 
     def prefilter(self) -> StageResult | None:
         """Stage 5: the soft pre-filter over every candidate (None when disabled; after
-        ``mine`` a resumed no-op that records its stats)."""
-        stage = self._prefilter_stage()
-        if stage is None:
+        ``mine`` a resumed no-op)."""
+        if not self.cfg.filters.prefilter:
             return None
-        return self.runner.run(stage, self.table("candidates"))
+        return self.runner.run(self._prefilter_stage(), self.table("candidates"))
 
     def lowlevel(self) -> StageResult | None:
         """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
-        stage = self._lowlevel_stage()
-        if stage is None:
+        if not self.cfg.filters.lowlevel:
             return None
-        return self.runner.run(stage, self.tables.survivors("prefilter"))
+        return self.runner.run(self._lowlevel_stage(), self.tables.survivors("prefilter"))
 
     def validate(self) -> StageResult:
         """Stage 7: the hard validator over the survivors of the enabled filters."""
         return self.runner.run(self._validator_stage(), self.tables.survivors("lowlevel"))
 
     def select(self) -> StageResult:
-        """Argmax selection per (source, instruction) → the ``mined`` table."""
-        with self.runner.writing("selection"):
-            return self._select()
-
-    def _select(self) -> StageResult:
-        """The body of ``select``, under the writer lock: a whole-table step, skipped
-        when its inputs are unchanged since it last ran."""
+        """Argmax selection per (source, instruction) → the ``mined`` table (a whole-table
+        step, skipped when its inputs are unchanged since it last ran)."""
         inputs = ["candidates", "validator", "sources", "prompts"]
-        fp = self.tables.fingerprint(inputs, {"step": "argmax"})
-        done = self.tables.done("mined", fp)
-        if done is not None and self.tables.exists("mined"):
-            return StageResult("mined", done)
-        t0 = time.perf_counter()
+        return self.runner.whole_table("mined", inputs, {"step": "argmax"}, self._select)
+
+    def _select(self) -> tuple[pa.Table, dict[str, Any]]:
+        """The ``mined`` table and its figures."""
         verdicts = self.tables.read(
             "validator",
             ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"],
@@ -350,19 +314,12 @@ class Pipeline:
             self.tables.read("sources", ["source_id", "model_id", "seed", "steps"]),
             self.tables.read("prompts", ["prompt_id", "text", "prompter_version"]),
         )
-        self.store.tables.write_table(
-            "mined", triplets, {"settings_hash": "whole-table", "input_fingerprint": fp}
-        )
-        stats = {
-            "stage": "mined",
+        figures = {
             "rows_in": int(pc.sum(verdicts.column("passed")).as_py() or 0),
             "rows_out": triplets.num_rows,
             "drops_by_reason": drops,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "input_fingerprint": fp,
         }
-        self.store.write_stats("mined", stats)
-        return StageResult("mined", stats)
+        return triplets, figures
 
     def triplets(self) -> list[TripletRow]:
         """The triplets the export writes: the bootstrapped, deduplicated ``triplets``
@@ -410,13 +367,8 @@ class Pipeline:
         return write_summary(self.tables, self.cfg, self.backends.truth, with_truth)
 
     def export(self, name: str | None = None) -> StageResult:
-        """Stage 11: write ``dataset/`` (parquet shards with images + card)."""
-        with self.runner.writing("export"):
-            return self._export(name)
-
-    def _export(self, name: str | None) -> StageResult:
-        """The body of ``export``, under the writer lock: streams the triplets into
-        shards; skipped when its inputs and settings are unchanged since it last ran."""
+        """Stage 11: write ``dataset/`` (parquet shards with images + card); a
+        whole-table step, skipped when its inputs and settings are unchanged."""
         source = self.tables.triplets_name()
         name = name or self.store.name
         settings = {
@@ -424,14 +376,20 @@ class Pipeline:
             "shard_rows": self.cfg.export.export_shard_rows,
             "preference_pairs": self.cfg.export.export_preference_pairs,
             "source": source,
+            "test_share": self.cfg.export.export_test_share,
         }
         inputs = [source, "mined", "candidates", "sources", "prompts", "plausibility"]
         inputs += [*self.tables.enabled, "inversion"]
-        fp = self.tables.fingerprint(inputs, settings)
-        done = self.tables.done("export", fp)
-        if done is not None and self.store.exists("dataset/README.md"):
-            return StageResult("export", done)
-        t0 = time.perf_counter()
+        return self.runner.whole_table(
+            "export",
+            inputs,
+            settings,
+            lambda: self._export(name, source),
+            lambda: self.store.exists("dataset/README.md"),
+        )
+
+    def _export(self, name: str, source: str) -> tuple[None, dict[str, Any]]:
+        """Stream the triplets of ``source`` into ``dataset/``; the export's figures."""
         shape = self.tables.triplets(
             [
                 "triplet_id",
@@ -473,9 +431,9 @@ class Pipeline:
             self.cfg.export.export_webdataset_shard_rows,
             self.cfg.export.export_license,
             provenance(self.tables.triplets(PROVENANCE_COLUMNS), name),
+            self.cfg.export.export_test_share,
         )
-        stats = {
-            "stage": "export",
+        figures = {
             "rows_in": shape.num_rows,
             "rows_out": shape.num_rows,
             "shards": shards,
@@ -485,11 +443,8 @@ class Pipeline:
                 "preference": prefs.num_rows,
             },
             "drops_by_reason": {},
-            "seconds": round(time.perf_counter() - t0, 3),
-            "input_fingerprint": fp,
         }
-        self.store.write_stats("export", stats)
-        return StageResult("export", stats)
+        return None, figures
 
     # ---- photos as sources (SOURCES photos) -----------------------------------------
     def photo_collection(self) -> Any:
@@ -550,12 +505,12 @@ class Pipeline:
         stage = CaptionInstructionStage(
             self.backends.caption_writer, self.cfg.prompts.k_instructions, self.cfg.run.seed
         )
-        result = self.runner.run(stage, captioned)
+        return self.runner.run(stage, captioned, extra_stats=self._no_instructions)
+
+    def _no_instructions(self) -> dict[str, Any]:
+        """The prompts' drops: captions no instruction was written for."""
         empty = sum(not r.instructions for r in self.rows("prompts"))
-        if empty:
-            result.stats["drops_by_reason"] = {"no_instructions": empty}
-            self.store.write_stats("prompts", result.stats)
-        return result
+        return {"drops_by_reason": {"no_instructions": empty}} if empty else {}
 
     def photo_sources(self) -> StageResult:
         """One source per captioned photo with instructions (table ``sources``)."""

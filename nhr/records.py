@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import operator
 import types
 import typing
@@ -91,22 +90,6 @@ class Record:
     def schema(cls) -> pa.Schema:
         """The Arrow schema of a table of these records."""
         return _spec(cls).schema
-
-    @classmethod
-    def from_row(cls: type[R], row: dict[str, Any]) -> R:
-        """Build a record from a table row (lists become tuples, NaN floats become None)."""
-        spec = _spec(cls)
-        values = []
-        for name in spec.names:
-            value = row[name]
-            if isinstance(value, list):
-                value = tuple(value)
-            elif hasattr(value, "tolist") and not isinstance(value, str):
-                value = tuple(value.tolist())
-            elif name in spec.nan_to_none and isinstance(value, float) and math.isnan(value):
-                value = None
-            values.append(value)
-        return cls(*values)
 
     def to_row(self) -> dict[str, Any]:
         """The record as a plain dict (tuples become lists)."""

@@ -48,6 +48,7 @@ from nhr.records import Record, from_table
 from nhr.stages.base import Stage
 from nhr.store import RunStore
 from nhr.store.shards import FLUSH_SECONDS, SHARD_BYTES, SHARD_ROWS, LedgerEntry
+from nhr.tables import RunTables
 
 PARENT_ENV = "NHR_RUN_PID"
 WRITER_LOCK = ".nhr-writer.lock"
@@ -67,6 +68,15 @@ PAUSE = _Pause()
 # what a runner accepts as a stage's input
 Chunk = list[Record] | pa.Table
 Inputs = list[Record] | pa.Table | Iterable[Chunk | _Pause]
+# figures a caller adds to a stage's stats: a dict, or a function called once the run ends
+Extra = dict[str, Any] | Callable[[], dict[str, Any]] | None
+
+
+def extra_figures(extra: Extra) -> dict[str, Any]:
+    """The figures of an ``Extra``."""
+    if extra is None:
+        return {}
+    return extra() if callable(extra) else extra
 
 
 @dataclass
@@ -287,14 +297,48 @@ class _LinkRun:
         self.parents: dict[str, _Node] = {}  # input key -> the upstream batch that sent it
         self.pending: list[_Node] = []  # in the writer's buffer
         self.since: float | None = None  # when the writer's buffer got its first batch
-        self.bar = tqdm(
-            total=total,
-            desc=stage.name,
-            unit="row",
-            position=index,
-            disable=not runner.progress,
-            dynamic_ncols=True,
-        )
+        self.bar = _Progress(stage.name, index, total, runner.progress)
+
+
+class _Progress:
+    """A link's progress bar, drawn only once the link processes a row (a stage with
+    nothing to do, every input resumed, draws none)."""
+
+    def __init__(self, name: str, position: int, total: int | None, show: bool) -> None:
+        self.name, self.position, self.total, self.show = name, position, total, show
+        self.resumed = 0
+        self._bar: tqdm | None = None
+
+    def skip(self, n: int) -> None:
+        """``n`` inputs were resumed (done in an earlier run)."""
+        self.resumed += n
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def grow(self, n: int) -> None:
+        """``n`` more inputs were given."""
+        self.total = (self.total or 0) + n
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
+    def update(self, n: int) -> None:
+        """``n`` inputs were processed."""
+        if self._bar is None and self.show:
+            self._bar = tqdm(
+                total=self.total,
+                initial=self.resumed,
+                desc=self.name,
+                unit="row",
+                position=self.position,
+                dynamic_ncols=True,
+            )
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class _ChainRun:
@@ -307,7 +351,7 @@ class _ChainRun:
         links: Sequence[Link],
         inputs: Inputs,
         budget_seconds: float,
-        extra_stats: Sequence[dict[str, Any] | None],
+        extra_stats: Sequence[Extra],
         observe: Callable[[Done], None] | None = None,
     ) -> None:
         self.runner = runner
@@ -332,8 +376,8 @@ class _ChainRun:
             engine_links = self._engine_links()
             for state in self.states[1:]:
                 state.counts["resumed"] = len(state.done)
-                state.bar.total = len(state.done)
-                state.bar.update(len(state.done))
+                state.bar.grow(len(state.done))
+                state.bar.skip(len(state.done))
             try:
                 stream = self.runner.engine.stream(engine_links, self._feed())
                 try:
@@ -482,8 +526,7 @@ class _ChainRun:
             nxt.parents[key] = node
             node.open += 1
         nxt.counts["given"] += len(rows)
-        nxt.bar.total = (nxt.bar.total or 0) + len(rows)
-        nxt.bar.refresh()
+        nxt.bar.grow(len(rows))
 
     def _write(self, i: int, node: _Node) -> None:
         """Buffer a batch in its link's writer (committing a shard when one is due)."""
@@ -532,7 +575,8 @@ class _ChainRun:
 
     def _stats(self, i: int, state: _LinkRun, wall: float, engine: dict[str, Any]) -> StageResult:
         """Write and return one link's stats, as ``run`` does for one stage, with the
-        engine's description of how it ran the chain (``Engine.describe``)."""
+        engine's description of how it ran the chain (``Engine.describe``) and the links
+        before it (``upstream``)."""
         tables = self.runner.store.tables
         name = state.stage.name
         after = ledger_stats(tables.entries(name))
@@ -558,9 +602,14 @@ class _ChainRun:
             "settings": state.settings,
             "shards": len(tables.entries(name)),
             "engine": engine,
-            **(self.extra[i] or {}),
+            "upstream": [link.stage.name for link in self.links[:i]],
+            **extra_figures(self.extra[i]),
         }
-        self.runner.store.write_stats(name, stats)
+        recorded = self.runner.store.read_stats(name) or {}
+        idle = not counts["processed"] and not stats["not_scheduled"]
+        if not (idle and recorded.get("upstream") and not stats["upstream"]):
+            # a stage alone that did nothing keeps the record of the chain that ran it
+            self.runner.store.write_stats(name, stats)
         return StageResult(name, stats)
 
 
@@ -617,12 +666,42 @@ class Runner:
                 )
         return entries
 
+    def whole_table(
+        self,
+        table: str,
+        inputs: Sequence[str],
+        settings: dict[str, Any],
+        compute: Callable[[], tuple[pa.Table | None, dict[str, Any]]],
+        present: Callable[[], bool] | None = None,
+    ) -> StageResult:
+        """Run a whole-table step under the writer lock: skipped (its recorded stats
+        returned) when the fingerprint of its ``inputs`` tables and ``settings`` is the
+        one recorded and its output is ``present`` (default: ``table`` exists); else
+        ``compute()`` gives the table to write (None: it wrote its own output) and its
+        stats, recorded with the seconds and the fingerprint."""
+        with self.writing(f"step {table}"):
+            tables = RunTables(self.store)
+            fp = tables.fingerprint(inputs, settings)
+            done = tables.done(table, fp)
+            if done is not None and (present() if present else tables.exists(table)):
+                return StageResult(table, done)
+            t0 = time.perf_counter()
+            rows, figures = compute()
+            if rows is not None:
+                self.store.tables.write_table(
+                    table, rows, {"settings_hash": "whole-table", "input_fingerprint": fp}
+                )
+            stats = {"stage": table, **figures}
+            stats.update(seconds=round(time.perf_counter() - t0, 3), input_fingerprint=fp)
+            self.store.write_stats(table, stats)
+            return StageResult(table, stats)
+
     def run(
         self,
         stage: Stage,
         inputs: Inputs,
         budget_seconds: float = 0.0,
-        extra_stats: dict[str, Any] | None = None,
+        extra_stats: Extra = None,
     ) -> StageResult:
         """Run ``stage`` over ``inputs`` (resuming), write its stats, return its table.
 
@@ -640,7 +719,7 @@ class Runner:
         links: Sequence[Link],
         inputs: Inputs,
         budget_seconds: float = 0.0,
-        extra_stats: Sequence[dict[str, Any] | None] | None = None,
+        extra_stats: Sequence[Extra] | None = None,
         observe: Callable[[Done], None] | None = None,
     ) -> list[StageResult]:
         """Run a chain of stages, streamed: ``inputs`` (as for ``run``) feed link 0, and
@@ -650,9 +729,11 @@ class Runner:
 
         ``budget_seconds`` > 0 stops feeding link 0 once its recorded seconds reach it;
         the links after it still finish what they were given. ``extra_stats`` holds one
-        dict (or None) per link, added to its stats. ``observe``, when given, sees every
-        batch the runner accepts (of any link, before it is committed), in the order the
-        engine yields them, so inputs that ``PAUSE`` can depend on results. Returns one
+        ``Extra`` per link (a dict, a function giving one when the chain ends, or
+        None), added to its stats, which the runner alone writes. ``observe``, when
+        given, sees every batch the runner accepts (of any link, before it is
+        committed), in the order the engine yields them, so inputs that ``PAUSE`` can
+        depend on results. Returns one
         result per link.
         """
         if not links:
@@ -673,7 +754,7 @@ class Runner:
         inputs: Inputs,
         done: DoneKeys,
         counts: Counter[str],
-        bar: tqdm,
+        bar: _Progress,
         batch_size: int,
     ) -> Iterator[_Batch | None]:
         """The batches still to do, chunk by chunk: duplicate keys refused, done keys
@@ -696,7 +777,7 @@ class Runner:
             n_done = int(is_done.sum())
             if n_done:
                 counts["resumed"] += n_done
-                bar.update(n_done)
+                bar.skip(n_done)
             todo = np.flatnonzero(~is_done)
             step = batch_size * max(1, GROUP_ROWS // batch_size)
             for g in range(0, len(todo), step):

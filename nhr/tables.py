@@ -23,54 +23,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nhr.records import (
-    CandidateRow,
-    DraftRow,
-    PhotoRow,
-    PromptRow,
-    Record,
-    SourceRow,
-    TripletRow,
-    Verdict,
-    from_table,
-)
+from nhr.records import from_table
+from nhr.steps import FILTERS, SUBJECTS, TABLE_TYPES
 from nhr.store import RunStore
-
-TABLE_TYPES: dict[str, type[Record]] = {
-    "prompts": PromptRow,
-    "sources": SourceRow,
-    "plausibility": Verdict,
-    "candidates": CandidateRow,
-    "prefilter": Verdict,
-    "lowlevel": Verdict,
-    "validator": Verdict,
-    "mined": TripletRow,
-    "inversion": DraftRow,
-    "backward": Verdict,
-    "composition": DraftRow,
-    "composed_validator": Verdict,
-    "triplets": TripletRow,
-    "photos": PhotoRow,
-}
 
 # tables of whole-table steps that hold no records: the perceptual hash of each image
 # (computed once per image, reused by every later dedup of the run)
 SCHEMAS: dict[str, pa.Schema] = {
     "image_hashes": pa.schema([("image", pa.string()), ("phash", pa.uint64())]),
 }
-
-# the table whose rows each verdict table judges
-SUBJECTS = {
-    "plausibility": "sources",
-    "prefilter": "candidates",
-    "lowlevel": "candidates",
-    "validator": "candidates",
-    "backward": "inversion",
-    "composed_validator": "composition",
-}
-
-# the candidate filters (verdict tables) in pipeline order
-FILTERS = ("prefilter", "lowlevel", "validator")
 
 
 class RunTables:

@@ -13,10 +13,11 @@ import yaml
 
 from nhr.backends import names
 from nhr.backends.registry import REGISTRY
-from nhr.config import BLOCKS, FIELDS, OUTPUT, RUNTIME, STAGES, PipelineConfig, RunConfig, reconcile
+from nhr.config import BLOCKS, FIELDS, OUTPUT, RUNTIME, PipelineConfig, RunConfig, reconcile
 from nhr.errors import ConfigError, RunFolderError
 from nhr.pipeline import Pipeline
 from nhr.runner import settings_hash
+from nhr.steps import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_FIELDS = sorted(n for n in FIELDS if PipelineConfig.kind(n) == OUTPUT)

@@ -98,6 +98,7 @@ def test_work_comes_from_declarations_not_names(tmp_path):
     assert work_of(PlausibilityStage(_backend(DEVICE), blobs)) == DEVICE
     stage = LowLevelStage(blobs)
     stage.extra = _backend(IO)  # a cpu stage that also waits on an API runs in threads
+    stage.backend_fields = ("extra",)
     assert work_of(stage) == IO
     with pytest.raises(ValueError, match="declare one of cpu, io, device"):
         work_of(PlausibilityStage(_backend("gpu"), blobs))
@@ -233,4 +234,5 @@ def test_one_worker_and_all_cores_export_the_same_rows(tmp_path):
     assert a == b
     import nhr.executors
 
-    assert nhr.executors._POOL is not None and nhr.executors._POOL.size == 2  # processes ran
+    assert nhr.executors.STARTED[2] > 0  # processes ran
+    assert nhr.executors._POOL is None  # and ended with their chain

@@ -286,3 +286,35 @@ def test_inputs_that_pause_with_nothing_in_flight_are_an_error(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"grown.*paused with no batch in flight"):
         runner.run_chain(links(Grow(), Judge(), Finish(), (5, 3, 4)), inputs())
+
+
+@pytest.mark.parametrize(
+    "search", [{"SEARCH": "adaptive"}, {"SEARCH": "adaptive", "MAX_EDIT_JOBS": 120}]
+)
+def test_a_run_writes_each_stats_file_once(tmp_path, monkeypatch, search):
+    """Every step of a run writes its stats once (the filters' steps after the mining
+    loop find nothing to do and keep the loop's record), streamed or round by round."""
+    from collections import Counter
+
+    from conftest import run_chain
+
+    writes: Counter[str] = Counter()
+    write = RunStore.write_stats
+
+    def counting(self: RunStore, table: str, stats: dict) -> None:
+        writes[table] += 1
+        write(self, table, stats)
+
+    monkeypatch.setattr(RunStore, "write_stats", counting)
+    pipe = run_chain(tmp_path / "run", {**search, "WORKERS": 1})
+    assert {"candidates", "validator", "mining", "mined", "triplets", "export"} <= set(writes)
+    assert max(writes.values()) == 1, writes
+    rounds = pipe.mining()["rounds"]
+    assert len(rounds) > 1 and pipe.store.read_stats("candidates")["rounds"] == len(rounds)
+
+
+def test_a_missing_table_names_the_notebook_that_makes_it(tmp_path):
+    from nhr.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match=r"'mined' does not exist .* notebooks/05_validate"):
+        RunStore(tmp_path / "run").tables.read("mined")

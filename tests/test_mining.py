@@ -21,12 +21,10 @@ from nhr.mining import (
     OPEN,
     PASSED,
     Decisions,
-    Evidence,
-    Groups,
     MiningLoop,
     SearchRule,
+    SearchState,
     SeedFeed,
-    best_guidance,
     smoothed_best,
 )
 from nhr.pipeline import Pipeline
@@ -153,25 +151,31 @@ def test_the_hopeless_rule_closes_groups_whose_scores_are_low(gated, tmp_path):
     assert len(one) >= mining["groups_by_state"]["hopeless"]
 
 
+def _judged(rule, guidance, passed, score, r):
+    """A round-by-round search state after these decisions (groups 0 0 1 1 2 3 3 4 4 of
+    6, all in round 0), closed as after round ``r``."""
+    state = SearchState(rule, 6, by_round=True)
+    for g, gd, ok, sc in zip([0, 0, 1, 1, 2, 3, 3, 4, 4], guidance, passed, score, strict=True):
+        state.decide(g, 0, gd, True, (True, ok, sc))
+    state.end_round(r)
+    return state
+
+
 def test_groups_close_by_the_rule():
     rule = SearchRule("adaptive", m_seeds=4, hopeless_after=2, hopeless_below=3.0)
-    ev = Evidence(
-        group=np.array([0, 0, 1, 1, 2, 3, 3, 4, 4]),
-        round=np.zeros(9, dtype=int),
-        guidance=np.array([2.5] * 9),
-        passed=np.array([False, False, False, False, True, False, False, False, False]),
-        # group 0: both low; 1: one high; 2: passed; 3: a judge error (no score); 4: 0s
-        score=np.array([2.0, 2.9, 2.0, 3.5, 4.8, np.nan, 1.0, 0.0, 0.0]),
-    )
-    groups = Groups.judge(ev, 6, rule, seeds_done=2)
+    guidance = [2.5] * 9
+    passed = [False, False, False, False, True, False, False, False, False]
+    # group 0: both low; 1: one high; 2: passed; 3: a judge error (no score); 4: 0s
+    score = [2.0, 2.9, 2.0, 3.5, 4.8, np.nan, 1.0, 0.0, 0.0]
+    groups = _judged(rule, guidance, passed, score, 1)  # the rounds of seeds 0-1
     assert groups.state.tolist() == [HOPELESS, OPEN, PASSED, OPEN, HOPELESS, OPEN]
-    assert Groups.judge(ev, 6, rule, seeds_done=4).counts() == {
+    assert _judged(rule, guidance, passed, score, 3).counts() == {
         "open": 0,
         "passed": 1,
         "hopeless": 2,
         "exhausted": 3,
     }
-    grid = Groups.judge(ev, 6, SearchRule("grid", m_seeds=4), seeds_done=4)
+    grid = _judged(SearchRule("grid", m_seeds=4), guidance, passed, score, 0)
     assert grid.counts()["hopeless"] == 0
     assert rule.rounds() == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert SearchRule("adaptive", m_seeds=5, first_seeds=2, round_seeds=2).rounds() == [
@@ -179,9 +183,10 @@ def test_groups_close_by_the_rule():
         (2, 4),
         (4, 5),
     ]
-    mixed = Evidence(ev.group, ev.round, np.array([2.5] * 5 + [3.5] * 4), ev.passed, ev.score)
-    assert best_guidance(mixed, (2.5, 3.5)) == 2.5
-    assert best_guidance(mixed, (3.5, 2.5)) == 2.5
+    mixed = [2.5] * 5 + [3.5] * 4
+    for order in ((2.5, 3.5), (3.5, 2.5)):
+        best = SearchRule("adaptive", m_seeds=4, guidance="best", guidances=order)
+        assert _judged(best, mixed, passed, score, 0).guidance == 2.5
 
 
 def test_round_jobs_are_the_grid_jobs_and_a_cap_draws_uniformly_from_open_work():
@@ -253,7 +258,7 @@ def test_the_streamed_search_makes_the_rows_of_the_round_by_round_one(gated, tmp
         pipe.mining_links(),
         SearchRule.from_config(pipe.cfg),
     )
-    loop._rounds()
+    loop.run(by_round=True)
     for table in TABLES:
         assert _rows(tmp_path / "streamed", table) == _rows(by_round, table), table
     one, other = streamed.mining(), pipe.mining()
@@ -349,7 +354,7 @@ def test_the_guidance_is_fixed_early_only_when_the_rest_cannot_change_it(seed):
     for k, (cid, ok) in enumerate(
         zip(first.column("candidate_id").to_pylist(), outcomes, strict=True)
     ):
-        feed._decide(cid, True, ok, 5.0 if ok else 1.0)
+        feed._decide(cid, (True, ok, 5.0 if ok else 1.0))
         if feed.guidance is not None and fixed_at is None:
             fixed_at = k
     tried = [guidance.count(g) for g in rule.guidances]

@@ -24,6 +24,7 @@ import pytest
 from nhr.engines.base import Done, Link, outputs_forward, passed_forward
 from nhr.errors import BackendError, ConfigError
 from nhr.records import PromptJob, Record, Verdict
+from nhr.stages.base import Stage
 
 ray = pytest.importorskip("ray")
 
@@ -46,7 +47,7 @@ class Cube(Record):
     group: int
 
 
-class SquareStage:
+class SquareStage(Stage):
     """cpu work: a square per job."""
 
     name = "squares"
@@ -73,7 +74,7 @@ class SquareStage:
         return [Square(r.prompt_id, r.seed * r.seed) for r in rows]
 
 
-class PlusOneStage:
+class PlusOneStage(Stage):
     """cpu work: each square plus one."""
 
     name = "plus_one"
@@ -101,13 +102,14 @@ class FakeClient:
         self.share *= fraction
 
 
-class JudgeStage:
+class JudgeStage(Stage):
     """io work with API usage: passes squares divisible by 3."""
 
     name = "verdicts"
     input_type = Square
     output_type = Verdict
     work = "io"
+    backend_fields = ("client",)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -137,7 +139,7 @@ class JudgeStage:
         ]
 
 
-class CubeStage:
+class CubeStage(Stage):
     """device work: two cubes per survivor; records how its calls were grouped."""
 
     name = "cubes"

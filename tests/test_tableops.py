@@ -319,6 +319,7 @@ def test_the_run_view_and_evaluation_never_import_the_pipeline():
         "nhr",
         "nhr.tables",
         "nhr.records",
+        "nhr.steps",
         "nhr.store",
         "nhr.store.blobs",
         "nhr.store.shards",

@@ -154,6 +154,10 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_lora(world):
     ]
     assert steps == list(range(6))  # the curve continues, each step once
     np.testing.assert_allclose(again.losses, first.losses, rtol=1e-4, atol=1e-6)
+    done = killed / "train" / "lora" / "pytorch_lora_weights.safetensors"
+    stamp = done.stat().st_mtime_ns
+    finished = train(PipelineConfig.from_params(params(world)), killed, progress=False)
+    assert finished.resumed_from == 6 and done.stat().st_mtime_ns == stamp  # nothing redone
     a = load_file(str(folder / "lora" / "pytorch_lora_weights.safetensors"))
     b = load_file(str(killed / "train" / "lora" / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and len(a) > 0

@@ -37,6 +37,7 @@ from nhr.backends.api_client import (
     open_request_cache,
 )
 from nhr.backends.base import (
+    Backend,
     InstructionDraft,
     PrefilterAnswer,
     PromptDraft,
@@ -255,8 +256,21 @@ def prompter_schema(k: int) -> dict[str, Any]:
     }
 
 
+class OnClient(Backend):
+    """A backend over a ``RemoteClient``: closing it closes the client, and its share of
+    the API limits is the client's."""
+
+    client: RemoteClient
+
+    def close(self) -> None:
+        self.client.close()
+
+    def share_limits(self, fraction: float) -> None:
+        self.client.share_limits(fraction)
+
+
 # ---------------------------------------------------------------- the uses
-class RemoteUse:
+class RemoteUse(OnClient):
     """A remote model used through one prompt file: its client, model, template (whose
     version goes on every row) and cumulative usage."""
 
@@ -273,7 +287,7 @@ class RemoteUse:
         return self._usage.snapshot()
 
 
-class RemoteJudge:
+class RemoteJudge(OnClient):
     """A judge behind a remote model; one object per role so each records its prompt's
     version. Answers it cannot trust come back with ``error`` set, never as a pass."""
 
@@ -472,7 +486,7 @@ class RemotePromptWriter(RemoteUse):
         return parse
 
 
-class RemoteInstructionWriter:
+class RemoteInstructionWriter(OnClient):
     """Writes inverse and composed instructions (the bootstrapping stages)."""
 
     def __init__(

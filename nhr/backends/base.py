@@ -1,4 +1,5 @@
-"""Protocols every backend implements, and the small answer types judges return.
+"""Protocols every backend implements, the contract every backend keeps with the
+engines (``Backend``), and the small answer types judges return.
 
 Stages are written against these protocols only, so a synthetic backend, a diffusers
 pipeline or a Gemini client are interchangeable by configuration.
@@ -6,10 +7,104 @@ pipeline or a Gemini client are interchangeable by configuration.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
+
+CPU, IO, DEVICE = "cpu", "io", "device"
+WORK_KINDS = (CPU, IO, DEVICE)
+
+
+class Backend:
+    """What an engine may ask of any backend, with the defaults.
+
+    ``work``: what its calls spend: ``"cpu"`` (pure computation: worker processes),
+    ``"io"`` (waiting on remote calls: threads) or ``"device"`` (a resident model: one
+    call at a time, in process); None: ``io``. ``max_batch``: most inputs per call
+    (None: any number). ``work_buckets``: the sizes it works at (None: any size).
+    ``load()`` before the first call; ``close()`` when its stage ends on a worker;
+    ``usage()`` its cumulative API counters (calls, tokens, cost); ``share_limits(f)``
+    keeps ``f`` of its API concurrency and rate limits (one of several actors)."""
+
+    work: ClassVar[str | None] = None
+    max_batch: int | None = None
+    work_buckets: tuple[tuple[int, int], ...] | None = None
+
+    def load(self) -> None:
+        """Load what the first call needs (a model); nothing by default."""
+
+    def close(self) -> None:
+        """Release what it holds (clients, memory); nothing by default."""
+
+    def usage(self) -> dict[str, float]:
+        """Cumulative API usage; none by default."""
+        return {}
+
+    def share_limits(self, fraction: float) -> None:
+        """Keep ``fraction`` of its API limits; nothing to share by default."""
+
+
+class _Held(Backend):
+    """The contract of a backend that does not derive from ``Backend``: each part it
+    has (or its API ``client`` has), else the default. The one place that looks."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self.client = getattr(obj, "client", None)
+
+    @property
+    def max_batch(self) -> int | None:  # type: ignore[override]
+        return getattr(self.obj, "max_batch", None)
+
+    @property
+    def work_buckets(self) -> tuple[tuple[int, int], ...] | None:  # type: ignore[override]
+        return getattr(self.obj, "work_buckets", None)
+
+    def _part(self, name: str) -> Any:
+        for holder in (self.obj, self.client):
+            part = getattr(holder, name, None)
+            if callable(part):
+                return part
+        return None
+
+    def load(self) -> None:
+        load = getattr(self.obj, "load", None)
+        if callable(load):
+            load()
+
+    def close(self) -> None:
+        close = self._part("close")
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+    def usage(self) -> dict[str, float]:
+        report = getattr(self.obj, "usage", None)
+        return dict(report()) if callable(report) else {}
+
+    def share_limits(self, fraction: float) -> None:
+        share = self._part("share_limits")
+        if share is not None:
+            share(fraction)
+
+
+def contract(obj: Any) -> Backend:
+    """``obj`` as a ``Backend`` (itself, or a view giving the defaults it lacks)."""
+    return obj if isinstance(obj, Backend) else _Held(obj)
+
+
+def declared_work(obj: Any) -> str | None:
+    """The ``work`` a backend's (or a stage's) class declares, checked; None if none."""
+    kind = getattr(type(obj), "work", None)
+    if kind is None:
+        return None
+    if kind not in WORK_KINDS:
+        raise ValueError(
+            f"{type(obj).__name__}.work is {kind!r}; declare one of {', '.join(WORK_KINDS)}"
+        )
+    return kind
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from nhr.backends import diffusers_levers
+from nhr.backends.base import Backend
 from nhr.backends.diffusers_levers import Levers
 from nhr.errors import BackendError, missing_extra
 from nhr.resolutions import Size, nearest, scaled
@@ -423,7 +424,7 @@ class PipelineHolder:
         return dict(self.counters)
 
 
-class DiffusersEditor:
+class DiffusersEditor(Backend):
     """An ``Editor`` over a diffusers image-editing pipeline.
 
     Jobs are grouped by working size and steps (a diffusers call takes one of each) and

@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from nhr.backends.base import Backend
 from nhr.backends.diffusers_runtime import (
     DiffusersOptions,
     PipelineHolder,
@@ -23,7 +24,7 @@ from nhr.backends.diffusers_runtime import (
 )
 
 
-class DiffusersTextToImage:
+class DiffusersTextToImage(Backend):
     """A ``TextToImage`` backend over a diffusers text-to-image pipeline."""
 
     default_model = "black-forest-labs/FLUX.1-schnell"

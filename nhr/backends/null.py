@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from nhr.backends.base import (
+    Backend,
     InstructionDraft,
     PrefilterAnswer,
     PromptDraft,
@@ -119,7 +120,7 @@ def speckle_edit(image: Image.Image, variant: int) -> Image.Image:
     return changed(pixels, ((xx + yy) % 2 == 0) & keep)
 
 
-class NullPrompter:
+class NullPrompter(Backend):
     """A ``PromptWriter`` whose texts carry the prompt id (judges hash what they read)."""
 
     model_id = MODEL_ID
@@ -144,7 +145,7 @@ class NullPrompter:
         ]
 
 
-class NullRenderer:
+class NullRenderer(Backend):
     """A ``TextToImage`` returning one of ``SOURCE_VARIANTS`` fixed pictures per seed."""
 
     work = "cpu"  # pure computation: worker processes when WORKERS > 1
@@ -166,7 +167,7 @@ class NullRenderer:
         ]
 
 
-class NullEditor:
+class NullEditor(Backend):
     """An ``Editor`` drawing, by hash of the job, a solid-block edit (``LOWLEVEL_RATE``)
     or a speckle edit (the rest)."""
 
@@ -212,7 +213,7 @@ def passing_scores(passed: bool, *parts: object) -> Scores:
     return Scores(round(1.0 + 3.6 * a, 3), round(4.0 + b, 3))
 
 
-class NullJudge:
+class NullJudge(Backend):
     """A ``Judge`` for the gate, the pre-filter and the validator (module note: rates)."""
 
     judge_id = "null-judge"
@@ -274,7 +275,7 @@ class NullJudge:
         return unit("pair", instruction, source_key) < GOOD_PAIR_SHARE
 
 
-class NullInverter:
+class NullInverter(Backend):
     """An ``InstructionWriter`` answering templated text at once."""
 
     work = "cpu"  # pure computation: worker processes when WORKERS > 1

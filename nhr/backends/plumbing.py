@@ -17,6 +17,7 @@ import hashlib
 from PIL import Image
 
 from nhr.backends.base import (
+    Backend,
     Caption,
     CaptionRequest,
     InstructionDraft,
@@ -43,7 +44,7 @@ EDITS = (
 )
 
 
-class PlumbingPrompter:
+class PlumbingPrompter(Backend):
     """A ``PromptWriter`` from fixed templates, deterministic in the request's seed."""
 
     model_id = "plumbing-templates"
@@ -80,7 +81,7 @@ def _unit(image: Image.Image) -> float:
     return int.from_bytes(digest[:4], "little") / 2**32
 
 
-class AcceptAllJudge:
+class AcceptAllJudge(Backend):
     """A ``Judge`` that passes everything: plumbing check only (see the module note)."""
 
     judge_id = "plumbing-accept-all"
@@ -115,7 +116,7 @@ class AcceptAllJudge:
         ]
 
 
-class PlumbingInverter:
+class PlumbingInverter(Backend):
     """An ``InstructionWriter`` from templates (never uses revert/undo/restore/back)."""
 
     model_id = "plumbing-templates"
@@ -132,7 +133,7 @@ class PlumbingInverter:
         return [TextAnswer(f"{a}, then {b}") for a, b in zip(first_inverses, seconds, strict=True)]
 
 
-class PlumbingCaptioner:
+class PlumbingCaptioner(Backend):
     """A ``Captioner`` that names a photo by its size and mean colour (no model)."""
 
     model_id = "plumbing-captioner"
@@ -148,7 +149,7 @@ class PlumbingCaptioner:
         return out
 
 
-class PlumbingCaptionWriter:
+class PlumbingCaptionWriter(Backend):
     """A ``CaptionInstructionWriter`` cycling through the edit templates."""
 
     model_id = "plumbing-caption-writer"

@@ -16,8 +16,9 @@ holds fewer than ``queue_batches`` batches per slot of its link, so memory stays
 bounded and a slow judge slows the editor down, while the editor never waits as long
 as the judges have less than that much work queued.
 
-A one-link chain runs exactly as the runner ran a single stage before chains: the same
-executor, the same slots, batches pulled as slots free up.
+A one-link chain runs in its stage's executor in the caller's thread where it has one
+slot, batches pulled as slots free up. The executors (and so the worker processes) end
+with the stream.
 """
 
 from __future__ import annotations

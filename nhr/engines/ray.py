@@ -1,7 +1,7 @@
 """The Ray engine: a chain of links as Ray Data ``map_batches`` over actor pools.
 
 Each link becomes one ``map_batches`` operator with the resources its stage declares
-(``nhr.executors.work_of``):
+(``Stage.work_kind``):
 
 - ``device`` (text-to-image models, editors): an actor pool, ``gpus_per_actor`` GPUs
   each, one model resident per actor (one actor per GPU of the cluster by default);
@@ -13,8 +13,8 @@ Each link becomes one ``map_batches`` operator with the resources its stage decl
   set up once per worker process.
 
 Stages travel as one pickle of the chain, put in the object store once; each worker
-builds its link's stage from it and calls ``setup()`` once, and ``teardown()`` (where a
-stage has one) when Ray ends the actor. Rows flow through the operators as three
+builds its link's stage from it and calls ``setup()`` once, and ``teardown()`` when Ray
+ends the actor. Rows flow through the operators as three
 columns: ``link`` (whose input the row is; -1 for none), ``item`` (a pickled record) and
 ``done`` (pickled ``Done``s of the batches finished upstream, carried along on the first
 row of each output, so survivors never return to the driver between links while every
@@ -45,7 +45,6 @@ import os
 import pickle
 import socket
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,9 +54,10 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from nhr.backends.base import CPU, DEVICE, IO
 from nhr.engines.base import Done, Engine, Link
+from nhr.engines.batch import BatchRun, sendable
 from nhr.errors import ConfigError
-from nhr.executors import CPU, DEVICE, IO, _sendable, _usage_delta, _where, work_of
 from nhr.records import Record
 
 log = logging.getLogger(__name__)
@@ -123,38 +123,12 @@ class RaySettings:
 
 
 def _teardown(stage: Any) -> None:
-    """Release what a stage holds: its ``teardown()`` where it has one, API clients'
-    ``close()``, then the accelerator's cache."""
-    hook = getattr(stage, "teardown", None)
-    if callable(hook):
-        hook()
-    for value in vars(stage).values():
-        client = getattr(value, "client", None)
-        close = getattr(client, "close", None)
-        if callable(close):
-            with contextlib.suppress(Exception):
-                close()
+    """Release what a stage holds (``teardown()``), then the accelerator's cache."""
+    stage.teardown()
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _share_limits(stage: Any, fraction: float) -> None:
-    """Give each API client the stage holds ``fraction`` of its concurrency and rate
-    limits (every actor of an io stage holds its own client)."""
-    seen: set[int] = set()
-    for value in vars(stage).values():
-        for obj in (value, getattr(value, "client", None)):
-            share = getattr(obj, "share_limits", None)
-            if callable(share) and id(obj) not in seen:
-                seen.add(id(obj))
-                share(fraction)
-
-
-def _where_ray(stage_name: str, batch: list[Record]) -> str:
-    """The note added to a batch's error on a Ray worker: stage, rows, node, process."""
-    return f"{_where(stage_name, batch, os.getpid())} on node {socket.gethostname()}"
 
 
 class LinkWorker:
@@ -173,11 +147,11 @@ class LinkWorker:
             self.last = k == len(links) - 1
             self.stage = self.link.stage
             if share < 1.0:
-                _share_limits(self.stage, share)
+                self.stage.share_limits(share)
             self.stage.setup()
-            self._mark = self.stage.usage()
+            self.run = BatchRun(self.stage, portable=True, node=True)
         except Exception as err:  # Ray Data would retry a failing constructor forever
-            sent = _sendable(err)
+            sent = sendable(err)
             name = getattr(getattr(self, "stage", None), "name", f"link {k}")
             sent.add_note(f"in the setup of stage {name!r} on node {socket.gethostname()}")
             self.failed = pickle.dumps(sent)
@@ -203,17 +177,11 @@ class LinkWorker:
         forward: list[Record] = []
         if mine and not errors:
             for call in self._calls(mine):
-                t0 = time.perf_counter()
                 try:
-                    out = self.stage.process_batch(call)
-                except Exception as err:
-                    sent = _sendable(err)
-                    sent.add_note(_where_ray(self.stage.name, call))
-                    errors.append(pickle.dumps(sent))
+                    out, seconds, usage = self.run(call)
+                except Exception as err:  # noted and made sendable by BatchRun
+                    errors.append(pickle.dumps(err))
                     break
-                seconds = time.perf_counter() - t0
-                now = self.stage.usage()
-                usage, self._mark = _usage_delta(self._mark, now), now
                 done.append(Done(self.k, call, out, seconds, usage))
                 if self.link.forward is not None and not self.last:
                     forward.extend(self.link.forward(call, out))
@@ -372,7 +340,7 @@ class RayEngine(Engine):
     def placement(self, ray: Any, stage: Any) -> dict[str, Any]:
         """The ``map_batches`` resources of a stage by what it spends."""
         s = self.settings
-        kind = work_of(stage)
+        kind = stage.work_kind()
         if kind == DEVICE:
             gpus = float(ray.cluster_resources().get("GPU", 0.0))
             per = s.gpus_per_actor if gpus > 0 else 0.0

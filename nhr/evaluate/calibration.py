@@ -32,6 +32,7 @@ from nhr.errors import NhrError
 
 if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
+    from nhr.store import RunStore
     from nhr.tables import RunTables
 
 DIMENSIONS = ("adherence", "aesthetic")
@@ -156,18 +157,37 @@ def truth_ratings(tables: RunTables, truth: Any) -> list[Rating]:
 
 
 def open_run(run_dir: Path | str) -> Pipeline:
-    """A finished run, read with its own saved config (nothing is re-checked or written)."""
+    """A finished run (a folder or an object-store URL), read with its own saved config
+    (nothing is re-checked or written)."""
     import yaml
 
     from nhr.config import PipelineConfig
     from nhr.errors import RunFolderError
     from nhr.pipeline import Pipeline
+    from nhr.store.files import open_files
 
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
+    files = open_files(run_dir)
+    if not files.exists("config.yaml"):
         raise RunFolderError(f"{run_dir} has no config.yaml", "pass the folder of an nhr run")
-    cfg = PipelineConfig.from_params(yaml.safe_load(saved.read_text()) or {})
+    cfg = PipelineConfig.from_params(yaml.safe_load(files.read_bytes("config.yaml")) or {})
     return Pipeline(run_dir, cfg, progress=False)
+
+
+def write_result(
+    store: RunStore,
+    evaluated: Pipeline,
+    ratings: str,
+    result: dict[str, Any],
+    survival: dict[str, Any],
+    judges: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Write ``plots/calibration.json`` of an evaluation run (through its store: a folder
+    or an object store) and return it: the evaluated run, the ratings' source, the
+    calibration, the survival curve and the judges side by side."""
+    out = {"evaluated_run": str(evaluated.store.root), "ratings": ratings, **result}
+    out.update(survival=survival, judges=judges)
+    store.write_json("plots/calibration.json", out)
+    return out
 
 
 # ---------------------------------------------------------------- metrics

@@ -13,12 +13,12 @@ answers come from its request cache.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
 import random
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,9 +29,10 @@ from PIL import Image
 
 from nhr.errors import NhrError
 from nhr.images import ImageLimits, ImageRefused, open_image
+from nhr.photo_collections import is_imagefolder, read_metadata
 from nhr.records import Record, Verdict, from_table, to_table
 from nhr.stages.validator import ValidatorStage, geometric_score
-from nhr.store import BlobStore
+from nhr.store import BlobStore, RunStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 SAMPLES_TABLE = "eval_samples"
 SCORES_TABLE = "eval_scores"
-METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
 
 class DatasetError(NhrError):
@@ -272,24 +272,6 @@ def _check_columns(spec: DatasetSpec, present: Iterable[str]) -> None:
         )
 
 
-def _read_metadata(folder: Path) -> list[dict[str, Any]]:
-    """The rows of an imagefolder's ``metadata.jsonl`` or ``metadata.csv``."""
-    jsonl, csv_path = folder / "metadata.jsonl", folder / "metadata.csv"
-    if jsonl.is_file():
-        rows = []
-        for i, line in enumerate(jsonl.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise DatasetError(
-                        f"{jsonl} line {i} is not JSON", "fix or remove that line"
-                    ) from None
-        return rows
-    with csv_path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def _sample_indices(total: int, n: int, seed: int) -> list[int]:
     """A fixed-seed random sample of ``n`` of ``total`` row indices, in order."""
     return sorted(random.Random(seed).sample(range(total), min(n, total)))
@@ -306,8 +288,8 @@ def read_sample(spec: DatasetSpec, n: int, seed: int) -> Iterator[tuple[int, dic
 
     datasets.disable_progress_bars()
     path = Path(spec.location)
-    if path.is_dir() and any((path / m).is_file() for m in METADATA_FILES):
-        rows = _read_metadata(path)
+    if is_imagefolder(path):
+        rows = read_metadata(path, DatasetError)
         if rows:
             _check_columns(spec, rows[0])
         for i in _sample_indices(len(rows), n, seed):
@@ -674,25 +656,56 @@ def build_contrast_datasets(tables: RunTables, out_dir: Path, n: int = 200) -> d
     }
 
 
+def contrast_dir(store: RunStore) -> Path:
+    """Where the contrast datasets of an evaluation run go: its ``contrast/`` folder, or
+    for a run folder on an object store a local folder named after it (they are read
+    back from local disk)."""
+    local = store.files.local_path("contrast")
+    if local is not None:
+        return Path(local)
+    digest = hashlib.sha256(str(store.root).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"nhr-contrast-{digest}"
+
+
 def evaluation_specs(
-    cfg: Any, evaluated: RunTables | None, out_dir: Path | str
+    cfg: Any, evaluated: RunTables | None, out: RunStore | Path | str
 ) -> list[DatasetSpec]:
     """The datasets a notebook scores: the evaluated run's export (named after its
-    folder) first, then ``EVAL_DATASETS``, then, with ``EVAL_CONTRAST``, the two worse
-    datasets made from the evaluated run (written under ``out_dir``)."""
+    folder; a local one) first, then ``EVAL_DATASETS``, then, with ``EVAL_CONTRAST``, the
+    two worse datasets made from the evaluated run (written under ``out``: a folder, or
+    the evaluation run's ``contrast_dir``)."""
     entries = list(cfg.evaluation.eval_datasets)
     if evaluated is not None:
-        export = evaluated.store.root / "dataset"
-        if export.is_dir() and str(export) not in {e.partition("=")[2] for e in entries}:
-            entries.insert(0, f"{evaluated.store.root.name}={export}")
+        export = evaluated.store.files.local_path("dataset")
+        if export is not None and Path(export).is_dir():
+            if str(export) not in {e.partition("=")[2] for e in entries}:
+                entries.insert(0, f"{Path(export).parent.name}={export}")
         if cfg.evaluation.eval_contrast:
-            made = build_contrast_datasets(evaluated, Path(out_dir), cfg.evaluation.eval_samples)
+            out_dir = contrast_dir(out) if isinstance(out, RunStore) else Path(out)
+            made = build_contrast_datasets(evaluated, out_dir, cfg.evaluation.eval_samples)
             entries += [f"{name}={path}" for name, path in made.items()]
     if not entries:
         raise DatasetError(
             "no dataset to score", "set EVAL_DATASETS, or EVAL_RUN_DIR to a run with a dataset"
         )
     return parse_specs(entries, cfg.evaluation.eval_columns)
+
+
+def write_result(store: RunStore, table: pd.DataFrame, cfg: Any, judge_id: str) -> dict[str, Any]:
+    """Write ``plots/dataset_scores.json`` of an evaluation run (through its store: a
+    folder or an object store) and return it: the validator, the sample, the ranking,
+    each dataset's figures and skips."""
+    rows = records(table)
+    result = {
+        "validator": judge_id,
+        "samples_per_dataset": cfg.evaluation.eval_samples,
+        "seed": cfg.evaluation.eval_sample_seed,
+        "ranking": list(table["dataset"]),
+        "datasets": rows,
+        "skipped": {row["dataset"]: row["skipped_by_reason"] for row in rows},
+    }
+    store.write_json("plots/dataset_scores.json", result)
+    return result
 
 
 def records(table: pd.DataFrame) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nhr.config import PipelineConfig
 from nhr.errors import NhrError
 from nhr.evaluate.calibration import Rating, judges_side_by_side, validator_scores
+from nhr.store.files import location
 
 if TYPE_CHECKING:
     from nhr.pipeline import Pipeline
@@ -69,7 +70,7 @@ def judges_scores(
     from nhr.backends.judge_ensemble import build_judge
     from nhr.backends.registry import REGISTRY, BuildContext
 
-    ctx = BuildContext(cfg, Path(run_dir))
+    ctx = BuildContext(cfg, location(run_dir))
     out: dict[str, dict[str, tuple[float, float]]] = {}
     try:
         for spec in specs:

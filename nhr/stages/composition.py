@@ -95,6 +95,7 @@ class CompositionStage(Stage[ComposeJob, DraftRow]):
     name = "composition"
     input_type = ComposeJob
     output_type = DraftRow
+    backend_fields = ("writer",)
 
     def __init__(self, writer: InstructionWriter) -> None:
         self.writer = writer

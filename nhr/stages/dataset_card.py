@@ -73,22 +73,30 @@ def provenance(triplets: pa.Table, run: str, extra: dict[str, Any] | None = None
 
 def card_data(
     folder: Path,
-    configs: dict[str, tuple[str, int]],
+    configs: dict[str, Any],
     n_rows: int,
     license_id: str,
     prov: dict[str, Any],
 ) -> Any:
     """The ``DatasetCardData`` of an export in ``folder`` whose configs are ``{name:
-    (shard glob relative to folder, rows)}``; bytes are the parquet shards' on disk."""
+    (shard glob relative to folder, rows)}``, or ``{name: {split: (glob, rows)}}`` for a
+    config with several splits; bytes are the parquet shards' on disk."""
     from huggingface_hub import DatasetCardData
 
     infos = []
-    for name, (pattern, rows) in configs.items():
-        size = sum(p.stat().st_size for p in folder.glob(pattern))
+    files: dict[str, list[dict[str, str]]] = {}
+    for name, value in configs.items():
+        splits = value if isinstance(value, dict) else {"train": value}
+        entries = []
+        for split, (pattern, rows) in splits.items():
+            size = sum(p.stat().st_size for p in folder.glob(pattern))
+            entries.append({"name": split, "num_bytes": size, "num_examples": rows})
+            files.setdefault(name, []).append({"split": split, "path": pattern})
+        size = sum(e["num_bytes"] for e in entries)
         infos.append(
             {
                 "config_name": name,
-                "splits": [{"name": "train", "num_bytes": size, "num_examples": rows}],
+                "splits": entries,
                 "download_size": size,
                 "dataset_size": size,
             }
@@ -103,10 +111,7 @@ def card_data(
         task_categories=["image-to-image"],
         size_categories=[size_category(n_rows)],
         tags=["image-editing", "nhr", "synthetic"],
-        configs=[
-            {"config_name": name, "data_files": [{"split": "train", "path": pattern}]}
-            for name, (pattern, _) in configs.items()
-        ],
+        configs=[{"config_name": name, "data_files": files[name]} for name in configs],
         dataset_info=infos,
         nhr=prov,
     )
@@ -114,7 +119,7 @@ def card_data(
 
 def write_card(
     folder: Path,
-    configs: dict[str, tuple[str, int]],
+    configs: dict[str, Any],
     n_rows: int,
     body: str,
     license_id: str = "cc-by-4.0",

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nhr.backends.base import Editor
+from nhr.backends.base import Editor, contract
 from nhr.hashing import splitmix64
 from nhr.records import CandidateRow, EditJob
 from nhr.resolutions import Size, nearest
@@ -416,7 +416,7 @@ class EditCallBatcher:
 
 def call_batcher(editor: Editor, window: int = SCHEDULE_WINDOW) -> EditCallBatcher:
     """The batcher for ``editor``: keys sizes by the buckets it works at, if any."""
-    return EditCallBatcher(window, tuple(getattr(editor, "work_buckets", None) or ()))
+    return EditCallBatcher(window, tuple(contract(editor).work_buckets or ()))
 
 
 class EditStage(Stage[EditJob, CandidateRow]):
@@ -432,11 +432,12 @@ class EditStage(Stage[EditJob, CandidateRow]):
     name = "candidates"
     input_type = EditJob
     output_type = CandidateRow
+    backend_fields = ("editor",)
 
     def __init__(self, editor: Editor, blobs: BlobStore) -> None:
         self.editor = editor
         self.blobs = blobs
-        self.buckets: tuple[Size, ...] = tuple(getattr(editor, "work_buckets", None) or ())
+        self.buckets: tuple[Size, ...] = tuple(contract(editor).work_buckets or ())
         self.counts = {"editor_calls": 0.0, "editor_images": 0.0}
         self._lock = threading.Lock()
 
@@ -452,7 +453,7 @@ class EditStage(Stage[EditJob, CandidateRow]):
     @property
     def max_batch(self) -> int | None:
         """Most images per editor call (None: no limit of its own)."""
-        return getattr(self.editor, "max_batch", None)
+        return contract(self.editor).max_batch
 
     def own_settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"editor": self.editor.model_id}
@@ -462,9 +463,7 @@ class EditStage(Stage[EditJob, CandidateRow]):
 
     def setup(self) -> None:
         """Load the editor before the first batch, so load time is not billed to a job."""
-        load = getattr(self.editor, "load", None)
-        if callable(load):
-            load()
+        contract(self.editor).load()
 
     def usage(self) -> dict[str, float]:
         """The editor's counters plus this stage's ``editor_calls`` and ``editor_images``."""

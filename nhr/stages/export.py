@@ -6,6 +6,11 @@ front matter declares the configs — ``default`` (one triplet a row) and, when 
 chains, ``multiturn`` (I0 → Ie1 → Ie2 … with their instructions) — so
 ``datasets.load_dataset(folder)`` loads it as is.
 
+With a test share (``EXPORT_TEST_SHARE`` > 0) the ``default`` config gets two splits,
+``train`` and ``test``, drawn by source: every triplet of one source image (mined,
+inverse, composed) lands in the same split, so no source of the test split is seen in
+training; the draw is a hash of the source id, stable across reruns and run sizes.
+
 Shard names carry a fingerprint of their content (``train-<fp>-00000-of-00002.parquet``)
 and the card's patterns name it: ``datasets`` caches a local folder by its card's
 patterns, so without it a re-export into the same path would load the stale cache.
@@ -28,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -297,8 +303,35 @@ def read_card(folder: Path | str) -> dict[str, Any]:
     return yaml.safe_load(text.split("---", 2)[1]) or {}
 
 
-def load_export(folder: Path | str, config: str = "default") -> Any:
-    """Load an exported dataset's config as a ``datasets.Dataset`` (train split).
+def test_mask(source_ids: pa.Array | pa.ChunkedArray, share: float) -> np.ndarray:
+    """Which rows go to the test split: a ``share`` of sources, drawn by a hash of the
+    source id (the same source always lands in the same split)."""
+    ids = source_ids.to_pylist()
+    if share <= 0.0:
+        return np.zeros(len(ids), bool)
+    unit = np.array(
+        [int(hashlib.sha256(f"test-split:{i}".encode()).hexdigest()[:12], 16) for i in ids],
+        np.float64,
+    )
+    return unit / float(16**12) < share
+
+
+def split_rows(
+    rows: Iterable[pa.RecordBatch | pa.Table], share: float
+) -> dict[str, Iterable[pa.RecordBatch | pa.Table]]:
+    """The triplet stream as ``{"train": ..., "test": ...}`` by source (``test_mask``);
+    the triplets (image paths only) are held in memory once to split them."""
+    batches = [b if isinstance(b, pa.Table) else pa.Table.from_batches([b]) for b in rows]
+    if not batches:
+        return {"train": [], "test": []}
+    table = pa.concat_tables(batches)
+    mask = test_mask(table.column("source_id"), share)
+    return {"train": [table.filter(pa.array(~mask))], "test": [table.filter(pa.array(mask))]}
+
+
+def load_export(folder: Path | str, config: str = "default", split: str = "train") -> Any:
+    """Load an exported dataset's config as a ``datasets.Dataset`` (one split: ``train``,
+    or ``test`` where the export has one).
 
     ``datasets.load_dataset`` refuses an empty split, so a config the card records with
     zero rows comes back as an empty dataset with the right features instead. An export
@@ -311,19 +344,26 @@ def load_export(folder: Path | str, config: str = "default") -> Any:
     infos = {i["config_name"]: i for i in read_card(folder).get("dataset_info", [])}
     if config not in infos:
         raise ValueError(f"{folder} has no config {config!r}; it has {sorted(infos)}")
-    if infos[config]["splits"][0]["num_examples"] == 0:
+    splits = {s["name"]: s for s in infos[config]["splits"]}
+    if split not in splits:
+        raise ValueError(
+            f"{folder} config {config!r} has no split {split!r}; it has {sorted(splits)} "
+            "(a test split is exported with EXPORT_TEST_SHARE > 0)"
+        )
+    if splits[split]["num_examples"] == 0:
         features = CONFIGS[config][1]()
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     if is_url(folder):
-        return _load_remote(str(folder), config, datasets)
-    return datasets.load_dataset(str(folder), config, split="train")
+        return _load_remote(str(folder), config, datasets, split)
+    return datasets.load_dataset(str(folder), config, split=split)
 
 
-def _load_remote(url: str, config: str, datasets: Any) -> Any:
+def _load_remote(url: str, config: str, datasets: Any, split: str = "train") -> Any:
     """One config of an export on an object store, as ``load_export`` returns it."""
     files = open_files(url)
     card = {c["config_name"]: c for c in read_card(url).get("configs", [])}
-    pattern = card[config]["data_files"][0]["path"]  # data/<prefix>-<fp>-*.parquet
+    files_of = {f["split"]: f["path"] for f in card[config]["data_files"]}
+    pattern = files_of[split]  # data/<prefix>-<fp>-*.parquet
     folder, glob = pattern.rsplit("/", 1)
     names = sorted(n for n, _ in files.listdir(folder) if fnmatch.fnmatch(n, glob))
     with tempfile.TemporaryDirectory(prefix="nhr-load-") as tmp:
@@ -332,6 +372,11 @@ def _load_remote(url: str, config: str, datasets: Any) -> Any:
             (Path(tmp) / name).write_bytes(files.read_bytes(f"{folder}/{name}"))
             local.append(str(Path(tmp) / name))
         return datasets.load_dataset("parquet", data_files={"train": local}, split="train")
+
+
+def split_files(value: tuple[str, int] | dict[str, tuple[str, int]]) -> dict[str, tuple[str, int]]:
+    """A config's ``{split: (shard glob, rows)}``: one ``train`` split, or several."""
+    return dict(value) if isinstance(value, dict) else {"train": value}
 
 
 # config name → (shard prefix, features)
@@ -348,11 +393,14 @@ def _write_config(
     batches: Iterable[pa.RecordBatch | pa.Table],
     blobs: BlobStore,
     shard_rows: int,
+    split: str = "",
 ) -> tuple[str, int]:
     """Stream one config's rows into shards in ``tmp/data``, one shard's images in memory
     at a time; returns its glob pattern and its row count. Shards are written under
-    temporary names and renamed once the content fingerprint is known."""
+    temporary names and renamed once the content fingerprint is known. ``split`` (of
+    a config with several) names the shards (``test-<fp>-…``)."""
     prefix, features = CONFIGS[config]
+    prefix = split or prefix
     feats = features()
     digest = hashlib.sha256()
     written: list[Path] = []
@@ -384,6 +432,7 @@ def export_dataset(
     webdataset_shard_rows: int = 1000,
     license_id: str = "cc-by-4.0",
     provenance: dict[str, Any] | None = None,
+    test_share: float = 0.0,
 ) -> list[Path]:
     """Write the dataset folder (shards + card, and WebDataset tar shards of the triplets
     when ``webdataset_rows`` is given) and swap it into place; returns the parquet shards.
@@ -391,7 +440,8 @@ def export_dataset(
     ``rows`` (and ``webdataset_rows``, a second pass over the same table) stream the
     triplets as record batches of the ``TripletRow`` schema; ``chains`` (from
     ``bootstrap.chains``) and ``preferences`` (from ``preference_pairs``) are tables of
-    image paths, embedded shard by shard."""
+    image paths, embedded shard by shard. ``test_share`` > 0 splits ``default`` into
+    ``train`` and ``test`` by source (see the module docstring)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=out_dir.parent))
@@ -402,10 +452,18 @@ def export_dataset(
             "multiturn": [] if chains is None else [chains],
             "preference": [] if preferences is None else [preferences],
         }
-        configs = {
-            name: _write_config(tmp, name, part, blobs, shard_rows) for name, part in parts.items()
-        }
-        write_card(tmp, configs, configs["default"][1], body, license_id, provenance)
+        configs: dict[str, Any] = {}
+        for name, part in parts.items():
+            if name == "default" and test_share > 0.0:
+                by_split = split_rows(part, test_share)
+                configs[name] = {
+                    split: _write_config(tmp, name, rows_, blobs, shard_rows, split)
+                    for split, rows_ in by_split.items()
+                }
+            else:
+                configs[name] = _write_config(tmp, name, part, blobs, shard_rows)
+        n_default = sum(r for _, r in split_files(configs["default"]).values())
+        write_card(tmp, configs, n_default, body, license_id, provenance)
         if webdataset_rows is not None:
             write_webdataset(webdataset_rows, blobs, tmp / "webdataset", webdataset_shard_rows)
         old = out_dir.with_name(f".old-{out_dir.name}")
@@ -433,10 +491,19 @@ def export_to_store(
     webdataset_shard_rows: int = 1000,
     license_id: str = "cc-by-4.0",
     provenance: dict[str, Any] | None = None,
+    test_share: float = 0.0,
 ) -> list[str]:
     """``export_dataset`` into the folder ``rel`` of a run folder (a path or an object
     store, see the module docstring); returns the parquet shards relative to the run."""
-    args = (chains, preferences, webdataset_rows, webdataset_shard_rows, license_id, provenance)
+    args = (
+        chains,
+        preferences,
+        webdataset_rows,
+        webdataset_shard_rows,
+        license_id,
+        provenance,
+        test_share,
+    )
     local = store.local_path(rel)
     if local is not None:
         shards = export_dataset(rows, store.blobs, local, body, shard_rows, *args)

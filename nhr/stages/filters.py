@@ -32,6 +32,7 @@ class PrefilterStage(Stage[CandidateRow, Verdict]):
     name = "prefilter"
     input_type = CandidateRow
     output_type = Verdict
+    backend_fields = ("judge",)
 
     def __init__(self, judge: Judge, blobs: BlobStore, min_score: float) -> None:
         self.judge = judge

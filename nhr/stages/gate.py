@@ -17,6 +17,7 @@ class PlausibilityStage(Stage[SourceRow, Verdict]):
     name = "plausibility"
     input_type = SourceRow
     output_type = Verdict
+    backend_fields = ("judge",)
 
     def __init__(self, judge: Judge, blobs: BlobStore) -> None:
         self.judge = judge

@@ -52,6 +52,7 @@ class InversionStage(Stage[TripletRow, DraftRow]):
     name = "inversion"
     input_type = TripletRow
     output_type = DraftRow
+    backend_fields = ("writer",)
 
     def __init__(self, writer: InstructionWriter) -> None:
         self.writer = writer

@@ -42,6 +42,7 @@ class PhotoStage(Stage[PhotoJob, PhotoRow]):
     name = "photos"
     input_type = PhotoJob
     output_type = PhotoRow
+    backend_fields = ("captioner",)
 
     def __init__(
         self,
@@ -134,6 +135,7 @@ class CaptionInstructionStage(Stage[PhotoRow, PromptRow]):
     name = "prompts"
     input_type = PhotoRow
     output_type = PromptRow
+    backend_fields = ("writer",)
 
     def __init__(self, writer: CaptionInstructionWriter, k: int, seed: int) -> None:
         self.writer = writer

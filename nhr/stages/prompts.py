@@ -24,6 +24,7 @@ class PromptStage(Stage[PromptJob, PromptRow]):
     name = "prompts"
     input_type = PromptJob
     output_type = PromptRow
+    backend_fields = ("writer",)
 
     def __init__(self, writer: PromptWriter, k: int) -> None:
         self.writer = writer

@@ -36,6 +36,7 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
     name = "validator"
     input_type = CandidateRow
     output_type = Verdict
+    backend_fields = ("judge",)
 
     def __init__(self, judge: Judge, blobs: BlobStore, threshold: float = 4.7) -> None:
         self.judge = judge

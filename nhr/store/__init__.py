@@ -66,7 +66,7 @@ class RunStore:
         self.files = open_files(root)
         if isinstance(self.files, LocalFiles):
             self.files.root.mkdir(parents=True, exist_ok=True)
-        # a Path for a local folder (as before), the URL for an object store
+        # a Path for a local folder, the URL for an object store
         self.root: Path | str = self.files.local_path() or self.files.url
         self.blobs = BlobStore(self.files)
         self.tables = TableStore(self.files)
@@ -152,11 +152,6 @@ class RunStore:
         return ObjectLock(self.files, rel, what, wait_seconds)
 
     # ---- stats ---------------------------------------------------------------------
-    def stats_path(self, table: str) -> Path | str:
-        """Where a stage's stats live (a path, or a URL)."""
-        rel = f"stats/{table}.json"
-        return self.files.local_path(rel) or self.files.describe(rel)
-
     def write_stats(self, table: str, stats: dict[str, Any]) -> None:
         """Write a stage's stats atomically."""
         self.write_json(f"stats/{table}.json", stats)

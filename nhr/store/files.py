@@ -7,7 +7,7 @@ to the root ("rel", always with ``/``).
 
 - ``LocalFiles`` writes through a temp file and a rename (``os.replace``), so a killed
   writer leaves the old object or the new one, never half of one, and lists with
-  ``os.scandir`` (the engine's hot path on a local disk stays as it was).
+  ``os.scandir`` (the engine's hot path on a local disk).
 - ``ObjectFiles`` goes through ``pyarrow.fs`` (S3, GCS, HDFS, …), already a dependency and
   the filesystem layer parquet reads use. A write is one PUT of the whole object: atomic
   on an object store, where there is no rename and none is needed. The endpoint and

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from nhr.errors import RunFolderError
 from nhr.records import Record, to_table
+from nhr.steps import maker
 from nhr.store.files import Files, LocalFiles, open_files
 
 ENTRY_META = b"nhr.entry"
@@ -102,6 +103,7 @@ class TableStore:
         self.files = open_files(root)
         self.root = self.files.local_path() or self.files.url
         self._entries: dict[str, dict[str, tuple[tuple[int, int], dict[str, Any]]]] = {}
+        self._checked: set[str] = set()  # tables whose folder has no legacy files
         self._last_ns = 0
 
     # ---- layout --------------------------------------------------------------------
@@ -129,15 +131,20 @@ class TableStore:
         return self.files.local_path(rel) or self.files.describe(rel)
 
     def _check_legacy(self, name: str) -> None:
-        if not isinstance(self.files, LocalFiles):
-            return  # object stores came after the ledger: no legacy tables there
+        """Refuse a local table of loose parquet files without a ledger (checked once
+        per table; object stores only ever hold ledgered tables)."""
+        if name in self._checked or not isinstance(self.files, LocalFiles):
+            return
         folder = self.files.path(f"tables/{name}")
-        if folder.is_dir() and next(folder.glob(LEGACY_GLOB), None) is not None:
+        if not folder.is_dir():
+            return
+        if next(folder.glob(LEGACY_GLOB), None) is not None:
             raise RunFolderError(
                 f"table {name!r} in {self.root} was written by an older nhr (one parquet "
                 "file per batch, without a ledger), which this version does not read",
                 "use a new run folder (or rerun the old run with the nhr that wrote it)",
             )
+        self._checked.add(name)
 
     # ---- the ledger ----------------------------------------------------------------
     def _entry_source(self, rel: str) -> Any:
@@ -218,8 +225,7 @@ class TableStore:
     # ---- reading -------------------------------------------------------------------
     def _missing(self, name: str) -> RunFolderError:
         return RunFolderError(
-            f"table {name!r} does not exist in {self.files.describe()}",
-            "run the stage that writes it first",
+            f"table {name!r} does not exist in {self.files.describe()}", maker(name)
         )
 
     def _open(self, name: str, entry: LedgerEntry) -> pq.ParquetFile:

@@ -420,7 +420,8 @@ def train(
             log.close()
     seconds = (time.perf_counter() - t0) / max(1, done_now)
     lora_dir = folder / "lora"
-    if step >= t.train_steps and acc.is_main_process:
+    finished_before = done_now == 0 and (lora_dir / "pytorch_lora_weights.safetensors").is_file()
+    if step >= t.train_steps and acc.is_main_process and not finished_before:
         if not t.train_sample_steps or step % t.train_sample_steps:
             draw_samples(step)
         _plot_losses(losses, folder)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from nhr.backends.base import Caption, CaptionRequest, InstructionSet
+from nhr.backends.base import Backend, Caption, CaptionRequest, InstructionSet
 from nhr.seeds import derive_seed
 
 from .language import ObjSpec, SceneSpec, parse_prompt, write_prompt
@@ -28,7 +28,7 @@ MIN_BACKGROUND_SHARE = 0.4  # a world picture is mostly its known background
 MIN_SIDE = 16
 
 
-class SyntheticCaptioner:
+class SyntheticCaptioner(Backend):
     """Describes world pictures from their pixels, in the world's prompt grammar."""
 
     model_id = "synthetic-captioner-v1"
@@ -69,7 +69,7 @@ class SyntheticCaptioner:
         return Caption(write_prompt(scene, rng), style=style, topic=p.bg_top)
 
 
-class SyntheticCaptionWriter:
+class SyntheticCaptionWriter(Backend):
     """Writes k instructions valid for the scene a caption describes."""
 
     model_id = "synthetic-caption-writer"

@@ -6,6 +6,17 @@ no change, wrong target, partial edit, collateral change, global colour drift, a
 A share ``hard_share`` of (source, instruction) pairs (drawn by a hash of the pair) it
 cannot do at all, as a real editor has instructions it does not understand on some
 images: every seed of such a pair fails, most of them by changing nothing.
+
+``skill`` (None: the editor as calibrated for mining) fixes how often an edit succeeds:
+the share of correct outcomes at any steps and guidance, the rest failing in the same
+proportions as the calibrated editor's failures. Editors of known, ordered skill are
+what a benchmark of editors must rank in their true order.
+
+A picture the truth store does not know (a world picture re-encoded, resized, or read
+from a benchmark file) is read from its pixels, as the captioner reads a photo: the
+judge's perception names its background, style and whole objects, that layout is
+recorded as the picture's truth, and the edit re-renders it. A picture that is not of
+the world (a real photo) is refused with an error naming it.
 """
 
 from __future__ import annotations
@@ -16,9 +27,11 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from nhr.backends.base import Backend
 from nhr.seeds import derive_seed
 
 from .language import Edit, parse_instruction, resize_target
+from .perception import Vision
 from .raster import render
 from .scene import (
     BACKGROUNDS,
@@ -54,6 +67,15 @@ _TINTS = ((1, 0.5, -1), (-1, 0, 1), (1, 1, 1), (-1, -1, -1), (-0.5, 1, -0.5), (1
 HARD_OUTCOMES: dict[str, float] = {"no_change": 0.7, "wrong_target": 0.2, "partial": 0.1}
 
 
+def skilled_probabilities(skill: float, steps: int, guidance: float) -> dict[str, float]:
+    """Outcome probabilities of an editor of ``skill``: correct with probability
+    ``skill``, the failures in the calibrated editor's proportions at (steps, guidance)."""
+    base = outcome_probabilities(steps, guidance)
+    fails = {k: v for k, v in base.items() if k != "correct"}
+    total = sum(fails.values())
+    return {"correct": skill, **{k: (1.0 - skill) * v / total for k, v in fails.items()}}
+
+
 def outcome_probabilities(steps: int, guidance: float) -> dict[str, float]:
     """Probability of each outcome at (steps, guidance); correct peaks near guidance 3.5."""
     g = float(guidance)
@@ -71,17 +93,25 @@ def outcome_probabilities(steps: int, guidance: float) -> dict[str, float]:
     return {k: v / total for k, v in w.items()}
 
 
-class SyntheticEditor:
+class SyntheticEditor(Backend):
     """Applies instructions to world images; output is always the input's size."""
 
     model_id = "synthetic-editor-v1"
     work = "cpu"  # re-renders in Python and numpy: worth a process per core
 
-    def __init__(self, truth: SyntheticTruth, hard_share: float = 0.0) -> None:
+    def __init__(
+        self, truth: SyntheticTruth, hard_share: float = 0.0, skill: float | None = None
+    ) -> None:
         if not 0.0 <= float(hard_share) <= 1.0:
             raise ValueError(f"hard_share must be in [0, 1], got {hard_share!r}")
+        if skill is not None and not 0.0 <= float(skill) <= 1.0:
+            raise ValueError(f"skill must be in [0, 1], got {skill!r}")
         self.truth = truth
         self.hard_share = float(hard_share)
+        self.skill = None if skill is None else float(skill)
+        if self.skill is not None:  # provenance: an editor of other skill is another model
+            self.model_id = f"synthetic-editor-v1-skill{self.skill:g}"
+        self._vision: Vision | None = None
 
     def is_hard(self, digest: str, text: str) -> bool:
         """Whether the pair (source pixels ``digest``, instruction) is one this editor
@@ -121,10 +151,7 @@ class SyntheticEditor:
         try:
             src = self.truth.layout(image)
         except KeyError as err:
-            raise ValueError(
-                f"{self.model_id} can only edit images the synthetic world rendered: {err.args[0]}"
-                " (render sources with SyntheticRenderer using the same truth_dir)"
-            ) from None
+            src = self.read_pixels(image, err.args[0])
         w, h = image.size
         digest = pixel_hash(image)
         rng = np.random.default_rng(
@@ -136,6 +163,8 @@ class SyntheticEditor:
             return image.copy()
         if self.is_hard(digest, text):
             probs = HARD_OUTCOMES
+        elif self.skill is not None:
+            probs = skilled_probabilities(self.skill, steps, guidance)
         else:
             probs = outcome_probabilities(steps, guidance)
         modes = [o for o in OUTCOMES if o in probs]
@@ -155,6 +184,34 @@ class SyntheticEditor:
         if pixel_hash(result) != digest:
             self.truth.record(result, out)
         return result
+
+    def read_pixels(self, image: Image.Image, unknown: str = "") -> Layout:
+        """The layout a world picture the truth store does not know depicts, read from
+        its pixels (background, style, whole objects) and recorded as its truth."""
+        if self._vision is None:
+            self._vision = Vision()
+        refuse = (
+            f"{self.model_id} can only edit pictures of the synthetic world; this one is "
+            f"unknown to the truth store ({unknown}) and its pixels do not read as one"
+        )
+        fix = " (render sources with SyntheticRenderer, or give world pictures saved as PNG)"
+        try:
+            seen = self._vision.perceive(image)
+        except Exception as err:  # odd pixels: refused below with the reason
+            raise ValueError(f"{refuse}: {type(err).__name__}: {err}{fix}") from None
+        blobs = [b for b in seen.objects if b.solid and not b.clipped and b.colour is not None]
+        colours = [b.colour for b in blobs]
+        if float(seen.bgmask.mean()) < 0.4 or not blobs or len(set(colours)) != len(colours):
+            raise ValueError(refuse + fix)
+        objects = tuple(
+            PlacedObject(b.kind, str(b.colour), b.size, b.cell, b.cx, b.cy, b.diam)
+            for b in sorted(blobs, key=lambda b: (b.cy, b.cx))
+        )
+        style = self._vision.style(image, seen) or "flat"
+        seed = int(pixel_hash(image)[:8], 16) & 0x7FFFFFFF
+        layout = Layout(style, seen.bg_top, objects, noise_seed=seed)
+        self.truth.record(image, layout)
+        return layout
 
     def outcome_layout(
         self,

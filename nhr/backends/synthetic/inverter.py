@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 
-from nhr.backends.base import TextAnswer
+from nhr.backends.base import Backend, TextAnswer
 
 from .language import (
     PHRASINGS,
@@ -27,7 +27,7 @@ def _variant(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("\n".join(parts).encode()).digest()[:4], "little")
 
 
-class SyntheticInverter:
+class SyntheticInverter(Backend):
     """Template inverse/compose writer over the world's grammar."""
 
     model_id = "synthetic-inverter"

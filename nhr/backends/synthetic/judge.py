@@ -540,3 +540,91 @@ def _find(entries: list[_Entry], e: Edit) -> _Entry | None:
         return same[0]
     by_colour = [x for x in entries if x.colour == colour]
     return by_colour[0] if len(by_colour) == 1 else None
+
+
+VIESCORE_RANGE = 10  # the 0..R scale of VIEScore and GEdit-Bench
+
+
+def _score(x: float) -> float:
+    """A 0–10 sub-score as VIEScore models answer it: a whole number."""
+    return float(min(VIESCORE_RANGE, max(0, round(x))))
+
+
+class SyntheticVIEScoreJudge(SyntheticJudge):
+    """The synthetic judge answering in VIEScore's shape (GEdit-Bench's protocol).
+
+    SC comes from the source and the edited image with the instruction: two 0–10
+    scores, edit success (how much of the instruction is carried out) and over-editing
+    (10: nothing else changed), SC = min of the two. PQ comes from the edited image
+    alone: naturalness (a global colour cast costs) and artifacts (off-palette blotches,
+    ghosts and half-done objects cost), PQ = min of the two. O = √(SC·PQ). Sub-scores
+    are whole numbers with seeded noise, as a VLM answers them. The verdict's scores are
+    SC and PQ on the validator's 1–5 scale (1 + 0.4·x); ``details`` holds the four
+    sub-scores, ``sc``, ``pq``, ``overall``, ``score_range`` and the score lists, as the
+    remote VIEScore judge's verdicts hold them (``nhr.backends.judge_viescore``).
+    """
+
+    judge_id = "synthetic-viescore-v1"
+    prompt_version = "synthetic-viescore-prompt-v1"
+
+    def __init__(self, noise: float = 1.0) -> None:
+        super().__init__(noise)
+        self.judge_id = (
+            "synthetic-viescore-v1"
+            if self.noise == 1.0
+            else f"synthetic-viescore-v1-noise{noise:g}"
+        )
+
+    def score(
+        self,
+        sources: list[Image.Image],
+        edits: list[Image.Image],
+        instructions: list[str],
+    ) -> list[Scores]:
+        """SC and PQ calls in one: see the class docstring."""
+        self._check_lengths(sources, edits, instructions)
+        cache: dict[int, Percept] = {}
+        out = []
+        for s, e, t in zip(sources, edits, instructions, strict=True):
+            a = self._safe_assess(s, e, t, cache, cheap=False)
+            if isinstance(a, str):
+                out.append(Scores(1.0, 1.0, error=a))
+                continue
+            rng = np.random.default_rng(
+                derive_seed("viescore", _fingerprint(s), _fingerprint(e), t)
+            )
+            success = 10.0 * (sum(a.statuses) / len(a.statuses) if a.statuses else 0.0)
+            over = 10.0 - 3.0 * a.collateral
+            natural, clean = self._quality(e, cache)
+            subs = {
+                "edit_success": success,
+                "over_editing": over,
+                "naturalness": natural,
+                "artifacts": clean,
+            }
+            subs = {k: _score(v + rng.normal(0.0, 0.6 * self.noise)) for k, v in subs.items()}
+            sc = min(subs["edit_success"], subs["over_editing"])
+            pq = min(subs["naturalness"], subs["artifacts"])
+            details = {
+                "judge_style": "viescore",
+                "score_range": VIESCORE_RANGE,
+                **subs,
+                "sc": sc,
+                "pq": pq,
+                "overall": round(float(np.sqrt(sc * pq)), 4),
+                "sc_scores": [subs["edit_success"], subs["over_editing"]],
+                "pq_scores": [subs["naturalness"], subs["artifacts"]],
+                "sc_reasoning": a.reason,
+            }
+            out.append(Scores(round(1 + 0.4 * sc, 4), round(1 + 0.4 * pq, 4), details=details))
+        return out
+
+    def _quality(self, edit: Image.Image, cache: dict[int, Percept]) -> tuple[float, float]:
+        """(naturalness, artifacts) on 0–10 from the edited image alone."""
+        p = self._percept(edit.convert("RGB") if edit.mode != "RGB" else edit, cache, WORK_LONG)
+        cast = float(np.abs(p.offset).max())
+        natural = 10.0 - (2.5 * _drift_penalty(cast) if cast >= 4 else 0.0)
+        minimum = 0.002 * p.short**2
+        blotches = sum(1 for b in p.blobs if b.colour is None and b.area >= minimum)
+        damaged = sum(1 for b in p.blobs if b.colour is not None and not b.solid)
+        return natural, 10.0 - 3.0 * blotches - 1.5 * damaged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nhr.backends.base import InstructionDraft, PromptDraft, PromptRequest
+from nhr.backends.base import Backend, InstructionDraft, PromptDraft, PromptRequest
 from nhr.seeds import derive_seed
 
 from .language import (
@@ -35,7 +35,7 @@ _OBJECT_COUNTS = (1, 2, 3, 4, 5, 6)
 _COUNT_WEIGHTS = (0.12, 0.26, 0.26, 0.18, 0.1, 0.08)
 
 
-class SyntheticPrompter:
+class SyntheticPrompter(Backend):
     """Writes a scene prompt and k distinct, consistent instructions per request."""
 
     model_id = "synthetic-prompter"

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from nhr.backends.base import Backend
 from nhr.seeds import derive_seed
 
 from .language import parse_prompt
@@ -34,7 +35,7 @@ DEFECT_KINDS = ("missing", "clipped", "extra")
 DEFECT_WEIGHTS = (0.4, 0.35, 0.25)
 
 
-class SyntheticRenderer:
+class SyntheticRenderer(Backend):
     """Renders synthetic-world prompts; records each image's layout in the truth store."""
 
     model_id = "synthetic-t2i-v1"

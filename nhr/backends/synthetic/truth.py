@@ -62,10 +62,6 @@ class SyntheticTruth:
     def _rel(digest: str) -> str:
         return f"{digest[:2]}/{digest}.json"
 
-    def path_for(self, digest: str) -> Path | str:
-        """Where the record of an image with pixel hash ``digest`` lives."""
-        return self.files.local_path(self._rel(digest)) or self.files.describe(self._rel(digest))
-
     def record(self, image: Image.Image, layout: Layout) -> str:
         """Store ``layout`` as the truth of ``image`` (atomic write); return the pixel hash."""
         digest = pixel_hash(image)
