@@ -82,8 +82,10 @@ def test_config_takes_a_spread_or_a_named_setting():
 
 def test_paper_world_reproduces_the_papers_funnel_on_a_small_run(tmp_path: Path):
     """The grid under the paper's scheduler (K 5, N 19, M 5, 48.5 jobs per prompt drawn
-    uniformly from the grid) in the paper world: 15.3 % pass, argmax drops 31 %."""
-    prompts = 4
+    uniformly from the grid) in the paper world: 15.3 % pass, argmax drops 31 % (the
+    paper's tolerances, widened by this small run's sampling error; ``bench_mining.py``
+    measures it on a larger grid)."""
+    prompts = 6
     params = {
         **PAPER_WORLD,
         "N_PROMPTS": prompts,
@@ -106,8 +108,9 @@ def test_paper_world_reproduces_the_papers_funnel_on_a_small_run(tmp_path: Path)
     stats = pipe.mine().stats
     d = stats["diagnostic"]  # every run records it
     assert d["generations"] == stats["candidates"] == pipe.tables.count("candidates")
-    assert abs(d["pass_rate"] - 0.153) <= 0.02
-    assert abs(d["argmax_drop"] - 0.31) <= 0.04
+    rate, drop, n, passes = d["pass_rate"], d["argmax_drop"], d["generations"], d["passes"]
+    assert abs(rate - 0.153) <= 0.02 + 2.5 * math.sqrt(0.153 * 0.847 / n)
+    assert abs(drop - 0.31) <= 0.04 + 2.5 * math.sqrt(0.31 * 0.69 / passes)
     # passes cluster: more groups never pass than independent seeds would leave
     assert d["never_pass_share"] > d["never_pass_share_independent"]
     assert d["intra_group_correlation"] > 0.3

@@ -77,7 +77,7 @@ HARD_OUTCOMES: dict[str, float] = {"no_change": 0.7, "wrong_target": 0.2, "parti
 
 
 # named group spreads: (intra-pair correlation, scale of the chance of a correct edit)
-GROUP_SPREADS: dict[str, tuple[float, float]] = {"paper": (0.98, 0.7)}
+GROUP_SPREADS: dict[str, tuple[float, float]] = {"paper": (0.99, 0.72)}
 
 
 def group_spread(value: float | str) -> tuple[float, float]:
