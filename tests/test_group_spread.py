@@ -17,6 +17,7 @@ from nhr.config import PipelineConfig
 from nhr.errors import ConfigError
 from nhr.pipeline import Pipeline
 from nhr.search_diagnostic import diagnose, intra_group_correlation
+from nhr.summary import build_summary
 
 
 def test_diagnose_counts_passes_per_group_and_reference_searches():
@@ -114,3 +115,4 @@ def test_paper_world_reproduces_the_papers_funnel_on_a_small_run(tmp_path: Path)
     # passes cluster: more groups never pass than independent seeds would leave
     assert d["never_pass_share"] > d["never_pass_share_independent"]
     assert d["intra_group_correlation"] > 0.3
+    assert build_summary(pipe.tables, pipe.cfg, with_truth=False)["search_diagnostic"] == d
