@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 "calibration": calibration,
                 "ratios": ratios(grid, adaptive) if adaptive else None,
                 "targets": targets(grid, adaptive, args.batch_size)
-                + calibration_targets(calibration),
+                + (calibration_targets(calibration) if world == "paper" else []),
                 "world": world_params_of(world),
             }
     finally:
