@@ -586,7 +586,7 @@ class MiningLoop:
     def diagnostic(self) -> dict[str, Any]:
         """The search diagnostic (``nhr.search_diagnostic``) of every decided candidate."""
         decided = committed_decisions(self.tables)
-        return diagnose(flat(decided.ids).to_pylist(), decided.passed)
+        return diagnose(flat(decided.ids).to_pylist(), decided.passed, self.rule.adaptive)
 
     def _record(self, search: SearchState, wall: float, stop: str) -> dict[str, Any]:
         """Write ``stats/mining.json`` and return it."""

@@ -10,6 +10,12 @@ needed on the same candidates: a first-pass stop (seeds in order up to a group's
 pass; every seed made where none passes) and an oracle (one generation per group that
 passes, none for the others). The further the first-pass stop and the oracle are from
 the run's own generations, the more a search that stops early can save.
+
+``pass_rate_by_seed`` is the share of groups without a pass so far whose next seed
+passes, seed by seed: flat for independent seeds, falling where passes cluster. It
+stays true on a run that stops groups early (``SEARCH adaptive``, where a group stops at
+its first pass), unlike the counts per group, the binomial and the correlation, which
+such a run leaves out (None): its groups hold at most one pass by construction.
 """
 
 from __future__ import annotations
@@ -60,9 +66,23 @@ def independent_passes(sizes: np.ndarray, rate: float) -> np.ndarray:
     return out
 
 
-def diagnose(ids: Sequence[str], passed: np.ndarray) -> dict[str, Any]:
+def pass_rate_by_seed(group: np.ndarray, seed: np.ndarray, passed: np.ndarray) -> list[Any]:
+    """Per seed number t: the share of the groups with no pass at seeds below t that
+    made seed t and passed there (None where no such group made it)."""
+    first = np.full(int(group.max()) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, group[passed], seed[passed])
+    at_risk = seed <= first[group]  # no pass at an earlier seed of its group
+    out: list[Any] = []
+    for t in range(int(seed.max()) + 1):
+        made = at_risk & (seed == t)
+        out.append(round(float(passed[made].mean()), 4) if made.any() else None)
+    return out
+
+
+def diagnose(ids: Sequence[str], passed: np.ndarray, stops_early: bool = False) -> dict[str, Any]:
     """The search diagnostic of decided candidates ``ids`` (``passed``: the hard
-    validator passed each); see the module docstring."""
+    validator passed each); ``stops_early``: the search closed groups at their first
+    pass, so only ``pass_rate_by_seed`` tells how passes cluster (module docstring)."""
     passed = np.asarray(passed, dtype=bool)
     n = len(ids)
     if not n:
@@ -80,21 +100,23 @@ def diagnose(ids: Sequence[str], passed: np.ndarray) -> dict[str, Any]:
     needed = np.bincount(group, weights=seed <= first[group], minlength=k).astype(np.int64)
     observed = np.bincount(passes, minlength=int(sizes.max()) + 1)
     expected = independent_passes(sizes, rate)
+    icc = intra_group_correlation(sizes.astype(np.float64), passes.astype(np.float64))
     return {
         "groups": k,
         "generations": n,
         "passes": total,
         "pass_rate": round(rate, 4),
         "argmax_drop": round(1.0 - int(hit.sum()) / total, 4) if total else None,
-        "passes_per_group": {
+        "pass_rate_by_seed": pass_rate_by_seed(group, seed, passed),
+        "passes_per_group": None
+        if stops_early
+        else {
             "observed": [int(x) for x in observed],
             "independent": [round(float(x), 2) for x in expected],
         },
         "never_pass_share": round(float((~hit).mean()), 4),
-        "never_pass_share_independent": round(float(expected[0]) / k, 4),
-        "intra_group_correlation": intra_group_correlation(
-            sizes.astype(np.float64), passes.astype(np.float64)
-        ),
+        "never_pass_share_independent": None if stops_early else round(float(expected[0]) / k, 4),
+        "intra_group_correlation": None if stops_early else icc,
         "generations_first_pass": int(needed.sum()),
         "generations_oracle": int(hit.sum()),
         "first_pass_share": round(int(needed.sum()) / n, 4),

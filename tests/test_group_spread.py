@@ -36,6 +36,11 @@ def test_diagnose_counts_passes_per_group_and_reference_searches():
     # first pass: a stops at seed 1 (2 gens), b makes both (2), c stops at seed 0 (1)
     assert d["generations_first_pass"] == 5
     assert d["generations_oracle"] == 2
+    # seed 0: c of a, b, c passes; seed 1: a of a, b (c passed already); seed 2: none left
+    assert d["pass_rate_by_seed"] == [round(1 / 3, 4), 0.5, None]
+    early = diagnose(ids, np.array(passed), stops_early=True)
+    assert early["intra_group_correlation"] is None and early["passes_per_group"] is None
+    assert early["pass_rate_by_seed"] == d["pass_rate_by_seed"]
 
 
 def test_intra_group_correlation_tells_clustered_from_independent():
@@ -115,4 +120,5 @@ def test_paper_world_reproduces_the_papers_funnel_on_a_small_run(tmp_path: Path)
     # passes cluster: more groups never pass than independent seeds would leave
     assert d["never_pass_share"] > d["never_pass_share_independent"]
     assert d["intra_group_correlation"] > 0.3
+    assert d["pass_rate_by_seed"][0] > d["pass_rate_by_seed"][1]  # a failed seed tells
     assert build_summary(pipe.tables, pipe.cfg, with_truth=False)["search_diagnostic"] == d
