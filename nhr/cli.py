@@ -12,6 +12,8 @@ write the run there, and the executed notebooks are written to the local folder
 copied into ``<run>/notebooks/`` after each notebook, failed ones included.
 ``nhr audit RUN_DIR`` prints the hard validator against the synthetic world's truth.
 ``nhr push RUN_DIR REPO_ID`` uploads the run's exported dataset to the Hugging Face hub.
+``nhr export-for diffsynth|musubi|ai-toolkit RUN_DIR OUT`` lays out the export's training
+triplets as DiffSynth-Studio, musubi-tuner or ai-toolkit read them.
 """
 
 from __future__ import annotations
@@ -191,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     p_repair.add_argument("run_dir", type=location)
     p_repair.add_argument("--dry-run", action="store_true", help="report, change nothing")
     # --- more subcommands: add a parser here and a branch below ---
+    p_for = sub.add_parser(
+        "export-for", help="lay out a run's training triplets for another trainer"
+    )
+    p_for.add_argument("format", choices=("diffsynth", "musubi", "ai-toolkit"))
+    p_for.add_argument("run_dir", help="a run folder, an export folder or a hub dataset id")
+    p_for.add_argument("out", type=Path, help="a new or empty folder")
     p_tiny = sub.add_parser(
         "tiny-models", help="write tiny random diffusers pipelines (no download) to a folder"
     )
@@ -220,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(report.lines()))
             return 0
         # --- branches of more subcommands ---
+        if args.command == "export-for":
+            from nhr.train.export_for import export_for
+
+            n = export_for(args.format, args.run_dir, args.out)
+            print(f"{n} triplets in {args.out} ({args.format}); see {args.out / 'README.md'}")
+            return 0
         if args.command == "tiny-models":
             from nhr.backends.tiny_diffusers import write_tiny_models
 

@@ -340,7 +340,13 @@ class EditsBlock(Block):
     """Stage 4: the editor, the N×k×M job grid and how each job is edited."""
 
     editor: str = _f("synthetic", "image editor backend", role=True)
-    editor_model: str = _f("", "editor model id or local folder ('': the default)")
+    editor_model: str = _f(
+        "", "editor model id or local folder ('': the default); MODEL+lora=LORA[@SCALE] too"
+    )
+    editor_lora: str = _f(
+        "", "LoRA loaded into a diffusers editor: a folder, .safetensors file or hub id"
+    )
+    editor_lora_scale: float = _f(1.0, "strength of EDITOR_LORA", -10.0, 10.0)
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
     edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
@@ -827,6 +833,56 @@ class ExportBlock(Block):
     )
 
 
+class TrainBlock(Block):
+    """LoRA fine-tuning of an editor's transformer on an export (``nhr.train``); each
+    setting that shapes the LoRA is output-changing: a new training, a new run folder."""
+
+    train_data: str = _f(
+        "", "a run folder, an exported dataset folder or a hub dataset id ('': this run's)"
+    )
+    train_base: str = _f(
+        "flux-kontext", "the editor trained", choices=("flux-kontext", "qwen-image-edit")
+    )
+    train_model: str = _f("", "its model id or local folder ('': the editor's default)")
+    train_steps: int = _f(1000, "optimizer steps", 1, 10**8)
+    train_batch: int = _f(1, "triplets per step on each device", 1, 4096)
+    train_lr: float = _f(1e-4, "AdamW learning rate (constant)", 0.0, 1.0)
+    train_rank: int = _f(16, "LoRA rank", 1, 1024)
+    train_alpha: float = _f(0.0, "LoRA alpha (0: the rank)", 0.0, 4096.0)
+    train_lora_layers: tuple[str, ...] = _f(
+        ("to_k", "to_q", "to_v", "to_out.0"), "module names the LoRA wraps in the transformer"
+    )
+    train_max_area: int = _f(
+        1024 * 1024, "pixels a triplet is trained at (its bucket scaled to this)", 64, 2**26
+    )
+    train_buckets: str = _f(
+        "paper", "aspect buckets (a RESOLUTIONS set: paper, kontext)", choices=("paper", "kontext")
+    )
+    train_max_tokens: int = _f(512, "text tokens per instruction (T5 / Qwen)", 8, 1024)
+    train_guidance: float = _f(1.0, "Kontext's distilled guidance during training", 0.0, 50.0)
+    train_weighting: str = _f(
+        "none",
+        "timestep density and loss weighting (diffusers' SD3 schemes)",
+        choices=("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"),
+    )
+    train_precision: str = _f(
+        "auto", "mixed precision (auto: bf16 on CUDA, else no)", choices=("auto", "no", "bf16")
+    )
+    train_gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
+    train_checkpoint_steps: int = _f(
+        250, "a resumable checkpoint every this many steps", 1, 10**8, runtime=True
+    )
+    train_sample_steps: int = _f(
+        250,
+        "sample edits of the fixed items every this many steps (0: only at the end)",
+        0,
+        10**8,
+        runtime=True,
+    )
+    train_sample_items: int = _f(4, "fixed items edited in each sample grid", 0, 64)
+    train_sample_inference_steps: int = _f(28, "denoising steps of the sample edits", 1, 200)
+
+
 class EngineBlock(Block):
     """What executes the chain: this process (``local``) or a Ray cluster (``ray``), and
     how the Ray engine places each stage (all runtime: they change where and how fast
@@ -918,6 +974,7 @@ BLOCKS: dict[str, type[Block]] = {
     "openai": OpenAIBlock,
     "evaluation": EvaluationBlock,
     "export": ExportBlock,
+    "train": TrainBlock,
     "engine": EngineBlock,
 }
 
@@ -938,7 +995,7 @@ FIELDS: dict[str, tuple[str, str]] = _field_table()
 # the role fields (backend names), each in the block of the stage that uses it
 ROLE_BLOCK: dict[str, str] = {role: FIELDS[role][0] for role in names.ROLES}
 
-_MINING_BLOCKS = tuple(b for b in BLOCKS if b != "evaluation")
+_MINING_BLOCKS = tuple(b for b in BLOCKS if b not in ("evaluation", "train"))
 
 
 class PipelineConfig(BaseModel):
@@ -967,6 +1024,7 @@ class PipelineConfig(BaseModel):
     openai: OpenAIBlock = OpenAIBlock()
     evaluation: EvaluationBlock = EvaluationBlock()
     export: ExportBlock = ExportBlock()
+    train: TrainBlock = TrainBlock()
     engine: EngineBlock = EngineBlock()
 
     @model_validator(mode="before")
@@ -1054,7 +1112,7 @@ class PipelineConfig(BaseModel):
         """The blocks a stage (by its output table) reads: ``run``, its own blocks, its
         roles' blocks and the backend-family blocks of the backends configured for them
         (under SEARCH adaptive, those of the stages in ``ADAPTIVE_READS`` too).
-        A stage missing from ``STAGES`` reads every block but ``evaluation``."""
+        A stage missing from ``STAGES`` reads every block but ``evaluation`` and ``train``."""
         from nhr.steps import ADAPTIVE_READS, STAGES  # the step table imports the records
 
         blocks, roles = STAGES.get(stage, (_MINING_BLOCKS, names.ROLES))

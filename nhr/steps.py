@@ -157,6 +157,7 @@ STEPS: tuple[Step, ...] = (
     ),
     Step("bootstrap.assemble", "triplets", TripletRow, None, (), "06_bootstrap"),
     Step("export", "export", None, ("export",), (), "07_export"),
+    Step("train", "train", None, ("train",), (), "13_finetune", in_chain=False),
     Step(
         "evaluate",
         "eval_scores",

@@ -14,6 +14,13 @@
    and the headline figures: seconds per 1024² 28-step full-depth edit and the share of
    bf16 peak, at the fullest call, with and without compile.
 
+4. One LoRA training step of the Kontext transformer at 1024² (``--train-size``): random
+   weights at full size (19 + 38 blocks; ``--train-depth reduced`` uses the depth above),
+   frozen in bf16, a rank-16 LoRA (``--train-rank``) on the attention projections in
+   float32 (``nhr.train.loop.add_lora``), AdamW, bf16 autocast, gradient checkpointing
+   (``--no-train-checkpointing`` to turn it off): seconds per step, images per second and
+   peak GPU memory.
+
     python scripts/gpu_check.py                     # on a CUDA machine
     python scripts/gpu_check.py --device cpu --tiny # dry run of the same code on a CPU
 """
@@ -306,6 +313,86 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def train_step(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per LoRA training step of a Kontext transformer (see the docstring, 4)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    sys.path.insert(0, str(ROOT))
+    from nhr.train.loop import add_lora
+
+    cuda = args.device == "cuda"
+    depth = (
+        FULL_DEPTH if args.train_depth == "full" and not args.tiny else (args.double, args.single)
+    )
+    if args.tiny:
+        shape = {"heads": 2, "head_dim": 16, "text_dim": 32, "pooled": 32, "text": 32}
+        axes, size = (4, 4, 8), 64
+    else:
+        shape = {"heads": 24, "head_dim": 128, "text_dim": 4096, "pooled": 768, "text": 512}
+        axes, size = (16, 56, 56), args.train_size
+    dtype = torch.bfloat16 if cuda else torch.float32
+    torch.manual_seed(0)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build the weights in their final dtype, on the device
+    try:
+        with torch.device(args.device):
+            model = FluxTransformer2DModel(
+                in_channels=64,
+                num_layers=depth[0],
+                num_single_layers=depth[1],
+                attention_head_dim=shape["head_dim"],
+                num_attention_heads=shape["heads"],
+                joint_attention_dim=shape["text_dim"],
+                pooled_projection_dim=shape["pooled"],
+                guidance_embeds=True,
+                axes_dims_rope=axes,
+            )
+    finally:
+        torch.set_default_dtype(before)
+    params = add_lora(model, args.train_rank, 0.0, ["to_k", "to_q", "to_v", "to_out.0"], 0)
+    if not args.no_train_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    feed = inputs(torch, {**shape, "size": size}, args.train_batch, args.device, dtype)
+    n_img = feed["hidden_states"].shape[1] // 2
+    target = torch.randn(args.train_batch, n_img, 64, device=args.device)
+
+    def step() -> None:
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=cuda):
+            pred = model(**feed)[0][:, :n_img]
+        loss = torch.nn.functional.mse_loss(pred.float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.warmup):
+        step()
+    sync(torch, args.device)
+    t0 = time.perf_counter()
+    for _ in range(args.reps):
+        step()
+    sync(torch, args.device)
+    secs = (time.perf_counter() - t0) / args.reps
+    out = {
+        "train_size": size,
+        "train_depth": list(depth),
+        "train_batch": args.train_batch,
+        "lora_rank": args.train_rank,
+        "lora_params_m": round(sum(p.numel() for p in params) / 1e6, 2),
+        "gradient_checkpointing": not args.no_train_checkpointing,
+        "precision": "bf16" if cuda else "float32",
+        "seconds_per_step": round(secs, 4),
+        "images_per_second": round(args.train_batch / secs, 3),
+        "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
+    }
+    print(json.dumps({"train_step": out}), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the tests and the benchmark; print the figures as JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -323,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,4,8", help="images per call to time per bucket")
     p.add_argument("--no-buckets", action="store_true", help="skip the bucketed calls")
     p.add_argument("--no-tests", action="store_true")
+    p.add_argument("--train-size", type=int, default=1024, help="training step: image side")
+    p.add_argument("--train-depth", default="full", choices=("full", "reduced"))
+    p.add_argument("--train-rank", type=int, default=16, help="training step: LoRA rank")
+    p.add_argument("--train-batch", type=int, default=1, help="training step: images")
+    p.add_argument("--no-train-checkpointing", action="store_true")
+    p.add_argument("--no-train", action="store_true", help="skip the training step")
     p.add_argument("--out", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     import torch
@@ -332,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     status = 0 if args.no_tests else run_tests(args.device)
     figures = benchmark(args)
+    if not args.no_train:
+        figures["train_step"] = train_step(args)
     figures["tests_exit_status"] = status
     text = json.dumps(figures, indent=2)
     print(text)

@@ -34,8 +34,10 @@ class KontextEditor(DiffusersEditor):
         residency: Residency | None = None,
         preferred_resolutions: bool = True,
         buckets: tuple[Size, ...] | None = None,
+        lora: str = "",
+        lora_scale: float = 1.0,
     ) -> None:
-        super().__init__(model, options, max_area, residency, buckets)
+        super().__init__(model, options, max_area, residency, buckets, lora, lora_scale)
         self.preferred_resolutions = preferred_resolutions
 
     @property

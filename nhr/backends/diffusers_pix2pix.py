@@ -27,8 +27,10 @@ class Pix2PixEditor(DiffusersEditor):
         residency: Residency | None = None,
         image_guidance: float = 1.5,
         buckets: tuple[Size, ...] | None = None,
+        lora: str = "",
+        lora_scale: float = 1.0,
     ) -> None:
-        super().__init__(model, options, max_area, residency, buckets)
+        super().__init__(model, options, max_area, residency, buckets, lora, lora_scale)
         self.image_guidance = image_guidance
 
     def call(

@@ -227,6 +227,86 @@ def load_pipeline(cls: Any, model: str, options: DiffusersOptions, what: str) ->
     return pipe
 
 
+LORA_MARK = "+lora="
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA to load into a pipeline: a folder or ``.safetensors`` file written by
+    ``save_lora_weights`` (``nhr.train`` writes one), or a hub id; and its strength."""
+
+    source: str
+    scale: float = 1.0
+
+    def label(self) -> str:
+        """The suffix the model id carries on every row: ``+lora=SOURCE@SCALE``."""
+        return f"{LORA_MARK}{self.source}@{self.scale:g}"
+
+
+def split_lora(model: str) -> tuple[str, LoraSpec | None]:
+    """``MODEL+lora=LORA[@SCALE]`` as (MODEL, its LoRA); a plain model id as (id, None)."""
+    base, mark, rest = model.partition(LORA_MARK)
+    if not mark:
+        return model, None
+    source, at, scale = rest.rpartition("@")
+    value = 1.0
+    if at:
+        try:
+            value = float(scale)
+        except ValueError:
+            source = rest
+    else:
+        source = rest
+    if not source:
+        raise BackendError(
+            f"model {model!r} names an empty LoRA", "write MODEL+lora=FOLDER_OR_HUB_ID[@SCALE]"
+        )
+    return base, LoraSpec(source, value)
+
+
+def lora_spec(model: str, lora: str, scale: float) -> tuple[str, LoraSpec | None]:
+    """The base model and the one LoRA of a model id and EDITOR_LORA / EDITOR_LORA_SCALE
+    (a LoRA given both ways is refused: the rows could not say which one ran)."""
+    base, spec = split_lora(model)
+    if lora and spec is not None:
+        raise BackendError(
+            f"a LoRA is given twice: in the model {model!r} and as {lora!r}",
+            "name it once: EDITOR_LORA (with EDITOR_LORA_SCALE) or MODEL+lora=PATH@SCALE",
+        )
+    return base, (LoraSpec(lora, scale) if lora else spec)
+
+
+def apply_lora(pipe: Any, spec: LoraSpec, options: DiffusersOptions, what: str) -> None:
+    """Load ``spec`` into ``pipe`` as adapter ``lora`` at its scale, with clear errors."""
+    if not hasattr(pipe, "load_lora_weights"):
+        raise BackendError(
+            f"{what} pipeline {type(pipe).__name__} cannot load a LoRA",
+            "use an editor whose diffusers pipeline has load_lora_weights (Kontext, Qwen)",
+        )
+    source, kwargs = spec.source, {}
+    path = Path(source).expanduser()
+    if path.is_file():
+        source, kwargs = str(path.parent), {"weight_name": path.name}
+    elif path.is_dir():
+        source = str(path)
+    elif looks_local(source):
+        raise BackendError(
+            f"{what} LoRA {source} does not exist",
+            "give the lora/ folder a training run wrote, a .safetensors file, or a hub id",
+        )
+    token = os.environ.get(options.hf_token_env) or None
+    try:
+        pipe.load_lora_weights(
+            source, adapter_name="lora", token=token, local_files_only=_offline(), **kwargs
+        )
+    except Exception as err:
+        clear = load_error(err, spec.source, f"{what} LoRA", options.hf_token_env)
+        if clear is None:
+            raise
+        raise clear from err
+    pipe.set_adapters(["lora"], adapter_weights=[spec.scale])
+
+
 def generators(seeds: list[int]) -> list[Any]:
     """One CPU generator per image, so each image depends on its own seed only."""
     torch = import_torch()
@@ -270,6 +350,7 @@ class PipelineHolder:
     options: DiffusersOptions
     what: str
     residency: Residency | None = None
+    lora: LoraSpec | None = None
     pipe: Any = None
     counters: dict[str, float] = field(
         default_factory=lambda: {
@@ -288,7 +369,10 @@ class PipelineHolder:
 
             t0 = time.perf_counter()
             cls = getattr(diffusers, self.cls_name)
-            self.pipe = load_pipeline(cls, self.model, self.options, self.what)
+            pipe = load_pipeline(cls, self.model, self.options, self.what)
+            if self.lora is not None:
+                apply_lora(pipe, self.lora, self.options, self.what)
+            self.pipe = pipe
             self.counters["load_seconds"] += time.perf_counter() - t0
         elif self._parked:
             self.pipe.to(self.options.resolved_device())
@@ -347,6 +431,10 @@ class DiffusersEditor(Backend):
     ``buckets`` (``work_buckets``) at the nearest bucket's aspect: sources of any size
     (photos too) then share a few working sizes and batch together. Subclasses give the
     pipeline class, default model and call arguments.
+
+    A LoRA (``lora`` and ``lora_scale``, or ``MODEL+lora=LORA@SCALE`` as the model) is
+    loaded into the pipeline; ``model_id``, recorded on every row, then reads
+    ``MODEL+lora=LORA@SCALE``.
     """
 
     pipeline_class: str = ""
@@ -361,13 +449,17 @@ class DiffusersEditor(Backend):
         max_area: int = 0,
         residency: Residency | None = None,
         buckets: tuple[Size, ...] | None = None,
+        lora: str = "",
+        lora_scale: float = 1.0,
     ) -> None:
-        self.model_id = model or self.default_model
+        base, self.lora = lora_spec(model, lora, lora_scale)
+        base = base or self.default_model
+        self.model_id = base + (self.lora.label() if self.lora else "")
         self.options = options or DiffusersOptions()
         self.max_area = max_area or self.default_area
         self.buckets = tuple(buckets) if buckets else None
         self.holder = PipelineHolder(
-            self.pipeline_class, self.model_id, self.options, "editor", residency
+            self.pipeline_class, base, self.options, "editor", residency, self.lora
         )
 
     def load(self) -> Any:

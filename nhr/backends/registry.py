@@ -59,9 +59,20 @@ def _world(ctx: BuildContext) -> Any:
     )
 
 
+def _no_lora(ctx: BuildContext) -> None:
+    """Refuse EDITOR_LORA for an editor that cannot load one (rather than ignore it)."""
+    if ctx.cfg.edits.editor_lora:
+        raise BackendError(
+            f"EDITOR_LORA={ctx.cfg.edits.editor_lora!r} with EDITOR={ctx.cfg.edits.editor}, "
+            "which loads no LoRA",
+            "use a diffusers editor (flux-kontext, qwen-image-edit) or clear EDITOR_LORA",
+        )
+
+
 def _synthetic_editor(ctx: BuildContext) -> Any:
     """The synthetic world's editor; with SYNTHETIC_GPU_SECONDS > 0 the same editor on a
     simulated GPU (same pixels, that many seconds per image, one call at a time)."""
+    _no_lora(ctx)
     seconds = ctx.cfg.synthetic.synthetic_gpu_seconds
     if not seconds:
         return _world(ctx).editor
@@ -99,6 +110,11 @@ REGISTRY: dict[str, dict[str, Factory]] = {
 DIFFUSERS_RESIDENCY = "diffusers-residency"  # shared name: one diffusers model on the GPU
 
 
+def _lora(ctx: BuildContext) -> dict[str, Any]:
+    """The editor's LoRA (EDITOR_LORA at EDITOR_LORA_SCALE; '': none)."""
+    return {"lora": ctx.cfg.edits.editor_lora, "lora_scale": ctx.cfg.edits.editor_lora_scale}
+
+
 def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:
     """Options and the shared one-model-on-the-GPU residency of the diffusers backends."""
     from nhr.backends.diffusers_runtime import DiffusersOptions, Residency
@@ -131,6 +147,7 @@ def _make_kontext(ctx: BuildContext) -> Any:
         preferred_resolutions=ctx.cfg.edits.edit_preferred_resolutions,
         buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
+        **_lora(ctx),
     )
 
 
@@ -142,6 +159,7 @@ def _make_qwen_edit(ctx: BuildContext) -> Any:
         max_area=ctx.cfg.edits.edit_max_area,
         buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
+        **_lora(ctx),
     )
 
 
@@ -154,6 +172,7 @@ def _make_pix2pix(ctx: BuildContext) -> Any:
         image_guidance=ctx.cfg.edits.pix2pix_image_guidance,
         buckets=_edit_buckets(ctx),
         **_diffusers_kwargs(ctx),
+        **_lora(ctx),
     )
 
 

@@ -393,6 +393,7 @@ class BenchJudgeStage(Stage[BenchEdit, BenchScore]):
 
     input_type = BenchEdit
     output_type = BenchScore
+    backend_fields = ("judge",)
 
     def __init__(self, judge: Any, blobs: BlobStore, spec: str) -> None:
         self.judge = judge

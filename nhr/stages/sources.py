@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nhr.backends.base import TextToImage
+from nhr.backends.base import TextToImage, contract
 from nhr.records import PromptRow, SourceRow
 from nhr.resolutions import Size, fit_long_side
 from nhr.seeds import derive_seed, rng_for
@@ -95,9 +95,7 @@ class SourceStage(Stage[PromptRow, SourceRow]):
 
     def setup(self) -> None:
         """Load the model before the first batch, so load time is not billed to a batch."""
-        load = getattr(self.t2i, "load", None)
-        if callable(load):
-            load()
+        contract(self.t2i).load()
 
     def plan(self, prompt: PromptRow) -> list[tuple[str, int, tuple[int, int]]]:
         """(source_id, seed, size) of each of a prompt's N renders."""
