@@ -38,6 +38,12 @@ class BackendError(NhrError):
     """A backend is unknown, missing an optional dependency, or failed."""
 
 
+class DistrustedOutputs(NhrError):
+    """Raised by a chain's observer on a batch of one link: the run stops, and that
+    link's outputs not yet committed are dropped rather than committed (their inputs,
+    and the upstream batches that fed them, are computed again by the rerun)."""
+
+
 def missing_extra(module: str, extra: str) -> BackendError:
     """The error for an optional dependency that is not installed."""
     return BackendError(

@@ -7,8 +7,9 @@ watches every verdict batch the runner accepts, per (stage, judge): when more th
 ``JUDGE_MAX_ERROR_SHARE`` of ``JUDGE_ERROR_WINDOW`` verdicts are errors, among its first
 verdicts (as soon as that is certain) or in any later sliding window of that many, it
 raises ``JudgeFailing``, naming the judge, the stage, the error kinds with their counts,
-one raw answer (secrets redacted) and the fix. The batch that tripped it is not
-committed; what was committed stays, so a rerun after the fix resumes.
+one raw answer (secrets redacted) and the fix. The stage's verdicts not yet committed
+are dropped (the candidates they judged are made and judged again by the rerun); what
+was committed stays, so a rerun after the fix resumes.
 
 ``judge_error_shares`` reads the same figures back from a run's verdict tables for the
 summary: verdicts, errors, their share and kinds per judge of each judge stage.
@@ -26,7 +27,7 @@ from typing import Any
 
 from nhr.backends.api_client import redact
 from nhr.engines.base import Done, Link
-from nhr.errors import BackendError
+from nhr.errors import BackendError, DistrustedOutputs
 from nhr.records import Verdict
 
 #: The verdict tables of judges (the low-level check is arithmetic, never in error).
@@ -35,8 +36,9 @@ _KIND = re.compile(r"(?:^|: )([a-z][a-z0-9_]*): ")
 RAW_CHARS = 300
 
 
-class JudgeFailing(BackendError):
-    """A judge's error verdicts passed the allowed share: the run stops."""
+class JudgeFailing(BackendError, DistrustedOutputs):
+    """A judge's error verdicts passed the allowed share: the run stops, and the
+    verdicts of that stage not yet committed are dropped, so the rerun judges them."""
 
 
 def error_kind(error: str) -> str:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from nhr.engines.base import Done, Engine, Forward, Link
 from nhr.engines.local import LocalEngine
-from nhr.errors import RunFolderError
+from nhr.errors import DistrustedOutputs, RunFolderError
 from nhr.hashing import DoneKeys, KeySet, fingerprints
 from nhr.lock import ObjectLock, RunLock
 from nhr.records import Record, from_table
@@ -360,6 +360,7 @@ class _ChainRun:
         self.budget = budget_seconds
         self.extra = extra_stats
         self.observe = observe
+        self.distrusted: int | None = None  # a link whose observer raised DistrustedOutputs
         self.states: list[_LinkRun] = []
         # link 0's batches in flight, by the id of the list fed to the engine
         self.fed: dict[int, _Batch] | None = {}
@@ -496,7 +497,11 @@ class _ChainRun:
         Runner._check(state.stage, done.outputs)
         state.taken.add(fps)
         if self.observe is not None:
-            self.observe(done)
+            try:
+                self.observe(done)
+            except DistrustedOutputs:
+                self.distrusted = i
+                raise
         keys = None
         if i:  # only a link that has an upstream tracks keys one by one
             keys = key_array.to_pylist()
@@ -569,8 +574,14 @@ class _ChainRun:
 
     def _flush_all(self) -> None:
         """Commit everything committable, last link first (each commit may release
-        batches of the link before it)."""
+        batches of the link before it); a distrusted link's buffer is dropped instead,
+        so the upstream batches that fed it stay open and are redone by a rerun."""
         for i in range(len(self.states) - 1, -1, -1):
+            state = self.states[i]
+            if i == self.distrusted:
+                state.writer.discard()
+                state.pending, state.since = [], None
+                continue
             self._flush(i)
 
     def _stats(self, i: int, state: _LinkRun, wall: float, engine: dict[str, Any]) -> StageResult:

@@ -314,12 +314,13 @@ class BenchEditStage(Stage[BenchJob, BenchEdit]):
 
     input_type = BenchJob
     output_type = BenchEdit
+    backend_fields = ("backend",)
 
     def __init__(self, editor: BenchEditor, blobs: BlobStore) -> None:
         self.editor = editor
+        self.backend = editor.backend  # what engines place: a device model or the CPU world
         self.blobs = blobs
         self.name = editor.spec.table  # type: ignore[misc]
-        self.work = getattr(editor.backend, "work", None)  # type: ignore[misc]
 
     def own_settings(self) -> dict[str, Any]:
         e = self.editor
@@ -400,7 +401,6 @@ class BenchJudgeStage(Stage[BenchEdit, BenchScore]):
         self.blobs = blobs
         self.spec = spec
         self.name = judge_table(spec)  # type: ignore[misc]
-        self.work = getattr(judge, "work", "io")  # type: ignore[misc]
 
     def own_settings(self) -> dict[str, Any]:
         return {

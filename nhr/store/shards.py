@@ -472,6 +472,12 @@ class ShardWriter:
             self._bytes += table.nbytes
             self._records = []
 
+    def discard(self) -> None:
+        """Drop what is buffered, uncommitted (a rerun computes it again)."""
+        self._tables, self._records, self._keys = [], [], []
+        self._seconds, self._rows, self._bytes, self._since = 0.0, 0, 0, None
+        self._usage = Counter()
+
     def flush(self) -> LedgerEntry | None:
         """Commit what is buffered as one shard (nothing when nothing is)."""
         if not self._keys:
