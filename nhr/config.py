@@ -525,14 +525,12 @@ class SyntheticBlock(Block):
 
     @model_validator(mode="after")
     def _spread(self) -> SyntheticBlock:
-        from nhr.backends.synthetic.editor import GROUP_SPREADS
-
-        v = self.synthetic_group_spread
-        if v in GROUP_SPREADS if isinstance(v, str) else 0 <= v < 1:
+        v, named = self.synthetic_group_spread, names.SYNTHETIC_GROUP_SPREADS
+        if v in named if isinstance(v, str) else 0 <= v < 1:
             return self
         raise ConfigError(
             f"SYNTHETIC_GROUP_SPREAD={v!r} is neither a number in [0, 1) nor a named setting",
-            f"use a number in [0, 1) or one of: {', '.join(GROUP_SPREADS)}",
+            f"use a number in [0, 1) or one of: {', '.join(named)}",
         )
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from nhr.backends.base import Backend
+from nhr.backends.names import SYNTHETIC_GROUP_SPREADS
 from nhr.seeds import derive_seed
 
 from .language import Edit, parse_instruction, resize_target
@@ -77,7 +78,7 @@ HARD_OUTCOMES: dict[str, float] = {"no_change": 0.7, "wrong_target": 0.2, "parti
 
 
 # named group spreads: (intra-pair correlation, scale of the chance of a correct edit)
-GROUP_SPREADS: dict[str, tuple[float, float]] = {"paper": (0.99, 0.72)}
+GROUP_SPREADS = SYNTHETIC_GROUP_SPREADS
 
 
 def group_spread(value: float | str) -> tuple[float, float]:
