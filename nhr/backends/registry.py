@@ -54,6 +54,7 @@ def _world(ctx: BuildContext) -> Any:
             implausible_rate=ctx.cfg.synthetic.synthetic_implausible_rate,
             judge_noise=ctx.cfg.synthetic.synthetic_judge_noise,
             hard_share=ctx.cfg.synthetic.synthetic_hard_share,
+            group_spread=ctx.cfg.synthetic.synthetic_group_spread,
         ),
     )
 
@@ -80,7 +81,10 @@ def _synthetic_editor(ctx: BuildContext) -> Any:
     return ctx.shared(
         "synthetic-gpu-editor",
         lambda: SimulatedGpuEditor(
-            _world(ctx).truth, seconds, ctx.cfg.synthetic.synthetic_hard_share
+            _world(ctx).truth,
+            seconds,
+            ctx.cfg.synthetic.synthetic_hard_share,
+            ctx.cfg.synthetic.synthetic_group_spread,
         ),
     )
 
