@@ -204,6 +204,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_tiny.add_argument("folder", type=Path)
     p_tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p_mag = sub.add_parser(
+        "magcache-calibrate",
+        help="measure the editor's MagCache ratios and store them (DIFFUSERS_MAGCACHE_RATIOS)",
+    )
+    p_mag.add_argument("out", type=Path, help="the JSON file to write")
+    p_mag.add_argument("--config", type=Path, default=None, help="a run config to start from")
+    p_mag.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a parameter (YAML value): EDITOR, EDITOR_MODEL, EDIT_STEPS_MAX, DIFFUSERS_*",
+    )
+    p_mag.add_argument(
+        "--images", type=Path, default=None, help="a folder of source images (default: 4 made)"
+    )
+    p_mag.add_argument("--instruction", default="make it look like a watercolour painting")
+    p_mag.add_argument("--n", type=int, default=4, help="calibration calls (one image each)")
     p_push = sub.add_parser("push", help="upload a run's dataset/ to the Hugging Face hub")
     p_push.add_argument("run_dir", help="a run folder or an object-store URL (s3://bucket/run)")
     p_push.add_argument("repo_id", help="the dataset repository, owner/name")
@@ -239,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, path in write_tiny_models(args.folder, args.seed).items():
                 print(f"{name}: {path}")
+            return 0
+        if args.command == "magcache-calibrate":
+            from nhr.backends.diffusers_levers import calibrate_command
+
+            overrides = {k: parse_override(v) for k, v in args.param}
+            path = calibrate_command(
+                args.out, args.config, overrides, args.images, args.instruction, args.n
+            )
+            print(f"MagCache ratios: {path} (set DIFFUSERS_MAGCACHE_RATIOS: {path})")
             return 0
         if args.command == "push":
             return push(args.run_dir, args.repo_id, not args.public, not args.no_webdataset)

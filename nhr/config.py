@@ -122,12 +122,14 @@ def _check(name: str, value: Any, hint: Any, doc: str, meta: dict[str, Any]) -> 
         raise ConfigError(f"{upper}={value!r} is not a list", f"give {upper} as a list, e.g. [2.5]")
     for item in items:
         ok = isinstance(item, base) and not (base is not bool and isinstance(item, bool))
-        if base is float and isinstance(item, int) and not isinstance(item, bool):
+        floaty = base is float or float in typing.get_args(base)  # float, or float | str
+        if floaty and isinstance(item, int) and not isinstance(item, bool):
             ok = True
         if not ok:
+            kind = getattr(base, "__name__", str(base))
             raise ConfigError(
-                f"{upper}={value!r} is not of type {base.__name__}",
-                f"give {upper} a {base.__name__} ({doc})",
+                f"{upper}={value!r} is not of type {kind}",
+                f"give {upper} a {kind} ({doc})",
             )
         choices = names.known(name) if meta.get("role") else meta.get("choices")
         if choices is not None and item not in choices:
@@ -345,6 +347,12 @@ class EditsBlock(Block):
         "", "LoRA loaded into a diffusers editor: a folder, .safetensors file or hub id"
     )
     editor_lora_scale: float = _f(1.0, "strength of EDITOR_LORA", -10.0, 10.0)
+    editor_scheduler: str = _f(
+        "default",
+        "editor sampler: the pipeline's own, or lightning (Qwen-Image-Lightning's "
+        "4/8-step LoRA schedule; use EDIT_GUIDANCE [1.0])",
+        choices=("default", "lightning"),
+    )
     m_edit_seeds: int = _f(5, "edit seeds per (source, instruction) (M)", 1, 100)
     edit_steps_min: int = _f(18, "fewest edit denoising steps", 1, 200)
     edit_steps_max: int = _f(28, "most edit denoising steps", 1, 200)
@@ -505,6 +513,13 @@ class SyntheticBlock(Block):
         0.0,
         1.0,
     )
+    synthetic_group_spread: float | str = _f(
+        0.0,
+        "synthetic editor: intra-(source, instruction) correlation of its successes, each "
+        "pair's chance drawn from a Beta around the editor's rate (0: seeds independent; "
+        "in [0, 1)), or 'paper': calibrated to the paper's funnel (15.3 % validator pass "
+        "rate, 31 % dropped by the argmax step)",
+    )
     synthetic_gpu_seconds: float = _f(
         0.0,
         "synthetic editor: simulated GPU seconds per image, slept per call (0: a plain CPU "
@@ -513,6 +528,16 @@ class SyntheticBlock(Block):
         60.0,
         runtime=True,
     )
+
+    @model_validator(mode="after")
+    def _spread(self) -> SyntheticBlock:
+        v, named = self.synthetic_group_spread, names.SYNTHETIC_GROUP_SPREADS
+        if v in named if isinstance(v, str) else 0 <= v < 1:
+            return self
+        raise ConfigError(
+            f"SYNTHETIC_GROUP_SPREAD={v!r} is neither a number in [0, 1) nor a named setting",
+            f"use a number in [0, 1) or one of: {', '.join(named)}",
+        )
 
 
 class BootstrapBlock(Block):
@@ -528,6 +553,26 @@ class BootstrapBlock(Block):
     dedup_max_distance: int = _f(
         4, "dedup: perceptual-hash bits two near-duplicate images may differ in", 0, 32
     )
+
+
+# attention backends of diffusers 0.42.1 (diffusers.models.attention_dispatch)
+ATTENTION_BACKENDS = (
+    "",
+    "native",
+    "_native_cudnn",
+    "_native_efficient",
+    "_native_flash",
+    "_native_math",
+    "flex",
+    "xformers",
+    "flash",
+    "flash_hub",
+    "_flash_3",
+    "_flash_3_hub",
+    "flash_4_hub",
+    "sage",
+    "sage_hub",
+)
 
 
 class DiffusersBlock(Block):
@@ -552,8 +597,40 @@ class DiffusersBlock(Block):
     diffusers_vae_tiling: bool = _f(
         False, "decode/encode in tiles (less memory at high res)", runtime=True
     )
-    diffusers_compile: bool = _f(
-        False, "torch.compile the denoiser (faster after a warm-up)", runtime=True
+    diffusers_compile: str = _f(
+        "auto",
+        "torch.compile the denoiser: regional (its repeated blocks, one graph for all "
+        "sizes), full, none; auto: regional on cuda, none elsewhere",
+        choices=("auto", "none", "regional", "full"),
+        runtime=True,
+    )
+    diffusers_quant: str = _f(
+        "none", "fp8: torchao fp8 weights and activations (GPU ≥ sm89)", choices=("none", "fp8")
+    )
+    diffusers_attention: str = _f(
+        "", "denoiser attention backend ('': diffusers' default)", choices=ATTENTION_BACKENDS
+    )
+    diffusers_fuse_qkv: bool = _f(False, "fuse attention q/k/v into one matmul", runtime=True)
+    diffusers_cache: str = _f(
+        "none",
+        "skip denoiser work between steps with a diffusers cache hook",
+        choices=("none", "first-block", "taylorseer", "magcache"),
+    )
+    diffusers_fbc_threshold: float = _f(
+        0.05, "first-block: skip the rest while the first block changes less", 0.0, 10.0
+    )
+    diffusers_taylorseer_interval: int = _f(5, "taylorseer: steps per full compute", 1, 1000)
+    diffusers_taylorseer_warmup: int = _f(3, "taylorseer: first steps fully computed", 0, 1000)
+    diffusers_taylorseer_order: int = _f(1, "taylorseer: Taylor order of the forecast", 1, 4)
+    diffusers_magcache_threshold: float = _f(
+        0.06, "magcache: accumulated error allowed before a full step", 0.0, 10.0
+    )
+    diffusers_magcache_max_skip: int = _f(3, "magcache: most steps skipped in a row", 1, 1000)
+    diffusers_magcache_retention: float = _f(
+        0.2, "magcache: share of first steps never skipped", 0.0, 1.0
+    )
+    diffusers_magcache_ratios: str = _f(
+        "", "magcache: the ratios file `nhr magcache-calibrate` wrote for this editor"
     )
     diffusers_max_batch: int = _f(
         8, "most images per diffusers call (less: less memory)", 1, 1024, runtime=True
@@ -1031,6 +1108,20 @@ class PipelineConfig(BaseModel):
             base = given.model_dump() if isinstance(given, Block) else dict(given)
             out[block] = {**base, **values}
         return out
+
+    @model_validator(mode="after")
+    def _editor_levers(self) -> PipelineConfig:
+        """Refuse, before any model loads, the editor speed levers that cannot work."""
+        from nhr.backends.diffusers_levers import EDITOR_PIPELINES, Levers, check
+
+        edits = self.edits
+        pipeline = EDITOR_PIPELINES.get(edits.editor)
+        if pipeline is None:  # not a diffusers editor: the levers are not read
+            return self
+        lora = bool(edits.editor_lora) or "+lora=" in edits.editor_model
+        levers = Levers.from_block(self.diffusers)
+        check(pipeline, levers, self.diffusers.diffusers_max_batch, edits.editor_scheduler, lora)
+        return self
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

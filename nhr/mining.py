@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 
 from nhr.engines.base import Done, Link
 from nhr.runner import PAUSE, Runner, StageResult
+from nhr.search_diagnostic import diagnose
 from nhr.stages.edits import EditPlan
 from nhr.tables import FILTERS, RunTables, flat, positions
 
@@ -582,6 +583,11 @@ class MiningLoop:
             worked |= bool(self.runner.run(link.stage, inputs).stats.get("processed_rows"))
         return worked
 
+    def diagnostic(self) -> dict[str, Any]:
+        """The search diagnostic (``nhr.search_diagnostic``) of every decided candidate."""
+        decided = committed_decisions(self.tables)
+        return diagnose(flat(decided.ids).to_pylist(), decided.passed, self.rule.adaptive)
+
     def _record(self, search: SearchState, wall: float, stop: str) -> dict[str, Any]:
         """Write ``stats/mining.json`` and return it."""
         cand = self.tables.store.read_stats("candidates") or {}
@@ -599,6 +605,7 @@ class MiningLoop:
             "stopped_by": stop,
             "wall_seconds": round(wall, 3),
             "editor_busy_seconds": round(float(cand.get("seconds", 0.0)), 3),
+            "diagnostic": self.diagnostic(),
         }
         self.tables.store.write_stats(STATS, stats)
         return stats

@@ -159,6 +159,9 @@ def build_summary(
     summary["judge_errors"] = judge_error_shares(tables)
     summary["cost"] = cost(stats, summary["triplets"])
     summary["cost_per_triplet"] = cost_per_triplet(tables, stats)
+    diagnostic = (stats.get("mining") or {}).get("diagnostic")
+    if diagnostic:  # how passes cluster by (source, instruction): what a search can save
+        summary["search_diagnostic"] = diagnostic
     if tables.exists("mined"):
         triplets = tables.triplets(["edit_type", "origin"])
         summary["edit_types"] = _counts(triplets.column("edit_type"))

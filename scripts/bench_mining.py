@@ -1,7 +1,15 @@
 """Benchmark the mining loop: SEARCH grid and SEARCH adaptive side by side, one JSON out.
 
 Both searches run in one invocation, in two fresh run folders, on the same seeds (same
-prompts, sources and gate verdicts), through the real ``Pipeline``:
+prompts, sources and gate verdicts), through the real ``Pipeline``, in each world of
+``--world``: ``independent`` (the default synthetic world: every seed of a (source,
+instruction) independent, the worst case for a search that stops early), ``paper``
+(``PAPER_WORLD``: pairs of their own difficulty, ``SYNTHETIC_GROUP_SPREAD paper``, and
+the paper's gate share) or ``both`` (the default). Each world also runs a
+``calibration`` grid under the paper's scheduler (K = 5, N = 19, M = 5, jobs drawn
+uniformly from the grid, capped at the paper's 48.5 per prompt, as ``bench_engine.py``
+sizes it; ``--calibration-prompts`` prompts, no simulated GPU): its ``pass_rate`` and
+``argmax_drop`` are the figures the paper's funnel gives (15.3 %, 31 %).
 
 - the editor is the synthetic world's on a simulated GPU (``SYNTHETIC_GPU_SECONDS``:
   ``--gpu-seconds`` per image, slept, one call at a time), so a 2-core machine runs it
@@ -22,10 +30,15 @@ select).
         -p SEARCH_ROUND_SEEDS=2
     # a world where 30 % of (source, instruction) pairs are impossible for the editor
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py -p SYNTHETIC_HARD_SHARE=0.3
+    PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py --world paper -p SEARCH_GUIDANCE=best
 
-Output (stdout, one JSON object): ``grid`` and ``adaptive``, each with ``accepted``
+Output (stdout, one JSON object): per world (``independent``, ``paper``) ``grid``,
+``adaptive``, ``calibration``, ``ratios`` and ``targets``; ``grid`` and ``adaptive`` each
+with ``accepted``
 (rows of ``mined``), ``generations`` (rows of ``candidates``), ``generations_per_accepted``,
 ``judge_calls_per_accepted`` (API calls of the pre-filter and the validator),
+``pass_rate`` (validator passes / generations), ``argmax_drop`` (1 − groups with a
+pass / passes), ``diagnostic`` (the search diagnostic, ``nhr.search_diagnostic``),
 ``audit_precision`` (share of the accepted mined triplets the synthetic truth calls
 correct), ``wall_seconds`` and ``editor_busy_seconds`` (``stats/mining.json`` where the
 mining loop writes it, else the bench's clock around the mining steps and the editor's
@@ -34,7 +47,7 @@ candidates stats, else the simulated editor's own ``images / calls``); the grid 
 also holds ``seed_order_bound`` (what stopping each (source, instruction) at its first
 pass would at best have saved on the grid's own candidates: how far the targets are
 reachable in this world at all); then ``ratios`` (adaptive / grid) and ``targets`` (each
-target, its figures and ``met``).
+target, its figures and ``met``; the issue's targets are the ``paper`` world's).
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars off, whatever the en
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCHES = ("grid", "adaptive")
+WORLDS = ("independent", "paper")
 KEYS = (
     "accepted",
     "generations",
@@ -66,6 +80,10 @@ KEYS = (
     "mean_images_per_call",
 )
 MINING_STEPS = ("edits", "prefilter", "lowlevel", "validate", "select")
+# the paper's scheduler (Table 2 per prompt, as bench_engine.py): K, N, M, jobs per prompt
+PAPER_SCHEDULE = {"K_INSTRUCTIONS": 5, "N_SOURCE_SEEDS": 19, "M_EDIT_SEEDS": 5}
+PAPER_JOBS_PER_PROMPT = 48.54
+PAPER_PASS_RATE, PAPER_ARGMAX_DROP = (0.153, 0.02), (0.31, 0.04)  # value, tolerance
 
 
 def bench_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -195,6 +213,15 @@ def seed_order_bound(pipe: Any) -> dict[str, Any]:
     return out
 
 
+def run_diagnostic(pipe: Any) -> dict[str, Any]:
+    """The search diagnostic of a run's candidates (where no mining loop recorded it)."""
+    from nhr.search_diagnostic import diagnose
+
+    ids = pipe.tables.read("candidates", ["candidate_id"]).column("candidate_id").to_pylist()
+    passed = set(pipe.tables.passed_ids("validator").to_pylist())
+    return diagnose(ids, [cid in passed for cid in ids])
+
+
 def mine(pipe: Any) -> float:
     """Run the mining step (fused loop or stages); the bench's wall seconds of it."""
     t0 = time.perf_counter()
@@ -236,10 +263,13 @@ def run_search(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
     wall = mining.get("wall_seconds", clock)
     busy = mining.get("editor_busy_seconds", usage.get("device_seconds"))
     bound = seed_order_bound(pipe) if params.get("SEARCH", "grid") == "grid" else None
+    diagnostic = mining.get("diagnostic") or run_diagnostic(pipe)
     figures = {
         "accepted": accepted,
         "generations": generations,
         "generations_per_accepted": _div(generations, accepted),
+        "pass_rate": diagnostic.get("pass_rate"),
+        "argmax_drop": diagnostic.get("argmax_drop"),
         "judge_calls_per_accepted": _div(calls, accepted),
         "audit_precision": audit_precision(pipe),
         "wall_seconds": round(float(wall), 3),
@@ -258,6 +288,7 @@ def run_search(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         "gated_sources": pipe.tables.count_passed("plausibility"),
         "rounds": len(mining.get("rounds", [])) if mining else None,
         **({"seed_order_bound": bound} if bound else {}),
+        "diagnostic": diagnostic,
     }
     for part in (bound or {}).values():
         for key in ("generations_per_accepted", "judge_calls_per_accepted"):
@@ -332,6 +363,43 @@ def targets(
     return out
 
 
+def world_params_of(world: str) -> dict[str, Any]:
+    """The parameters that make ``world`` (none: the default synthetic world)."""
+    from nhr.backends.synthetic.world import PAPER_WORLD
+
+    return dict(PAPER_WORLD) if world == "paper" else {}
+
+
+def calibration_params(params: dict[str, Any], prompts: int) -> dict[str, Any]:
+    """The grid under the paper's scheduler: K = 5, N = 19, M = 5, the paper's 48.5 jobs
+    per prompt drawn uniformly from the grid; no simulated GPU (only rates are read)."""
+    return {
+        **params,
+        **PAPER_SCHEDULE,
+        "N_PROMPTS": prompts,
+        "MAX_EDIT_JOBS": max(1, round(prompts * PAPER_JOBS_PER_PROMPT)),
+        "SEARCH": "grid",
+        "SYNTHETIC_GPU_SECONDS": 0.0,
+    }
+
+
+def calibration_targets(calibration: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's funnel figures against the capped grid's."""
+    out = []
+    for key, (value, tol) in (("pass_rate", PAPER_PASS_RATE), ("argmax_drop", PAPER_ARGMAX_DROP)):
+        got = calibration.get(key)
+        out.append(
+            {
+                "measure": f"calibration {key}",
+                "target": f"{value} ± {tol}",
+                "value": got,
+                "bound": [round(value - tol, 4), round(value + tol, 4)],
+                "met": None if got is None else abs(got - value) <= tol,
+            }
+        )
+    return out
+
+
 def git_commit() -> str | None:
     """The commit of the checkout this script runs from."""
     try:
@@ -370,6 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--run-dir", type=Path, help="parent of the two run folders (new)")
     ap.add_argument("--keep", action="store_true", help="keep the run folders")
+    ap.add_argument(
+        "--world", choices=(*WORLDS, "both"), default="both", help="world(s) to run (both)"
+    )
+    ap.add_argument(
+        "--calibration-prompts",
+        type=int,
+        default=24,
+        help="N_PROMPTS of each world's calibration grid (default 24)",
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))  # the fakes
 
@@ -388,18 +465,36 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI"):
         os.environ.pop(var, None)
     load_before = os.getloadavg()
-    parts: dict[str, Any] = {}
+    worlds = WORLDS if args.world == "both" else (args.world,)
+    out: dict[str, Any] = {
+        "benchmark": "mining loop: SEARCH grid vs adaptive, simulated GPU, fake Gemini judges"
+    }
     t0 = time.perf_counter()
     try:
-        for search in SEARCHES:
-            if not searchable:
-                if search != "grid":
-                    parts[search] = None
-                    continue
-                run_params = params
-            else:
-                run_params = {**params, "SEARCH": search}
-            parts[search] = run_search(base / search, run_params)
+        for world in worlds:
+            world_params = {**params, **world_params_of(world)}
+            parts: dict[str, Any] = {}
+            for search in SEARCHES:
+                if not searchable:
+                    if search != "grid":
+                        parts[search] = None
+                        continue
+                    run_params = world_params
+                else:
+                    run_params = {**world_params, "SEARCH": search}
+                parts[search] = run_search(base / world / search, run_params)
+            cal_params = calibration_params(world_params, args.calibration_prompts)
+            calibration = run_search(base / world / "calibration", cal_params)
+            grid, adaptive = parts["grid"], parts.get("adaptive")
+            out[world] = {
+                "grid": grid,
+                "adaptive": adaptive,
+                "calibration": calibration,
+                "ratios": ratios(grid, adaptive) if adaptive else None,
+                "targets": targets(grid, adaptive, args.batch_size)
+                + (calibration_targets(calibration) if world == "paper" else []),
+                "world": world_params_of(world),
+            }
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -410,28 +505,25 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ[k] = v
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    grid, adaptive = parts["grid"], parts.get("adaptive")
-    out = {
-        "benchmark": "mining loop: SEARCH grid vs adaptive, simulated GPU, fake Gemini judges",
-        "grid": grid,
-        "adaptive": adaptive,
-        "ratios": ratios(grid, adaptive) if adaptive else None,
-        "targets": targets(grid, adaptive, args.batch_size),
-        "notes": None
-        if searchable
-        else "this checkout has no SEARCH field: only grid (today's mining) ran",
-        "seconds_total": round(time.perf_counter() - t0, 3),
-        "params": params,
-        "latency_seconds": args.latency,
-        "run_dir": str(base) if args.keep else None,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-            "commit": git_commit(),
-        },
-    }
+    out.update(
+        {
+            "notes": None
+            if searchable
+            else "this checkout has no SEARCH field: only grid (today's mining) ran",
+            "seconds_total": round(time.perf_counter() - t0, 3),
+            "params": params,
+            "calibration_prompts": args.calibration_prompts,
+            "latency_seconds": args.latency,
+            "run_dir": str(base) if args.keep else None,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "load_before": [round(x, 2) for x in load_before],
+                "load_after": [round(x, 2) for x in os.getloadavg()],
+                "python": platform.python_version(),
+                "commit": git_commit(),
+            },
+        }
+    )
     print(json.dumps(out, indent=1, ensure_ascii=False))
     return 0
 

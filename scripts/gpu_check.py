@@ -1,20 +1,30 @@
-"""GPU check for the diffusers backends: tests on CUDA, then Kontext throughput (< 5 min, offline).
+"""GPU check of the diffusers backends: CUDA tests, the editor's speed levers (≤ 8 min, offline).
 
 1. Runs the diffusers tests (tests/test_diffusers_*.py) with CUDA visible, so the
    `gpu`-marked ones run too.
-2. Measures the FLUX Kontext transformer at 1024² with random bf16 weights and reduced
+2. (``--bench``) Measures the FLUX Kontext transformer at 1024² with random bf16 weights and reduced
    depth (the real model: 19 double + 38 single blocks; here 2 + 4 by default): one
    denoising step for M seeds batched vs one call per seed, eager vs ``torch.compile``.
    It prints images per second, achieved TFLOP/s and the share of the GPU's bf16 peak
    (model FLOPs per step from the transformer's config), and projects the seconds of a
    full-depth 28-step edit at the same efficiency.
-3. Bucketed, batched calls: one denoising step at each of a few Kontext trained
+3. (``--bench``) Bucketed, batched calls: one denoising step at each of a few Kontext trained
    resolutions (``--buckets``, about 1024² each) for each call size in ``--batches``,
    eager and compiled (one compile per bucket and call size, as a run with buckets has),
    and the headline figures: seconds per 1024² 28-step full-depth edit and the share of
    bf16 peak, at the fullest call, with and without compile.
 
-4. One LoRA training step of the Kontext transformer at 1024² (``--train-size``): random
+4. The editor's speed levers (``levers``, the default section; ``--bench`` adds 2–3):
+   full-depth Kontext with random bf16 weights at 1024², one batched call of
+   ``--lever-batch`` images (DIFFUSERS_MAX_BATCH), 28 steps: seconds per edit, share of
+   bf16 peak and drift from eager (mean |final latents − eager's|, same seed and inputs)
+   for eager, regional compile, + fp8, + each cache hook, + FA3 (MagCache with diffusers'
+   FLUX ratios: random weights have none of their own). Sets this machine cannot run say
+   why. ``--budget`` (seconds for the whole check, 460 by default) keeps it within 8
+   minutes on one H100: a set that would start too late to finish is left out, saying so;
+   the sets run in order of what they tell (caches before FA3, which is rarely installed).
+
+5. One LoRA training step of the Kontext transformer at 1024² (``--train-size``): random
    weights at full size (19 + 38 blocks; ``--train-depth reduced`` uses the depth above),
    frozen in bf16, a rank-16 LoRA (``--train-rank``) on the attention projections in
    float32 (``nhr.train.loop.add_lora``), AdamW, bf16 autocast, gradient checkpointing
@@ -28,6 +38,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -37,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+START = time.perf_counter()  # the check's clock, for --budget
 FULL_DEPTH = (19, 38)  # FLUX.1 double and single blocks
 # dense bf16 peak, TFLOP/s, by device-name fragment (vendor data sheets)
 PEAK_TFLOPS = {
@@ -313,6 +326,149 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def denoise(torch: Any, model: Any, feed: dict, steps: int, cached: bool) -> Any:
+    """A Kontext denoising loop on the transformer alone (flow-matching Euler, sigmas 1 →
+    0): the noisy latents are the first half of ``hidden_states``, the source's latents the
+    second. Returns the final latents. A cache hook's state lives in one ``cond`` context
+    for the whole loop, as the editor runs it."""
+    x, ctx = feed["hidden_states"].chunk(2, dim=1)
+    b = x.shape[0]
+    sigmas = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    scope = model.cache_context("cond") if cached else contextlib.nullcontext()
+    with torch.inference_mode(), scope:
+        for i in range(steps):
+            step = {**feed, "hidden_states": torch.cat([x, ctx], dim=1)}
+            step["timestep"] = torch.full((b,), sigmas[i], device=x.device, dtype=x.dtype)
+            v = model(**step)[0][:, : x.shape[1]]
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+    if cached:
+        model._reset_stateful_cache()
+    return x
+
+
+def lever_sets(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The lever sets to time, each on top of the sets before it: eager, regional
+    compile, + fp8, then each cache hook in turn (one at a time), then + FA3 (no cache)."""
+    sets = [("eager", {}), ("regional", {"compile": True}), ("+fp8", {"fp8": True})]
+    for cache in ("first-block", "taylorseer", "magcache"):
+        sets.append((f"+{cache}", {"cache": cache}))
+    sets.append(("+fa3", {"attention": args.attention}))
+    return sets
+
+
+def apply_lever(torch: Any, model: Any, name: str, lever: dict, args: argparse.Namespace) -> None:
+    """Apply one lever set to the transformer in place, on top of the sets before it (see
+    ``lever_sets``); compiled sets compile anew, as ``nhr`` compiles for their cache."""
+    import diffusers
+    from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+
+    sys.path.insert(0, str(ROOT))
+    from nhr.backends import diffusers_levers
+
+    if model.is_cache_enabled:
+        model.disable_cache()
+    if lever.get("fp8"):
+        diffusers_levers._quantize_fp8(model, args.device)
+    if lever.get("attention"):
+        model.set_attention_backend(lever["attention"])
+    cache = lever.get("cache", "none")
+    if lever.get("compile") or args.compiled:
+        for block in model.modules():  # drop the previous set's compiled code
+            if type(block).__name__ in model._repeated_blocks:
+                block.__dict__.pop("forward", None)
+                block._compiled_call_impl = None
+        diffusers_levers.compile_denoiser(model, "regional", cache, args.compile_backend)
+        args.compiled = True
+    configs = {
+        "first-block": lambda: diffusers.FirstBlockCacheConfig(threshold=0.05),
+        "taylorseer": lambda: diffusers.TaylorSeerCacheConfig(),
+        "magcache": lambda: diffusers.MagCacheConfig(
+            mag_ratios=FLUX_MAG_RATIOS, num_inference_steps=args.lever_steps
+        ),
+    }
+    if cache in configs:
+        model.enable_cache(configs[cache]())
+
+
+def levers(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per edit, share of bf16 peak and output drift from eager of each lever set
+    on a full-depth Kontext transformer (random bf16 weights) at ``--size``², a batched
+    call of ``--lever-batch`` images, ``--lever-steps`` steps. Sets that cannot run here
+    (no torchao, no FA3 kernels) say why; sets that would end past ``--budget`` are left
+    out. Drift: mean |final latents − eager's| on the same seed and inputs; a cache set's
+    share of peak counts the FLOPs of every step it skipped too (effective)."""
+    import torch
+
+    t_start = time.perf_counter()
+    # a set takes about a minute at 1024² on an H100; the training step after, one more
+    reserve = 60.0 + (0.0 if args.no_train else 60.0)
+    sheet, measured = peak_tflops(torch, args.device)
+    peak = sheet or measured
+    depth = (args.double, args.single) if args.tiny else FULL_DEPTH
+    lever_args = argparse.Namespace(**{**vars(args), "double": depth[0], "single": depth[1]})
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if args.device == "cuda" else torch.float32)
+    try:
+        with torch.device(args.device):
+            model, shape = build(torch, lever_args)
+    finally:
+        torch.set_default_dtype(before)
+    dtype = next(model.parameters()).dtype
+    torch.manual_seed(1)
+    feed = inputs(torch, shape, args.lever_batch, args.device, dtype)
+    d = shape["heads"] * shape["head_dim"]
+    tokens = feed["hidden_states"].shape[1] + shape["text"]
+    flops = flops_per_step(d, *depth, tokens) * args.lever_steps * args.lever_batch
+    args.compiled = False
+    out: dict[str, Any] = {
+        "depth": list(depth),
+        "size": shape["size"],
+        "images_per_call": args.lever_batch,
+        "steps": args.lever_steps,
+        "sets": {},
+    }
+    eager_x = None
+    for name, lever in lever_sets(args):
+        if name != "eager" and time.perf_counter() - START > args.budget - reserve:
+            out["sets"][name] = {"skipped": f"would end past --budget {args.budget:g} s"}
+            continue
+        try:
+            apply_lever(torch, model, name, lever, args)
+            t0 = time.perf_counter()
+            denoise(torch, model, feed, 2 if name != "eager" else 1, bool(lever.get("cache")))
+            sync(torch, args.device)
+            warmup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            x = denoise(torch, model, feed, args.lever_steps, bool(lever.get("cache")))
+            sync(torch, args.device)
+            secs = time.perf_counter() - t0
+        except Exception as err:  # a lever this machine lacks: say which and why
+            out["sets"][name] = {"skipped": f"{type(err).__name__}: {str(err)[:300]}"}
+            if lever.get("cache") and model.is_cache_enabled:
+                model.disable_cache()
+            continue
+        if eager_x is None:
+            eager_x = x.float()
+        out["sets"][name] = {
+            "seconds_per_edit": round(secs / args.lever_batch, 3),
+            "share_of_bf16_peak": round(flops / secs / 1e12 / peak, 4),
+            "drift_from_eager": round((x.float() - eager_x).abs().mean().item(), 5),
+            "warmup_seconds": round(warmup, 1),
+        }
+        print(json.dumps({"lever": name, **out["sets"][name]}), flush=True)
+    ran = {k: v for k, v in out["sets"].items() if "seconds_per_edit" in v}
+    if ran:
+        best = min(ran, key=lambda k: ran[k]["seconds_per_edit"])
+        out["best"] = {"set": best, **ran[best]}
+    out["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    del model  # free the GPU for the training step
+    torch._dynamo.reset()
+    gc.collect()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 def train_step(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds per LoRA training step of a Kontext transformer (see the docstring, 4)."""
     import torch
@@ -416,6 +572,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, default=1, help="training step: images")
     p.add_argument("--no-train-checkpointing", action="store_true")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
+    p.add_argument("--bench", action="store_true", help="also the reduced-depth benchmark")
+    p.add_argument("--no-levers", action="store_true", help="skip the speed levers")
+    p.add_argument(
+        "--lever-batch",
+        type=int,
+        default=4,
+        help="images per call (DIFFUSERS_MAX_BATCH of flux-gemini)",
+    )
+    p.add_argument("--lever-steps", type=int, default=28, help="denoising steps per edit")
+    p.add_argument("--budget", type=float, default=460.0, help="seconds for the whole check")
+    p.add_argument("--attention", default="_flash_3", help="the attention backend to try")
+    p.add_argument("--compile-backend", default="", help="torch.compile backend (cpu: eager)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     import torch
@@ -423,8 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU here — use --device cpu --tiny for a dry run")
         return 2
+    if not args.compile_backend:
+        args.compile_backend = "inductor" if args.device == "cuda" else "eager"
     status = 0 if args.no_tests else run_tests(args.device)
-    figures = benchmark(args)
+    figures: dict[str, Any] = benchmark(args) if args.bench else {}
+    if not args.no_levers:
+        figures["levers"] = levers(args)
     if not args.no_train:
         figures["train_step"] = train_step(args)
     figures["tests_exit_status"] = status

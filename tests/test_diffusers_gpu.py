@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from nhr.backends.diffusers_kontext import KontextEditor
+from nhr.backends.diffusers_levers import Levers
 from nhr.backends.diffusers_runtime import DiffusersOptions, Residency
 from nhr.backends.diffusers_t2i import DiffusersTextToImage
 from nhr.backends.tiny_diffusers import write_tiny_models
@@ -48,9 +49,10 @@ def test_t2i_and_kontext_on_cuda(tiny_dir, offload):
 
 def test_kontext_compiled_matches_eager(tiny_dir):
     src = Image.effect_noise((64, 64), 50).convert("RGB")
-    eager = KontextEditor(str(tiny_dir["flux-kontext"]), DiffusersOptions(device="cuda"), 4096)
+    eager_opts = DiffusersOptions(device="cuda", levers=Levers(compile="none"))
+    eager = KontextEditor(str(tiny_dir["flux-kontext"]), eager_opts, 4096)
     comp = KontextEditor(
-        str(tiny_dir["flux-kontext"]), DiffusersOptions(device="cuda", compile=True), 4096
+        str(tiny_dir["flux-kontext"]), DiffusersOptions(device="cuda", levers=Levers("full")), 4096
     )
     a = eager.edit([src], ["x"], [1], [2], 2.5)[0]
     b = comp.edit([src], ["x"], [1], [2], 2.5)[0]

@@ -238,6 +238,15 @@ class Judge(Protocol):
     ) -> list[Scores]: ...
 
 
+def check_triplet_lengths(sources: list[Any], edits: list[Any], instructions: list[str]) -> None:
+    """A judge's inputs: one edit and one instruction per source, else a ValueError."""
+    if not (len(sources) == len(edits) == len(instructions)):
+        raise ValueError(
+            f"need one edit and instruction per source; got {len(sources)} sources, "
+            f"{len(edits)} edits, {len(instructions)} instructions"
+        )
+
+
 @dataclass(frozen=True)
 class TextAnswer:
     """A written instruction; ``error`` says why none was written (never used as text)."""

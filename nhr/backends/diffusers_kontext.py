@@ -36,8 +36,9 @@ class KontextEditor(DiffusersEditor):
         buckets: tuple[Size, ...] | None = None,
         lora: str = "",
         lora_scale: float = 1.0,
+        scheduler: str = "default",
     ) -> None:
-        super().__init__(model, options, max_area, residency, buckets, lora, lora_scale)
+        super().__init__(model, options, max_area, residency, buckets, lora, lora_scale, scheduler)
         self.preferred_resolutions = preferred_resolutions
 
     @property

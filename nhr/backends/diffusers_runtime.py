@@ -23,7 +23,9 @@ from typing import Any
 
 from PIL import Image
 
+from nhr.backends import diffusers_levers
 from nhr.backends.base import Backend
+from nhr.backends.diffusers_levers import Levers
 from nhr.errors import BackendError, missing_extra
 from nhr.resolutions import Size, nearest, scaled
 
@@ -46,15 +48,17 @@ def import_torch() -> Any:
 
 @dataclass(frozen=True)
 class DiffusersOptions:
-    """Device, precision and memory settings shared by the diffusers backends."""
+    """Device, precision and memory settings shared by the diffusers backends, and the
+    denoiser's speed levers (``Levers``: compile applies to every backend, the others to
+    the editor)."""
 
     device: str = "auto"
     dtype: str = "auto"
     cpu_offload: str = "none"
     vae_tiling: bool = False
-    compile: bool = False
     max_batch: int = 8
     hf_token_env: str = "HF_TOKEN"
+    levers: Levers = field(default_factory=Levers)
 
     @classmethod
     def from_config(cls, cfg: Any) -> DiffusersOptions:
@@ -64,9 +68,9 @@ class DiffusersOptions:
             dtype=cfg.diffusers.diffusers_dtype,
             cpu_offload=cfg.diffusers.diffusers_cpu_offload,
             vae_tiling=cfg.diffusers.diffusers_vae_tiling,
-            compile=cfg.diffusers.diffusers_compile,
             max_batch=cfg.diffusers.diffusers_max_batch,
             hf_token_env=cfg.diffusers.hf_token_env,
+            levers=Levers.from_block(cfg.diffusers),
         )
 
     def resolved_device(self) -> str:
@@ -219,11 +223,6 @@ def load_pipeline(cls: Any, model: str, options: DiffusersOptions, what: str) ->
         ) from err
     if options.vae_tiling and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
-    if options.compile:
-        # each (bucket, call size) is a shape of its own: keep them all compiled
-        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-        denoiser = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
-        setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
     return pipe
 
 
@@ -351,6 +350,8 @@ class PipelineHolder:
     what: str
     residency: Residency | None = None
     lora: LoraSpec | None = None
+    levers: Levers | None = None  # None: compile only (DIFFUSERS_COMPILE)
+    scheduler: str = "default"
     pipe: Any = None
     counters: dict[str, float] = field(
         default_factory=lambda: {
@@ -372,6 +373,10 @@ class PipelineHolder:
             pipe = load_pipeline(cls, self.model, self.options, self.what)
             if self.lora is not None:
                 apply_lora(pipe, self.lora, self.options, self.what)
+            given = self.options.levers
+            levers = self.levers or Levers(given.compile, compile_backend=given.compile_backend)
+            device = self.options.resolved_device()
+            diffusers_levers.apply(pipe, levers, device, self.scheduler)
             self.pipe = pipe
             self.counters["load_seconds"] += time.perf_counter() - t0
         elif self._parked:
@@ -434,7 +439,9 @@ class DiffusersEditor(Backend):
 
     A LoRA (``lora`` and ``lora_scale``, or ``MODEL+lora=LORA@SCALE`` as the model) is
     loaded into the pipeline; ``model_id``, recorded on every row, then reads
-    ``MODEL+lora=LORA@SCALE``.
+    ``MODEL+lora=LORA@SCALE``. The speed levers of ``options.levers`` and ``scheduler``
+    (``nhr.backends.diffusers_levers``) are checked here, before any model loads, and the
+    output-changing ones end the model id (``+fp8+cache=first-block(0.05)``).
     """
 
     pipeline_class: str = ""
@@ -451,15 +458,27 @@ class DiffusersEditor(Backend):
         buckets: tuple[Size, ...] | None = None,
         lora: str = "",
         lora_scale: float = 1.0,
+        scheduler: str = "default",
     ) -> None:
         base, self.lora = lora_spec(model, lora, lora_scale)
         base = base or self.default_model
-        self.model_id = base + (self.lora.label() if self.lora else "")
         self.options = options or DiffusersOptions()
+        levers = self.options.levers
+        diffusers_levers.check(
+            self.pipeline_class, levers, self.options.max_batch, scheduler, self.lora is not None
+        )
+        self.model_id = base + (self.lora.label() if self.lora else "") + levers.label(scheduler)
         self.max_area = max_area or self.default_area
         self.buckets = tuple(buckets) if buckets else None
         self.holder = PipelineHolder(
-            self.pipeline_class, base, self.options, "editor", residency, self.lora
+            self.pipeline_class,
+            base,
+            self.options,
+            "editor",
+            residency,
+            self.lora,
+            levers,
+            scheduler,
         )
 
     def load(self) -> Any:
@@ -521,7 +540,10 @@ class DiffusersEditor(Backend):
         out: list[Image.Image | None] = [None] * len(images)
         for (size, n_steps), idx in groups.items():
             for part in chunks(idx, self.options.max_batch):
-                with self.holder.timed(len(part), size):
+                scope = diffusers_levers.call_scope(
+                    pipe, self.options.levers, n_steps, self.pipeline_class
+                )
+                with self.holder.timed(len(part), size), scope:
                     edited = self.call(
                         pipe,
                         [fit(images[i], size) for i in part],

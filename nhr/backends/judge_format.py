@@ -20,7 +20,7 @@ from PIL import Image
 
 from nhr.backends.api_client import CallError, ModelRequest, RemoteClient, Usage
 from nhr.backends.api_roles import PromptTemplate, image_part
-from nhr.backends.base import PrefilterAnswer, Scores, YesNo
+from nhr.backends.base import PrefilterAnswer, Scores, YesNo, check_triplet_lengths
 from nhr.errors import BackendError
 
 #: The longest raw answer kept in a verdict's details, in characters.
@@ -91,11 +91,7 @@ class FormatJudge:
         self, sources: list[Image.Image], edits: list[Image.Image], instructions: list[str]
     ) -> list[Scores]:
         """Adherence and aesthetics on 1–5, with the raw answer in ``details["raw"]``."""
-        if not (len(sources) == len(edits) == len(instructions)):
-            raise ValueError(
-                f"need one edit and instruction per source; got {len(sources)} sources, "
-                f"{len(edits)} edits, {len(instructions)} instructions"
-            )
+        check_triplet_lengths(sources, edits, instructions)
         reqs = [
             self._request(s, e, t) for s, e, t in zip(sources, edits, instructions, strict=True)
         ]

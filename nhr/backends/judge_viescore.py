@@ -40,7 +40,7 @@ from PIL import Image
 
 from nhr.backends.api_client import CallError, ModelRequest, RemoteClient, Usage
 from nhr.backends.api_roles import PromptTemplate, image_part
-from nhr.backends.base import Scores
+from nhr.backends.base import Scores, check_triplet_lengths
 from nhr.backends.judge_format import RAW_MAX_CHARS, FormatJudge
 from nhr.errors import ConfigError, missing_extra
 
@@ -254,11 +254,7 @@ class VIEScorer:
         self, sources: list[Image.Image], edits: list[Image.Image], instructions: list[str]
     ) -> list[VIEScoreResult]:
         """One result per triplet (an error result when either call failed)."""
-        if not (len(sources) == len(edits) == len(instructions)):
-            raise ValueError(
-                f"need one edit and instruction per source; got {len(sources)} sources, "
-                f"{len(edits)} edits, {len(instructions)} instructions"
-            )
+        check_triplet_lengths(sources, edits, instructions)
         edited = [image_part(e, self.image_max_side) for e in edits]
         sc_reqs = [
             self._request(

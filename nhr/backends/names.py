@@ -56,3 +56,9 @@ FAMILY_BLOCKS: dict[str, tuple[str, ...]] = {
 def known(role: str) -> tuple[str, ...]:
     """Backend names registered for a role."""
     return BACKENDS[role]
+
+
+# the synthetic editor's named group spreads (``SYNTHETIC_GROUP_SPREAD``): intra-pair
+# correlation of its successes and the scale of its chance of a correct edit; ``paper``
+# is calibrated on the paper's funnel (``nhr.backends.synthetic.editor``)
+SYNTHETIC_GROUP_SPREADS: dict[str, tuple[float, float]] = {"paper": (0.99, 0.72)}

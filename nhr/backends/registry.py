@@ -54,6 +54,7 @@ def _world(ctx: BuildContext) -> Any:
             implausible_rate=ctx.cfg.synthetic.synthetic_implausible_rate,
             judge_noise=ctx.cfg.synthetic.synthetic_judge_noise,
             hard_share=ctx.cfg.synthetic.synthetic_hard_share,
+            group_spread=ctx.cfg.synthetic.synthetic_group_spread,
         ),
     )
 
@@ -80,7 +81,10 @@ def _synthetic_editor(ctx: BuildContext) -> Any:
     return ctx.shared(
         "synthetic-gpu-editor",
         lambda: SimulatedGpuEditor(
-            _world(ctx).truth, seconds, ctx.cfg.synthetic.synthetic_hard_share
+            _world(ctx).truth,
+            seconds,
+            ctx.cfg.synthetic.synthetic_hard_share,
+            ctx.cfg.synthetic.synthetic_group_spread,
         ),
     )
 
@@ -107,8 +111,13 @@ DIFFUSERS_RESIDENCY = "diffusers-residency"  # shared name: one diffusers model 
 
 
 def _lora(ctx: BuildContext) -> dict[str, Any]:
-    """The editor's LoRA (EDITOR_LORA at EDITOR_LORA_SCALE; '': none)."""
-    return {"lora": ctx.cfg.edits.editor_lora, "lora_scale": ctx.cfg.edits.editor_lora_scale}
+    """The editor's LoRA (EDITOR_LORA at EDITOR_LORA_SCALE; '': none) and scheduler."""
+    edits = ctx.cfg.edits
+    return {
+        "lora": edits.editor_lora,
+        "lora_scale": edits.editor_lora_scale,
+        "scheduler": edits.editor_scheduler,
+    }
 
 
 def _diffusers_kwargs(ctx: BuildContext) -> dict[str, Any]:

@@ -12,6 +12,15 @@ the share of correct outcomes at any steps and guidance, the rest failing in the
 proportions as the calibrated editor's failures. Editors of known, ordered skill are
 what a benchmark of editors must rank in their true order.
 
+``spread`` gives (source, instruction) pairs their own difficulty, as real editors have
+pairs they nearly always get right and pairs they nearly never do: each pair's chance of
+a correct edit is drawn once (by a hash of the pair) from a Beta whose mean is the
+editor's chance at that steps and guidance and whose intra-pair correlation is
+``spread`` (0: every seed independent, the default). ``GROUP_SPREADS`` holds named
+settings: ``paper`` is calibrated so that the paper's scheduler (jobs drawn uniformly
+from the grid, 48.5 per prompt) reproduces its funnel (15.3 % of edits pass the hard
+validator; the argmax step drops 31 % of the passes).
+
 A picture the truth store does not know (a world picture re-encoded, resized, or read
 from a benchmark file) is read from its pixels, as the captioner reads a photo: the
 judge's perception names its background, style and whole objects, that layout is
@@ -28,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from nhr.backends.base import Backend
+from nhr.backends.names import SYNTHETIC_GROUP_SPREADS
 from nhr.seeds import derive_seed
 
 from .language import Edit, parse_instruction, resize_target
@@ -67,6 +77,35 @@ _TINTS = ((1, 0.5, -1), (-1, 0, 1), (1, 1, 1), (-1, -1, -1), (-0.5, 1, -0.5), (1
 HARD_OUTCOMES: dict[str, float] = {"no_change": 0.7, "wrong_target": 0.2, "partial": 0.1}
 
 
+# named group spreads: (intra-pair correlation, scale of the chance of a correct edit)
+GROUP_SPREADS = SYNTHETIC_GROUP_SPREADS
+
+
+def group_spread(value: float | str) -> tuple[float, float]:
+    """(correlation, rate scale) of a ``spread``: a number in [0, 1) or a named one."""
+    if isinstance(value, str):
+        if value not in GROUP_SPREADS:
+            raise ValueError(
+                f"group spread {value!r} is not a named setting; use a number in [0, 1) "
+                f"or one of: {', '.join(GROUP_SPREADS)}"
+            )
+        return GROUP_SPREADS[value]
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"group spread must be in [0, 1) or a named setting, got {value!r}")
+    return float(value), 1.0
+
+
+def pair_chance(mean: float, correlation: float, quantile: float) -> float:
+    """A pair's chance of a correct edit: the ``quantile`` of the Beta of ``mean`` whose
+    intra-pair correlation 1 / (a + b + 1) is ``correlation`` (``mean`` itself at 0)."""
+    if correlation <= 0.0 or mean <= 0.0 or mean >= 1.0:
+        return mean
+    from scipy.special import betaincinv  # only a run with a spread needs scipy
+
+    total = 1.0 / correlation - 1.0
+    return float(betaincinv(mean * total, (1.0 - mean) * total, quantile))
+
+
 def skilled_probabilities(skill: float, steps: int, guidance: float) -> dict[str, float]:
     """Outcome probabilities of an editor of ``skill``: correct with probability
     ``skill``, the failures in the calibrated editor's proportions at (steps, guidance)."""
@@ -100,7 +139,11 @@ class SyntheticEditor(Backend):
     work = "cpu"  # re-renders in Python and numpy: worth a process per core
 
     def __init__(
-        self, truth: SyntheticTruth, hard_share: float = 0.0, skill: float | None = None
+        self,
+        truth: SyntheticTruth,
+        hard_share: float = 0.0,
+        skill: float | None = None,
+        spread: float | str = 0.0,
     ) -> None:
         if not 0.0 <= float(hard_share) <= 1.0:
             raise ValueError(f"hard_share must be in [0, 1], got {hard_share!r}")
@@ -109,8 +152,14 @@ class SyntheticEditor(Backend):
         self.truth = truth
         self.hard_share = float(hard_share)
         self.skill = None if skill is None else float(skill)
-        if self.skill is not None:  # provenance: an editor of other skill is another model
+        self.spread = spread
+        self.correlation, self.rate_scale = group_spread(spread)
+        # provenance: an editor of other skill or spread is another model
+        if self.skill is not None:
             self.model_id = f"synthetic-editor-v1-skill{self.skill:g}"
+        if self.correlation or self.rate_scale != 1.0:
+            name = spread if isinstance(spread, str) else f"{self.correlation:g}"
+            self.model_id = f"{self.model_id}-spread-{name}"
         self._vision: Vision | None = None
 
     def is_hard(self, digest: str, text: str) -> bool:
@@ -120,6 +169,27 @@ class SyntheticEditor(Backend):
             return False
         u = np.random.default_rng(derive_seed("hard-pair", digest, text)).random()
         return bool(u < self.hard_share)
+
+    def probabilities(
+        self, digest: str, text: str, steps: int, guidance: float
+    ) -> dict[str, float]:
+        """Outcome probabilities of an edit of the pair (source pixels ``digest``,
+        instruction) at (steps, guidance): a hard pair's failures, else the editor's
+        (at its skill), with the pair's own chance of success under a spread."""
+        if self.is_hard(digest, text):
+            return HARD_OUTCOMES
+        if self.skill is not None:
+            probs = skilled_probabilities(self.skill, steps, guidance)
+        else:
+            probs = outcome_probabilities(steps, guidance)
+        if not self.correlation and self.rate_scale == 1.0:
+            return probs
+        mean = min(1.0, self.rate_scale * probs["correct"])
+        u = float(np.random.default_rng(derive_seed("pair-chance", digest, text)).random())
+        chance = pair_chance(mean, self.correlation, u)
+        fails = {k: v for k, v in probs.items() if k != "correct"}
+        total = sum(fails.values())
+        return {"correct": chance, **{k: (1.0 - chance) * v / total for k, v in fails.items()}}
 
     # ------------------------------------------------------------ protocol
     def edit(
@@ -161,12 +231,7 @@ class SyntheticEditor(Backend):
             instr = parse_instruction(text)
         except ValueError:
             return image.copy()
-        if self.is_hard(digest, text):
-            probs = HARD_OUTCOMES
-        elif self.skill is not None:
-            probs = skilled_probabilities(self.skill, steps, guidance)
-        else:
-            probs = outcome_probabilities(steps, guidance)
+        probs = self.probabilities(digest, text, steps, guidance)
         modes = [o for o in OUTCOMES if o in probs]
         mode = modes[int(rng.choice(len(modes), p=[probs[o] for o in modes]))]
         out = self.outcome_layout(src, list(instr.edits), mode, rng, w, h)

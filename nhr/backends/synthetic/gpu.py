@@ -28,14 +28,18 @@ class SimulatedGpuEditor(SyntheticEditor):
     work = "device"  # one call at a time, in process: the simulated GPU
 
     def __init__(
-        self, truth: SyntheticTruth, seconds_per_image: float, hard_share: float = 0.0
+        self,
+        truth: SyntheticTruth,
+        seconds_per_image: float,
+        hard_share: float = 0.0,
+        spread: float | str = 0.0,
     ) -> None:
         if not seconds_per_image > 0:
             raise ValueError(
                 f"seconds_per_image must be > 0, got {seconds_per_image!r} "
                 "(use SyntheticEditor for no simulated GPU)"
             )
-        super().__init__(truth, hard_share)
+        super().__init__(truth, hard_share, spread=spread)
         self.seconds_per_image = float(seconds_per_image)
         self.counters = {"calls": 0.0, "images": 0.0, "device_seconds": 0.0}
         self._lock = threading.Lock()

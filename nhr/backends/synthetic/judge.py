@@ -10,13 +10,14 @@ like a real, imperfect VLM.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from nhr.backends.base import PrefilterAnswer, Scores, YesNo
+from nhr.backends.base import PrefilterAnswer, Scores, YesNo, check_triplet_lengths
 from nhr.seeds import derive_seed
 
 from .language import Edit, Instruction, parse_instruction, parse_prompt, resize_target
@@ -128,7 +129,7 @@ class SyntheticJudge:
         instructions: list[str],
     ) -> list[PrefilterAnswer]:
         """Cheap, lenient check: rough scores, unwanted modifications?, aesthetics OK?"""
-        self._check_lengths(sources, edits, instructions)
+        check_triplet_lengths(sources, edits, instructions)
         cache: dict[int, Percept] = {}
         out = []
         for s, e, t in zip(sources, edits, instructions, strict=True):
@@ -162,7 +163,22 @@ class SyntheticJudge:
         instructions: list[str],
     ) -> list[Scores]:
         """The hard validator: (InstructionAdherence, ImageAesthetic) on 1–5."""
-        self._check_lengths(sources, edits, instructions)
+        return self._scored(
+            sources, edits, instructions, "judge", lambda e, a, rng, c: Scores(*self._noisy(a, rng))
+        )
+
+    def _scored(
+        self,
+        sources: list[Image.Image],
+        edits: list[Image.Image],
+        instructions: list[str],
+        tag: str,
+        make: Callable[[Image.Image, Assessment, np.random.Generator, dict[int, Percept]], Scores],
+    ) -> list[Scores]:
+        """Full assessments of each triplet turned into scores by ``make`` (given the
+        edit, the assessment, a generator seeded by ``tag`` and the triplet, and the
+        batch's percept cache); an image that cannot be assessed gets an error verdict."""
+        check_triplet_lengths(sources, edits, instructions)
         cache: dict[int, Percept] = {}
         out = []
         for s, e, t in zip(sources, edits, instructions, strict=True):
@@ -170,19 +186,11 @@ class SyntheticJudge:
             if isinstance(a, str):
                 out.append(Scores(1.0, 1.0, error=a))
                 continue
-            rng = np.random.default_rng(derive_seed("judge", _fingerprint(s), _fingerprint(e), t))
-            out.append(Scores(*self._noisy(a, rng)))
+            rng = np.random.default_rng(derive_seed(tag, _fingerprint(s), _fingerprint(e), t))
+            out.append(make(e, a, rng, cache))
         return out
 
     # ------------------------------------------------------------ helpers
-    @staticmethod
-    def _check_lengths(sources: list, edits: list, instructions: list) -> None:  # type: ignore[type-arg]
-        if not (len(sources) == len(edits) == len(instructions)):
-            raise ValueError(
-                f"need one edit and instruction per source; got {len(sources)} sources, "
-                f"{len(edits)} edits, {len(instructions)} instructions"
-            )
-
     def _noisy(self, a: Assessment, rng: np.random.Generator) -> tuple[float, float]:
         k = self.noise
 
@@ -582,42 +590,40 @@ class SyntheticVIEScoreJudge(SyntheticJudge):
         instructions: list[str],
     ) -> list[Scores]:
         """SC and PQ calls in one: see the class docstring."""
-        self._check_lengths(sources, edits, instructions)
-        cache: dict[int, Percept] = {}
-        out = []
-        for s, e, t in zip(sources, edits, instructions, strict=True):
-            a = self._safe_assess(s, e, t, cache, cheap=False)
-            if isinstance(a, str):
-                out.append(Scores(1.0, 1.0, error=a))
-                continue
-            rng = np.random.default_rng(
-                derive_seed("viescore", _fingerprint(s), _fingerprint(e), t)
-            )
-            success = 10.0 * (sum(a.statuses) / len(a.statuses) if a.statuses else 0.0)
-            over = 10.0 - 3.0 * a.collateral
-            natural, clean = self._quality(e, cache)
-            subs = {
-                "edit_success": success,
-                "over_editing": over,
-                "naturalness": natural,
-                "artifacts": clean,
-            }
-            subs = {k: _score(v + rng.normal(0.0, 0.6 * self.noise)) for k, v in subs.items()}
-            sc = min(subs["edit_success"], subs["over_editing"])
-            pq = min(subs["naturalness"], subs["artifacts"])
-            details = {
-                "judge_style": "viescore",
-                "score_range": VIESCORE_RANGE,
-                **subs,
-                "sc": sc,
-                "pq": pq,
-                "overall": round(float(np.sqrt(sc * pq)), 4),
-                "sc_scores": [subs["edit_success"], subs["over_editing"]],
-                "pq_scores": [subs["naturalness"], subs["artifacts"]],
-                "sc_reasoning": a.reason,
-            }
-            out.append(Scores(round(1 + 0.4 * sc, 4), round(1 + 0.4 * pq, 4), details=details))
-        return out
+        return self._scored(sources, edits, instructions, "viescore", self._viescore)
+
+    def _viescore(
+        self,
+        e: Image.Image,
+        a: Assessment,
+        rng: np.random.Generator,
+        cache: dict[int, Percept],
+    ) -> Scores:
+        """One triplet's SC and PQ sub-scores, noisy as a VLM's, as a verdict."""
+        success = 10.0 * (sum(a.statuses) / len(a.statuses) if a.statuses else 0.0)
+        over = 10.0 - 3.0 * a.collateral
+        natural, clean = self._quality(e, cache)
+        subs = {
+            "edit_success": success,
+            "over_editing": over,
+            "naturalness": natural,
+            "artifacts": clean,
+        }
+        subs = {k: _score(v + rng.normal(0.0, 0.6 * self.noise)) for k, v in subs.items()}
+        sc = min(subs["edit_success"], subs["over_editing"])
+        pq = min(subs["naturalness"], subs["artifacts"])
+        details = {
+            "judge_style": "viescore",
+            "score_range": VIESCORE_RANGE,
+            **subs,
+            "sc": sc,
+            "pq": pq,
+            "overall": round(float(np.sqrt(sc * pq)), 4),
+            "sc_scores": [subs["edit_success"], subs["over_editing"]],
+            "pq_scores": [subs["naturalness"], subs["artifacts"]],
+            "sc_reasoning": a.reason,
+        }
+        return Scores(round(1 + 0.4 * sc, 4), round(1 + 0.4 * pq, 4), details=details)
 
     def _quality(self, edit: Image.Image, cache: dict[int, Percept]) -> tuple[float, float]:
         """(naturalness, artifacts) on 0–10 from the edited image alone."""
