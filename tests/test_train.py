@@ -248,10 +248,15 @@ def test_reader_peak_memory_does_not_grow_with_10x_the_rows(tmp_path):
     from bench_train_data import measure, write_noise_export
 
     peaks, sizes = {}, {}
-    for n in (20, 200):
+    for n in (20, 400):
         sizes[n] = write_noise_export(tmp_path / str(n), n, 192, shard_rows=10) / 2**20
-        peaks[n] = {m: measure(tmp_path / str(n), m) for m in ("stream", "whole")}
-        assert peaks[n]["stream"]["rows"] == n
-    grown = sizes[200] - sizes[20]  # about 38 MB more data; allocator noise is ~6 MB
-    assert peaks[200]["stream"]["peak_mb"] - peaks[20]["stream"]["peak_mb"] < 0.3 * grown
-    assert peaks[200]["whole"]["peak_mb"] - peaks[20]["whole"]["peak_mb"] > 0.8 * grown
+        # the least of two reads: one read's peak strays by up to ~10 MB (allocator noise)
+        streams = [measure(tmp_path / str(n), "stream") for _ in range(2)]
+        assert all(r["rows"] == n for r in streams)
+        peaks[n] = {
+            "stream": min(r["peak_mb"] for r in streams),
+            "whole": measure(tmp_path / str(n), "whole")["peak_mb"],
+        }
+    grown = sizes[400] - sizes[20]  # about 80 MB more data
+    assert peaks[400]["stream"] - peaks[20]["stream"] < 0.3 * grown
+    assert peaks[400]["whole"] - peaks[20]["whole"] > 0.8 * grown
