@@ -162,6 +162,19 @@ def audit(run_dir: Path | str) -> int:
     return 0
 
 
+def add_params(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The repeatable ``-p KEY VALUE`` option of a subcommand."""
+    parser.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help=help_text,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nhr` command."""
     parser = argparse.ArgumentParser(
@@ -171,15 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a config's notebooks in order with papermill")
     p_run.add_argument("config", type=Path)
-    p_run.add_argument(
-        "-p",
-        "--param",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("KEY", "VALUE"),
-        help="override a parameter (YAML value)",
-    )
+    add_params(p_run, "override a parameter (YAML value)")
     p_run.add_argument(
         "--run-dir",
         type=location,
@@ -210,15 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_mag.add_argument("out", type=Path, help="the JSON file to write")
     p_mag.add_argument("--config", type=Path, default=None, help="a run config to start from")
-    p_mag.add_argument(
-        "-p",
-        "--param",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("KEY", "VALUE"),
-        help="a parameter (YAML value): EDITOR, EDITOR_MODEL, EDIT_STEPS_MAX, DIFFUSERS_*",
-    )
+    add_params(p_mag, "a parameter (YAML value): EDITOR, EDITOR_MODEL, EDIT_STEPS_MAX, DIFFUSERS_*")
     p_mag.add_argument(
         "--images", type=Path, default=None, help="a folder of source images (default: 4 made)"
     )
