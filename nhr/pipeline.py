@@ -219,8 +219,7 @@ class Pipeline:
         """The scheduler's lazy job plan over the gated sources (seeded order, capped)."""
         verdicts = self.table("plausibility", ["subject_id", "passed"])
         keep = verdicts.filter(verdicts.column("passed")).column("subject_id")
-        sources = self.table("sources")
-        sources = sources.filter(pc.is_in(sources.column("source_id"), value_set=keep))
+        sources = self.tables.read_where("sources", "source_id", keep)  # the gated only
         return plan_edit_jobs(
             sources,
             self.table("prompts", ["prompt_id", "instructions", "edit_types"]),
