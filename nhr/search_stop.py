@@ -110,7 +110,8 @@ class PosteriorStop:
         and judged (a judge error is no evidence); a calibration job counts toward the
         rates. Returns whether this verdict fixed the rates."""
         if made and judged and not passed:
-            self.fails[g, self._column(setting)] += 1
+            column = self._column(setting)  # may widen ``fails``: take it first
+            self.fails[g, column] += 1
         if not calibration:
             return False
         self.tried[setting] = self.tried.get(setting, 0) + int(made and judged)
