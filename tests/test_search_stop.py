@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from nhr.mining import HOPELESS, OPEN, SearchRule, SearchState
+from nhr.search_diagnostic import diagnose
 from nhr.search_stop import PosteriorStop, doable_share, setting_rates
 
 
@@ -102,9 +103,7 @@ def test_on_a_two_kind_world_the_stop_keeps_the_doable_groups_and_saves_seeds():
 def test_the_search_state_closes_waiting_groups_once_the_rates_are_fixed():
     """Streamed: a group whose first round ends before the calibration is complete waits;
     the last calibration verdict closes or releases it."""
-    rule = SearchRule(
-        "adaptive", m_seeds=3, hopeless_after=0, guidances=(2.5, 3.5), stop_below=0.5
-    )
+    rule = SearchRule("adaptive", m_seeds=3, hopeless_after=0, guidances=(2.5, 3.5), stop_below=0.5)
     assert rule.posterior_stop and rule.calibration_jobs(4) == 4
     state = SearchState(rule, 4, by_round=False)
     state.pending[:] = 1
@@ -125,3 +124,18 @@ def test_the_search_state_closes_waiting_groups_once_the_rates_are_fixed():
     assert by_round.end_round(0).tolist() == [False, False, False, True]
     assert by_round.state[2] == HOPELESS
     assert not SearchRule("adaptive", m_seeds=3).posterior_stop  # off by default
+
+
+def test_the_diagnostic_replays_a_stop_after_n_failures():
+    # a: passes at seed 2 only (seeds listed out of order); b: never (3 seeds);
+    # c: passes at seed 0; d: passes at seeds 1 and 2
+    ids = ["a-i0-e2", "a-i0-e0", "a-i0-e1", "b-i0-e0", "b-i0-e1", "b-i0-e2"]
+    ids += ["c-i0-e0", "c-i0-e1", "d-i0-e0", "d-i0-e1", "d-i0-e2"]
+    passed = [True, False, False, False, False, False, True, False, False, True, True]
+    replay = diagnose(ids, np.array(passed))["stop_after_failures"]
+    # n = 1: c kept (1 gen); a, b, d stop after seed 0 (1 gen each): 4 of 11
+    # n = 2: c (1), d (2) kept; a and b stop after two seeds (2 each): 7 of 11
+    assert replay == [
+        {"n": 1, "passing_groups": round(1 / 3, 4), "generations": round(4 / 11, 4)},
+        {"n": 2, "passing_groups": round(2 / 3, 4), "generations": round(7 / 11, 4)},
+    ]
