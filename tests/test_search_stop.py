@@ -132,7 +132,11 @@ def test_the_diagnostic_replays_a_stop_after_n_failures():
     ids = ["a-i0-e2", "a-i0-e0", "a-i0-e1", "b-i0-e0", "b-i0-e1", "b-i0-e2"]
     ids += ["c-i0-e0", "c-i0-e1", "d-i0-e0", "d-i0-e1", "d-i0-e2"]
     passed = [True, False, False, False, False, False, True, False, False, True, True]
-    replay = diagnose(ids, np.array(passed))["stop_after_failures"]
+    d = diagnose(ids, np.array(passed))
+    replay = d["stop_after_failures"]
+    # (a pass, another seed of its group): a 2 pairs, c 1, d 4; the other seed passed in
+    # 2 of them (d's two passes, each with the other)
+    assert d["pass_rate_after_a_pass"] == round(2 / (2 + 1 + 4), 4)
     # n = 1: c kept (1 gen); a, b, d stop after seed 0 (1 gen each): 4 of 11
     # n = 2: c (1), d (2) kept; a and b stop after two seeds (2 each): 7 of 11
     assert replay == [
