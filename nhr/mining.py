@@ -261,6 +261,7 @@ class SearchState:
         self.passed = {float(g): 0 for g in rule.guidances}
         self.undecided = {float(g): 0 for g in rule.guidances}
         self.stop = PosteriorStop(n_groups, rule.stop_below, rule.stop_recall)
+        self.posterior = rule.posterior_stop  # per job below: computed once
         zero = dict.fromkeys(("jobs", "groups_open", "candidates", "passed"), 0)
         zero.update(closed_passed=0, closed_hopeless=0, guidance=None)
         self.stats = [
@@ -286,7 +287,7 @@ class SearchState:
             self.passed[guidance] += int(passed)
             self.undecided[guidance] -= 1
             self._choose_guidance()
-        if self.rule.posterior_stop:
+        if self.posterior:
             judged = made and not math.isnan(score)
             if self.stop.observe(g, (guidance, steps), calibration, made, passed, judged):
                 self._release()
@@ -315,7 +316,7 @@ class SearchState:
         the posterior stop's rates."""
         if self.rule.chooses_guidance and self.guidance is None:
             return True
-        return self.rule.posterior_stop and not self.stop.fixed
+        return self.posterior and not self.stop.fixed
 
     def _release(self) -> None:
         """Once nothing holds later rounds: close the waiting groups the posterior stop
@@ -335,7 +336,7 @@ class SearchState:
         was_open = self.state == OPEN
         state = self.rule.close(self.scored, self.passes, self.best, self.bounds[r][1])
         self.state = np.where(was_open, state, self.state).astype(np.int8)
-        if r == 0 and self.rule.posterior_stop and not self.stop.fixed:
+        if r == 0 and self.posterior and not self.stop.fixed:
             self.stop.fix()
         still = np.flatnonzero(self.state == OPEN)
         self.state[still[self.stop.stops(still)]] = HOPELESS
