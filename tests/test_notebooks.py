@@ -111,13 +111,14 @@ def _kernels_of(pid: int) -> list[int]:
     return found
 
 
-def _through_validate(tmp_path: Path, run_dir: Path) -> list[str]:
-    """`nhr run` of configs/tiny.yaml cut after 05_validate, which writes the last of
-    TABLES (``mined``): the kill and damage tests compare those tables only, so their
-    runs skip bootstrap and export."""
+def _tiny_part(tmp_path: Path, run_dir: Path, first: str = "01_prompts") -> list[str]:
+    """`nhr run` of configs/tiny.yaml's notebooks from ``first`` through 05_validate,
+    which writes the last of TABLES (``mined``): the kill and damage tests compare those
+    tables only, so their runs skip bootstrap and export."""
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    last = next(i for i, nb in enumerate(config["notebooks"]) if "05_validate" in nb)
-    config["notebooks"] = [str(ROOT / nb) for nb in config["notebooks"][: last + 1]]
+    names = [Path(nb).stem for nb in config["notebooks"]]
+    start, stop = names.index(first), names.index("05_validate")
+    config["notebooks"] = [str(ROOT / nb) for nb in config["notebooks"][start : stop + 1]]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return [*NHR, "run", str(path), "--run-dir", str(run_dir), "--no-progress"]
@@ -125,7 +126,7 @@ def _through_validate(tmp_path: Path, run_dir: Path) -> list[str]:
 
 def test_sigkill_during_edits_then_rerun_gives_the_same_rows(tiny_run, tmp_path):
     run_dir = tmp_path / "killed"
-    args = _through_validate(tmp_path, run_dir)
+    args = _tiny_part(tmp_path, run_dir)
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ledger = run_dir / "tables" / "candidates" / "ledger"  # tiny.yaml commits every batch
     deadline = time.monotonic() + 240
@@ -166,7 +167,7 @@ def test_a_damaged_image_is_named_then_repaired(tiny_run, tmp_path):
     victim = pq.read_table(shard, columns=["image"]).column("image")[0].as_py()
     (run_dir / victim).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     shutil.rmtree(run_dir / "tables" / "prefilter")  # so the stages read it again
-    args = _through_validate(tmp_path, run_dir)
+    args = _tiny_part(tmp_path, run_dir, first="03_edits")  # 01-02 have nothing to do
     failed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
     last = failed.stderr.strip().splitlines()[-1]
