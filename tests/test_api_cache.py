@@ -20,7 +20,7 @@ def srv(monkeypatch):
 
 @pytest.mark.parametrize("backend", ["gemini", "openai"])
 def test_rerun_is_answered_from_the_cache(srv, tmp_path, backend):
-    cfg = remote_config(srv, backend, api_timeout_seconds=5.0)  # no retry on a busy machine
+    cfg = remote_config(srv, backend)
     srcs, edits, texts = images(6), images(6)[::-1], [f"make cube {i} red" for i in range(6)]
     with remote_backends(cfg, tmp_path) as b:
         first = b.validator.score(srcs, edits, texts)
