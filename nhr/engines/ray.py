@@ -304,13 +304,62 @@ def _quiet(ray: Any) -> Any:
 QUIET_INIT = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
 
 
+def _free_port() -> int:
+    """A TCP port free on this machine now (the OS's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _agent_ports(ray: Any) -> Iterator[None]:
+    """While a local cluster starts: its node's agent ports chosen here, not by the agents.
+
+    Ray 2.60's raylet waits a fixed 15 s for its Python agents (the dashboard agent, the
+    runtime-env agent) to write the ports they bound, and exits when one is late; on a
+    busy machine an agent's start (importing Ray) takes longer, and the cluster never
+    comes up. Here the agents are given free ports, the raylet is told them (a flag for
+    each, but the dashboard agent's HTTP port, whose file is written for it before the
+    raylet starts, with the port the agent is told to bind), so it starts at once and
+    reaches the agents as they come up. ``ray.init`` takes none of these ports, so its
+    start parameters and node are given them here, for this call only."""
+    from ray._private import node, parameter
+    from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
+
+    params, base = parameter.RayParams, node.Node
+    ports = [_free_port() for _ in range(4)]
+
+    class WithAgentPorts(params):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.metrics_agent_port = self.metrics_agent_port or ports[0]
+            self.runtime_env_agent_port = self.runtime_env_agent_port or ports[1]
+            # its default (52365) is taken by any other cluster on the machine
+            self.dashboard_agent_listen_port = ports[2]
+            self.metrics_export_port = self.metrics_export_port or ports[3]
+
+    class WithAgentPortFile(base):  # type: ignore[misc,valid-type]
+        def start_raylet(self, *args: Any, **kwargs: Any) -> Any:
+            listen = self._ray_params.dashboard_agent_listen_port
+            persist_port(self._session_dir, self._node_id, DASHBOARD_AGENT_LISTEN_PORT_NAME, listen)
+            return super().start_raylet(*args, **kwargs)
+
+    parameter.RayParams, node.Node = WithAgentPorts, WithAgentPortFile
+    try:
+        yield
+    finally:
+        parameter.RayParams, node.Node = params, base
+
+
 def start_local(ray: Any, cpus: int = 0) -> None:
     """Start a local Ray cluster (``cpus`` logical CPUs, 0: the machine's cores) with this
-    process as its driver, trying again when a busy machine misses Ray's start-up time."""
+    process as its driver (its agents' ports chosen up front, see ``_agent_ports``),
+    trying again when a busy machine misses Ray's start-up time."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(LOCAL_STARTS):
         try:
-            ray.init(address="local", num_cpus=cpus or None, **QUIET_INIT)
+            with _agent_ports(ray):
+                ray.init(address="local", num_cpus=cpus or None, **QUIET_INIT)
             return
         except Exception as err:  # Ray waits a fixed 30 s for its raylet
             ray.shutdown()
