@@ -101,14 +101,15 @@ def scaling(actor_counts: list[int], seconds: float, per_actor: int, batch: int)
     import ray
     from ray.cluster_utils import Cluster
 
-    from nhr.engines.ray import RayEngine, RaySettings
+    from nhr.engines.ray import RayEngine, RaySettings, agent_ports
 
     for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
         cluster = Cluster()
         try:
-            cluster.add_node(num_cpus=4, include_dashboard=False)
-            for _ in range(2):
-                cluster.add_node(num_cpus=4, num_gpus=2)
+            with agent_ports():  # the raylets wait for no agent
+                cluster.add_node(num_cpus=4, include_dashboard=False)
+                for _ in range(2):
+                    cluster.add_node(num_cpus=4, num_gpus=2)
             break
         except Exception:
             cluster.shutdown()

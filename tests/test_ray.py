@@ -323,6 +323,29 @@ def test_windows_pull_batches_lazily(cluster):
         assert sorted(input_ids(dones, link)) == [j.prompt_id for j in jobs(40)]
 
 
+def test_one_cpu_pool_serves_every_window_and_chain_of_an_engine(cluster):
+    """A cpu link's actors are the engine's pool: made once, each stage set up once per
+    actor per chain however many windows, the same actors for the next chain, ended by
+    close()."""
+    engine = RayEngine(RaySettings(window_rows=10, cpu_tasks=2), progress=False)
+    links = [Link(SquareStage(), 5, outputs_forward), Link(PlusOneStage(), 5)]
+    dones = list(engine.stream(links, batches(30, 5)))
+    assert sorted(input_ids(dones, 1)) == [j.prompt_id for j in jobs(30)]
+    first = engine.describe()
+    assert first["windows"] == 3
+    pool = set(first["links"]["0:squares"]["loads"])
+    assert first["links"]["0:squares"]["actors"] == 2 and 1 <= len(pool) <= 2
+    for name in ("0:squares", "1:plus_one"):
+        assert set(first["links"][name]["loads"].values()) == {1}
+    list(engine.stream([Link(SquareStage(), 5)], batches(20, 5)))
+    again = set(engine.describe()["links"]["0:squares"]["loads"])
+    assert again and again <= pool | set(first["links"]["1:plus_one"]["loads"])
+    actors = list(engine._pool)
+    engine.close()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actors[0].__ray_ready__.remote(), timeout=60)
+
+
 def test_nhr_run_warns_once_of_a_named_cluster_open_without_a_token(cluster, monkeypatch, caplog):
     """`nhr run` with RAY_ADDRESS naming a cluster that answers a client without a token
     warns once, naming the fix; it joins it rather than starting one."""

@@ -1,45 +1,50 @@
-"""The Ray engine: a chain of links as Ray Data ``map_batches`` over actor pools.
+"""The Ray engine: a chain of links on long-lived Ray actors, fed block by block.
 
-Each link becomes one ``map_batches`` operator with the resources its stage declares
+Each link runs on actors (``StageHost``) with the resources its stage declares
 (``Stage.work_kind``):
 
-- ``device`` (text-to-image models, editors): long-lived host actors, ``gpus_per_actor``
-  GPUs each, one model resident per actor (one actor per GPU of the cluster by default);
-- ``io`` (API judges, writers): ``io_actors`` long-lived CPU host actors; the API's
+- ``device`` (text-to-image models, editors): the chain's own actors,
+  ``gpus_per_actor`` GPUs each, one model resident per actor, loaded when the chain
+  starts (one actor per GPU of the cluster by default);
+- ``io`` (API judges, writers): ``io_actors`` CPU actors of the chain; the API's
   concurrency and rate limits (``API_CONCURRENCY``, ``API_RPM``, ``API_TPM``, each per
   backend) are split evenly among them, so the cluster as a whole keeps the configured
   caps without a call to a limiter actor per request;
-- ``cpu`` (the synthetic world, the low-level check): Ray tasks, the stage unpickled and
-  set up once per worker process.
+- ``cpu`` (the synthetic world, the low-level check): the engine's pool of actors (one
+  per ``cpus_per_cpu_task`` CPUs of the cluster, or ``cpu_tasks``), made on the first
+  chain and kept for every later chain of the engine; each sets a link's stage up on
+  its first block of a chain. They reserve no CPU (their number is the bound) and
+  spread over the nodes, so the device and io actors of any chain still place.
 
-The host actors of a link are made once per chain (``stream`` call) and live across its
-windows, so a model loads once per actor per chain (counted under the link's ``loads``
-in ``describe()``); the link's ``map_batches`` operator is a pool of light tasks that
-hand each block to a free host through the link's ``HostDispatch`` actor. A host lost
-with its node is dropped (its blocks go to the others; ``lost`` counts it).
+The driver hands each block (one runner batch of link 0's inputs) to the least busy
+actor of link 0, and the block's output, left in the object store, to the least busy
+actor of link 1, and so on; only the last link's output comes back to the driver.
+A model thus loads once per actor per chain, whatever the number of windows (counted
+under the link's ``loads`` in ``describe()``), and a window costs only the hand-offs of
+its blocks, not the start of a dataset or of workers.
 
-Stages travel as one pickle of the chain, put in the object store once; each worker
+Stages travel as one pickle of the chain, put in the object store once; each actor
 builds its link's stage from it and calls ``setup()`` once, and ``teardown()`` when the
-chain ends. Rows flow through the operators as three
+chain ends. Rows flow between links as three
 columns: ``link`` (whose input the row is; -1 for none), ``item`` (a pickled record) and
 ``done`` (pickled ``Done``s of the batches finished upstream, carried along on the first
 row of each output, so survivors never return to the driver between links while every
-link's results still reach it). The driver reads the last operator's output and yields
+link's results still reach it). The driver reads the last link's output and yields
 the ``Done``s; the runner commits them.
 
-Ray Data needs a dataset's input up front, so the engine pulls the runner's batches in
-windows of ``window_rows`` inputs of link 0 (one dataset per window; the host actors
-stay): small windows stop sooner once the
-runner's budget is spent (the runner stops handing out batches; a window already pulled
-runs to its end). A pause of the inputs (an empty batch) ends a window early: what
-comes after it depends on the window's results.
+The engine pulls the runner's batches in windows of ``window_rows`` inputs of link 0,
+each run to its end before the next is pulled: small windows stop sooner once the
+runner's budget is spent (the runner stops handing out batches). A pause of the inputs
+(an empty batch) ends a window early: what comes after it depends on the window's
+results.
 
-Exactly-once: Ray retries tasks and restarts actors lost with a node, and recomputes
-lost blocks from their lineage; a recomputed batch can reach the driver twice, so the
-driver drops a ``Done`` whose inputs it already yielded for that link (counted in
-``describe()["duplicates_dropped"]``, and logged), and the runner drops ones whose
-keys are committed. A stage's error comes back as itself (pickled, with a note naming
-the stage, the batch and the node) and is raised on the driver.
+Exactly-once: a block that meets a lost actor (its node gone) or a lost object runs
+again from link 0 on the actors left (lost actors are not remade; ``lost`` counts
+them), so a batch can reach the driver twice: the driver drops a ``Done`` whose inputs
+it already yielded for that link (counted in ``describe()["duplicates_dropped"]``, and
+logged), and the runner drops ones whose keys are committed. A stage's error comes back
+as itself (pickled, with a note naming the stage, the batch and the node) and is raised
+on the driver.
 """
 
 from __future__ import annotations
@@ -80,6 +85,9 @@ SCHEMA = pa.schema(
     ]
 )
 NO_LINK = -1
+# the address of the local cluster `nhr run` started for its kernels (see local_cluster)
+RUN_CLUSTER = "NHR_RAY_RUN_CLUSTER"
+POOL_NAMESPACE = "nhr"  # of the cpu pool's named actors on such a cluster
 LOST_RETRIES = 3  # times a block starts again after meeting a lost actor or object
 LOCAL_STARTS = 3  # tries to start a local cluster (a busy machine can miss Ray's timeout)
 
@@ -397,21 +405,24 @@ def local_cluster(cpus: int = 0) -> Iterator[str]:
     """A local Ray cluster for the processes this one starts (``nhr run``'s notebook
     kernels): started here, its address exported as ``RAY_ADDRESS`` so every kernel
     joins it rather than starting a cluster of its own, shut down on the way out
-    (errors included; Ray's processes also end with this one if it is killed)."""
+    (errors included; Ray's processes also end with this one if it is killed). Its
+    address is also exported as ``NHR_RAY_RUN_CLUSTER``: the kernels' engines then share
+    one cpu pool, which the cluster's end ends (``RayEngine._cpu_pool``)."""
     ray = import_ray()
     if ray.is_initialized():
         raise RuntimeError("this process is connected to a Ray cluster already")
     start_local(ray, cpus)
-    saved = os.environ.get("RAY_ADDRESS")
+    saved = {name: os.environ.get(name) for name in ("RAY_ADDRESS", RUN_CLUSTER)}
     try:
         address = ray.get_runtime_context().gcs_address
-        os.environ["RAY_ADDRESS"] = address
+        os.environ["RAY_ADDRESS"] = os.environ[RUN_CLUSTER] = address
         yield address
     finally:
-        if saved is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         ray.shutdown()
 
 
@@ -525,9 +536,24 @@ class RayEngine(Engine):
         return {"kind": kind, "actors": actors, "num_cpus": per, "pooled": True}
 
     def _cpu_pool(self, ray: Any, size: int) -> list[Any]:
-        """The engine's cpu actors (at least ``size``), made on first use and kept for
-        every later chain: spread over the nodes, reserving no CPU (their number is the
-        bound), so device and io actors always find theirs."""
+        """The cpu links' actors (``size`` of them), spread over the nodes, reserving no
+        CPU (their number is the bound), so device and io actors always find theirs.
+
+        On the local cluster ``nhr run`` started for its kernels, they are named,
+        detached actors that every kernel's engine shares (made by the first, found by
+        the others; each would otherwise start its own worker processes, seconds of
+        imports each), ended with the cluster. Elsewhere they are this engine's, made
+        on its first chain, kept for every later one, ended by ``close()``."""
+        if os.environ.get(RUN_CLUSTER) == ray.get_runtime_context().gcs_address:
+            shared = ray.remote(StageHost)
+            options = {
+                "num_cpus": 0,
+                "scheduling_strategy": "SPREAD",
+                "namespace": POOL_NAMESPACE,
+                "lifetime": "detached",
+                "get_if_exists": True,
+            }
+            return [shared.options(name=f"cpu-{i}", **options).remote() for i in range(size)]
         host = ray.remote(StageHost).options(num_cpus=0, scheduling_strategy="SPREAD")
         while len(self._pool) < size:
             self._pool.append(host.remote())
