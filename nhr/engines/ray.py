@@ -310,11 +310,11 @@ def agent_ports() -> Iterator[None]:
 
     class WithAgentPortFile(base):  # type: ignore[misc,valid-type]
         def start_raylet(self, *args: Any, **kwargs: Any) -> Any:
-            port = self._ray_params.dashboard_agent_listen_port
-            if port:
-                persist_port(
-                    self._session_dir, self._node_id, DASHBOARD_AGENT_LISTEN_PORT_NAME, port
-                )
+            # (a Cluster's worker node has it reset to none after its parameters are made)
+            port = self._ray_params.dashboard_agent_listen_port or _free_port()
+            self._ray_params.dashboard_agent_listen_port = port
+            name = DASHBOARD_AGENT_LISTEN_PORT_NAME
+            persist_port(self._session_dir, self._node_id, name, port)
             return super().start_raylet(*args, **kwargs)
 
     parameter.RayParams, node.Node = WithAgentPorts, WithAgentPortFile
