@@ -444,6 +444,22 @@ class SearchBlock(Block):
         0.01,
         1.0,
     )
+    search_stop_below: float = _f(
+        0.0,
+        "adaptive: the posterior stop (0: off): a (source, instruction) closes once its failed "
+        "seeds, each weighed by its setting's pass rate, leave it below this share of the prior "
+        "chance that the editor can do it (rates fitted on the calibration jobs, "
+        "SEARCH_GUIDANCE_SHARE)",
+        0.0,
+        1.0,
+    )
+    search_stop_recall: float = _f(
+        0.9,
+        "adaptive, SEARCH_STOP_BELOW: the chance that a candidate of a pair the editor can do "
+        "passes the hard validator at the run's best setting",
+        0.05,
+        1.0,
+    )
 
 
 class FiltersBlock(Block):

@@ -6,9 +6,12 @@ With ``SEARCH grid`` (the paper) there is one round holding every seed of every 
 group gets ``SEARCH_FIRST_SEEDS`` seeds, then ``SEARCH_ROUND_SEEDS`` more per round up to
 ``M_EDIT_SEEDS``, and closes once ``SEARCH_PASSES`` of its candidates passed the hard
 validator, or as hopeless once ``SEARCH_HOPELESS_AFTER`` of them scored and every score is
-below ``SEARCH_HOPELESS_BELOW``. With ``SEARCH_GUIDANCE best`` the later rounds run at the
-guidance that passed most often among the first ``SEARCH_GUIDANCE_SHARE`` of the first
-round's jobs. A group's jobs are the grid's jobs (same id, seed and steps).
+below ``SEARCH_HOPELESS_BELOW``, or by the posterior stop (``SEARCH_STOP_BELOW``,
+``nhr.search_stop``) once its failed seeds make it unlikely the editor can do it. With
+``SEARCH_GUIDANCE best`` the later rounds run at the guidance that passed most often
+among the first ``SEARCH_GUIDANCE_SHARE`` of the first round's jobs (the calibration
+jobs, which also fit the posterior stop's rates; later rounds wait for them). A group's
+jobs are the grid's jobs (same id, seed and steps).
 
 The search is one chain fed by a ``SeedFeed`` and one ``SearchState`` (the groups'
 counts and states, the round statistics, the guidance choice), updated job by job as
@@ -42,6 +45,7 @@ import pyarrow.compute as pc
 from nhr.engines.base import Done, Link
 from nhr.runner import PAUSE, Runner, StageResult
 from nhr.search_diagnostic import diagnose
+from nhr.search_stop import PosteriorStop
 from nhr.stages.edits import EditPlan
 from nhr.tables import FILTERS, RunTables, flat, positions
 
@@ -67,6 +71,8 @@ class SearchRule:
     guidance: str = "drawn"
     guidances: tuple[float, ...] = (2.5,)
     guidance_share: float = 1.0
+    stop_below: float = 0.0
+    stop_recall: float = 0.9
 
     @classmethod
     def from_config(cls, cfg: Any) -> SearchRule:
@@ -83,6 +89,8 @@ class SearchRule:
             guidance=s.search_guidance,
             guidances=tuple(cfg.edits.edit_guidance),
             guidance_share=s.search_guidance_share,
+            stop_below=s.search_stop_below,
+            stop_recall=s.search_stop_recall,
         )
 
     @property
@@ -112,8 +120,10 @@ class SearchRule:
                 hopeless_below=self.hopeless_below,
                 guidance=self.guidance,
             )
-            if self.guidance == "best":
+            if self.guidance == "best" or self.stop_below:
                 out["guidance_share"] = self.guidance_share
+            if self.stop_below:
+                out.update(stop_below=self.stop_below, stop_recall=self.stop_recall)
         return out
 
     @property
@@ -121,10 +131,15 @@ class SearchRule:
         """Whether rounds after the first run at a guidance chosen from the first's."""
         return self.adaptive and self.guidance == "best" and len(self.rounds()) > 1
 
+    @property
+    def posterior_stop(self) -> bool:
+        """Whether groups close by the posterior stop (``nhr.search_stop``)."""
+        return self.adaptive and self.stop_below > 0 and len(self.rounds()) > 1
+
     def calibration_jobs(self, first_round_jobs: int) -> int:
         """How many of the first round's jobs (the first by priority) choose the guidance
-        of the later rounds (0 where no guidance is chosen)."""
-        if not self.chooses_guidance or not first_round_jobs:
+        of the later rounds and fit the posterior stop's rates (0 where neither is)."""
+        if not (self.chooses_guidance or self.posterior_stop) or not first_round_jobs:
             return 0
         return max(1, math.ceil(self.guidance_share * first_round_jobs))
 
@@ -245,15 +260,20 @@ class SearchState:
         self.tried = {float(g): 0 for g in rule.guidances}
         self.passed = {float(g): 0 for g in rule.guidances}
         self.undecided = {float(g): 0 for g in rule.guidances}
+        self.stop = PosteriorStop(n_groups, rule.stop_below, rule.stop_recall)
+        self.posterior = rule.posterior_stop  # per job below: computed once
         zero = dict.fromkeys(("jobs", "groups_open", "candidates", "passed"), 0)
         zero.update(closed_passed=0, closed_hopeless=0, guidance=None)
         self.stats = [
             {"round": r, "seeds": [lo, hi], **zero} for r, (lo, hi) in enumerate(self.bounds)
         ]
 
-    def decide(self, g: int, r: int, guidance: float, calibration: bool, outcome: Outcome) -> None:
-        """One job of group ``g`` (in round ``r``) decided: count it; close the group or
-        mark it ready once its round is decided (not ``by_round``)."""
+    def decide(
+        self, g: int, r: int, guidance: float, calibration: bool, outcome: Outcome, steps: int = 0
+    ) -> None:
+        """One job of group ``g`` (in round ``r``, at ``guidance`` and ``steps``) decided:
+        count it; close the group or mark it ready once its round is decided (not
+        ``by_round``)."""
         made, passed, score = outcome
         st = self.stats[r]
         st["candidates"] += int(made)
@@ -267,6 +287,10 @@ class SearchState:
             self.passed[guidance] += int(passed)
             self.undecided[guidance] -= 1
             self._choose_guidance()
+        if self.posterior:
+            judged = made and not math.isnan(score)
+            if self.stop.observe(g, (guidance, steps), calibration, made, passed, judged):
+                self._release()
         self.pending[g] -= 1
         if self.pending[g] or self.by_round:
             return
@@ -274,21 +298,48 @@ class SearchState:
         state = self.rule.close(
             self.scored[one], self.passes[one], self.best[one], self.bounds[r][1]
         )
+        if state[0] == OPEN and self.stop.stops(one)[0]:
+            state[0] = HOPELESS
         self.state[g] = state[0]
         if state[0] == PASSED:
             st["closed_passed"] += 1
         elif state[0] == HOPELESS:
             st["closed_hopeless"] += 1
         elif state[0] == OPEN:
-            if self.rule.chooses_guidance and self.guidance is None:
+            if self._held():
                 self.waiting.append(g)
             else:
                 self.ready.append(g)
 
+    def _held(self) -> bool:
+        """Whether later rounds wait for the calibration jobs: for the guidance, or for
+        the posterior stop's rates."""
+        if self.rule.chooses_guidance and self.guidance is None:
+            return True
+        return self.posterior and not self.stop.fixed
+
+    def _release(self) -> None:
+        """Once nothing holds later rounds: close the waiting groups the posterior stop
+        closes (in the round each is in), make the others ready."""
+        if self._held() or self.by_round:
+            return
+        waiting = np.asarray(self.waiting, dtype=np.int64)
+        self.waiting = []
+        stop = self.stop.stops(waiting)
+        for g in waiting[stop]:
+            self.state[g] = HOPELESS
+            self.stats[int(self.round[g])]["closed_hopeless"] += 1
+        self.ready.extend(int(g) for g in waiting[~stop])
+
     def end_round(self, r: int) -> np.ndarray:
         """Close every group after round ``r`` (``by_round``); the groups still open."""
         was_open = self.state == OPEN
-        self.state = self.rule.close(self.scored, self.passes, self.best, self.bounds[r][1])
+        state = self.rule.close(self.scored, self.passes, self.best, self.bounds[r][1])
+        self.state = np.where(was_open, state, self.state).astype(np.int8)
+        if r == 0 and self.posterior and not self.stop.fixed:
+            self.stop.fix()
+        still = np.flatnonzero(self.state == OPEN)
+        self.state[still[self.stop.stops(still)]] = HOPELESS
         st = self.stats[r]
         st["closed_passed"] = int((was_open & (self.state == PASSED)).sum())
         st["closed_hopeless"] = int((was_open & (self.state == HOPELESS)).sum())
@@ -324,8 +375,7 @@ class SearchState:
                     break
             if certain:
                 self.guidance = lead
-                self.ready.extend(self.waiting)
-                self.waiting = []
+                self._release()
                 return
 
     def counts(self) -> dict[str, int]:
@@ -365,8 +415,8 @@ class SeedFeed:
         self.decided = decided
         self.by_round = by_round
         self.search = SearchState(rule, plan.groups, by_round)
-        # issued, undecided jobs: id -> (group, round, guidance, calibration job)
-        self.inflight: dict[str, tuple[int, int, float, bool]] = {}
+        # issued, undecided jobs: id -> (group, round, guidance, calibration job, steps)
+        self.inflight: dict[str, tuple[int, int, float, bool, int]] = {}
         self.left = plan.max_jobs  # jobs the cap leaves (by round)
         self.stop = "done"
         self.current = 0  # the round being issued (by round)
@@ -382,6 +432,7 @@ class SeedFeed:
         first = self.plan.part((lo, hi), None, max(self.left, 0))
         total = len(first)
         calibration = self.search.unissued = self.rule.calibration_jobs(total)
+        self.search.stop.issue_calibration(calibration)
         self.search.pending[:] = hi - lo
         self.search.stats[0]["groups_open"] = self.plan.groups if total else 0
         issued = 0
@@ -464,6 +515,7 @@ class SeedFeed:
         j = pc.cast(pc.struct_field(pc.extract_regex(ids, _CANDIDATE), "j"), pa.int64())
         groups = self.plan.group_index(jobs.column("source_id"), j.to_numpy(zero_copy_only=False))
         guidance = jobs.column("guidance").to_numpy().astype(np.float64)
+        steps = jobs.column("steps").to_numpy().astype(np.int64)
         rounds = st.round[groups]
         for k in np.unique(rounds):
             st.stats[int(k)]["jobs"] += int((rounds == k).sum())
@@ -477,6 +529,7 @@ class SeedFeed:
                 int(rounds[i]),
                 float(guidance[i]),
                 bool(calibration[i]),
+                int(steps[i]),
             )
             if at[i] >= 0:
                 d = self.decided
@@ -507,8 +560,8 @@ class SeedFeed:
 
     def _decide(self, cid: str, outcome: Outcome) -> None:
         """One issued job decided: (a candidate made, validator passed, score)."""
-        g, r, guidance, calibration = self.inflight.pop(cid)
-        self.search.decide(g, r, guidance, calibration, outcome)
+        g, r, guidance, calibration, steps = self.inflight.pop(cid)
+        self.search.decide(g, r, guidance, calibration, outcome, steps)
 
 
 class MiningLoop:
@@ -596,6 +649,7 @@ class MiningLoop:
             "stage": STATS,
             "search": self.rule.search,
             "rule": self.rule.describe(),
+            **({"posterior_stop": search.stop.describe()} if self.rule.posterior_stop else {}),
             "rounds": rounds,
             "groups": len(search.state),
             "groups_by_state": search.counts(),

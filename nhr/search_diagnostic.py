@@ -10,6 +10,14 @@ needed on the same candidates: a first-pass stop (seeds in order up to a group's
 pass; every seed made where none passes) and an oracle (one generation per group that
 passes, none for the others). The further the first-pass stop and the oracle are from
 the run's own generations, the more a search that stops early can save.
+``pass_rate_after_a_pass`` is the chance that another seed of a group passes given that
+one did (over every ordered pair of a group's seeds): near ``pass_rate`` for independent
+seeds, near the validator's recall on pairs the editor can do where passes cluster; the
+value to give ``SEARCH_STOP_RECALL`` (``nhr.search_stop``). ``stop_after_failures``
+replays the simplest stop on the same verdicts: seeds in order until a pass or ``n``
+failures; per ``n``, the share of the groups with a pass it keeps and the share of the
+generations it needs (on a run that stopped groups itself, a replay within what the
+run made).
 
 ``pass_rate_by_seed`` is the share of groups without a pass so far whose next seed
 passes, seed by seed: flat for independent seeds, falling where passes cluster. It
@@ -79,6 +87,33 @@ def pass_rate_by_seed(group: np.ndarray, seed: np.ndarray, passed: np.ndarray) -
     return out
 
 
+def stop_after_failures(group: np.ndarray, seed: np.ndarray, passed: np.ndarray) -> list[Any]:
+    """Per n = 1 … (largest group − 1): a stop after n failed seeds (seeds in order),
+    replayed on these verdicts: n, the share of the groups with a pass it keeps, the
+    share of the generations it needs."""
+    k = int(group.max()) + 1
+    order = np.lexsort((seed, group))
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+    sizes = np.bincount(group, minlength=k)
+    first = np.full(k, np.iinfo(np.int64).max)
+    np.minimum.at(first, g[passed[order]], rank[passed[order]])
+    hit = first < np.iinfo(np.int64).max
+    out: list[Any] = []
+    for n in range(1, int(sizes.max())):
+        kept = hit & (first < n)
+        gens = np.where(kept, first + 1, np.minimum(sizes, n)).sum()
+        out.append(
+            {
+                "n": n,
+                "passing_groups": round(int(kept.sum()) / max(1, int(hit.sum())), 4),
+                "generations": round(int(gens) / len(group), 4),
+            }
+        )
+    return out
+
+
 def diagnose(ids: Sequence[str], passed: np.ndarray, stops_early: bool = False) -> dict[str, Any]:
     """The search diagnostic of decided candidates ``ids`` (``passed``: the hard
     validator passed each); ``stops_early``: the search closed groups at their first
@@ -101,6 +136,8 @@ def diagnose(ids: Sequence[str], passed: np.ndarray, stops_early: bool = False) 
     observed = np.bincount(passes, minlength=int(sizes.max()) + 1)
     expected = independent_passes(sizes, rate)
     icc = intra_group_correlation(sizes.astype(np.float64), passes.astype(np.float64))
+    pairs = int((passes * (sizes - 1)).sum())
+    after = round(float((passes * (passes - 1)).sum()) / pairs, 4) if pairs else None
     return {
         "groups": k,
         "generations": n,
@@ -117,8 +154,10 @@ def diagnose(ids: Sequence[str], passed: np.ndarray, stops_early: bool = False) 
         "never_pass_share": round(float((~hit).mean()), 4),
         "never_pass_share_independent": None if stops_early else round(float(expected[0]) / k, 4),
         "intra_group_correlation": None if stops_early else icc,
+        "pass_rate_after_a_pass": None if stops_early else after,
         "generations_first_pass": int(needed.sum()),
         "generations_oracle": int(hit.sum()),
         "first_pass_share": round(int(needed.sum()) / n, 4),
         "oracle_share": round(int(hit.sum()) / n, 4),
+        "stop_after_failures": stop_after_failures(group, seed, passed),
     }

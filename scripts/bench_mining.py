@@ -31,6 +31,10 @@ select).
     # a world where 30 % of (source, instruction) pairs are impossible for the editor
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py -p SYNTHETIC_HARD_SHARE=0.3
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py --world paper -p SEARCH_GUIDANCE=best
+    # the paper world with the posterior stop (nhr.search_stop)
+    PYTHONPATH=$PWD .venv/bin/python scripts/bench_mining.py --world paper --prompts 96 \
+        --gpu-seconds 0.02 --calibration-prompts 32 -p SEARCH_GUIDANCE=best \
+        -p SEARCH_STOP_BELOW=0.1 -p SEARCH_STOP_RECALL=0.9
 
 Output (stdout, one JSON object): per world (``independent``, ``paper``) ``grid``,
 ``adaptive``, ``calibration``, ``ratios`` and ``targets``; ``grid`` and ``adaptive`` each

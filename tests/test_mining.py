@@ -366,3 +366,49 @@ def test_the_guidance_is_fixed_early_only_when_the_rest_cannot_change_it(seed):
     assert fixed_at is not None
     if abs(rate[2.5] - rate[3.5]) > 0.25:
         assert fixed_at < len(outcomes) - 1  # a clear winner is known before the end
+
+
+def test_the_posterior_stop_closes_the_same_groups_streamed_by_round_and_resumed(gated, tmp_path):
+    """The posterior stop decides from the group's own verdicts and the calibration
+    jobs' rates only: one chain, one chain per round and a killed-then-rerun chain make
+    the same rows, and it closes groups the pass rule leaves open."""
+    params = {
+        **KILL_PARAMS,
+        "SEARCH_HOPELESS_AFTER": 0,
+        "SEARCH_STOP_BELOW": 0.9,
+        "SEARCH_STOP_RECALL": 0.9,
+    }
+    extra = {k: v for k, v in params.items() if k not in SMALL}
+    streamed = _mine(gated, tmp_path / "streamed", **extra)
+    mining = streamed.mining()
+    assert mining["groups_by_state"]["hopeless"] > 0
+    assert mining["posterior_stop"]["calibration_jobs"] == mining["rounds"][0]["jobs"]
+    by_round = tmp_path / "by-round"
+    shutil.copytree(gated, by_round)
+    pipe = Pipeline.open(by_round, params, progress=False)
+    loop = MiningLoop(
+        pipe.runner,
+        pipe.tables,
+        pipe.edit_jobs(),
+        pipe.mining_links(),
+        SearchRule.from_config(pipe.cfg),
+    )
+    loop.run(by_round=True)
+    killed = tmp_path / "killed"
+    shutil.copytree(gated, killed)
+    script = tmp_path / "mine.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for at, code in ((12, -signal.SIGKILL), (0, 0)):
+        proc = subprocess.run(
+            [sys.executable, str(script), str(killed), str(at), json.dumps(params)],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        assert proc.returncode == code, proc.stderr[-2000:]
+    for table in TABLES:
+        assert _rows(tmp_path / "streamed", table) == _rows(by_round, table), table
+        assert _rows(tmp_path / "streamed", table) == _rows(killed, table), table
+    assert pipe.mining()["groups_by_state"] == mining["groups_by_state"]
+    assert RunStore(killed).read_stats("mining")["rounds"] == mining["rounds"]
