@@ -36,8 +36,9 @@ run: $(STAMP) notebook-filter
 lab: $(STAMP) notebook-filter
 	$(BIN)/jupyter lab --LabApp.app_settings_dir=$(CURDIR)/jupyter
 
+# Two workers, each test file on one of them (module and Ray-cluster fixtures stay whole).
 test: $(STAMP) notebook-filter
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check nhr tests && $(BIN)/ruff format --check nhr tests

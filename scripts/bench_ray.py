@@ -9,7 +9,10 @@ whole call, and the scaling efficiency against linear: rate(n) / (n * rate(1)).
 
 With ``--tiny-chain`` it also runs the tiny synthetic chain (``Pipeline.run_chain`` up
 to ``validate``) once with ``ENGINE local`` and once with ``ENGINE ray`` on a fresh
-local Ray cluster, and reports both wall times.
+local Ray cluster, and reports both wall times. With ``--demo ROUNDS`` it only runs
+``nhr run configs/demo.yaml`` with ``ENGINE local`` and ``ENGINE ray``, alternating,
+ROUNDS times each, and reports each run's wall and CPU seconds, its seconds per
+notebook, and the ratios of ray to local.
 
 Prints one JSON object. Example: ``python scripts/bench_ray.py --tiny-chain``.
 """
@@ -98,14 +101,15 @@ def scaling(actor_counts: list[int], seconds: float, per_actor: int, batch: int)
     import ray
     from ray.cluster_utils import Cluster
 
-    from nhr.engines.ray import RayEngine, RaySettings
+    from nhr.engines.ray import RayEngine, RaySettings, agent_ports
 
     for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
         cluster = Cluster()
         try:
-            cluster.add_node(num_cpus=4, include_dashboard=False)
-            for _ in range(2):
-                cluster.add_node(num_cpus=4, num_gpus=2)
+            with agent_ports():  # the raylets wait for no agent
+                cluster.add_node(num_cpus=4, include_dashboard=False)
+                for _ in range(2):
+                    cluster.add_node(num_cpus=4, num_gpus=2)
             break
         except Exception:
             cluster.shutdown()
@@ -177,6 +181,72 @@ def tiny_chain(until: str) -> dict[str, Any]:
     return out
 
 
+def demo_run(engine: str, run_dir: Path, config: str) -> dict[str, Any]:
+    """One ``nhr run`` of ``config`` with ``ENGINE engine`` in a fresh process: its wall
+    seconds, the CPU seconds (user + sys) of it and every descendant it waited for (as
+    ``/usr/bin/time`` counts them), the seconds of each notebook, and the exported rows."""
+    import re
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    command = [sys.executable, "-m", "nhr.cli", "run", config, "--run-dir", str(run_dir)]
+    proc = subprocess.run(
+        [*command, "-p", "ENGINE", engine],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise RuntimeError(f"nhr run with ENGINE {engine} failed: {proc.stderr[-3000:]}")
+    steps: dict[str, float] = {}
+    name = ""
+    for line in proc.stderr.replace("\r", "\n").splitlines():
+        if m := re.match(r"\[\d+/\d+\] (\S+)", line):
+            name = m.group(1)
+        elif (m := re.match(r"\s+done in ([\d.]+) s", line)) and name:
+            steps[name] = float(m.group(1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "steps": steps,
+        "triplets": summary.get("triplets"),
+    }
+
+
+def demo(rounds: int, config: str, keep: Path | None) -> dict[str, Any]:
+    """``nhr run`` of the demo with ENGINE local and ENGINE ray, alternating (local, ray,
+    local, ray, ...), and the ratio of their wall times (the median of each engine's)."""
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = keep or Path(scratch)
+        for i in range(rounds):
+            for engine in ("local", "ray"):
+                run = demo_run(engine, root / f"{engine}{i}", config)
+                runs.append({"engine": engine, **run})
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+
+    def median(engine: str, key: str) -> float:
+        values = sorted(r[key] for r in runs if r["engine"] == engine)
+        return values[len(values) // 2]
+
+    return {
+        "runs": runs,
+        "ray_over_local_wall": round(
+            median("ray", "wall_seconds") / median("local", "wall_seconds"), 3
+        ),
+        "ray_over_local_cpu": round(
+            median("ray", "cpu_seconds") / median("local", "cpu_seconds"), 3
+        ),
+        "load_average": os.getloadavg(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actors", default="1,2,4", help="editor actor counts to run")
@@ -185,7 +255,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per editor call")
     parser.add_argument("--tiny-chain", action="store_true", help="also time local vs ray")
     parser.add_argument("--until", default="validate", help="last step of the tiny chain")
+    parser.add_argument(
+        "--demo",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only time `nhr run` of the demo, ENGINE local then ray, ROUNDS times",
+    )
+    parser.add_argument("--config", default="configs/demo.yaml", help="the run config of --demo")
+    parser.add_argument("--keep", type=Path, help="keep --demo's run folders here")
     args = parser.parse_args()
+    if args.demo:
+        out = {
+            "bench": "ray-demo",
+            "cores": os.cpu_count(),
+            **demo(args.demo, args.config, args.keep),
+        }
+        print(json.dumps(out, indent=2))
+        return
     counts = [int(n) for n in args.actors.split(",")]
     result: dict[str, Any] = {
         "bench": "ray",

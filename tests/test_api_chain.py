@@ -26,6 +26,7 @@ PARAMS = {
     "BATCH_SIZE": 8,
     "WORKERS": 2,
     **FAST,
+    "API_TIMEOUT_SECONDS": 0.5,  # the fake's slow faults (0.6 s) time out
     "API_CONTENT_RETRIES": 1,
 }
 

@@ -88,7 +88,10 @@ def _run(run_dir, srv):
 
 
 def test_a_chain_judged_by_editscore_stops_on_a_wrong_format_and_resumes(tmp_path, monkeypatch):
-    with FakeModelServer(viescore_style="unparseable") as srv:
+    # answers wait 2 s, so the edits, pre-filter and low-level check have done their
+    # work (and batches none of whose rows reach the validator are committed) by the
+    # time the breaker trips
+    with FakeModelServer(viescore_style="unparseable", latency=2.0) as srv:
         use_fake(monkeypatch, srv)
         run_dir = tmp_path / "run"
         with pytest.raises(JudgeFailing) as err:
@@ -101,6 +104,7 @@ def test_a_chain_judged_by_editscore_stops_on_a_wrong_format_and_resumes(tmp_pat
         before = {c.candidate_id: c.image for c in pipe.rows("candidates")}
         assert before  # edits were committed before the stop
         srv.viescore_style = "fenced"  # the fix: a model that speaks the protocol
+        srv.latency = 0.0
         pipe = _run(run_dir, srv)
         after = {c.candidate_id: c.image for c in pipe.rows("candidates")}
         assert len(after) == pipe.tables.count("candidates") > len(before)

@@ -111,9 +111,22 @@ def _kernels_of(pid: int) -> list[int]:
     return found
 
 
+def _tiny_part(tmp_path: Path, run_dir: Path, first: str = "01_prompts") -> list[str]:
+    """`nhr run` of configs/tiny.yaml's notebooks from ``first`` through 05_validate,
+    which writes the last of TABLES (``mined``): the kill and damage tests compare those
+    tables only, so their runs skip bootstrap and export."""
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    names = [Path(nb).stem for nb in config["notebooks"]]
+    start, stop = names.index(first), names.index("05_validate")
+    config["notebooks"] = [str(ROOT / nb) for nb in config["notebooks"][start : stop + 1]]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [*NHR, "run", str(path), "--run-dir", str(run_dir), "--no-progress"]
+
+
 def test_sigkill_during_edits_then_rerun_gives_the_same_rows(tiny_run, tmp_path):
     run_dir = tmp_path / "killed"
-    args = [*NHR, "run", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]
+    args = _tiny_part(tmp_path, run_dir)
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ledger = run_dir / "tables" / "candidates" / "ledger"  # tiny.yaml commits every batch
     deadline = time.monotonic() + 240
@@ -154,7 +167,7 @@ def test_a_damaged_image_is_named_then_repaired(tiny_run, tmp_path):
     victim = pq.read_table(shard, columns=["image"]).column("image")[0].as_py()
     (run_dir / victim).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     shutil.rmtree(run_dir / "tables" / "prefilter")  # so the stages read it again
-    args = [*NHR, "run", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]
+    args = _tiny_part(tmp_path, run_dir, first="03_edits")  # 01-02 have nothing to do
     failed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
     last = failed.stderr.strip().splitlines()[-1]

@@ -30,7 +30,7 @@ from nhr.stages.base import Stage
 
 ray = pytest.importorskip("ray")
 
-from nhr.engines.ray import RayEngine, RaySettings, _rows  # noqa: E402
+from nhr.engines.ray import RayEngine, RaySettings, _rows, agent_ports  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -249,8 +249,9 @@ def cluster(request):
     for attempt in range(3):  # a node may miss Ray's fixed 30 s start-up on a busy machine
         c = Cluster()
         try:
-            c.add_node(num_cpus=4, num_gpus=1, include_dashboard=False)
-            workers = [c.add_node(num_cpus=2, num_gpus=1)]
+            with agent_ports():  # the raylets wait for no agent
+                c.add_node(num_cpus=4, num_gpus=1, include_dashboard=False)
+                workers = [c.add_node(num_cpus=2, num_gpus=1)]
             break
         except Exception:
             c.shutdown()
@@ -295,7 +296,8 @@ def test_every_batch_of_every_link_comes_once(cluster):
     # the actors live across the windows: one setup (model load) per actor per chain
     assert list(places["cubes"]["loads"].values()) == [1, 1]
     assert list(places["verdicts"]["loads"].values()) == [1, 1]
-    assert "loads" not in places["squares"]  # tasks: set up once per worker process
+    # the cpu link's actors (the engine's pool) set it up once each, on first use
+    assert set(places["squares"]["loads"].values()) == {1}
     assert places["cubes"]["kind"] == "device" and places["cubes"]["num_gpus"] == 1.0
     assert places["cubes"]["actors"] == 2  # one per GPU of the cluster
     assert places["verdicts"]["kind"] == "io" and places["verdicts"]["actors"] == 2
@@ -319,6 +321,29 @@ def test_windows_pull_batches_lazily(cluster):
     assert info["windows"] == 2 and set(info["links"]) == {"0:squares", "1:plus_one"}
     for link in (0, 1):
         assert sorted(input_ids(dones, link)) == [j.prompt_id for j in jobs(40)]
+
+
+def test_one_cpu_pool_serves_every_window_and_chain_of_an_engine(cluster):
+    """A cpu link's actors are the engine's pool: made once, each stage set up once per
+    actor per chain however many windows, the same actors for the next chain, ended by
+    close()."""
+    engine = RayEngine(RaySettings(window_rows=10, cpu_tasks=2), progress=False)
+    links = [Link(SquareStage(), 5, outputs_forward), Link(PlusOneStage(), 5)]
+    dones = list(engine.stream(links, batches(30, 5)))
+    assert sorted(input_ids(dones, 1)) == [j.prompt_id for j in jobs(30)]
+    first = engine.describe()
+    assert first["windows"] == 3
+    pool = set(first["links"]["0:squares"]["loads"])
+    assert first["links"]["0:squares"]["actors"] == 2 and 1 <= len(pool) <= 2
+    for name in ("0:squares", "1:plus_one"):
+        assert set(first["links"][name]["loads"].values()) == {1}
+    list(engine.stream([Link(SquareStage(), 5)], batches(20, 5)))
+    again = set(engine.describe()["links"]["0:squares"]["loads"])
+    assert again and again <= pool | set(first["links"]["1:plus_one"]["loads"])
+    actors = list(engine._pool)
+    engine.close()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actors[0].__ray_ready__.remote(), timeout=60)
 
 
 def test_nhr_run_warns_once_of_a_named_cluster_open_without_a_token(cluster, monkeypatch, caplog):

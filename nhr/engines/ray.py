@@ -1,50 +1,54 @@
-"""The Ray engine: a chain of links as Ray Data ``map_batches`` over actor pools.
+"""The Ray engine: a chain of links on long-lived Ray actors, fed block by block.
 
-Each link becomes one ``map_batches`` operator with the resources its stage declares
+Each link runs on actors (``StageHost``) with the resources its stage declares
 (``Stage.work_kind``):
 
-- ``device`` (text-to-image models, editors): long-lived host actors, ``gpus_per_actor``
-  GPUs each, one model resident per actor (one actor per GPU of the cluster by default);
-- ``io`` (API judges, writers): ``io_actors`` long-lived CPU host actors; the API's
+- ``device`` (text-to-image models, editors): the chain's own actors,
+  ``gpus_per_actor`` GPUs each, one model resident per actor, loaded when the chain
+  starts (one actor per GPU of the cluster by default);
+- ``io`` (API judges, writers): ``io_actors`` CPU actors of the chain; the API's
   concurrency and rate limits (``API_CONCURRENCY``, ``API_RPM``, ``API_TPM``, each per
   backend) are split evenly among them, so the cluster as a whole keeps the configured
   caps without a call to a limiter actor per request;
-- ``cpu`` (the synthetic world, the low-level check): Ray tasks, the stage unpickled and
-  set up once per worker process.
+- ``cpu`` (the synthetic world, the low-level check): the engine's pool of actors (one
+  per ``cpus_per_cpu_task`` CPUs of the cluster, or ``cpu_tasks``), made on the first
+  chain and kept for every later chain of the engine; each sets a link's stage up on
+  its first block of a chain. They reserve no CPU (their number is the bound) and
+  spread over the nodes, so the device and io actors of any chain still place.
 
-The host actors of a link are made once per chain (``stream`` call) and live across its
-windows, so a model loads once per actor per chain (counted under the link's ``loads``
-in ``describe()``); the link's ``map_batches`` operator is a pool of light tasks that
-hand each block to a free host through the link's ``HostDispatch`` actor. A host lost
-with its node is dropped (its blocks go to the others; ``lost`` counts it).
+The driver hands each block (one runner batch of link 0's inputs) to the least busy
+actor of link 0, and the block's output, left in the object store, to the least busy
+actor of link 1, and so on; only the last link's output comes back to the driver.
+A model thus loads once per actor per chain, whatever the number of windows (counted
+under the link's ``loads`` in ``describe()``), and a window costs only the hand-offs of
+its blocks, not the start of a dataset or of workers.
 
-Stages travel as one pickle of the chain, put in the object store once; each worker
+Stages travel as one pickle of the chain, put in the object store once; each actor
 builds its link's stage from it and calls ``setup()`` once, and ``teardown()`` when the
-chain ends. Rows flow through the operators as three
+chain ends. Rows flow between links as three
 columns: ``link`` (whose input the row is; -1 for none), ``item`` (a pickled record) and
 ``done`` (pickled ``Done``s of the batches finished upstream, carried along on the first
 row of each output, so survivors never return to the driver between links while every
-link's results still reach it). The driver reads the last operator's output and yields
+link's results still reach it). The driver reads the last link's output and yields
 the ``Done``s; the runner commits them.
 
-Ray Data needs a dataset's input up front, so the engine pulls the runner's batches in
-windows of ``window_rows`` inputs of link 0 (one dataset per window; the host actors
-stay): small windows stop sooner once the
-runner's budget is spent (the runner stops handing out batches; a window already pulled
-runs to its end). A pause of the inputs (an empty batch) ends a window early: what
-comes after it depends on the window's results.
+The engine pulls the runner's batches in windows of ``window_rows`` inputs of link 0,
+each run to its end before the next is pulled: small windows stop sooner once the
+runner's budget is spent (the runner stops handing out batches). A pause of the inputs
+(an empty batch) ends a window early: what comes after it depends on the window's
+results.
 
-Exactly-once: Ray retries tasks and restarts actors lost with a node, and recomputes
-lost blocks from their lineage; a recomputed batch can reach the driver twice, so the
-driver drops a ``Done`` whose inputs it already yielded for that link (counted in
-``describe()["duplicates_dropped"]``, and logged), and the runner drops ones whose
-keys are committed. A stage's error comes back as itself (pickled, with a note naming
-the stage, the batch and the node) and is raised on the driver.
+Exactly-once: a block that meets a lost actor (its node gone) or a lost object runs
+again from link 0 on the actors left (lost actors are not remade; ``lost`` counts
+them), so a batch can reach the driver twice: the driver drops a ``Done`` whose inputs
+it already yielded for that link (counted in ``describe()["duplicates_dropped"]``, and
+logged), and the runner drops ones whose keys are committed. A stage's error comes back
+as itself (pickled, with a note naming the stage, the batch and the node) and is raised
+on the driver.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -81,7 +85,10 @@ SCHEMA = pa.schema(
     ]
 )
 NO_LINK = -1
-HOST_CALL_CPUS = 0.01  # a task handing a block to a host actor only waits on it
+# the address of the local cluster `nhr run` started for its kernels (see local_cluster)
+RUN_CLUSTER = "NHR_RAY_RUN_CLUSTER"
+POOL_NAMESPACE = "nhr"  # of the cpu pool's named actors on such a cluster
+LOST_RETRIES = 3  # times a block starts again after meeting a lost actor or object
 LOCAL_STARTS = 3  # tries to start a local cluster (a busy machine can miss Ray's timeout)
 
 
@@ -94,10 +101,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def import_ray() -> Any:
-    """The ``ray`` module with Ray Data, or an error naming what to install."""
+    """The ``ray`` module, or an error naming what to install."""
     try:
         import ray
-        import ray.data
     except ImportError as err:
         raise ConfigError(
             f"ENGINE ray needs Ray Data, which is not installed ({err})",
@@ -200,15 +206,6 @@ class LinkWorker:
             carried.append(dumps(done))
         return _rows(self.k + 1, forward, carried, errors)
 
-    def call(self, table: pa.Table) -> pa.Table:
-        """``self(table)``, as an actor method (a host of the link, see ``run_on_host``)."""
-        return self(table)
-
-    def report(self) -> dict[str, Any]:
-        """As a host actor: its id, node, and its loads."""
-        actor = import_ray().get_runtime_context().get_actor_id()
-        return {"actor": actor, "node": socket.gethostname(), "loads": self.loads}
-
     def close(self) -> None:
         """Release the stage (its model) before the actor is ended."""
         stage = getattr(self, "stage", None)
@@ -238,79 +235,104 @@ def _rows(link: int, items: list[Record], carried: list[bytes], errors: list[byt
     )
 
 
-# in a task's worker process: the link workers it holds, by chain token and link
-_TASK_WORKERS: dict[tuple[str, int], LinkWorker] = {}
+class StageHost:
+    """A long-lived Ray actor that runs links of chains: for each (chain, link) it is
+    given blocks of, a ``LinkWorker`` built from the chain's pickle and set up on first
+    use (or at once, ``prepare``), kept until the chain ends (``release``). A model
+    thus loads once per actor per chain, whatever the number of windows."""
 
+    def __init__(self) -> None:
+        self.workers: dict[tuple[str, int], LinkWorker] = {}
 
-def run_cpu_link(table: pa.Table, chain: Any, token: str, k: int) -> pa.Table:
-    """A Ray task's body for a cpu link: the worker process's ``LinkWorker`` of link
-    ``k`` (made and set up on first use, reused by later tasks of the chain)."""
-    key = (token, k)
-    worker = _TASK_WORKERS.get(key)
-    if worker is None:
-        for old in [o for o in _TASK_WORKERS if o[0] != token]:
-            _TASK_WORKERS.pop(old)
-        worker = _TASK_WORKERS[key] = LinkWorker(chain, k)
-    return worker(table)
+    def _worker(self, chain: list[Any], token: str, k: int, share: float = 1.0) -> LinkWorker:
+        worker = self.workers.get((token, k))
+        if worker is None:  # chain: [the pickle's ObjectRef], so Ray does not fetch it per call
+            worker = self.workers[(token, k)] = LinkWorker(chain[0], k, share)
+        return worker
 
+    def prepare(self, chain: list[Any], token: str, k: int, share: float = 1.0) -> None:
+        """Build and set up link ``k`` of the chain now (a device or io link's model)."""
+        self._worker(chain, token, k, share)
 
-class HostDispatch:
-    """Hands the blocks of an actor link to its long-lived hosts (an async Ray actor on
-    the driver's node): each block waits for a free host, runs there, and frees it,
-    whatever becomes of the task that sent it. A host lost with its node is dropped and
-    the block goes to another; with every host lost, the block fails."""
+    def call(self, chain: list[Any], token: str, k: int, table: pa.Table) -> pa.Table:
+        """Link ``k``'s worker over a block (see ``LinkWorker.__call__``)."""
+        return self._worker(chain, token, k)(table)
 
-    def __init__(self, hosts: list[Any]) -> None:
-        self.hosts = hosts
-        self.alive = len(hosts)
-        self.free: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(hosts)):
-            self.free.put_nowait(i)
+    def report(self, token: str) -> dict[str, Any]:
+        """Its actor id, node, and the setups (model loads) of each link of a chain."""
+        actor = import_ray().get_runtime_context().get_actor_id()
+        loads = {k: w.loads for (t, k), w in self.workers.items() if t == token}
+        return {"actor": actor, "node": socket.gethostname(), "loads": loads}
 
-    async def call(self, table: pa.Table) -> pa.Table:
-        ray = import_ray()
-        while True:
-            i = await self.free.get()
-            if i < 0:  # every host is lost: wake the next waiter too
-                self.free.put_nowait(i)
-                raise RuntimeError(f"every actor of this link ({len(self.hosts)}) was lost")
-            try:
-                out = await self.hosts[i].call.remote(table)
-            except ray.exceptions.RayActorError:
-                log.warning("an actor of a link was lost; its blocks go to the others")
-                self.alive -= 1
-                if self.alive == 0:
-                    self.free.put_nowait(-1)
-                continue
-            self.free.put_nowait(i)
-            return out
-
-
-def run_on_host(table: pa.Table, dispatch: Any) -> pa.Table:
-    """A Ray task's body for a device or io link: the block run by a free host of the
-    link (a long-lived ``LinkWorker`` actor holding the model, made once per chain)."""
-    return import_ray().get(dispatch.call.remote(table))
-
-
-def _quiet(ray: Any) -> Any:
-    """``ray``, with Ray Data's per-operator progress bars and plan printing off (the
-    engine draws one coarse bar; the runner its per-stage ones)."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    return ray
+    def release(self, token: str) -> None:
+        """Release the chain's stages (their models)."""
+        for key in [key for key in self.workers if key[0] == token]:
+            self.workers.pop(key).close()
 
 
 QUIET_INIT = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
 
 
+def _free_port() -> int:
+    """A TCP port free on this machine now (the OS's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def agent_ports() -> Iterator[None]:
+    """While Ray nodes start in this process (``ray.init`` of a local cluster, or
+    ``ray.cluster_utils.Cluster.add_node``): each node's agent ports chosen up front.
+
+    Ray 2.60's raylet waits a fixed 15 s for its Python agents (the dashboard agent, the
+    runtime-env agent) to write the ports they bound, and exits when one is late; on a
+    busy machine an agent's start (importing Ray) takes longer, and the node never comes
+    up. Here each node's agents get free ports, and its raylet is told them (by a flag,
+    but for the dashboard agent's HTTP port, whose file is written for it before the
+    raylet starts, with the port the agent is told to bind), so the raylet starts at
+    once and reaches the agents as they come up. Neither ``ray.init`` nor ``Cluster``
+    takes these ports, so Ray's start parameters and node are given them here, for the
+    duration of the block."""
+    from ray._private import node, parameter
+    from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
+
+    params, base = parameter.RayParams, node.Node
+
+    class WithAgentPorts(params):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.metrics_agent_port = self.metrics_agent_port or _free_port()
+            self.runtime_env_agent_port = self.runtime_env_agent_port or _free_port()
+            # its default (52365) is taken by any other cluster on the machine
+            self.dashboard_agent_listen_port = _free_port()
+            self.metrics_export_port = self.metrics_export_port or _free_port()
+
+    class WithAgentPortFile(base):  # type: ignore[misc,valid-type]
+        def start_raylet(self, *args: Any, **kwargs: Any) -> Any:
+            # (a Cluster's worker node has it reset to none after its parameters are made)
+            port = self._ray_params.dashboard_agent_listen_port or _free_port()
+            self._ray_params.dashboard_agent_listen_port = port
+            name = DASHBOARD_AGENT_LISTEN_PORT_NAME
+            persist_port(self._session_dir, self._node_id, name, port)
+            return super().start_raylet(*args, **kwargs)
+
+    parameter.RayParams, node.Node = WithAgentPorts, WithAgentPortFile
+    try:
+        yield
+    finally:
+        parameter.RayParams, node.Node = params, base
+
+
 def start_local(ray: Any, cpus: int = 0) -> None:
     """Start a local Ray cluster (``cpus`` logical CPUs, 0: the machine's cores) with this
-    process as its driver, trying again when a busy machine misses Ray's start-up time."""
+    process as its driver (its agents' ports chosen up front, see ``agent_ports``),
+    trying again when a busy machine misses Ray's start-up time."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(LOCAL_STARTS):
         try:
-            ray.init(address="local", num_cpus=cpus or None, **QUIET_INIT)
+            with agent_ports():
+                ray.init(address="local", num_cpus=cpus or None, **QUIET_INIT)
             return
         except Exception as err:  # Ray waits a fixed 30 s for its raylet
             ray.shutdown()
@@ -383,22 +405,38 @@ def local_cluster(cpus: int = 0) -> Iterator[str]:
     """A local Ray cluster for the processes this one starts (``nhr run``'s notebook
     kernels): started here, its address exported as ``RAY_ADDRESS`` so every kernel
     joins it rather than starting a cluster of its own, shut down on the way out
-    (errors included; Ray's processes also end with this one if it is killed)."""
+    (errors included; Ray's processes also end with this one if it is killed). Its
+    address is also exported as ``NHR_RAY_RUN_CLUSTER``: the kernels' engines then share
+    one cpu pool, which the cluster's end ends (``RayEngine._cpu_pool``)."""
     ray = import_ray()
     if ray.is_initialized():
         raise RuntimeError("this process is connected to a Ray cluster already")
     start_local(ray, cpus)
-    saved = os.environ.get("RAY_ADDRESS")
+    saved = {name: os.environ.get(name) for name in ("RAY_ADDRESS", RUN_CLUSTER)}
     try:
         address = ray.get_runtime_context().gcs_address
-        os.environ["RAY_ADDRESS"] = address
+        os.environ["RAY_ADDRESS"] = os.environ[RUN_CLUSTER] = address
         yield address
     finally:
-        if saved is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         ray.shutdown()
+
+
+@dataclass
+class _Hosts:
+    """The actors running one link of a chain, and the blocks each has in flight."""
+
+    actors: list[Any]
+    busy: list[int]
+    pooled: bool  # the engine's cpu pool (kept for later chains), else the chain's own
+
+    def pick(self) -> int:
+        """The actor with the fewest blocks in flight."""
+        return min(range(len(self.actors)), key=self.busy.__getitem__)
 
 
 class RayEngine(Engine):
@@ -412,7 +450,7 @@ class RayEngine(Engine):
         self._started = False
         self._counts: Counter[str] = Counter()
         self._placement: dict[str, dict[str, Any]] = {}
-        self._hosts: dict[int, tuple[list[Any], Any]] = {}  # of the stream running
+        self._pool: list[Any] = []  # the cpu links' actors, for every chain of the engine
 
     # ---- the cluster ----------------------------------------------------------------
     def connect(self) -> Any:
@@ -420,7 +458,7 @@ class RayEngine(Engine):
         the cluster of ``address`` (or ``RAY_ADDRESS``), else a new local cluster."""
         ray = import_ray()
         if ray.is_initialized():
-            return _quiet(ray)
+            return ray
         address = self.settings.address or os.environ.get("RAY_ADDRESS", "")
         if address:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -428,10 +466,17 @@ class RayEngine(Engine):
         else:
             start_local(ray, self.settings.local_cpus)
         self._started = True
-        return _quiet(ray)
+        return ray
 
     def close(self) -> None:
-        """Shut Ray down if this engine started it (a joined session stays open)."""
+        """End the cpu pool's actors; shut Ray down if this engine started it (a joined
+        session stays open)."""
+        if self._pool:
+            ray = import_ray()
+            for actor in self._pool:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+            self._pool = []
         if self._started:
             ray = import_ray()
             ray.shutdown()
@@ -440,7 +485,7 @@ class RayEngine(Engine):
     def describe(self) -> dict[str, Any]:
         """Engine, settings, the cluster (address, live nodes, resources), and what the
         last stream did: windows, batches, duplicates dropped, each link's placement
-        (kind, actors or tasks, GPUs and CPUs each)."""
+        (kind, actors, GPUs and CPUs each, model loads by actor, actors lost)."""
         info: dict[str, Any] = {"name": self.name, "settings": asdict(self.settings)}
         info.update(dict(self._counts))
         info["windows"] = self._counts["windows"]
@@ -463,7 +508,7 @@ class RayEngine(Engine):
 
     # ---- placement ------------------------------------------------------------------
     def placement(self, ray: Any, stage: Any) -> dict[str, Any]:
-        """The ``map_batches`` resources of a stage by what it spends."""
+        """The actors of a stage by what it spends."""
         s = self.settings
         kind = stage.work_kind()
         if kind == DEVICE:
@@ -485,82 +530,108 @@ class RayEngine(Engine):
         if kind == IO:
             return {"kind": kind, "actors": s.io_actors, "num_cpus": s.cpus_per_io_actor}
         assert kind == CPU
-        return {"kind": kind, "tasks": s.cpu_tasks or None, "num_cpus": s.cpus_per_cpu_task}
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        per = s.cpus_per_cpu_task
+        actors = s.cpu_tasks or max(1, int(cpus // per) if per > 0 else 1)
+        return {"kind": kind, "actors": actors, "num_cpus": per, "pooled": True}
 
-    def _dataset(
-        self, ray: Any, chain: Any, token: str, links: Sequence[Link], window: list[pa.Table]
-    ) -> Any:
-        """The window's dataset with every link as a ``map_batches`` operator.
+    def _cpu_pool(self, ray: Any, size: int) -> list[Any]:
+        """The cpu links' actors (``size`` of them), spread over the nodes, reserving no
+        CPU (their number is the bound), so device and io actors always find theirs.
 
-        ``from_blocks`` reads the blocks' metadata here; ``from_arrow`` would run a
-        remote task per block for it, seconds of worker start-up per window."""
-        ds = ray.data.from_blocks(window)
+        On the local cluster ``nhr run`` started for its kernels, they are named,
+        detached actors that every kernel's engine shares (made by the first, found by
+        the others; each would otherwise start its own worker processes, seconds of
+        imports each), ended with the cluster. Elsewhere they are this engine's, made
+        on its first chain, kept for every later one, ended by ``close()``."""
+        if os.environ.get(RUN_CLUSTER) == ray.get_runtime_context().gcs_address:
+            shared = ray.remote(StageHost)
+            options = {
+                "num_cpus": 0,
+                "scheduling_strategy": "SPREAD",
+                "namespace": POOL_NAMESPACE,
+                "lifetime": "detached",
+                "get_if_exists": True,
+            }
+            return [shared.options(name=f"cpu-{i}", **options).remote() for i in range(size)]
+        host = ray.remote(StageHost).options(num_cpus=0, scheduling_strategy="SPREAD")
+        while len(self._pool) < size:
+            self._pool.append(host.remote())
+        return self._pool[:size]
+
+    def _start_hosts(
+        self, ray: Any, chain: list[Any], token: str, links: Sequence[Link]
+    ) -> list[_Hosts]:
+        """Each link's actors: the cpu pool's for a cpu link (its stage set up on first
+        use in each), else the chain's own, each loading its model now (one lost with
+        its node is not remade; its blocks go to the others)."""
+        out = []
         for k, link in enumerate(links):
             place = self.placement(ray, link.stage)
             self._placement[f"{k}:{link.stage.name}"] = place
-            common = {
-                "batch_size": max(1, link.batch_size),
-                "batch_format": "pyarrow",
-                "num_cpus": place["num_cpus"],
-            }
-            if place["kind"] == CPU:
-                ds = ds.map_batches(
-                    run_cpu_link,
-                    fn_kwargs={"chain": chain, "token": token, "k": k},
-                    compute=ray.data.TaskPoolStrategy(size=place["tasks"]),
-                    **common,
-                )
+            if place.get("pooled"):
+                actors = self._cpu_pool(ray, place["actors"])
+                out.append(_Hosts(actors, [0] * len(actors), True))
                 continue
-            if k not in self._hosts:
-                self._hosts[k] = self._start_hosts(ray, chain, k, place)
-            hosts, dispatch = self._hosts[k]
-            ds = ds.map_batches(
-                run_on_host,
-                fn_kwargs={"dispatch": dispatch},
-                compute=ray.data.TaskPoolStrategy(size=len(hosts)),
-                **{**common, "num_cpus": HOST_CALL_CPUS},
+            share = 1.0 / place["actors"] if place["kind"] == IO else 1.0
+            host = ray.remote(StageHost).options(
+                num_cpus=place["num_cpus"], num_gpus=place.get("num_gpus") or None
             )
-        return ds
+            actors = [host.remote() for _ in range(place["actors"])]
+            for actor in actors:
+                actor.prepare.remote(chain, token, k, share)
+            out.append(_Hosts(actors, [0] * len(actors), False))
+        return out
 
-    def _start_hosts(
-        self, ray: Any, chain: Any, k: int, place: dict[str, Any]
-    ) -> tuple[list[Any], Any]:
-        """The long-lived actors of an actor link (each builds the stage and loads its
-        model once per chain; one lost with its node is not restarted, its blocks go to
-        the others) and the dispatcher that hands them the link's blocks."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        share = 1.0 / place["actors"] if place["kind"] == IO else 1.0
-        host = ray.remote(LinkWorker).options(
-            num_cpus=place["num_cpus"], num_gpus=place.get("num_gpus") or None
-        )
-        hosts = [host.remote(chain, k, share) for _ in range(place["actors"])]
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        dispatch = (
-            ray.remote(HostDispatch).options(num_cpus=0, scheduling_strategy=here).remote(hosts)
-        )
-        return hosts, dispatch
-
-    def _stop_hosts(self, ray: Any, links: Sequence[Link]) -> None:
-        """Record each host's model loads in its link's placement, release the stages,
-        end the actors."""
-        for k, (hosts, dispatch) in self._hosts.items():
+    def _stop_hosts(self, ray: Any, token: str, links: Sequence[Link], hosts: list[_Hosts]) -> None:
+        """Record each actor's model loads in its link's placement, release the chain's
+        stages, end the chain's own actors (the cpu pool stays)."""
+        for k, linked in enumerate(hosts):
             name = f"{k}:{links[k].stage.name}"
             loads: dict[str, int] = {}
-            for h in hosts:
+            for actor in linked.actors:
                 try:
-                    report = ray.get(h.report.remote(), timeout=60)
+                    report = ray.get(actor.report.remote(token), timeout=60)
                 except Exception:  # lost with its node
-                    self._placement[name]["lost"] = self._placement[name].get("lost", 0) + 1
                     continue
-                loads[report["actor"]] = report["loads"]
+                if k in report["loads"]:
+                    loads[report["actor"]] = report["loads"][k]
             self._placement[name]["loads"] = loads
-            with contextlib.suppress(Exception):
-                ray.get([h.close.remote() for h in hosts], timeout=60)
-            for actor in [*hosts, dispatch]:
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
-        self._hosts = {}
+        every = {id(a): a for linked in hosts for a in linked.actors}
+        with contextlib.suppress(Exception):
+            ray.get([a.release.remote(token) for a in every.values()], timeout=60)
+        for linked in hosts:
+            if not linked.pooled:
+                for actor in linked.actors:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+
+    def _drop_lost(self, ray: Any, links: Sequence[Link], hosts: list[_Hosts]) -> None:
+        """Drop the actors that no longer answer (lost with their node), counting them
+        under their link's ``lost``; an error if a link has none left."""
+        for k, linked in enumerate(hosts):
+            alive = []
+            for i, actor in enumerate(linked.actors):
+                try:
+                    ray.get(actor.__ray_ready__.remote(), timeout=60)
+                    alive.append(i)
+                except Exception:
+                    name = f"{k}:{links[k].stage.name}"
+                    self._placement[name]["lost"] = self._placement[name].get("lost", 0) + 1
+                    if linked.pooled and actor in self._pool:
+                        self._pool.remove(actor)
+            if not alive:
+                raise RuntimeError(
+                    f"every actor of stage {links[k].stage.name} ({len(linked.actors)}) was lost"
+                )
+            if len(alive) < len(linked.actors):
+                log.warning(
+                    "%d actor(s) of stage %s were lost; their blocks go to the others",
+                    len(linked.actors) - len(alive),
+                    links[k].stage.name,
+                )
+                linked.actors = [linked.actors[i] for i in alive]
+                linked.busy = [linked.busy[i] for i in alive]
 
     # ---- streaming ------------------------------------------------------------------
     def stream(self, links: Sequence[Link], batches: Iterable[list[Record]]) -> Iterator[Done]:
@@ -585,7 +656,7 @@ class RayEngine(Engine):
         if not window:
             return
         ray = self.connect()
-        chain = ray.put(blob)
+        chain = [ray.put(blob)]
         token = uuid.uuid4().hex
         seen: list[set[str]] = [set() for _ in links]
         bar = tqdm(
@@ -594,17 +665,68 @@ class RayEngine(Engine):
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        hosts = self._start_hosts(ray, chain, token, links)
         try:
             while window:
                 self._counts["windows"] += 1
                 bar.total = (bar.total or 0) + sum(t.num_rows for t in window)
-                ds = self._dataset(ray, chain, token, links, window)
-                for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    yield from self._finished(block, seen, bar)
+                yield from self._run_window(ray, chain, token, links, hosts, window, seen, bar)
                 window = self._window(pulled)
         finally:
             bar.close()
-            self._stop_hosts(ray, links)
+            self._stop_hosts(ray, token, links, hosts)
+
+    def _run_window(
+        self,
+        ray: Any,
+        chain: list[Any],
+        token: str,
+        links: Sequence[Link],
+        hosts: list[_Hosts],
+        window: list[pa.Table],
+        seen: list[set[str]],
+        bar: tqdm,
+    ) -> Iterator[Done]:
+        """Each block of the window through every link: handed to the least busy actor
+        of link 0, its output (left in the object store) to one of link 1, and so on; the
+        last link's output comes back. A block that meets a lost actor or object starts
+        again from link 0 on the actors left (what it finished already is dropped as
+        yielded)."""
+        inflight: dict[Any, tuple[int, int, int]] = {}  # ref -> (block, link, actor)
+        tries = [0] * len(window)
+
+        def submit(b: int, k: int, block: Any) -> None:
+            linked = hosts[k]
+            i = linked.pick()
+            ref = linked.actors[i].call.remote(chain, token, k, block)
+            linked.busy[i] += 1
+            inflight[ref] = (b, k, i)
+
+        for b, block in enumerate(window):
+            submit(b, 0, block)
+        lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                b, k, i = inflight.pop(ref)
+                if i < len(hosts[k].busy):
+                    hosts[k].busy[i] = max(0, hosts[k].busy[i] - 1)
+                if k + 1 < len(links):
+                    submit(b, k + 1, ref)  # the actor fetches it from the object store
+                    continue
+                try:
+                    out = ray.get(ref)
+                except lost as err:
+                    tries[b] += 1
+                    if tries[b] > LOST_RETRIES:
+                        raise
+                    log.warning("a block met a lost actor or object (%s); running it again", err)
+                    self._drop_lost(ray, links, hosts)
+                    for linked in hosts:
+                        linked.busy = [0] * len(linked.actors)
+                    submit(b, 0, window[b])
+                    continue
+                yield from self._finished(out, seen, bar)
 
     def _window(self, pulled: Iterator[list[Record]]) -> list[pa.Table]:
         """The next window of link 0's inputs, one block per runner batch."""

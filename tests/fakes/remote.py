@@ -17,7 +17,10 @@ from nhr.config import PipelineConfig
 KEY = "AIzaFAKE-secret-key-0123456789"
 ROLES = ("prompter", "gate_judge", "prefilter_judge", "validator", "inverter")
 FAST = {
-    "API_TIMEOUT_SECONDS": 0.5,
+    # the fake answers in milliseconds; a busy machine (two test workers and their
+    # kernels) must not turn answers into timeouts and retries: tests of timeouts set
+    # their own, below the fake's slow_seconds
+    "API_TIMEOUT_SECONDS": 5.0,
     "API_ATTEMPTS": 3,
     "API_BACKOFF_SECONDS": 0.01,
     "API_BACKOFF_MAX_SECONDS": 1.0,
