@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+FINGERPRINT_ROWS = 65_536  # keys turned into Python strings at once by ``fingerprints``
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -30,10 +31,15 @@ def fingerprints(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
     Python's string hash (SipHash, salted per process) is the fastest exact-enough
     hash at hand: fingerprints are compared only within one process and never stored.
-    Distinct keys collide with probability about 2⁻⁶⁴ per pair.
+    Distinct keys collide with probability about 2⁻⁶⁴ per pair. The strings are made
+    ``FINGERPRINT_ROWS`` at a time, so millions of keys never exist as Python objects
+    at once.
     """
-    values = keys.to_pylist()
-    return np.fromiter(map(hash, values), dtype=np.int64, count=len(values)).view(np.uint64)
+    out = np.empty(len(keys), dtype=np.int64)
+    for lo in range(0, len(keys), FINGERPRINT_ROWS):
+        values = keys.slice(lo, FINGERPRINT_ROWS).to_pylist()
+        out[lo : lo + len(values)] = np.fromiter(map(hash, values), np.int64, len(values))
+    return out.view(np.uint64)
 
 
 class KeySet:

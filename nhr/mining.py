@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from nhr.engines.base import Done, Link
 from nhr.runner import PAUSE, Runner, StageResult
-from nhr.search_diagnostic import diagnose
+from nhr.search_diagnostic import diagnose_groups, group_hashes
 from nhr.search_stop import PosteriorStop
 from nhr.stages.edits import EditPlan
 from nhr.tables import FILTERS, RunTables, flat, positions
@@ -230,6 +230,34 @@ def committed_decisions(tables: RunTables) -> Decisions:
     decided, passed, score = decide(tables, ids)
     keep = pa.array(decided)
     return Decisions(ids.filter(keep), passed[decided], score[decided])
+
+
+def decided_outcomes(tables: RunTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every candidate ``committed_decisions`` finds, as (group index, seed number,
+    validator passed) arrays: the verdict tables read a batch at a time, each candidate
+    held as a few integers (hashes of its id and group), never as a string, so memory
+    stays a few bytes per candidate at any size."""
+    ids, groups, seeds, passed = [], [], [], []
+    for name in reversed(FILTERS):  # the validator first: its verdict decides
+        if name not in tables.enabled or not tables.exists(name):
+            continue
+        for batch in tables.iter_batches(name, ["subject_id", "passed"]):
+            ok = pc.fill_null(batch.column("passed"), False)
+            if name != "validator":  # a filter decides only the candidates it drops
+                batch = batch.filter(pc.invert(ok))
+                ok = pc.fill_null(batch.column("passed"), False)
+            subjects = batch.column("subject_id").to_pylist()
+            g, m = group_hashes(subjects)
+            ids.append(np.fromiter(map(hash, subjects), np.int64, len(subjects)))
+            groups.append(g)
+            seeds.append(m)
+            passed.append(ok.to_numpy(zero_copy_only=False).astype(bool))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    _, first = np.unique(np.concatenate(ids), return_index=True)  # the first verdict wins
+    first.sort()
+    _, group = np.unique(np.concatenate(groups)[first], return_inverse=True)
+    return group.astype(np.int64), np.concatenate(seeds)[first], np.concatenate(passed)[first]
 
 
 class SearchState:
@@ -632,14 +660,18 @@ class MiningLoop:
         worked = False
         for link in self.links[1:]:
             i = FILTERS.index(link.stage.name)  # the survivors of the filters before it
-            inputs = self.tables.survivors(FILTERS[i - 1]) if i else self.tables.read("candidates")
+            inputs = (
+                self.tables.survivor_stream(FILTERS[i - 1])
+                if i
+                else self.tables.stream("candidates")
+            )
             worked |= bool(self.runner.run(link.stage, inputs).stats.get("processed_rows"))
         return worked
 
     def diagnostic(self) -> dict[str, Any]:
         """The search diagnostic (``nhr.search_diagnostic``) of every decided candidate."""
-        decided = committed_decisions(self.tables)
-        return diagnose(flat(decided.ids).to_pylist(), decided.passed, self.rule.adaptive)
+        group, seed, passed = decided_outcomes(self.tables)
+        return diagnose_groups(group, seed, passed, self.rule.adaptive)
 
     def _record(self, search: SearchState, wall: float, stop: str) -> dict[str, Any]:
         """Write ``stats/mining.json`` and return it."""

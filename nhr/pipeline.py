@@ -7,6 +7,7 @@ one at a time, in separate processes, and resumed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,17 +34,30 @@ from nhr.stages.edits import EditPlan, EditStage, call_batcher, plan_edit_jobs
 from nhr.stages.export import card_body, export_to_store
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
-from nhr.stages.preference import preference_pairs
+from nhr.stages.preference import preference_pairs, run_preference_pairs
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
 from nhr.stages.validator import ValidatorStage, select_argmax
 from nhr.steps import BY_TABLE, CHAIN, FILTERS, SUBJECTS, TABLE_TYPES
 from nhr.store import RunStore
 from nhr.summary import cost_per_triplet, funnel, with_changes
-from nhr.tables import RunTables
+from nhr.tables import RunTables, flat
 
 if TYPE_CHECKING:  # pandas costs a notebook half a second; only ``frame`` needs it
     import pandas as pd
+
+
+# the triplet columns ``nhr.bootstrap.chains`` reads
+CHAIN_COLUMNS = (
+    "triplet_id",
+    "origin",
+    "parents",
+    "source_image",
+    "edited_image",
+    "instruction",
+    "width",
+    "height",
+)
 
 
 class ConfiguredRunner(Runner):
@@ -205,8 +219,7 @@ class Pipeline:
         """The scheduler's lazy job plan over the gated sources (seeded order, capped)."""
         verdicts = self.table("plausibility", ["subject_id", "passed"])
         keep = verdicts.filter(verdicts.column("passed")).column("subject_id")
-        sources = self.table("sources")
-        sources = sources.filter(pc.is_in(sources.column("source_id"), value_set=keep))
+        sources = self.tables.read_where("sources", "source_id", keep)  # the gated only
         return plan_edit_jobs(
             sources,
             self.table("prompts", ["prompt_id", "instructions", "edit_types"]),
@@ -284,17 +297,17 @@ class Pipeline:
         ``mine`` a resumed no-op)."""
         if not self.cfg.filters.prefilter:
             return None
-        return self.runner.run(self._prefilter_stage(), self.table("candidates"))
+        return self.runner.run(self._prefilter_stage(), self.tables.stream("candidates"))
 
     def lowlevel(self) -> StageResult | None:
         """Stage 6: the low-level check over the pre-filter's survivors (None when disabled)."""
         if not self.cfg.filters.lowlevel:
             return None
-        return self.runner.run(self._lowlevel_stage(), self.tables.survivors("prefilter"))
+        return self.runner.run(self._lowlevel_stage(), self.tables.survivor_stream("prefilter"))
 
     def validate(self) -> StageResult:
         """Stage 7: the hard validator over the survivors of the enabled filters."""
-        return self.runner.run(self._validator_stage(), self.tables.survivors("lowlevel"))
+        return self.runner.run(self._validator_stage(), self.tables.survivor_stream("lowlevel"))
 
     def select(self) -> StageResult:
         """Argmax selection per (source, instruction) → the ``mined`` table (a whole-table
@@ -308,8 +321,9 @@ class Pipeline:
             "validator",
             ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"],
         )
-        triplets, drops = select_argmax(
-            self.tables.read("candidates"),
+        passed = verdicts.filter(pc.fill_null(verdicts.column("passed"), False))
+        triplets, drops = select_argmax(  # only the candidates it keeps from are read
+            self.tables.read_where("candidates", "candidate_id", passed.column("subject_id")),
             verdicts,
             self.tables.read("sources", ["source_id", "model_id", "seed", "steps"]),
             self.tables.read("prompts", ["prompt_id", "text", "prompter_version"]),
@@ -328,7 +342,9 @@ class Pipeline:
 
     def preference_pairs(self, mined: pa.Table | None = None) -> pa.Table:
         """Accepted vs rejected edits of the same (source, instruction), hardest first
-        (of the exported mined triplets by default)."""
+        (of the exported mined triplets by default, a slice of them at a time)."""
+        if mined is None:
+            return run_preference_pairs(self.tables, self.cfg.export.export_preference_pairs)
         verdicts = {
             name: self.tables.read(
                 name, ["subject_id", "passed", "reason", "adherence", "aesthetic"]
@@ -337,7 +353,7 @@ class Pipeline:
             if self.tables.exists(name)
         }
         return preference_pairs(
-            self.tables.by_origin("mined") if mined is None else mined,
+            mined,
             self.tables.read(
                 "candidates", ["candidate_id", "source_id", "instruction_id", "image"]
             ),
@@ -390,25 +406,18 @@ class Pipeline:
 
     def _export(self, name: str, source: str) -> tuple[None, dict[str, Any]]:
         """Stream the triplets of ``source`` into ``dataset/``; the export's figures."""
-        shape = self.tables.triplets(
-            [
-                "triplet_id",
-                "origin",
-                "parents",
-                "edit_type",
-                "source_image",
-                "edited_image",
-                "instruction",
-                "width",
-                "height",
-            ]
-        )
-        chains = chains_of(shape)
+        origins: Counter[str] = Counter()
+        edit_types: Counter[str] = Counter()
+        for part in self.tables.stream(source, ["origin", "edit_type"]):
+            origins.update(_counts(part.column("origin")))
+            edit_types.update(_counts(part.column("edit_type")))
+        n_triplets = sum(origins.values())
+        chains = chains_of(self._chain_triplets(source))
         prefs = self.preference_pairs()
         body = card_body(
             name,
-            _counts(shape.column("origin")),
-            _counts(shape.column("edit_type")),
+            dict(origins),
+            dict(edit_types),
             with_changes(funnel(self.tables, self.cfg)),
             chains.num_rows,
             prefs.num_rows,
@@ -434,17 +443,33 @@ class Pipeline:
             self.cfg.export.export_test_share,
         )
         figures = {
-            "rows_in": shape.num_rows,
-            "rows_out": shape.num_rows,
+            "rows_in": n_triplets,
+            "rows_out": n_triplets,
             "shards": shards,
             "rows_by_config": {
-                "default": shape.num_rows,
+                "default": n_triplets,
                 "multiturn": chains.num_rows,
                 "preference": prefs.num_rows,
             },
             "drops_by_reason": {},
         }
         return None, figures
+
+    def _chain_triplets(self, source: str) -> pa.Table:
+        """The triplets ``chains`` reads, in table order: the composed ones and the first
+        parent of each (read a batch at a time, not the whole table)."""
+        schema = self.tables.schema(source)
+        empty = pa.schema([schema.field(c) for c in CHAIN_COLUMNS]).empty_table()
+        composed = pa.concat_tables(
+            [empty]
+            + [
+                t.filter(pc.equal(t.column("origin"), "composed"))
+                for t in self.tables.stream(source, CHAIN_COLUMNS)
+            ]
+        )
+        firsts = flat(pc.list_element(composed.column("parents"), 0))
+        wanted = pc.unique(pa.concat_arrays([firsts, flat(composed.column("triplet_id"))]))
+        return self.tables.read_where(source, "triplet_id", wanted, CHAIN_COLUMNS)
 
     # ---- photos as sources (SOURCES photos) -----------------------------------------
     def photo_collection(self) -> Any:

@@ -254,15 +254,18 @@ class _Taken:
 
 
 class _Node:
-    """An accepted batch of one link until it is committed: its ``Done``, its input keys,
-    and how many of the rows it forwarded are not yet committed downstream (a batch is
-    committed only after everything it forwarded is, so a crash never leaves committed
-    rows whose downstream work is lost)."""
+    """An accepted batch of one link until it is committed: what its writer needs (its
+    outputs, seconds and usage; not its inputs), its input keys, and how many of the
+    rows it forwarded are not yet committed downstream (a batch is committed only after
+    everything it forwarded is, so a crash never leaves committed rows whose downstream
+    work is lost)."""
 
-    __slots__ = ("done", "key_array", "keys", "open")
+    __slots__ = ("key_array", "keys", "open", "outputs", "seconds", "usage")
 
     def __init__(self, done: Done, keys: list[str] | None, key_array: pa.Array) -> None:
-        self.done = done
+        self.outputs = done.outputs
+        self.seconds = done.seconds
+        self.usage = done.usage
         self.keys = keys
         self.key_array = key_array
         self.open = 0
@@ -361,6 +364,7 @@ class _ChainRun:
         self.extra = extra_stats
         self.observe = observe
         self.distrusted: int | None = None  # a link whose observer raised DistrustedOutputs
+        self.unflushable = 0  # rows held open right after the last commit of every buffer
         self.states: list[_LinkRun] = []
         # link 0's batches in flight, by the id of the list fed to the engine
         self.fed: dict[int, _Batch] | None = {}
@@ -517,6 +521,7 @@ class _ChainRun:
             self._write(i, node)
         if len(self.states) > 1:  # one writer flushes by age itself as batches come
             self._flush_stale()
+            self._flush_held()
 
     def _send(self, node: _Node, rows: list[Record], nxt: _LinkRun) -> None:
         """Record the rows a batch forwarded as open until the next link commits them."""
@@ -536,11 +541,10 @@ class _ChainRun:
     def _write(self, i: int, node: _Node) -> None:
         """Buffer a batch in its link's writer (committing a shard when one is due)."""
         state = self.states[i]
-        done = node.done
         state.pending.append(node)
         if state.since is None:
             state.since = time.monotonic()
-        if state.writer.add(done.outputs, node.key_array, done.seconds, done.usage) is not None:
+        if state.writer.add(node.outputs, node.key_array, node.seconds, node.usage) is not None:
             self._committed(i)
 
     def _committed(self, i: int) -> None:
@@ -571,6 +575,22 @@ class _ChainRun:
         for i, state in enumerate(self.states):
             if state.since is not None and now - state.since >= self.runner.flush_seconds:
                 self._flush(i)
+
+    def held(self) -> int:
+        """Rows forwarded and not yet committed by the link they went to: each keeps its
+        upstream batch (and that batch's outputs) in memory."""
+        return sum(len(state.parents) for state in self.states[1:])
+
+    def _flush_held(self) -> None:
+        """Commit every buffer once the rows held open grow by ``shard_rows`` since the
+        last such commit: without it a link waits for the shards downstream of it, which
+        close by rows or by age, so what a chain holds would grow with its speed. What
+        is held right after a commit (rows in the engine's queues and in flight) is not
+        counted against the next."""
+        held = self.held()
+        if held >= self.runner.shard_rows + self.unflushable:
+            self._flush_all()
+            self.unflushable = self.held()
 
     def _flush_all(self) -> None:
         """Commit everything committable, last link first (each commit may release
@@ -630,7 +650,10 @@ class Runner:
     ``batch_size`` rows go to each ``process_batch`` call of ``run``, ``workers`` calls
     may be in flight per stage (the default engine's bound; 0: one per core); outputs
     are committed in shards of ``shard_rows`` rows or ``shard_bytes`` bytes, or after
-    ``flush_seconds`` (a crash loses at most about that much work). None of these change
+    ``flush_seconds`` (a crash loses at most about that much work); a chain also commits
+    every link's buffer whenever ``shard_rows`` more rows wait between its links (each
+    keeps its upstream batch in memory), so it holds a bounded number of rows whatever
+    its speed and its size. None of these change
     a table's rows, only how it is computed and split into files. ``engine`` computes
     the batches (None: a ``LocalEngine`` of ``workers``); the runner alone commits them.
     """

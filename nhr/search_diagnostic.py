@@ -48,6 +48,20 @@ def group_seeds(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return group, seed
 
 
+def group_hashes(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate id: a 64-bit hash of its group (source, instruction) and its seed
+    number, as ``group_seeds`` parses them; for ids read a batch at a time (a run's
+    millions of candidates are never held as strings), the hashes numbered afterwards
+    with ``np.unique(..., return_inverse=True)``. Valid within one process."""
+    group = np.empty(len(ids), dtype=np.int64)
+    seed = np.empty(len(ids), dtype=np.int64)
+    for i, cid in enumerate(ids):
+        key, _, m = cid.rpartition("-e")
+        group[i] = hash(key)
+        seed[i] = int(m) if m.isdigit() else 0
+    return group, seed
+
+
 def intra_group_correlation(sizes: np.ndarray, passes: np.ndarray) -> float | None:
     """ANOVA estimate of the intra-group correlation of a 0/1 outcome from each group's
     size and sum (unequal sizes; None where it is undefined)."""
@@ -118,11 +132,21 @@ def diagnose(ids: Sequence[str], passed: np.ndarray, stops_early: bool = False) 
     """The search diagnostic of decided candidates ``ids`` (``passed``: the hard
     validator passed each); ``stops_early``: the search closed groups at their first
     pass, so only ``pass_rate_by_seed`` tells how passes cluster (module docstring)."""
-    passed = np.asarray(passed, dtype=bool)
-    n = len(ids)
-    if not n:
+    if not len(ids):
         return {"groups": 0, "generations": 0, "passes": 0}
     group, seed = group_seeds(ids)
+    return diagnose_groups(group, seed, passed, stops_early)
+
+
+def diagnose_groups(
+    group: np.ndarray, seed: np.ndarray, passed: np.ndarray, stops_early: bool = False
+) -> dict[str, Any]:
+    """``diagnose`` of candidates given as their group index (0..k-1, each used), seed
+    number and whether the hard validator passed them."""
+    passed = np.asarray(passed, dtype=bool)
+    n = len(group)
+    if not n:
+        return {"groups": 0, "generations": 0, "passes": 0}
     k = int(group.max()) + 1
     sizes = np.bincount(group, minlength=k)
     passes = np.bincount(group, weights=passed, minlength=k).astype(np.int64)

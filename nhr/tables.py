@@ -66,6 +66,32 @@ class RunTables:
         cols = list(columns) if columns is not None else None
         yield from self.store.tables.iter_batches(name, cols, batch_rows)
 
+    def stream(
+        self, name: str, columns: Sequence[str] | None = None, batch_rows: int = 65_536
+    ) -> TableStream:
+        """A table as a sized stream of tables of at most ``batch_rows`` rows, typed by
+        its schema (a stage's input that is never held whole)."""
+        return TableStream(self, name, columns, batch_rows)
+
+    def read_where(
+        self,
+        name: str,
+        column: str,
+        values: pa.Array | pa.ChunkedArray,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """The rows of a table whose ``column`` is one of ``values``, in table order, read
+        a batch at a time: only those rows are ever held."""
+        wanted = flat(values)
+        parts = [
+            t.filter(pc.is_in(t.column(column), value_set=wanted))
+            for t in self.stream(name, columns)
+        ]
+        schema = self.schema(name)
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        return pa.concat_tables([schema.empty_table(), *parts])
+
     def rows(self, name: str, limit: int | None = None) -> list[Any]:
         """A table as typed records (for per-row Python; prefer :meth:`read`), or its
         first ``limit`` records, reading no more batches than those need."""
@@ -136,6 +162,11 @@ class RunTables:
         )
         return candidates.filter(pc.is_in(ids, value_set=keep))
 
+    def survivor_stream(self, after: str) -> TableStream:
+        """``survivors`` as a sized stream of tables (the candidates read a batch at a
+        time)."""
+        return TableStream(self, "candidates", None, keep=self.survivor_ids(after))
+
     def subjects_failed(self, name: str) -> pa.Table:
         """The subjects (rows of ``SUBJECTS[name]``) a verdict table failed, in order."""
         subjects = self.read(SUBJECTS[name])
@@ -176,6 +207,42 @@ class RunTables:
         if stats is None or stats.get("input_fingerprint") != fingerprint:
             return None
         return stats
+
+
+class TableStream:
+    """A table read a batch at a time, each batch a ``pa.Table`` typed by the table's
+    schema, only the rows whose key is in ``keep`` where one is given; ``len`` is its
+    row count, from the ledger (or ``keep``), so a progress bar knows its total."""
+
+    def __init__(
+        self,
+        tables: RunTables,
+        name: str,
+        columns: Sequence[str] | None = None,
+        batch_rows: int = 65_536,
+        keep: pa.Array | None = None,
+    ) -> None:
+        self.tables = tables
+        self.name = name
+        self.columns = list(columns) if columns is not None else None
+        self.batch_rows = batch_rows
+        self.keep = keep
+
+    def __len__(self) -> int:
+        return self.tables.count(self.name) if self.keep is None else len(self.keep)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        store = self.tables.store.tables
+        if not store.exists(self.name):
+            return
+        schema = self.tables.schema(self.name)
+        key = TABLE_TYPES[self.name].key if self.keep is not None else None
+        for batch in store.iter_batches(self.name, self.columns, self.batch_rows, schema):
+            table = pa.Table.from_batches([batch])
+            if key is not None:
+                table = table.filter(pc.is_in(table.column(key), value_set=self.keep))
+            if table.num_rows:
+                yield table
 
 
 def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -245,6 +312,7 @@ __all__ = [
     "SUBJECTS",
     "TABLE_TYPES",
     "RunTables",
+    "TableStream",
     "constant",
     "flat",
     "group_starts",

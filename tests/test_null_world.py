@@ -177,3 +177,17 @@ def test_bench_engine_runs_the_whole_chain(prompts: int) -> None:
     assert steps["edits"]["tables"]["validator"] > 0
     assert steps["export"]["rows"] and steps["export"]["rows"] > 0
     assert report["peak_rss_mb"]["self"] > 0 and report["files_written"]["files"] > 0
+
+
+def test_edits_are_drawn_once_per_picture_and_given_as_copies() -> None:
+    src = null.source_image(3, SIZE)
+    other = null.source_image(4, SIZE)
+    null._edits.clear()
+    first = null.cached_edit(src, 5, False)
+    assert first.tobytes() == null.block_edit(src, 5).tobytes()
+    assert null.cached_edit(src, 1, True).tobytes() == null.speckle_edit(src, 1).tobytes()
+    assert null.cached_edit(other, 5, False).tobytes() == null.block_edit(other, 5).tobytes()
+    assert len(null._edits) == 3
+    first.paste((0, 0, 0), (0, 0, *SIZE))  # a caller changing its copy changes no other
+    again = null.cached_edit(src.copy(), 5, False)
+    assert again.tobytes() == null.block_edit(src, 5).tobytes() and len(null._edits) == 3

@@ -10,11 +10,13 @@ argmax are good edits, not negatives, and are never used.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nhr.tables import flat, group_starts, positions, required_positions, take
+from nhr.tables import RunTables, flat, group_starts, positions, required_positions, take
 
 PREFERENCE_SCHEMA = pa.schema(
     [
@@ -35,6 +37,63 @@ PREFERENCE_SCHEMA = pa.schema(
         ("height", pa.int64()),
     ]
 )
+
+
+# mined triplets paired at once by ``run_preference_pairs``: what it holds is the
+# candidates and verdicts of their sources, never the whole run's
+SLICE_ROWS = 100_000
+MINED_COLUMNS = (
+    "triplet_id",
+    "candidate_id",
+    "source_id",
+    "source_image",
+    "edited_image",
+    "instruction",
+    "adherence",
+    "aesthetic",
+    "width",
+    "height",
+)
+CANDIDATE_COLUMNS = ("candidate_id", "source_id", "instruction_id", "image")
+VERDICT_COLUMNS = ("subject_id", "passed", "reason", "adherence", "aesthetic")
+
+
+def mined_slices(tables: RunTables, rows: int = SLICE_ROWS) -> Iterator[pa.Table]:
+    """The mined triplets of the run's export (``origin`` mined), in table order, as
+    tables of ``rows`` rows (the last one shorter), read a batch at a time."""
+    held: list[pa.Table] = []
+    n = 0
+    columns = [*MINED_COLUMNS, "origin"]
+    for t in tables.stream(tables.triplets_name(), columns):
+        t = t.filter(pc.equal(t.column("origin"), "mined")).select(list(MINED_COLUMNS))
+        held.append(t)
+        n += t.num_rows
+        while n >= rows:
+            whole = pa.concat_tables(held)
+            yield whole.slice(0, rows)
+            held, n = [whole.slice(rows)], whole.num_rows - rows
+    if n:
+        yield pa.concat_tables(held)
+
+
+def run_preference_pairs(
+    tables: RunTables, per_group: int = 1, slice_rows: int = SLICE_ROWS
+) -> pa.Table:
+    """``preference_pairs`` of a run's mined triplets, the same rows in the same order,
+    computed ``slice_rows`` mined triplets at a time: each slice reads only the
+    candidates of its sources and their verdicts (a group's candidates share its
+    source), so memory follows the slice, not the run."""
+    names = [n for n in tables.enabled if tables.exists(n)]
+    parts = [PREFERENCE_SCHEMA.empty_table()]
+    if per_group <= 0 or not names:
+        return parts[0]
+    for mined in mined_slices(tables, slice_rows):
+        sources = pc.unique(flat(mined.column("source_id")))
+        cands = tables.read_where("candidates", "source_id", sources, CANDIDATE_COLUMNS)
+        ids = cands.column("candidate_id")
+        verdicts = {n: tables.read_where(n, "subject_id", ids, VERDICT_COLUMNS) for n in names}
+        parts.append(preference_pairs(mined, cands, verdicts, per_group))
+    return pa.concat_tables(parts)
 
 
 def first_failures(verdicts: dict[str, pa.Table]) -> pa.Table:

@@ -49,6 +49,7 @@ SHARD_ROWS = 50_000
 SHARD_BYTES = 64 * 2**20
 FLUSH_SECONDS = 60.0
 RECORDS_PER_TABLE = 4096  # buffered records turned into Arrow at once
+ROW_GROUP_ROWS = 65_536  # rows per parquet row group of a shard
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,11 @@ class LedgerEntry:
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
-    """A table as zstd parquet bytes."""
+    """A table as zstd parquet bytes, in row groups of ``ROW_GROUP_ROWS`` (a reader that
+    streams a shard decodes one row group at a time: a whole-table step's single shard
+    would otherwise be one group of every row)."""
     buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return buf.getvalue().to_pybytes()
 
 

@@ -1,0 +1,133 @@
+"""What a run holds at once is bounded by a batch, a shard or a slice, not by the run:
+the chain's rows held open between links, fingerprints, table streams, the search
+diagnostic, the export's preference pairs and chains. Counts of rows held, not timings."""
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from test_runner import PlusStage, Square, SquareStage
+
+from nhr import hashing
+from nhr import runner as runner_mod
+from nhr.bootstrap import chains
+from nhr.engines.base import Link, outputs_forward
+from nhr.mining import committed_decisions, decided_outcomes
+from nhr.records import PromptJob, Record, from_table
+from nhr.runner import Runner
+from nhr.search_diagnostic import diagnose, diagnose_groups
+from nhr.stages import preference as preference_mod
+from nhr.store import RunStore
+from nhr.tables import flat
+
+
+class PlusAgain(PlusStage):
+    name = "plus_again"
+
+
+def every_tenth(inputs: list[Record], outputs: list[Square]) -> list[Square]:
+    """Forward the rows whose value ends in 0 (one in five here: a filter that drops
+    most, as the pre-filter does)."""
+    return [o for o in outputs if o.value % 10 == 0]
+
+
+def _chain_rows(tmp_path: Any, shard_rows: int, monkeypatch: Any) -> tuple[int, list[Any]]:
+    """Run a three-link chain over 300 jobs; the most rows it held open at once, and the
+    last link's rows."""
+    held: list[int] = []
+    take = runner_mod._ChainRun._take
+
+    def counting(self: Any, done: Any) -> None:
+        take(self, done)
+        held.append(self.held())
+
+    monkeypatch.setattr(runner_mod._ChainRun, "_take", counting)
+    runner = Runner(RunStore(tmp_path), batch_size=5, progress=False, shard_rows=shard_rows)
+    links = [
+        Link(SquareStage(), 5, outputs_forward),
+        Link(PlusStage(), 5, every_tenth),
+        Link(PlusAgain(), 5),
+    ]
+    runner.run_chain(links, [PromptJob(f"p{i:03d}", i, "") for i in range(300)])
+    rows = from_table(runner.store.tables.read("plus_again", Square.schema()), Square)
+    return max(held), sorted((r.prompt_id, r.value) for r in rows)
+
+
+def test_a_chain_holds_a_shard_of_rows_open_at_most(tmp_path, monkeypatch):
+    # the last link gets 60 rows: with shards of 1,000 it commits only at the end, and
+    # every row stays open upstream until then
+    most_unbounded, reference = _chain_rows(tmp_path / "a", 1000, monkeypatch)
+    assert most_unbounded >= 250
+    # shards of 40 rows: every buffer is committed whenever 40 more rows are held open
+    # (what the engine has queued or in flight, 4 batches per link, may come on top)
+    most, rows = _chain_rows(tmp_path / "b", 40, monkeypatch)
+    assert most <= 40 + 2 * 4 * 5 + 5
+    assert rows == reference and len(rows) == 60
+
+
+def test_fingerprints_are_made_a_slice_at_a_time(monkeypatch):
+    keys = pa.chunked_array([pa.array([f"k{i}" for i in range(10)]), pa.array(["x", "y"])])
+    whole = np.fromiter(map(hash, keys.to_pylist()), np.int64).view(np.uint64)
+    monkeypatch.setattr(hashing, "FINGERPRINT_ROWS", 5)
+    assert (hashing.fingerprints(keys) == whole).all()
+    assert len(hashing.fingerprints(pa.array([], pa.string()))) == 0
+
+
+def test_streams_hold_a_batch_and_give_the_table(tiny_chain):
+    tables = tiny_chain.tables
+    whole = tables.read("candidates")
+    parts = list(tables.stream("candidates", batch_rows=7))
+    assert max(p.num_rows for p in parts) <= 7 and len(parts) > 1
+    assert pa.concat_tables(parts).equals(whole)
+    assert len(tables.stream("candidates")) == whole.num_rows
+    survivors = tables.survivor_stream("lowlevel")
+    assert pa.concat_tables(list(survivors)).equals(tables.survivors("lowlevel"))
+    assert len(survivors) == tables.survivors("lowlevel").num_rows
+    ids = whole.column("candidate_id").slice(3, 5)
+    picked = tables.read_where("candidates", "candidate_id", ids, ["candidate_id", "seed"])
+    assert picked.column("candidate_id").to_pylist() == ids.to_pylist()
+    assert picked.schema.names == ["candidate_id", "seed"]
+    none = tables.read_where("candidates", "candidate_id", pa.array([], pa.string()))
+    assert none.num_rows == 0 and none.schema.names == whole.schema.names
+
+
+def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):
+    decided = committed_decisions(tiny_chain.tables)
+    group, seed, passed = decided_outcomes(tiny_chain.tables)
+    assert len(group) == len(decided.ids) > 0 and passed.sum() == decided.passed.sum() > 0
+    assert group.dtype == np.int64 and seed.dtype == np.int64
+    ids = flat(decided.ids).to_pylist()
+    assert diagnose_groups(group, seed, passed) == diagnose(ids, decided.passed)
+
+
+def test_preference_pairs_come_a_slice_of_mined_triplets_at_a_time(tiny_chain, monkeypatch):
+    tables = tiny_chain.tables
+    mined = tables.by_origin("mined")
+    whole = preference_mod.preference_pairs(
+        mined,
+        tables.read("candidates", list(preference_mod.CANDIDATE_COLUMNS)),
+        {n: tables.read(n, list(preference_mod.VERDICT_COLUMNS)) for n in tables.enabled},
+        1,
+    )
+    assert whole.num_rows > 0
+    calls: list[tuple[int, int]] = []
+    pairs = preference_mod.preference_pairs
+
+    def counting(m: pa.Table, cands: pa.Table, verdicts: Any, per_group: int) -> pa.Table:
+        calls.append((m.num_rows, cands.num_rows))
+        return pairs(m, cands, verdicts, per_group)
+
+    monkeypatch.setattr(preference_mod, "preference_pairs", counting)
+    sliced = preference_mod.run_preference_pairs(tables, 1, slice_rows=2)
+    assert sliced.equals(whole)  # the same rows in the same order
+    assert len(calls) == -(-mined.num_rows // 2)
+    total = tables.count("candidates")
+    assert all(m <= 2 and c < total for m, c in calls)  # a slice's sources' candidates only
+
+
+def test_the_export_reads_only_the_triplets_its_chains_use(tiny_chain):
+    source = tiny_chain.tables.triplets_name()
+    whole = tiny_chain.tables.triplets()
+    part = tiny_chain._chain_triplets(source)
+    assert chains(part).equals(chains(whole)) and chains(whole).num_rows > 0
+    assert part.num_rows < whole.num_rows
