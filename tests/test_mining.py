@@ -72,10 +72,21 @@ def gated(tmp_path_factory) -> Path:
     return run
 
 
-def _mine(gated: Path, dest: Path, **params) -> Pipeline:
+def _mine(gated: Path, dest: Path, by_round: bool = False, **params) -> Pipeline:
+    """A copy of the gated run at ``dest``, mined streamed (``Pipeline.mine``) or round
+    by round (the loop's ``by_round``)."""
     shutil.copytree(gated, dest)
     pipe = Pipeline.open(dest, {**SMALL, **params}, progress=False)
-    pipe.mine()
+    if by_round:
+        MiningLoop(
+            pipe.runner,
+            pipe.tables,
+            pipe.edit_jobs(),
+            pipe.mining_links(),
+            SearchRule.from_config(pipe.cfg),
+        ).run(by_round=True)
+    else:
+        pipe.mine()
     return pipe
 
 
@@ -249,16 +260,7 @@ def test_the_streamed_search_makes_the_rows_of_the_round_by_round_one(gated, tmp
     }
     streamed = _mine(gated, tmp_path / "streamed", **params)
     by_round = tmp_path / "by-round"
-    shutil.copytree(gated, by_round)
-    pipe = Pipeline.open(by_round, {**SMALL, **params}, progress=False)
-    loop = MiningLoop(
-        pipe.runner,
-        pipe.tables,
-        pipe.edit_jobs(),
-        pipe.mining_links(),
-        SearchRule.from_config(pipe.cfg),
-    )
-    loop.run(by_round=True)
+    pipe = _mine(gated, by_round, by_round=True, **params)
     for table in TABLES:
         assert _rows(tmp_path / "streamed", table) == _rows(by_round, table), table
     one, other = streamed.mining(), pipe.mining()
@@ -384,16 +386,7 @@ def test_the_posterior_stop_closes_the_same_groups_streamed_by_round_and_resumed
     assert mining["groups_by_state"]["hopeless"] > 0
     assert mining["posterior_stop"]["calibration_jobs"] == mining["rounds"][0]["jobs"]
     by_round = tmp_path / "by-round"
-    shutil.copytree(gated, by_round)
-    pipe = Pipeline.open(by_round, params, progress=False)
-    loop = MiningLoop(
-        pipe.runner,
-        pipe.tables,
-        pipe.edit_jobs(),
-        pipe.mining_links(),
-        SearchRule.from_config(pipe.cfg),
-    )
-    loop.run(by_round=True)
+    pipe = _mine(gated, by_round, by_round=True, **extra)
     killed = tmp_path / "killed"
     shutil.copytree(gated, killed)
     script = tmp_path / "mine.py"
