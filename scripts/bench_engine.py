@@ -35,9 +35,9 @@ growing with N.
 ``completed: false`` and the step it stopped in.
 
 ``--prompts 633,6329`` (several sizes, ascending) runs each size in a process of its own
-(peak RSS is per process) and prints ``{"runs": [each size's object], "memory_growth":
-...}``: the peak RSS (process and children, the larger) of the largest size over that
-of the smallest.
+(peak RSS is per process), writes each size's object to stderr as that size ends, and
+prints ``{"runs": [each size's object], "memory_growth": ...}``: the peak RSS (process
+and children, the larger) of the largest size over that of the smallest.
 """
 
 from __future__ import annotations
@@ -414,6 +414,8 @@ def compare_sizes(sizes: list[int], argv: list[str]) -> int:
             print(f"the run of {n} prompts failed (exit {proc.returncode})", file=sys.stderr)
             return proc.returncode
         runs.append(json.loads(proc.stdout))
+        # each size's figures as it ends, so a stopped comparison keeps the sizes it ran
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     growth = peak_of(runs[-1]) / max(peak_of(runs[0]), 1e-9)
     out = {
         "benchmark": "engine on the null world, several sizes",
