@@ -1023,6 +1023,14 @@ class EngineBlock(Block):
         100_000,
         runtime=True,
     )
+    ray_driver_rows: int = _f(
+        256,
+        "a chain with no GPU stage and at most this many first-stage inputs runs on the "
+        "driver, as ENGINE local would (0: every chain on the cluster)",
+        0,
+        10**9,
+        runtime=True,
+    )
 
 
 # ------------------------------------------------------------------------ the whole config

@@ -291,7 +291,7 @@ def test_every_batch_of_every_link_comes_once(cluster):
     # each of the two judge actors holds half of the API limits
     assert {v.details for d in judged for v in d.outputs} == {'{"share": 0.5}'}
     info = engine.describe()
-    assert info["duplicates_dropped"] == 0 and info["windows"] == 3
+    assert info["duplicates_dropped"] == 0 and info["windows"] == 3 and "driver" not in info
     places = {name.split(":")[1]: p for name, p in info["links"].items()}
     # the actors live across the windows: one setup (model load) per actor per chain
     assert list(places["cubes"]["loads"].values()) == [1, 1]
@@ -323,10 +323,10 @@ def test_windows_pull_batches_lazily(cluster):
         assert sorted(input_ids(dones, link)) == [j.prompt_id for j in jobs(40)]
 
 
-def test_one_cpu_pool_serves_every_window_and_chain_of_an_engine(cluster):
+def test_pools_serve_every_window_and_chain_of_an_engine(cluster):
     """A cpu link's actors are the engine's pool: made once, each stage set up once per
     actor per chain however many windows, the same actors for the next chain, ended by
-    close()."""
+    close(); so are an io link's (set up per chain, each with its share of the limits)."""
     engine = RayEngine(RaySettings(window_rows=10, cpu_tasks=2), progress=False)
     links = [Link(SquareStage(), 5, outputs_forward), Link(PlusOneStage(), 5)]
     dones = list(engine.stream(links, batches(30, 5)))
@@ -340,10 +340,18 @@ def test_one_cpu_pool_serves_every_window_and_chain_of_an_engine(cluster):
     list(engine.stream([Link(SquareStage(), 5)], batches(20, 5)))
     again = set(engine.describe()["links"]["0:squares"]["loads"])
     assert again and again <= pool | set(first["links"]["1:plus_one"]["loads"])
-    actors = list(engine._pool)
+    judged = []
+    for _ in range(2):
+        judge = [Link(SquareStage(), 5, outputs_forward), Link(JudgeStage(), 5)]
+        dones = list(engine.stream(judge, batches(20, 5)))
+        assert {v.details for d in dones if d.link == 1 for v in d.outputs} == {'{"share": 0.5}'}
+        judged.append(engine.describe()["links"]["1:verdicts"]["loads"])
+    assert judged[0] == judged[1] and list(judged[0].values()) == [1, 1]
+    actors = list(engine._pools["cpu"]) + list(engine._pools["io0"])
     engine.close()
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(actors[0].__ray_ready__.remote(), timeout=60)
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.__ray_ready__.remote(), timeout=60)
 
 
 def test_nhr_run_warns_once_of_a_named_cluster_open_without_a_token(cluster, monkeypatch, caplog):
@@ -362,7 +370,7 @@ def test_nhr_run_warns_once_of_a_named_cluster_open_without_a_token(cluster, mon
 
 
 def test_a_stage_error_comes_back_as_itself(cluster):
-    engine = RayEngine(RaySettings(), progress=False)
+    engine = RayEngine(RaySettings(driver_rows=0), progress=False)
     with pytest.raises(BackendError) as err:
         list(engine.stream([Link(SquareStage(poison="p0007"), 4)], batches(20, 5)))
     assert "refused p0007" in str(err.value)
@@ -374,6 +382,58 @@ def test_a_chain_with_nothing_to_do_starts_nothing(monkeypatch):
     monkeypatch.setattr(engine, "connect", lambda: pytest.fail("connected to Ray"))
     assert list(engine.stream(chain(), iter([]))) == []
     assert engine.describe()["windows"] == 0
+
+
+class Connected(Exception):
+    """Raised where the engine would connect to Ray."""
+
+
+def test_a_small_chain_without_a_device_stage_runs_on_the_driver(monkeypatch):
+    """At most driver_rows inputs and no device stage: the chain runs on the driver
+    (the local engine), with the rows the cluster makes; one row more, or a device
+    stage, and it goes to the cluster."""
+    engine = RayEngine(RaySettings(driver_rows=20), progress=False, workers=1)
+
+    def connect() -> None:
+        raise Connected
+
+    monkeypatch.setattr(engine, "connect", connect)
+    links = [Link(SquareStage(), 4, outputs_forward), Link(JudgeStage(), 3)]
+    dones = list(engine.stream(links, batches(20, 5)))
+    want = expected(20)
+    assert observed(dones)[0] == want[0] and observed(dones)[1] == want[1]
+    info = engine.describe()
+    assert info["driver"]["name"] == "local" and "links" not in info
+    assert info["batches"] == len(dones)
+    with pytest.raises(Connected):
+        list(engine.stream(links, batches(21, 5)))
+    assert "driver" not in engine.describe()
+    with pytest.raises(Connected):
+        list(engine.stream(chain(), batches(8, 4)))
+
+
+def test_an_engine_imports_ray_only_for_a_chain_on_the_cluster():
+    """ENGINE ray with nothing for the cluster imports no Ray; Ray's first import leaves
+    out jsonschema's IRI grammar (seconds of CPU), and that package imports after."""
+    import subprocess
+
+    code = (
+        "import sys, importlib.util\n"
+        "from nhr.config import PipelineConfig\n"
+        "from nhr.engines import engine_from_config\n"
+        "engine = engine_from_config(PipelineConfig.from_params({'ENGINE': 'ray'}), False)\n"
+        "assert list(engine.stream([], [])) == [] and engine.describe()['windows'] == 0\n"
+        "assert 'ray' not in sys.modules, 'ray imported'\n"
+        "from nhr.engines.ray import IRI_GRAMMAR, import_ray\n"
+        "import_ray()\n"
+        "assert IRI_GRAMMAR not in sys.modules, 'IRI grammar imported'\n"
+        "if importlib.util.find_spec(IRI_GRAMMAR):\n"
+        "    importlib.import_module(IRI_GRAMMAR)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_a_recomputed_batch_is_dropped_once_and_counted():
@@ -438,6 +498,7 @@ def tiny_ray() -> dict:
         "SHARD_ROWS": 16,
         "SHARD_FLUSH_SECONDS": 0.0,
         "RAY_IO_ACTORS": 1,
+        "RAY_DRIVER_ROWS": 0,  # every chain on the cluster, however small
         # the demo's search: the streamed adaptive loop runs on Ray as on the local engine
         "SEARCH": "adaptive",
         "SEARCH_GUIDANCE": "best",
@@ -531,7 +592,7 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
         "name: two\n"
         f"notebooks: [{ROOT / 'notebooks' / '01_prompts.ipynb'}, {failing}]\n"
         "params: {SEED: 0, PROMPTER: synthetic, N_PROMPTS: 3, K_INSTRUCTIONS: 2,\n"
-        "  ENGINE: ray, RAY_IO_ACTORS: 1, RAY_LOCAL_CPUS: 2}\n"
+        "  ENGINE: ray, RAY_IO_ACTORS: 1, RAY_LOCAL_CPUS: 2, RAY_DRIVER_ROWS: 0}\n"
     )
     run = tmp_path / "run"
     # Ray's defaults for a local cluster: no cluster named, no authentication mode set

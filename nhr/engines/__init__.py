@@ -32,19 +32,22 @@ def ray_settings(cfg: PipelineConfig) -> RaySettings:
         cpus_per_cpu_task=e.ray_cpus_per_cpu_task,
         window_rows=e.ray_window_rows,
         local_cpus=e.ray_local_cpus,
+        driver_rows=e.ray_driver_rows,
     )
 
 
 def engine_from_config(cfg: PipelineConfig, progress: bool = True) -> Engine | None:
     """The engine ``ENGINE`` names: None for ``local`` (the runner's default engine,
-    sized by ``WORKERS``), a ``RayEngine`` for ``ray`` (Ray is imported only then, and
-    a missing Ray names what to install)."""
+    sized by ``WORKERS``), a ``RayEngine`` for ``ray``. A missing Ray names what to
+    install now; Ray itself is imported only once a chain goes to the cluster (seconds
+    of a kernel's CPU that a notebook whose steps are done, or run on the driver,
+    never spends)."""
     if cfg.engine.engine == "local":
         return None
-    from nhr.engines.ray import RayEngine, import_ray
+    from nhr.engines.ray import RayEngine, require_ray
 
-    import_ray()
-    return RayEngine(ray_settings(cfg), progress)
+    require_ray()
+    return RayEngine(ray_settings(cfg), progress, cfg.run.workers)
 
 
 def run_cluster(cfg: PipelineConfig) -> contextlib.AbstractContextManager[str | None]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import logging
 import os
 import pickle
@@ -100,15 +101,55 @@ def dumps(obj: Any) -> bytes:
     return cloudpickle.dumps(obj)
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or an error naming what to install."""
+def _missing(err: object) -> ConfigError:
+    return ConfigError(
+        f"ENGINE ray needs Ray Data, which is not installed ({err})",
+        f"run {INSTALL}, or set ENGINE local",
+    )
+
+
+def require_ray() -> None:
+    """An error naming what to install when Ray is missing; Ray is not imported."""
     try:
-        import ray
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError) as err:
+        raise _missing(err) from None
+    if not found:
+        raise _missing("No module named 'ray'")
+
+
+# jsonschema imports this package, when it is installed, to check the "iri" formats
+# (Jupyter's jsonschema[format-nongpl] installs it), and it compiles some 35 Earley
+# parsers at import: 2–3 CPU-s, most of what `import ray` costs (Ray imports jsonschema
+# for its runtime_env schemas, which use no IRI format).
+IRI_GRAMMAR = "rfc3987_syntax"
+
+
+@contextlib.contextmanager
+def _without_iri_grammar() -> Iterator[None]:
+    """While Ray is first imported: jsonschema imported (by Ray) without ``IRI_GRAMMAR``,
+    so a jsonschema ``FormatChecker`` of this process checks no "iri" format (as where
+    that package is not installed). Nothing changes where jsonschema is imported
+    already."""
+    if "jsonschema" in sys.modules or IRI_GRAMMAR in sys.modules:
+        yield
+        return
+    sys.modules[IRI_GRAMMAR] = None  # type: ignore[assignment]  # an import of it fails
+    try:
+        yield
+    finally:
+        if IRI_GRAMMAR in sys.modules and sys.modules[IRI_GRAMMAR] is None:
+            del sys.modules[IRI_GRAMMAR]
+
+
+def import_ray() -> Any:
+    """The ``ray`` module (its first import without the IRI grammar, see
+    ``_without_iri_grammar``), or an error naming what to install."""
+    try:
+        with _without_iri_grammar():
+            import ray
     except ImportError as err:
-        raise ConfigError(
-            f"ENGINE ray needs Ray Data, which is not installed ({err})",
-            f"run {INSTALL}, or set ENGINE local",
-        ) from None
+        raise _missing(err) from None
     return ray
 
 
@@ -122,8 +163,10 @@ class RaySettings:
     the cluster, at least one). ``io_actors``: actors per API-bound stage.
     ``cpu_tasks``: concurrent tasks per CPU-bound stage (0: as Ray schedules them).
     ``cpus_per_*``: logical CPUs each actor or task reserves. ``window_rows``: inputs of
-    link 0 per dataset. ``local_cpus``: logical CPUs of a local cluster this engine
-    starts (0: the machine's cores)."""
+    link 0 per window. ``local_cpus``: logical CPUs of a local cluster this engine
+    starts (0: the machine's cores). ``driver_rows``: a chain with no device stage
+    whose whole input (link 0's) is at most this many rows runs on the driver, as
+    ``ENGINE local`` runs it (0: every chain goes to the cluster)."""
 
     address: str = ""
     device_actors: int = 0
@@ -135,6 +178,7 @@ class RaySettings:
     cpus_per_cpu_task: float = 1.0
     window_rows: int = 20_000
     local_cpus: int = 0
+    driver_rows: int = 256
 
 
 def _teardown(stage: Any) -> None:
@@ -281,7 +325,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def agent_ports() -> Iterator[None]:
+def agent_ports(lean: bool = False) -> Iterator[None]:
     """While Ray nodes start in this process (``ray.init`` of a local cluster, or
     ``ray.cluster_utils.Cluster.add_node``): each node's agent ports chosen up front.
 
@@ -293,7 +337,12 @@ def agent_ports() -> Iterator[None]:
     raylet starts, with the port the agent is told to bind), so the raylet starts at
     once and reaches the agents as they come up. Neither ``ray.init`` nor ``Cluster``
     takes these ports, so Ray's start parameters and node are given them here, for the
-    duration of the block."""
+    duration of the block.
+
+    ``lean``: a head node also starts without the autoscaler's monitor and the log
+    monitor (a local cluster has nothing to autoscale, and its drivers take no worker
+    logs, ``log_to_driver`` off): two Python processes fewer, each seconds of CPU to
+    start (importing Ray), on the path of the cluster's start."""
     from ray._private import node, parameter
     from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
 
@@ -307,6 +356,9 @@ def agent_ports() -> Iterator[None]:
             # its default (52365) is taken by any other cluster on the machine
             self.dashboard_agent_listen_port = _free_port()
             self.metrics_export_port = self.metrics_export_port or _free_port()
+            if lean:
+                self.no_monitor = True
+                self.include_log_monitor = False
 
     class WithAgentPortFile(base):  # type: ignore[misc,valid-type]
         def start_raylet(self, *args: Any, **kwargs: Any) -> Any:
@@ -326,12 +378,12 @@ def agent_ports() -> Iterator[None]:
 
 def start_local(ray: Any, cpus: int = 0) -> None:
     """Start a local Ray cluster (``cpus`` logical CPUs, 0: the machine's cores) with this
-    process as its driver (its agents' ports chosen up front, see ``agent_ports``),
+    process as its driver (lean, its agents' ports chosen up front: ``agent_ports``),
     trying again when a busy machine misses Ray's start-up time."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(LOCAL_STARTS):
         try:
-            with agent_ports():
+            with agent_ports(lean=True):
                 ray.init(address="local", num_cpus=cpus or None, **QUIET_INIT)
             return
         except Exception as err:  # Ray waits a fixed 30 s for its raylet
@@ -407,7 +459,7 @@ def local_cluster(cpus: int = 0) -> Iterator[str]:
     joins it rather than starting a cluster of its own, shut down on the way out
     (errors included; Ray's processes also end with this one if it is killed). Its
     address is also exported as ``NHR_RAY_RUN_CLUSTER``: the kernels' engines then share
-    one cpu pool, which the cluster's end ends (``RayEngine._cpu_pool``)."""
+    pools of actors, which the cluster's end ends (``RayEngine._pool``)."""
     ray = import_ray()
     if ray.is_initialized():
         raise RuntimeError("this process is connected to a Ray cluster already")
@@ -432,7 +484,7 @@ class _Hosts:
 
     actors: list[Any]
     busy: list[int]
-    pooled: bool  # the engine's cpu pool (kept for later chains), else the chain's own
+    pool: str  # the engine's pool they belong to (kept for later chains); '': the chain's
 
     def pick(self) -> int:
         """The actor with the fewest blocks in flight."""
@@ -444,13 +496,19 @@ class RayEngine(Engine):
 
     name = "ray"
 
-    def __init__(self, settings: RaySettings | None = None, progress: bool = True) -> None:
+    def __init__(
+        self, settings: RaySettings | None = None, progress: bool = True, workers: int = 0
+    ) -> None:
         self.settings = settings or RaySettings()
         self.progress = progress
+        self.workers = workers  # of a chain run on the driver (the local engine's bound)
         self._started = False
         self._counts: Counter[str] = Counter()
         self._placement: dict[str, dict[str, Any]] = {}
-        self._pool: list[Any] = []  # the cpu links' actors, for every chain of the engine
+        self._driver: dict[str, Any] = {}  # the local engine's describe() of a driver chain
+        # the cpu pool ("cpu") and the io pools ("io0", "io1": a chain's first, second io
+        # link), actors kept for every chain of the engine
+        self._pools: dict[str, list[Any]] = {}
 
     # ---- the cluster ----------------------------------------------------------------
     def connect(self) -> Any:
@@ -471,12 +529,12 @@ class RayEngine(Engine):
     def close(self) -> None:
         """End the cpu pool's actors; shut Ray down if this engine started it (a joined
         session stays open)."""
-        if self._pool:
+        if self._pools:
             ray = import_ray()
-            for actor in self._pool:
+            for actor in [a for pool in self._pools.values() for a in pool]:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
-            self._pool = []
+            self._pools = {}
         if self._started:
             ray = import_ray()
             ray.shutdown()
@@ -485,16 +543,19 @@ class RayEngine(Engine):
     def describe(self) -> dict[str, Any]:
         """Engine, settings, the cluster (address, live nodes, resources), and what the
         last stream did: windows, batches, duplicates dropped, each link's placement
-        (kind, actors, GPUs and CPUs each, model loads by actor, actors lost)."""
+        (kind, actors, GPUs and CPUs each, model loads by actor, actors lost), or, for a
+        chain run on the driver, ``driver``: the local engine's description."""
         info: dict[str, Any] = {"name": self.name, "settings": asdict(self.settings)}
         info.update(dict(self._counts))
         info["windows"] = self._counts["windows"]
         info["duplicates_dropped"] = self._counts["duplicates_dropped"]
         if self._placement:
             info["links"] = self._placement
+        if self._driver:
+            info["driver"] = self._driver
+        ray = sys.modules.get("ray")  # never imported here: a chain with no work needs no Ray
         with contextlib.suppress(Exception):
-            ray = import_ray()
-            if ray.is_initialized():
+            if ray is not None and ray.is_initialized():
                 info["cluster"] = {
                     "address": ray.get_runtime_context().gcs_address,
                     "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
@@ -533,59 +594,69 @@ class RayEngine(Engine):
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         per = s.cpus_per_cpu_task
         actors = s.cpu_tasks or max(1, int(cpus // per) if per > 0 else 1)
-        return {"kind": kind, "actors": actors, "num_cpus": per, "pooled": True}
+        return {"kind": kind, "actors": actors, "num_cpus": per}
 
-    def _cpu_pool(self, ray: Any, size: int) -> list[Any]:
-        """The cpu links' actors (``size`` of them), spread over the nodes, reserving no
-        CPU (their number is the bound), so device and io actors always find theirs.
+    def _pool(self, ray: Any, name: str, size: int, cpus: float) -> list[Any]:
+        """``size`` actors of the engine's pool ``name`` (``cpu``: every cpu link's; ``io0``,
+        ``io1``, ...: the first, second, ... io link of every chain), spread over the
+        nodes, each reserving ``cpus`` CPUs. A chain's stages come and go on them; their
+        processes (seconds of imports each to start) stay.
 
         On the local cluster ``nhr run`` started for its kernels, they are named,
         detached actors that every kernel's engine shares (made by the first, found by
-        the others; each would otherwise start its own worker processes, seconds of
-        imports each), ended with the cluster. Elsewhere they are this engine's, made
-        on its first chain, kept for every later one, ended by ``close()``."""
+        the others), ended with the cluster. Elsewhere they are this engine's, made
+        on first use, kept for every later chain, ended by ``close()``."""
+        host = ray.remote(StageHost)
         if os.environ.get(RUN_CLUSTER) == ray.get_runtime_context().gcs_address:
-            shared = ray.remote(StageHost)
             options = {
-                "num_cpus": 0,
+                "num_cpus": cpus,
                 "scheduling_strategy": "SPREAD",
                 "namespace": POOL_NAMESPACE,
                 "lifetime": "detached",
                 "get_if_exists": True,
             }
-            return [shared.options(name=f"cpu-{i}", **options).remote() for i in range(size)]
-        host = ray.remote(StageHost).options(num_cpus=0, scheduling_strategy="SPREAD")
-        while len(self._pool) < size:
-            self._pool.append(host.remote())
-        return self._pool[:size]
+            return [host.options(name=f"{name}-{i}", **options).remote() for i in range(size)]
+        pool = self._pools.setdefault(name, [])
+        while len(pool) < size:
+            pool.append(host.options(num_cpus=cpus, scheduling_strategy="SPREAD").remote())
+        return pool[:size]
 
     def _start_hosts(
         self, ray: Any, chain: list[Any], token: str, links: Sequence[Link]
     ) -> list[_Hosts]:
-        """Each link's actors: the cpu pool's for a cpu link (its stage set up on first
-        use in each), else the chain's own, each loading its model now (one lost with
-        its node is not remade; its blocks go to the others)."""
+        """Each link's actors: the cpu pool's for a cpu link (reserving no CPU: their
+        number is the bound, so device and io actors always find theirs; its stage set
+        up on first use in each), an io pool's for an io link (its stage set up now,
+        with its share of the API limits), else the chain's own, each loading its
+        model now (one lost with its node is not remade; its blocks go to the others)."""
         out = []
+        io_links = 0
         for k, link in enumerate(links):
             place = self.placement(ray, link.stage)
             self._placement[f"{k}:{link.stage.name}"] = place
-            if place.get("pooled"):
-                actors = self._cpu_pool(ray, place["actors"])
-                out.append(_Hosts(actors, [0] * len(actors), True))
+            if place["kind"] == CPU:
+                actors = self._pool(ray, "cpu", place["actors"], 0.0)
+                out.append(_Hosts(actors, [0] * len(actors), "cpu"))
                 continue
-            share = 1.0 / place["actors"] if place["kind"] == IO else 1.0
-            host = ray.remote(StageHost).options(
-                num_cpus=place["num_cpus"], num_gpus=place.get("num_gpus") or None
-            )
-            actors = [host.remote() for _ in range(place["actors"])]
+            if place["kind"] == IO:
+                pool = place["pool"] = f"io{io_links}"
+                io_links += 1
+                actors = self._pool(ray, pool, place["actors"], place["num_cpus"])
+            else:
+                host = ray.remote(StageHost).options(
+                    num_cpus=place["num_cpus"], num_gpus=place.get("num_gpus") or None
+                )
+                actors = [host.remote() for _ in range(place["actors"])]
+                pool = ""
+            share = 1.0 / len(actors) if place["kind"] == IO else 1.0
             for actor in actors:
                 actor.prepare.remote(chain, token, k, share)
-            out.append(_Hosts(actors, [0] * len(actors), False))
+            out.append(_Hosts(actors, [0] * len(actors), pool))
         return out
 
     def _stop_hosts(self, ray: Any, token: str, links: Sequence[Link], hosts: list[_Hosts]) -> None:
         """Record each actor's model loads in its link's placement, release the chain's
-        stages, end the chain's own actors (the cpu pool stays)."""
+        stages, end the chain's own actors (the pools' stay)."""
         for k, linked in enumerate(hosts):
             name = f"{k}:{links[k].stage.name}"
             loads: dict[str, int] = {}
@@ -601,7 +672,7 @@ class RayEngine(Engine):
         with contextlib.suppress(Exception):
             ray.get([a.release.remote(token) for a in every.values()], timeout=60)
         for linked in hosts:
-            if not linked.pooled:
+            if not linked.pool:
                 for actor in linked.actors:
                     with contextlib.suppress(Exception):
                         ray.kill(actor)
@@ -618,8 +689,9 @@ class RayEngine(Engine):
                 except Exception:
                     name = f"{k}:{links[k].stage.name}"
                     self._placement[name]["lost"] = self._placement[name].get("lost", 0) + 1
-                    if linked.pooled and actor in self._pool:
-                        self._pool.remove(actor)
+                    pool = self._pools.get(linked.pool, [])
+                    if actor in pool:
+                        pool.remove(actor)
             if not alive:
                 raise RuntimeError(
                     f"every actor of stage {links[k].stage.name} ({len(linked.actors)}) was lost"
@@ -637,11 +709,20 @@ class RayEngine(Engine):
     def stream(self, links: Sequence[Link], batches: Iterable[list[Record]]) -> Iterator[Done]:
         """Run ``batches`` through ``links`` window by window on the cluster; yield each
         finished batch of every link once. A chain with nothing to do (every input
-        committed in an earlier run) never connects to Ray."""
+        committed in an earlier run) never connects to Ray, nor does a small one, run on
+        the driver (``_on_driver``)."""
         if not links:
             return
         self._counts = Counter()  # describe() tells of this stream (one chain's stats)
         self._placement = {}
+        self._driver = {}
+        pulled = iter(batches)
+        window, ended = self._window(pulled)
+        if not window:
+            return
+        if ended and self._on_driver(links, window):
+            yield from self._run_on_driver(links, window)
+            return
         try:
             blob = dumps(list(links))
         except Exception as err:
@@ -651,10 +732,6 @@ class RayEngine(Engine):
                 f"({type(err).__name__}: {err}); make its stages, forwards and batchers "
                 "picklable (top-level functions and classes)"
             ) from err
-        pulled = iter(batches)
-        window = self._window(pulled)
-        if not window:
-            return
         ray = self.connect()
         chain = [ray.put(blob)]
         token = uuid.uuid4().hex
@@ -669,9 +746,9 @@ class RayEngine(Engine):
         try:
             while window:
                 self._counts["windows"] += 1
-                bar.total = (bar.total or 0) + sum(t.num_rows for t in window)
+                bar.total = (bar.total or 0) + sum(len(batch) for batch in window)
                 yield from self._run_window(ray, chain, token, links, hosts, window, seen, bar)
-                window = self._window(pulled)
+                window, _ = self._window(pulled)
         finally:
             bar.close()
             self._stop_hosts(ray, token, links, hosts)
@@ -683,7 +760,7 @@ class RayEngine(Engine):
         token: str,
         links: Sequence[Link],
         hosts: list[_Hosts],
-        window: list[pa.Table],
+        window: list[list[Record]],
         seen: list[set[str]],
         bar: tqdm,
     ) -> Iterator[Done]:
@@ -694,6 +771,7 @@ class RayEngine(Engine):
         yielded)."""
         inflight: dict[Any, tuple[int, int, int]] = {}  # ref -> (block, link, actor)
         tries = [0] * len(window)
+        blocks = [_rows(0, batch, [], []) for batch in window]
 
         def submit(b: int, k: int, block: Any) -> None:
             linked = hosts[k]
@@ -702,7 +780,7 @@ class RayEngine(Engine):
             linked.busy[i] += 1
             inflight[ref] = (b, k, i)
 
-        for b, block in enumerate(window):
+        for b, block in enumerate(blocks):
             submit(b, 0, block)
         lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
         while inflight:
@@ -724,13 +802,14 @@ class RayEngine(Engine):
                     self._drop_lost(ray, links, hosts)
                     for linked in hosts:
                         linked.busy = [0] * len(linked.actors)
-                    submit(b, 0, window[b])
+                    submit(b, 0, blocks[b])
                     continue
                 yield from self._finished(out, seen, bar)
 
-    def _window(self, pulled: Iterator[list[Record]]) -> list[pa.Table]:
-        """The next window of link 0's inputs, one block per runner batch."""
-        window: list[pa.Table] = []
+    def _window(self, pulled: Iterator[list[Record]]) -> tuple[list[list[Record]], bool]:
+        """The next window of link 0's inputs (the runner's batches, each a block), and
+        whether the inputs ended with it (neither paused nor cut at ``window_rows``)."""
+        window: list[list[Record]] = []
         rows = 0
         for batch in pulled:
             if not batch:  # the inputs paused: they resume once this window has run
@@ -739,12 +818,33 @@ class RayEngine(Engine):
                         "link 0's inputs paused with no batch in flight: nothing could "
                         "ever resume them"
                     )
-                break
-            window.append(_rows(0, batch, [], []))
+                return window, False
+            window.append(batch)
             rows += len(batch)
             if rows >= self.settings.window_rows:
-                break
-        return window
+                return window, False
+        return window, True
+
+    def _on_driver(self, links: Sequence[Link], window: list[list[Record]]) -> bool:
+        """Whether a chain whose whole input is ``window`` runs on the driver: no stage
+        of it loads a model (a device stage always runs on its actors), and its input is
+        at most ``driver_rows`` rows, so the chain ends sooner than its actors would
+        start (an io link's actors, a new kernel's connection: seconds each)."""
+        rows = sum(len(batch) for batch in window)
+        if rows > self.settings.driver_rows:
+            return False
+        return all(link.stage.work_kind() != DEVICE for link in links)
+
+    def _run_on_driver(self, links: Sequence[Link], window: list[list[Record]]) -> Iterator[Done]:
+        """The chain through the local engine in this process (worker processes for cpu
+        links, threads for io ones, as ``ENGINE local`` with ``WORKERS`` runs it)."""
+        from nhr.engines.local import LocalEngine
+
+        local = LocalEngine(self.workers)
+        self._driver = local.describe()
+        for done in local.stream(links, iter(window)):
+            self._counts["batches"] += 1
+            yield done
 
     def _finished(self, block: pa.Table, seen: list[set[str]], bar: tqdm) -> Iterator[Done]:
         """The ``Done``s of an output block, each once; a stage's error is raised."""
