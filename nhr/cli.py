@@ -56,9 +56,7 @@ def run(config: RunConfig, progress: bool = True) -> int:
         # a kernel orphaned by a killed earlier run exits within a second; wait for it
         store.lock(WRITER_LOCK, "a notebook kernel", wait_seconds=5.0).acquire().release()
         os.environ[PARENT_ENV] = str(os.getpid())
-        with run_cluster(config.pipeline) as address:
-            if address is not None:
-                print(f"a local Ray cluster for this run: {address}", file=sys.stderr)
+        with run_cluster(config.pipeline):  # a local one prints its address once up
             status = _notebooks(config, params, run_dir, store, progress)
     if status:
         return status

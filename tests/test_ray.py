@@ -577,12 +577,13 @@ def test_nhr_run_starts_one_cluster_for_all_its_notebooks_and_stops_it(tmp_path)
     nb.cells = [
         nbformat.v4.new_code_cell('RUN_DIR = ""', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
-            f"import os, pathlib; pathlib.Path({str(seen)!r}).write_text(os.environ['RAY_ADDRESS'])"
+            "import pathlib\n"
+            "from nhr.engines.ray import accepts_anonymous, run_cluster_address\n"
+            f"pathlib.Path({str(seen)!r}).write_text(run_cluster_address())"
         ),
         nbformat.v4.new_code_cell(
-            "from nhr.engines.ray import accepts_anonymous\n"
             f"pathlib.Path({str(anonymous)!r}).write_text("
-            "repr(accepts_anonymous(os.environ['RAY_ADDRESS'])))"
+            "repr(accepts_anonymous(run_cluster_address())))"
         ),
         nbformat.v4.new_code_cell('raise RuntimeError("stopped here")'),
     ]

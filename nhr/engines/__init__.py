@@ -53,18 +53,19 @@ def engine_from_config(cfg: PipelineConfig, progress: bool = True) -> Engine | N
 def run_cluster(cfg: PipelineConfig) -> contextlib.AbstractContextManager[str | None]:
     """What ``nhr run`` holds around its notebooks: with ``ENGINE ray`` and no cluster
     named (``RAY_ADDRESS`` empty, no such variable), one local Ray cluster that every
-    notebook's kernel joins (``nhr.engines.ray.local_cluster``, token-authenticated as
-    Ray makes local clusters; its address is the value); otherwise nothing (None): a
-    named cluster is joined by each kernel, after one warning here if it accepts clients
-    without a token (``nhr.engines.ray.warn_if_open``)."""
+    notebook's kernel joins (``nhr.engines.ray.local_cluster``: started in the
+    background, token-authenticated as Ray makes local clusters; the value is the file
+    its address appears in); otherwise nothing (None): a named cluster is joined by each
+    kernel, after one warning here if it accepts clients without a token
+    (``nhr.engines.ray.warn_if_open``)."""
     e = cfg.engine
     if e.engine != "ray":
         return contextlib.nullcontext(None)
-    from nhr.engines.ray import import_ray, local_cluster, warn_if_open
+    from nhr.engines.ray import local_cluster, require_ray, warn_if_open
 
-    import_ray()
+    require_ray()
     named = e.ray_address or os.environ.get("RAY_ADDRESS", "")
     if named:
         warn_if_open(named)
         return contextlib.nullcontext(None)
-    return local_cluster(e.ray_local_cpus)
+    return local_cluster(ray_settings(cfg))

@@ -52,12 +52,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
+import json
 import logging
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -88,6 +92,9 @@ SCHEMA = pa.schema(
 NO_LINK = -1
 # the address of the local cluster `nhr run` started for its kernels (see local_cluster)
 RUN_CLUSTER = "NHR_RAY_RUN_CLUSTER"
+# the file where that cluster's address appears once it is up (see run_cluster_address)
+RUN_CLUSTER_FILE = "NHR_RAY_RUN_CLUSTER_FILE"
+RUN_CLUSTER_WAIT = 900.0  # seconds a kernel waits for that cluster to come up
 POOL_NAMESPACE = "nhr"  # of the cpu pool's named actors on such a cluster
 LOST_RETRIES = 3  # times a block starts again after meeting a lost actor or object
 LOCAL_STARTS = 3  # tries to start a local cluster (a busy machine can miss Ray's timeout)
@@ -452,30 +459,98 @@ def warn_if_open(address: str) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def local_cluster(cpus: int = 0) -> Iterator[str]:
-    """A local Ray cluster for the processes this one starts (``nhr run``'s notebook
-    kernels): started here, its address exported as ``RAY_ADDRESS`` so every kernel
-    joins it rather than starting a cluster of its own, shut down on the way out
-    (errors included; Ray's processes also end with this one if it is killed). Its
-    address is also exported as ``NHR_RAY_RUN_CLUSTER``: the kernels' engines then share
-    pools of actors, which the cluster's end ends (``RayEngine._pool``)."""
+# The process that holds the local cluster of an `nhr run`: it starts the cluster, writes
+# how to join it (its address, and the authentication mode Ray chose for it) or the error
+# that stopped it to the file argv[1], and shuts the cluster down when its standard
+# input closes (the run ended, or died).
+_CLUSTER_HOST = """
+import json, os, sys
+from nhr.engines.ray import RUN_CLUSTER, RayEngine, RaySettings, import_ray, start_local
+
+path, settings = sys.argv[1], RaySettings(**json.loads(sys.argv[2]))
+try:
     ray = import_ray()
-    if ray.is_initialized():
-        raise RuntimeError("this process is connected to a Ray cluster already")
-    start_local(ray, cpus)
-    saved = {name: os.environ.get(name) for name in ("RAY_ADDRESS", RUN_CLUSTER)}
+    start_local(ray, settings.local_cpus)
+    address = os.environ[RUN_CLUSTER] = ray.get_runtime_context().gcs_address
+    joining = {"address": address, "auth_mode": os.environ.get("RAY_AUTH_MODE")}
+    RayEngine(settings, progress=False).warm_pools(ray)
+except BaseException as err:
+    joining = {"error": f"the run's local Ray cluster did not start: {type(err).__name__}: {err}"}
+with open(path + ".tmp", "w") as f:
+    json.dump(joining, f)
+os.replace(path + ".tmp", path)
+if "address" in joining:
+    print(f"a local Ray cluster for this run: {address}", file=sys.stderr, flush=True)
+    sys.stdin.read()
+    ray.shutdown()
+"""
+
+
+@contextlib.contextmanager
+def local_cluster(settings: RaySettings | None = None) -> Iterator[str]:
+    """A local Ray cluster for the processes this one starts (``nhr run``'s notebook
+    kernels), started in the background by a helper process (which prints its address
+    once up) while the first notebooks run: a kernel waits for it only when a chain of
+    its goes to the cluster (``run_cluster_address``), and kernels whose chains run on
+    the driver (small ones) or have nothing to do never do. The kernels find it through
+    ``NHR_RAY_RUN_CLUSTER_FILE`` (exported here; the value is that file's path), join it
+    rather than start their own, and share pools of actors on it, which its end ends
+    (``RayEngine._pool``); the helper starts the pools' processes right away
+    (``RayEngine.warm_pools``, by ``settings``: ``local_cpus`` CPUs, the pools' sizes).
+    It is shut down on the way out (errors included), or when this process dies (the
+    helper's input closes)."""
+    folder = tempfile.mkdtemp(prefix="nhr-ray-")
+    path = os.path.join(folder, "address")
+    given = json.dumps(asdict(settings or RaySettings()))
+    host = subprocess.Popen(
+        [sys.executable, "-c", _CLUSTER_HOST, path, given], stdin=subprocess.PIPE
+    )
+    saved = os.environ.get(RUN_CLUSTER_FILE)
+    os.environ[RUN_CLUSTER_FILE] = path
     try:
-        address = ray.get_runtime_context().gcs_address
-        os.environ["RAY_ADDRESS"] = os.environ[RUN_CLUSTER] = address
-        yield address
+        yield path
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        ray.shutdown()
+        if saved is None:
+            os.environ.pop(RUN_CLUSTER_FILE, None)
+        else:
+            os.environ[RUN_CLUSTER_FILE] = saved
+        assert host.stdin is not None
+        host.stdin.close()
+        try:
+            host.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_cluster_address(wait: float = RUN_CLUSTER_WAIT) -> str:
+    """The address of the local cluster of the ``nhr run`` this process belongs to
+    (``local_cluster``), waiting up to ``wait`` seconds for it to come up; '' outside
+    such a run. Exported as ``RAY_ADDRESS`` and ``NHR_RAY_RUN_CLUSTER`` here, for Ray and
+    the pools, with the cluster's ``RAY_AUTH_MODE`` (token, as Ray makes a local
+    cluster, unless the run set it), which Ray reads when it is imported: call this
+    first."""
+    path = os.environ.get(RUN_CLUSTER_FILE, "")
+    if not path:
+        return ""
+    deadline = time.monotonic() + wait
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the local Ray cluster of this run did not come up in {wait:.0f} s "
+                f"(no address in {path}); see `nhr run`'s output"
+            )
+        time.sleep(0.1)
+    with open(path) as f:
+        joining = json.load(f)
+    if "error" in joining:
+        raise RuntimeError(joining["error"])
+    if joining["auth_mode"] and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = joining["auth_mode"]  # read when Ray is imported
+    address: str = joining["address"]
+    os.environ["RAY_ADDRESS"] = os.environ[RUN_CLUSTER] = address
+    return address
 
 
 @dataclass
@@ -513,11 +588,15 @@ class RayEngine(Engine):
     # ---- the cluster ----------------------------------------------------------------
     def connect(self) -> Any:
         """The ``ray`` module, connected: the session already open in this process, else
-        the cluster of ``address`` (or ``RAY_ADDRESS``), else a new local cluster."""
-        ray = import_ray()
-        if ray.is_initialized():
+        the cluster of ``address`` (or ``RAY_ADDRESS``), else the local cluster of the
+        ``nhr run`` this process belongs to (``run_cluster_address``), else a new local
+        cluster."""
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
             return ray
         address = self.settings.address or os.environ.get("RAY_ADDRESS", "")
+        address = address or run_cluster_address()  # before Ray is imported: it sets auth
+        ray = import_ray()
         if address:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(address=address, **QUIET_INIT)
@@ -591,10 +670,21 @@ class RayEngine(Engine):
         if kind == IO:
             return {"kind": kind, "actors": s.io_actors, "num_cpus": s.cpus_per_io_actor}
         assert kind == CPU
+        return {"kind": kind, "actors": self._cpu_pool_size(ray), "num_cpus": s.cpus_per_cpu_task}
+
+    def _cpu_pool_size(self, ray: Any) -> int:
+        """Actors of the cpu pool: ``cpu_tasks``, else one per ``cpus_per_cpu_task`` CPUs
+        of the cluster."""
+        s = self.settings
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         per = s.cpus_per_cpu_task
-        actors = s.cpu_tasks or max(1, int(cpus // per) if per > 0 else 1)
-        return {"kind": kind, "actors": actors, "num_cpus": per}
+        return s.cpu_tasks or max(1, int(cpus // per) if per > 0 else 1)
+
+    def warm_pools(self, ray: Any) -> None:
+        """Start the actors of the cpu pool and of the first io pool now (their
+        processes start in the background), so a chain finds them up."""
+        self._pool(ray, "cpu", self._cpu_pool_size(ray), 0.0)
+        self._pool(ray, "io0", self.settings.io_actors, self.settings.cpus_per_io_actor)
 
     def _pool(self, ray: Any, name: str, size: int, cpus: float) -> list[Any]:
         """``size`` actors of the engine's pool ``name`` (``cpu``: every cpu link's; ``io0``,
@@ -723,6 +813,7 @@ class RayEngine(Engine):
         if ended and self._on_driver(links, window):
             yield from self._run_on_driver(links, window)
             return
+        ray = self.connect()  # before Ray's pickler is imported (see run_cluster_address)
         try:
             blob = dumps(list(links))
         except Exception as err:
@@ -732,7 +823,6 @@ class RayEngine(Engine):
                 f"({type(err).__name__}: {err}); make its stages, forwards and batchers "
                 "picklable (top-level functions and classes)"
             ) from err
-        ray = self.connect()
         chain = [ray.put(blob)]
         token = uuid.uuid4().hex
         seen: list[set[str]] = [set() for _ in links]
