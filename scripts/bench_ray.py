@@ -184,11 +184,13 @@ def tiny_chain(until: str) -> dict[str, Any]:
 def demo_run(engine: str, run_dir: Path, config: str) -> dict[str, Any]:
     """One ``nhr run`` of ``config`` with ``ENGINE engine`` in a fresh process: its wall
     seconds, the CPU seconds (user + sys) of it and every descendant it waited for (as
-    ``/usr/bin/time`` counts them), the seconds of each notebook, and the exported rows."""
+    ``/usr/bin/time`` counts them), the machine's load average (1 min) as it started,
+    the seconds of each notebook, and the exported rows."""
     import re
     import resource
     import subprocess
 
+    load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     command = [sys.executable, "-m", "nhr.cli", "run", config, "--run-dir", str(run_dir)]
@@ -214,6 +216,7 @@ def demo_run(engine: str, run_dir: Path, config: str) -> dict[str, Any]:
     return {
         "wall_seconds": round(wall, 1),
         "cpu_seconds": round(cpu, 1),
+        "load_average_before": round(load, 2),
         "steps": steps,
         "triplets": summary.get("triplets"),
     }
