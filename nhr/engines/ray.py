@@ -6,7 +6,9 @@ Each link runs on actors (``StageHost``) with the resources its stage declares
 - ``device`` (text-to-image models, editors): the chain's own actors,
   ``gpus_per_actor`` GPUs each, one model resident per actor, loaded when the chain
   starts (one actor per GPU of the cluster by default);
-- ``io`` (API judges, writers): ``io_actors`` CPU actors of the chain; the API's
+- ``io`` (API judges, writers): ``io_actors`` CPU actors of an io pool of the engine
+  (a chain's first io link on pool ``io0``, its second on ``io1``, ...), kept for every
+  later chain; each sets the link's stage up when the chain starts, and the API's
   concurrency and rate limits (``API_CONCURRENCY``, ``API_RPM``, ``API_TPM``, each per
   backend) are split evenly among them, so the cluster as a whole keeps the configured
   caps without a call to a limiter actor per request;
@@ -15,6 +17,9 @@ Each link runs on actors (``StageHost``) with the resources its stage declares
   chain and kept for every later chain of the engine; each sets a link's stage up on
   its first block of a chain. They reserve no CPU (their number is the bound) and
   spread over the nodes, so the device and io actors of any chain still place.
+
+A chain with no device link and at most ``driver_rows`` inputs runs on the driver
+instead, through the local engine: it ends sooner than actors start.
 
 The driver hands each block (one runner batch of link 0's inputs) to the least busy
 actor of link 0, and the block's output, left in the object store, to the least busy
@@ -95,7 +100,7 @@ RUN_CLUSTER = "NHR_RAY_RUN_CLUSTER"
 # the file where that cluster's address appears once it is up (see run_cluster_address)
 RUN_CLUSTER_FILE = "NHR_RAY_RUN_CLUSTER_FILE"
 RUN_CLUSTER_WAIT = 900.0  # seconds a kernel waits for that cluster to come up
-POOL_NAMESPACE = "nhr"  # of the cpu pool's named actors on such a cluster
+POOL_NAMESPACE = "nhr"  # of the pools' named actors on such a cluster
 LOST_RETRIES = 3  # times a block starts again after meeting a lost actor or object
 LOCAL_STARTS = 3  # tries to start a local cluster (a busy machine can miss Ray's timeout)
 
@@ -606,8 +611,9 @@ class RayEngine(Engine):
         return ray
 
     def close(self) -> None:
-        """End the cpu pool's actors; shut Ray down if this engine started it (a joined
-        session stays open)."""
+        """End the pools' actors (those of this engine: the named ones of `nhr run`'s
+        cluster end with it); shut Ray down if this engine started it (a joined session
+        stays open)."""
         if self._pools:
             ray = import_ray()
             for actor in [a for pool in self._pools.values() for a in pool]:
