@@ -274,12 +274,15 @@ class SearchState:
         self.rule = rule
         self.by_round = by_round
         self.bounds = rule.rounds()
-        self.scored = np.zeros(n_groups, dtype=np.int64)
-        self.passes = np.zeros(n_groups, dtype=np.int64)
+        # counts of at most M seeds: a byte each per group where M fits one (the config
+        # allows up to 100), as a run of Table 2's size has millions of groups
+        count = np.int8 if rule.m_seeds <= np.iinfo(np.int8).max else np.int32
+        self.scored = np.zeros(n_groups, dtype=count)
+        self.passes = np.zeros(n_groups, dtype=count)
         self.best = np.full(n_groups, -np.inf)
         self.state = np.full(n_groups, OPEN, dtype=np.int8)
-        self.round = np.zeros(n_groups, dtype=np.int64)  # the round each group is in
-        self.pending = np.zeros(n_groups, dtype=np.int64)  # its undecided jobs of that round
+        self.round = np.zeros(n_groups, dtype=count)  # the round each group is in
+        self.pending = np.zeros(n_groups, dtype=count)  # its undecided jobs of that round
         self.ready: list[int] = []  # groups whose next round is to be issued
         self.waiting: list[int] = []  # groups whose next round waits for the guidance
         self.guidance: float | None = None

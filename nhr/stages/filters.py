@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from nhr.backends.base import Judge
+from nhr.images import as_rgb
 from nhr.records import CandidateRow, Verdict
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
@@ -49,8 +50,8 @@ class PrefilterStage(Stage[CandidateRow, Verdict]):
     def process_batch(self, rows: list[CandidateRow]) -> list[Verdict]:
         """Ask the judge about each (source, edit, instruction)."""
         answers = self.judge.prefilter(
-            [self.blobs.get(r.source_image) for r in rows],
-            [self.blobs.get(r.image) for r in rows],
+            [self.blobs.view(r.source_image) for r in rows],
+            [self.blobs.view(r.image) for r in rows],
             [r.instruction for r in rows],
         )
         out = []
@@ -92,9 +93,12 @@ def change_components(
     source: Image.Image, edited: Image.Image, threshold: int
 ) -> tuple[int, int, int]:
     """(changed pixels, 4-connected components, pixels in the largest component)."""
-    a = np.asarray(source.convert("RGB"), dtype=np.int16)
-    b = np.asarray(edited.convert("RGB"), dtype=np.int16)
-    changed = np.abs(a - b).max(axis=2) > threshold
+    a, b = np.asarray(as_rgb(source)), np.asarray(as_rgb(edited))
+    diff = np.maximum(a, b)
+    diff -= np.minimum(a, b)  # |a - b| in uint8, without widening every pixel
+    changed = diff[..., 0] > threshold
+    changed |= diff[..., 1] > threshold
+    changed |= diff[..., 2] > threshold
     n_changed = int(changed.sum())
     if n_changed == 0:
         return 0, 0, 0
@@ -125,7 +129,7 @@ class LowLevelStage(Stage[CandidateRow, Verdict]):
         """Measure each candidate's change mask and keep those with a coherent change."""
         out = []
         for row in rows:
-            src, edit = self.blobs.get(row.source_image), self.blobs.get(row.image)
+            src, edit = self.blobs.view(row.source_image), self.blobs.view(row.image)
             if src.size != edit.size:
                 n_changed = n_comp = largest = 0
                 reason = "size_mismatch"
