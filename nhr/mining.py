@@ -250,14 +250,17 @@ def decided_outcomes(tables: RunTables) -> tuple[np.ndarray, np.ndarray, np.ndar
             g, m = group_hashes(subjects)
             ids.append(np.fromiter(map(hash, subjects), np.int64, len(subjects)))
             groups.append(g)
-            seeds.append(m)
+            seeds.append(m.astype(np.int16))  # a seed number is below M (≤ 100)
             passed.append(ok.to_numpy(zero_copy_only=False).astype(bool))
     if not ids:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-    _, first = np.unique(np.concatenate(ids), return_index=True)  # the first verdict wins
+    every = np.concatenate(ids)
+    ids.clear()
+    _, first = np.unique(every, return_index=True)  # the first verdict wins
+    del every
     first.sort()
     _, group = np.unique(np.concatenate(groups)[first], return_inverse=True)
-    return group.astype(np.int64), np.concatenate(seeds)[first], np.concatenate(passed)[first]
+    return group, np.concatenate(seeds)[first], np.concatenate(passed)[first]
 
 
 class SearchState:

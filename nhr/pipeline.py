@@ -447,7 +447,7 @@ class Pipeline:
             ),
             self.cfg.export.export_webdataset_shard_rows,
             self.cfg.export.export_license,
-            provenance(self.tables.triplets(PROVENANCE_COLUMNS), name),
+            provenance(self.tables.stream(source, PROVENANCE_COLUMNS), name),
             self.cfg.export.export_test_share,
         )
         figures = {

@@ -95,7 +95,7 @@ def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):
     decided = committed_decisions(tiny_chain.tables)
     group, seed, passed = decided_outcomes(tiny_chain.tables)
     assert len(group) == len(decided.ids) > 0 and passed.sum() == decided.passed.sum() > 0
-    assert group.dtype == np.int64 and seed.dtype == np.int64
+    assert group.dtype == np.int64 and seed.dtype == np.int16  # two bytes per seed number
     ids = flat(decided.ids).to_pylist()
     assert diagnose_groups(group, seed, passed) == diagnose(ids, decided.passed)
 
