@@ -80,8 +80,9 @@ class BlobStore:
     (``root`` a path, a URL or a ``Files``).
 
     Decoded images are kept in a small LRU cache (at most ``cache_pixels`` pixels in
-    all): a blob's name is its content, so a cached image can never be stale, and a
-    source image read by every job and judge of its k×M grid is decoded once. The cache
+    all; read bytes, at most as many bytes): a blob's name is its content, so a cached
+    image can never be stale, and a source image read by every job and judge of its k×M
+    grid is decoded once. The cache
     stays in its process (it is not pickled to worker processes: a store pickles as its
     location, so a worker on another node opens the same objects).
 
@@ -96,6 +97,8 @@ class BlobStore:
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cached_pixels = 0
         self._written: OrderedDict[tuple[tuple[int, int], bytes], str] = OrderedDict()
+        self._bytes: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_bytes = 0
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -190,5 +193,21 @@ class BlobStore:
                 self._cached_pixels -= old.width * old.height
 
     def read_bytes(self, rel: str) -> bytes:
-        """The PNG bytes of a stored image."""
-        return self.files.read_bytes(rel)
+        """The PNG bytes of a stored image, the last ``cache_pixels`` bytes' worth kept
+        (an export reads a source once per triplet made from it, and once more for its
+        WebDataset shards)."""
+        with self._lock:
+            data = self._bytes.get(rel)
+            if data is not None:
+                self._bytes.move_to_end(rel)
+                return data
+        data = self.files.read_bytes(rel)
+        if len(data) <= self.cache_pixels:
+            with self._lock:
+                if rel not in self._bytes:
+                    self._bytes[rel] = data
+                    self._cached_bytes += len(data)
+                while self._cached_bytes > self.cache_pixels:
+                    _, old = self._bytes.popitem(last=False)
+                    self._cached_bytes -= len(old)
+        return data
