@@ -249,6 +249,7 @@ def passing_scores(passed: bool, *parts: object) -> Scores:
 class NullJudge(Backend):
     """A ``Judge`` for the gate, the pre-filter and the validator (module note: rates)."""
 
+    work = "cpu"  # pure computation (hashes), no waiting: worker processes when WORKERS > 1
     judge_id = "null-judge"
     prompt_version = VERSION
 
