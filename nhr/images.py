@@ -205,6 +205,12 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
+def as_rgb(img: Image.Image) -> Image.Image:
+    """``img`` itself when it is RGB already, else converted to RGB: for code that only
+    reads the pixels (PIL's ``convert`` copies the image even to its own mode)."""
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def try_open(
     source: Source, limits: ImageLimits | None = None, where: str = "image"
 ) -> tuple[Image.Image | None, str | None]:

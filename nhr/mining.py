@@ -250,14 +250,17 @@ def decided_outcomes(tables: RunTables) -> tuple[np.ndarray, np.ndarray, np.ndar
             g, m = group_hashes(subjects)
             ids.append(np.fromiter(map(hash, subjects), np.int64, len(subjects)))
             groups.append(g)
-            seeds.append(m)
+            seeds.append(m.astype(np.int16))  # a seed number is below M (≤ 100)
             passed.append(ok.to_numpy(zero_copy_only=False).astype(bool))
     if not ids:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-    _, first = np.unique(np.concatenate(ids), return_index=True)  # the first verdict wins
+    every = np.concatenate(ids)
+    ids.clear()
+    _, first = np.unique(every, return_index=True)  # the first verdict wins
+    del every
     first.sort()
     _, group = np.unique(np.concatenate(groups)[first], return_inverse=True)
-    return group.astype(np.int64), np.concatenate(seeds)[first], np.concatenate(passed)[first]
+    return group, np.concatenate(seeds)[first], np.concatenate(passed)[first]
 
 
 class SearchState:
@@ -274,12 +277,15 @@ class SearchState:
         self.rule = rule
         self.by_round = by_round
         self.bounds = rule.rounds()
-        self.scored = np.zeros(n_groups, dtype=np.int64)
-        self.passes = np.zeros(n_groups, dtype=np.int64)
+        # counts of at most M seeds: a byte each per group where M fits one (the config
+        # allows up to 100), as a run of Table 2's size has millions of groups
+        count = np.int8 if rule.m_seeds <= np.iinfo(np.int8).max else np.int32
+        self.scored = np.zeros(n_groups, dtype=count)
+        self.passes = np.zeros(n_groups, dtype=count)
         self.best = np.full(n_groups, -np.inf)
         self.state = np.full(n_groups, OPEN, dtype=np.int8)
-        self.round = np.zeros(n_groups, dtype=np.int64)  # the round each group is in
-        self.pending = np.zeros(n_groups, dtype=np.int64)  # its undecided jobs of that round
+        self.round = np.zeros(n_groups, dtype=count)  # the round each group is in
+        self.pending = np.zeros(n_groups, dtype=count)  # its undecided jobs of that round
         self.ready: list[int] = []  # groups whose next round is to be issued
         self.waiting: list[int] = []  # groups whose next round waits for the guidance
         self.guidance: float | None = None

@@ -30,7 +30,13 @@ from nhr.records import CandidateRow, TripletRow, from_table
 from nhr.resolutions import resolution_set
 from nhr.runner import Extra, Runner, StageResult
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
-from nhr.stages.edits import EditPlan, EditStage, call_batcher, plan_edit_jobs
+from nhr.stages.edits import (
+    JOB_SOURCE_COLUMNS,
+    EditPlan,
+    EditStage,
+    call_batcher,
+    plan_edit_jobs,
+)
 from nhr.stages.export import card_body, export_to_store
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
@@ -219,7 +225,9 @@ class Pipeline:
         """The scheduler's lazy job plan over the gated sources (seeded order, capped)."""
         verdicts = self.table("plausibility", ["subject_id", "passed"])
         keep = verdicts.filter(verdicts.column("passed")).column("subject_id")
-        sources = self.tables.read_where("sources", "source_id", keep)  # the gated only
+        # the gated only, and only the columns a job takes (a run of Table 2's size
+        # holds half a million of them for the whole search)
+        sources = self.tables.read_where("sources", "source_id", keep, list(JOB_SOURCE_COLUMNS))
         return plan_edit_jobs(
             sources,
             self.table("prompts", ["prompt_id", "instructions", "edit_types"]),
@@ -439,7 +447,7 @@ class Pipeline:
             ),
             self.cfg.export.export_webdataset_shard_rows,
             self.cfg.export.export_license,
-            provenance(self.tables.triplets(PROVENANCE_COLUMNS), name),
+            provenance(self.tables.stream(source, PROVENANCE_COLUMNS), name),
             self.cfg.export.export_test_share,
         )
         figures = {

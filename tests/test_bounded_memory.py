@@ -2,13 +2,16 @@
 the chain's rows held open between links, fingerprints, table streams, the search
 diagnostic, the export's preference pairs and chains. Counts of rows held, not timings."""
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from test_runner import PlusStage, Square, SquareStage
 
-from nhr import hashing
+from nhr import allocators, hashing
 from nhr import runner as runner_mod
 from nhr.bootstrap import chains
 from nhr.engines.base import Link, outputs_forward
@@ -95,7 +98,7 @@ def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):
     decided = committed_decisions(tiny_chain.tables)
     group, seed, passed = decided_outcomes(tiny_chain.tables)
     assert len(group) == len(decided.ids) > 0 and passed.sum() == decided.passed.sum() > 0
-    assert group.dtype == np.int64 and seed.dtype == np.int64
+    assert group.dtype == np.int64 and seed.dtype == np.int16  # two bytes per seed number
     ids = flat(decided.ids).to_pylist()
     assert diagnose_groups(group, seed, passed) == diagnose(ids, decided.passed)
 
@@ -131,3 +134,28 @@ def test_the_export_reads_only_the_triplets_its_chains_use(tiny_chain):
     part = tiny_chain._chain_triplets(source)
     assert chains(part).equals(chains(whole)) and chains(whole).num_rows > 0
     assert part.num_rows < whole.num_rows
+
+
+def _allocators(env: dict[str, str]) -> list[str]:
+    """What a fresh process that imports nhr, then pyarrow, allocates with: Arrow's pool
+    and the arena cap its children inherit."""
+    code = (
+        "import os, nhr, pyarrow as pa; "
+        "print(pa.default_memory_pool().backend_name, os.environ.get('MALLOC_ARENA_MAX'))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in env and "ARROW" not in k}
+    clean.pop("MALLOC_ARENA_MAX", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_a_run_process_allocates_through_allocators_that_give_memory_back():
+    assert _allocators({}) == ["system", str(allocators.ARENA_MAX)]
+    # a user's own choice is kept
+    assert _allocators({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc", "MALLOC_ARENA_MAX": "8"}) == [
+        "mimalloc",
+        "8",
+    ]

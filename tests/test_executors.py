@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any, ClassVar
 import pyarrow.parquet as pq
 import pytest
 
+from nhr.engines.base import Link, outputs_forward
+from nhr.engines.local import LocalEngine
 from nhr.errors import ImageError
 from nhr.executors import (
     CPU,
@@ -236,3 +239,38 @@ def test_one_worker_and_all_cores_export_the_same_rows(tmp_path):
 
     assert nhr.executors.STARTED[2] > 0  # processes ran
     assert nhr.executors._POOL is None  # and ended with their chain
+
+
+class ThreadOf(Stage[PromptJob, PromptJob]):
+    """Passes its rows on, noting the thread that ran each batch."""
+
+    input_type = PromptJob
+    output_type = PromptJob
+
+    def __init__(self) -> None:
+        self.threads: set[int] = set()
+
+    def process_batch(self, rows: list[PromptJob]) -> list[PromptJob]:
+        self.threads.add(threading.get_ident())
+        return rows
+
+
+class CpuLink(ThreadOf):
+    name = "cpu_link"
+    work: ClassVar[str | None] = CPU
+
+
+class IoLink(ThreadOf):
+    name = "io_link"
+    work: ClassVar[str | None] = IO
+
+
+def test_a_chain_runs_cpu_links_in_its_own_thread_and_io_links_in_theirs():
+    cpu, io = CpuLink(), IoLink()
+    links = [Link(cpu, 4, outputs_forward), Link(io, 4)]
+    jobs = [PromptJob(f"p{i}", i, "") for i in range(40)]
+    done = list(LocalEngine(workers=1).stream(links, (jobs[i : i + 4] for i in range(0, 40, 4))))
+    assert sum(len(d.outputs) for d in done if d.link == 1) == 40
+    # one worker: the cpu link in the scheduler's thread, no handoff per batch
+    assert cpu.threads == {threading.get_ident()}
+    assert io.threads and threading.get_ident() not in io.threads  # its waits overlap

@@ -17,7 +17,7 @@ from nhr.records import (
     to_table,
 )
 from nhr.seeds import rng_for
-from nhr.stages.filters import LowLevelStage, change_components
+from nhr.stages.filters import LowLevelStage, change_components, change_components_of
 from nhr.stages.sources import sample_size
 from nhr.stages.validator import select_argmax
 from nhr.store import RunStore
@@ -50,6 +50,31 @@ def test_lowlevel_counts_four_connected_components():
     a, b = _pair(mask)
     b = Image.fromarray((np.asarray(a).astype(int) + 40).astype(np.uint8))  # |diff| == 40
     assert change_components(a, b, 40) == (0, 0, 0)
+
+
+def test_lowlevel_counts_a_stack_of_pairs_as_each_pair_alone():
+    """Pairs of mixed sizes, measured as stacks, count exactly as one by one: labels of
+    one pair never join the next's (a block touching the border, noise, no change)."""
+    rng = np.random.default_rng(1)
+    pairs = []
+    for i in range(60):
+        w, h = (16, 16) if i % 3 else tuple(int(x) for x in rng.integers(1, 20, 2))
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        b = a.copy()
+        if i % 4 == 1:
+            b[rng.random((h, w)) < 0.3] += 100
+        elif i % 4 == 2:
+            b[: h // 2 + 1, -(w // 2 + 1) :] = 255 - b[: h // 2 + 1, -(w // 2 + 1) :]
+        elif i % 4 == 3:
+            b = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pairs.append((Image.fromarray(a), Image.fromarray(b)))
+    alone = [change_components_of([pair], 40)[0] for pair in pairs]
+    assert change_components_of(pairs, 40) == alone
+    assert sum(n > 0 for n, _, _ in alone) > 30 and max(c for _, c, _ in alone) > 5
+    mask = np.zeros((10, 10), bool)
+    mask[1, 1] = mask[2, 2] = True
+    mask[5:8, 5:8] = True
+    assert change_components_of([_pair(mask)] * 3, 40) == [(11, 3, 9)] * 3
 
 
 def _candidate(cid: str, src: str, img: str, w: int, h: int) -> CandidateRow:

@@ -200,7 +200,8 @@ class TextToImage(Protocol):
 
 @runtime_checkable
 class Editor(Protocol):
-    """Applies an instruction to an image; returns an image of exactly the input's size."""
+    """Applies an instruction to an image; returns an image of exactly the input's size.
+    The input images may be shared with other readers: never change them in place."""
 
     model_id: str
 

@@ -27,6 +27,7 @@ speckle edit needs more than 200 changed pixels to fail the largest-component ru
 from __future__ import annotations
 
 import hashlib
+import weakref
 from functools import lru_cache
 
 import numpy as np
@@ -42,6 +43,7 @@ from nhr.backends.base import (
     TextAnswer,
     YesNo,
 )
+from nhr.images import as_rgb
 
 VERSION = "null-v1"
 MODEL_ID = "null-world"
@@ -74,9 +76,20 @@ def unit(*parts: object) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
+# digests of the images seen, by object while it lives: the stages hand the judges and
+# the editor the blob store's shared, never-changed images (``BlobStore.view``), so each
+# picture is hashed about once, not once per look
+_keys: dict[int, str] = {}
+
+
 def image_key(image: Image.Image) -> str:
     """A short digest of an image's pixels (what a judge can tell images apart by)."""
-    return hashlib.blake2b(image.convert("RGB").tobytes(), digest_size=8).hexdigest()
+    key = _keys.get(id(image))
+    if key is None:
+        key = hashlib.blake2b(as_rgb(image).tobytes(), digest_size=8).hexdigest()
+        _keys[id(image)] = key
+        weakref.finalize(image, _keys.pop, id(image), None)
+    return key
 
 
 @lru_cache(maxsize=256)
@@ -100,7 +113,7 @@ def changed(pixels: np.ndarray, mask: np.ndarray) -> Image.Image:
 
 def block_edit(image: Image.Image, variant: int) -> Image.Image:
     """One solid rectangle changed: one 4-connected component, so it passes."""
-    pixels = np.asarray(image.convert("RGB"))
+    pixels = np.asarray(as_rgb(image))
     h, w = pixels.shape[:2]
     rng = np.random.default_rng(variant)
     bw, bh = max(1, w // 4), max(1, h // 4)
@@ -113,7 +126,7 @@ def block_edit(image: Image.Image, variant: int) -> Image.Image:
 def speckle_edit(image: Image.Image, variant: int) -> Image.Image:
     """Isolated changed pixels on a checkerboard (every component one pixel), so it fails
     the largest-component rule wherever more than 200 pixels change."""
-    pixels = np.asarray(image.convert("RGB"))
+    pixels = np.asarray(as_rgb(image))
     h, w = pixels.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w]
     keep = np.random.default_rng(1000 + variant).random((h, w)) < 0.8
@@ -236,6 +249,7 @@ def passing_scores(passed: bool, *parts: object) -> Scores:
 class NullJudge(Backend):
     """A ``Judge`` for the gate, the pre-filter and the validator (module note: rates)."""
 
+    work = "cpu"  # pure computation (hashes), no waiting: worker processes when WORKERS > 1
     judge_id = "null-judge"
     prompt_version = VERSION
 

@@ -16,9 +16,10 @@ holds fewer than ``queue_batches`` batches per slot of its link, so memory stays
 bounded and a slow judge slows the editor down, while the editor never waits as long
 as the judges have less than that much work queued.
 
-A one-link chain runs in its stage's executor in the caller's thread where it has one
-slot, batches pulled as slots free up. The executors (and so the worker processes) end
-with the stream.
+A one-link chain, and any link of cpu-bound work, runs in its stage's executor in the
+caller's thread where it has one slot (``WORKERS`` 1), batches pulled as slots free up;
+links of io or device work keep threads of their own, so their waits overlap the rest.
+The executors (and so the worker processes) end with the stream.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from nhr.engines.base import Done, Engine, Link
-from nhr.executors import BatchDone, BatchExecutor, executor_for, resolve_workers
+from nhr.executors import CPU, BatchDone, BatchExecutor, executor_for, resolve_workers
 from nhr.records import Record
 
 # batches per slot a downstream link may have queued before link 0 waits
@@ -111,8 +112,11 @@ class LocalEngine(Engine):
         pools: list[BatchExecutor] = []
         aborted = True
         try:
-            inline = len(links) == 1
+            alone = len(links) == 1
             for link in links:
+                # a cpu-bound link with one slot runs in the scheduler's thread: a thread
+                # of its own would only hand the interpreter lock back and forth
+                inline = alone or link.stage.work_kind() == CPU
                 pools.append(executor_for(link.stage, self.workers, inline=inline))
             yield from self._loop(links, pools, iter(batches))
             aborted = False

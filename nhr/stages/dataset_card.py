@@ -11,6 +11,8 @@ on the folder loads it with no warning about the card.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +40,29 @@ def size_category(n: int) -> str:
     return "100K<n<1M" if n < 1_000_000 else "1M<n<10M"
 
 
-def provenance(triplets: pa.Table, run: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What made the triplets (a table with their provenance columns): the paper, the
-    run, and the model ids of each role."""
+def provenance(
+    triplets: pa.Table | Iterable[pa.Table], run: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What made the triplets (a table with their provenance columns, or a stream of
+    such tables, so a run's triplets are never held whole): the paper, the run, and the
+    model ids of each role."""
+    parts = [triplets] if isinstance(triplets, pa.Table) else triplets
+    seen: dict[str, set[str]] = {}
+    counts: Counter[str] = Counter()
+    for part in parts:
+        for name in part.schema.names:
+            column = part.column(name)
+            values = seen.setdefault(name, set())
+            values.update(str(v) for v in pc.unique(pc.drop_null(column)).to_pylist() if v)
+            if name == "origin":
+                for item in pc.value_counts(column).to_pylist():
+                    counts[str(item["values"])] += int(item["counts"])
 
     def ids(name: str) -> list[str]:
-        if name not in triplets.schema.names:
-            return []
-        values = pc.unique(pc.drop_null(triplets.column(name))).to_pylist()
-        return sorted({str(v) for v in values if v})
+        return sorted(seen.get(name, ()))
 
     sources = ids("t2i_model")
     photos = sorted({s.split(":", 1)[1] for s in sources if s.startswith("photo:")})
-    origins = (
-        pc.value_counts(triplets.column("origin")).to_pylist()
-        if "origin" in triplets.schema.names
-        else []
-    )
     return {
         "generator": "nhr (NoHumansRequired, open implementation)",
         "paper": PAPER,
@@ -66,7 +74,7 @@ def provenance(triplets: pa.Table, run: str, extra: dict[str, Any] | None = None
         "validators": ids("judge_id"),
         "validator_prompts": ids("judge_prompt_version"),
         "instruction_writers": sorted(set(ids("prompter_version")) | set(ids("writer_version"))),
-        "origins": dict(sorted((str(o["values"]), int(o["counts"])) for o in origins)),
+        "origins": dict(sorted(counts.items())),
         **(extra or {}),
     }
 

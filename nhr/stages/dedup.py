@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from nhr.images import as_rgb
 from nhr.tables import SCHEMAS, flat, take
 
 ORIGIN_RANK = {"mined": 0, "inverted": 1, "composed": 2}
@@ -43,8 +44,8 @@ def changed_share(a: Image.Image, b: Image.Image, threshold: int = 40) -> float:
     """Share of pixels whose largest channel difference exceeds ``threshold``."""
     if a.size != b.size:
         return 1.0
-    x = np.asarray(a.convert("RGB"), dtype=np.int16)
-    y = np.asarray(b.convert("RGB"), dtype=np.int16)
+    x = np.asarray(as_rgb(a), dtype=np.int16)
+    y = np.asarray(as_rgb(b), dtype=np.int16)
     return float((np.abs(x - y).max(axis=2) > threshold).mean())
 
 

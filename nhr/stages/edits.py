@@ -301,6 +301,10 @@ class EditPlan:
         return pa.table({f.name: columns[f.name] for f in schema}).cast(schema)
 
 
+# the columns of the sources table an edit job takes
+JOB_SOURCE_COLUMNS = ("source_id", "prompt_id", "style", "image", "width", "height")
+
+
 def plan_edit_jobs(
     sources: pa.Table,
     prompts: pa.Table,
@@ -313,7 +317,8 @@ def plan_edit_jobs(
     steps_levels: int = 0,
 ) -> EditPlan:
     """The lazy plan of (source, instruction, seed) jobs over ``sources`` (the gated
-    sources: columns of ``SourceRow``) and their ``prompts`` (columns of ``PromptRow``).
+    sources: at least the ``JOB_SOURCE_COLUMNS`` of ``SourceRow``) and their ``prompts``
+    (columns of ``PromptRow``).
 
     Drawing jobs from the front of the plan is drawing uniformly from the grid, as the
     paper's scheduler does, so a budget cap anywhere still gives an unbiased sample.
@@ -476,7 +481,7 @@ class EditStage(Stage[EditJob, CandidateRow]):
     def process_batch(self, rows: list[EditJob]) -> list[CandidateRow]:
         """Edit the batch, one editor call per (size, steps, guidance); record seconds
         per job (its call's seconds shared by the call's jobs)."""
-        sources = [self.blobs.get(r.source_image) for r in rows]
+        sources = [self.blobs.view(r.source_image) for r in rows]
         images: list[Any] = [None] * len(rows)
         seconds = [0.0] * len(rows)
         groups: dict[CallKey, list[int]] = {}

@@ -21,6 +21,10 @@ from nhr.errors import BackendError
 from nhr.records import TripletRow, from_table
 from nhr.store import BlobStore
 
+# every member's modification time: fixed, so the same triplets give the same bytes
+# (and a whole number, so a member needs no extra pax header)
+TAR_MTIME = 0
+
 META_FIELDS = (
     "triplet_id",
     "origin",
@@ -99,7 +103,7 @@ def write_webdataset(
                 if writer is not None:
                     writer.close()
                 shards.append(folder / f"{prefix}-{len(shards):05d}.tar")
-                writer = wds.TarWriter(str(shards[-1]))
+                writer = wds.TarWriter(str(shards[-1]), mtime=TAR_MTIME)
                 count = 0
             writer.write(
                 {

@@ -29,7 +29,7 @@ class PlausibilityStage(Stage[SourceRow, Verdict]):
     def process_batch(self, rows: list[SourceRow]) -> list[Verdict]:
         """Ask the judge about each source image and its prompt."""
         answers = self.judge.plausibility(
-            [self.blobs.get(r.image) for r in rows], [r.prompt for r in rows]
+            [self.blobs.view(r.image) for r in rows], [r.prompt for r in rows]
         )
         out = []
         for row, ans in zip(rows, answers, strict=True):

@@ -53,8 +53,8 @@ class ValidatorStage(Stage[CandidateRow, Verdict]):
     def process_batch(self, rows: list[Any]) -> list[Verdict]:
         """Score each (source, edit, instruction) and apply the threshold."""
         scores = self.judge.score(
-            [self.blobs.get(r.source_image) for r in rows],
-            [self.blobs.get(edited_image_of(r)) for r in rows],
+            [self.blobs.view(r.source_image) for r in rows],
+            [self.blobs.view(edited_image_of(r)) for r in rows],
             [r.instruction for r in rows],
         )
         out = []

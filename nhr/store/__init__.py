@@ -95,7 +95,7 @@ class RunStore:
         return self.files.local_path(rel)
 
     # ---- objects -------------------------------------------------------------------
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
         """Write ``rel`` whole, atomically."""
         self.files.write_bytes(rel, data)
 

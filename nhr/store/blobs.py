@@ -20,10 +20,11 @@ from typing import Any
 from PIL import Image
 
 from nhr.errors import ImageError
-from nhr.images import ImageLimits, ImageRefused, open_image
+from nhr.images import ImageLimits, ImageRefused, as_rgb, open_image
 from nhr.store.files import Files, LocalFiles, open_files
 
 MAX_IMAGE_PIXELS = 4096 * 4096
+WRITTEN_MEMO = 4096  # images whose blob names ``BlobStore.put`` remembers
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -79,10 +80,15 @@ class BlobStore:
     (``root`` a path, a URL or a ``Files``).
 
     Decoded images are kept in a small LRU cache (at most ``cache_pixels`` pixels in
-    all): a blob's name is its content, so a cached image can never be stale, and a
-    source image read by every job and judge of its k×M grid is decoded once. The cache
+    all; read bytes, at most as many bytes): a blob's name is its content, so a cached
+    image can never be stale, and a source image read by every job and judge of its k×M
+    grid is decoded once. The cache
     stays in its process (it is not pickled to worker processes: a store pickles as its
-    location, so a worker on another node opens the same objects)."""
+    location, so a worker on another node opens the same objects).
+
+    ``put`` remembers the names of the last ``WRITTEN_MEMO`` images it stored, by a
+    digest of their pixels: an image whose pixels it stored already (an editor that
+    changed nothing, a picture made twice) is neither PNG-encoded nor written again."""
 
     def __init__(self, root: Path | str | Files, cache_pixels: int = 64 * 2**20) -> None:
         self.files = open_files(root)
@@ -90,6 +96,9 @@ class BlobStore:
         self.cache_pixels = cache_pixels
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cached_pixels = 0
+        self._written: OrderedDict[tuple[tuple[int, int], bytes], str] = OrderedDict()
+        self._bytes: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_bytes = 0
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -100,17 +109,29 @@ class BlobStore:
 
     def put(self, image: Image.Image) -> str:
         """Store an image; returns its path relative to the run folder."""
-        data = encode_png(image.convert("RGB"))
+        rgb = as_rgb(image)
+        # the PNG bytes are a function of the pixels: a digest of those names them
+        pixels = (rgb.size, hashlib.blake2b(rgb.tobytes(), digest_size=16).digest())
+        with self._lock:
+            rel = self._written.get(pixels)
+            if rel is not None:
+                self._written.move_to_end(pixels)
+                return rel
+        data = encode_png(rgb)
         digest = hashlib.sha256(data).hexdigest()
         rel = f"blobs/{digest[:2]}/{digest}.png"
         if isinstance(self.files, LocalFiles):
             path = self.files.path(rel)
-            if not path.exists():
+            if not os.path.exists(path):
                 atomic_write_bytes(path, data)
         else:
             # the name is the content, so writing it again changes nothing: one PUT is
             # cheaper than a HEAD to ask first (most blobs are new)
             self.files.write_bytes(rel, data)
+        with self._lock:
+            self._written[pixels] = rel
+            if len(self._written) > WRITTEN_MEMO:
+                self._written.popitem(last=False)
         return rel
 
     def load(self, rel: str) -> Image.Image:
@@ -144,6 +165,19 @@ class BlobStore:
         self._remember(rel, image)
         return image.copy()
 
+    def view(self, rel: str) -> Image.Image:
+        """A stored image as RGB, shared with the cache and with every other caller of
+        ``view``: for code that only reads its pixels (a judge, a check), which then
+        pays no copy. Never change it; ``get`` gives a copy to change."""
+        with self._lock:
+            hit = self._cache.get(rel)
+            if hit is not None:
+                self._cache.move_to_end(rel)
+                return hit
+        image = self.get(rel)  # loads, caches and names a damaged blob's repair
+        with self._lock:
+            return self._cache.get(rel, image)
+
     def _remember(self, rel: str, image: Image.Image) -> None:
         """Cache a decoded image, evicting the least recently used beyond the limit."""
         pixels = image.width * image.height
@@ -159,5 +193,21 @@ class BlobStore:
                 self._cached_pixels -= old.width * old.height
 
     def read_bytes(self, rel: str) -> bytes:
-        """The PNG bytes of a stored image."""
-        return self.files.read_bytes(rel)
+        """The PNG bytes of a stored image, the last ``cache_pixels`` bytes' worth kept
+        (an export reads a source once per triplet made from it, and once more for its
+        WebDataset shards)."""
+        with self._lock:
+            data = self._bytes.get(rel)
+            if data is not None:
+                self._bytes.move_to_end(rel)
+                return data
+        data = self.files.read_bytes(rel)
+        if len(data) <= self.cache_pixels:
+            with self._lock:
+                if rel not in self._bytes:
+                    self._bytes[rel] = data
+                    self._cached_bytes += len(data)
+                while self._cached_bytes > self.cache_pixels:
+                    _, old = self._bytes.popitem(last=False)
+                    self._cached_bytes -= len(old)
+        return data

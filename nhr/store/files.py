@@ -71,7 +71,7 @@ class Files:
     url: str
     local: bool
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
         """Write the object ``rel`` whole (atomically: old or new, never half)."""
         raise NotImplementedError
 
@@ -128,7 +128,7 @@ class LocalFiles(Files):
         """The file of ``rel``."""
         return self.root / rel if rel else self.root
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
         path = self.path(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -239,7 +239,7 @@ class ObjectFiles(Files):
     def _key(self, rel: str) -> str:
         return f"{self.base}/{rel.strip('/')}" if rel else self.base
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
         # one write of the whole buffer, then close: the object appears only when the
         # upload completes, so a killed writer leaves no partial object
         with self.fs.open_output_stream(self._key(rel)) as out:

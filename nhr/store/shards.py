@@ -70,13 +70,14 @@ class LedgerEntry:
         return str(self.info["shard"])
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def _parquet_bytes(table: pa.Table) -> memoryview:
     """A table as zstd parquet bytes, in row groups of ``ROW_GROUP_ROWS`` (a reader that
     streams a shard decodes one row group at a time: a whole-table step's single shard
-    would otherwise be one group of every row)."""
+    would otherwise be one group of every row): a view of Arrow's buffer, not a copy of
+    it (a whole-table step's shard is the size of its table)."""
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    return buf.getvalue().to_pybytes()
+    return memoryview(buf.getvalue())
 
 
 def column_counts(table: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
@@ -290,10 +291,10 @@ class TableStore:
         self._last_ns = now
         return f"{now:020d}-{uuid.uuid4().hex[:8]}"
 
-    def _put_shard(self, name: str, shard: str, data: bytes) -> None:
+    def _put_shard(self, name: str, shard: str, data: bytes | memoryview) -> None:
         self.files.write_bytes(f"{self._data(name)}/{shard}", data)
 
-    def _put_entry(self, name: str, entry: str, data: bytes) -> None:
+    def _put_entry(self, name: str, entry: str, data: bytes | memoryview) -> None:
         self.files.write_bytes(f"{self._ledger(name)}/{entry}.parquet", data)
 
     def commit(
