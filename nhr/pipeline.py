@@ -325,19 +325,32 @@ class Pipeline:
 
     def _select(self) -> tuple[pa.Table, dict[str, Any]]:
         """The ``mined`` table and its figures."""
-        verdicts = self.tables.read(
-            "validator",
-            ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"],
+        columns = ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"]
+        passed = pa.concat_tables(  # the passed verdicts only, read a batch at a time
+            [self.tables.schema("validator").empty_table().select(columns)]
+            + [
+                part.filter(pc.fill_null(part.column("passed"), False))
+                for part in self.tables.stream("validator", columns)
+            ]
         )
-        passed = verdicts.filter(pc.fill_null(verdicts.column("passed"), False))
-        triplets, drops = select_argmax(  # only the candidates it keeps from are read
-            self.tables.read_where("candidates", "candidate_id", passed.column("subject_id")),
-            verdicts,
-            self.tables.read("sources", ["source_id", "model_id", "seed", "steps"]),
+        # only the candidates it keeps from are read, and only their sources
+        candidates = self.tables.read_where(
+            "candidates", "candidate_id", passed.column("subject_id")
+        )
+        sources = self.tables.read_where(
+            "sources",
+            "source_id",
+            pc.unique(flat(candidates.column("source_id"))),
+            ["source_id", "model_id", "seed", "steps"],
+        )
+        triplets, drops = select_argmax(
+            candidates,
+            passed,
+            sources,
             self.tables.read("prompts", ["prompt_id", "text", "prompter_version"]),
         )
         figures = {
-            "rows_in": int(pc.sum(verdicts.column("passed")).as_py() or 0),
+            "rows_in": passed.num_rows,
             "rows_out": triplets.num_rows,
             "drops_by_reason": drops,
         }

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from nhr.allocators import give_back
 from nhr.engines.base import Done, Engine, Forward, Link
 from nhr.engines.local import LocalEngine
 from nhr.errors import DistrustedOutputs, RunFolderError
@@ -725,6 +726,8 @@ class Runner:
                 self.store.tables.write_table(
                     table, rows, {"settings_hash": "whole-table", "input_fingerprint": fp}
                 )
+            del rows  # a whole table: its memory goes back before the next step
+            give_back()
             stats = {"stage": table, **figures}
             stats.update(seconds=round(time.perf_counter() - t0, 3), input_fingerprint=fp)
             self.store.write_stats(table, stats)
@@ -780,7 +783,9 @@ class Runner:
             raise ValueError(f"extra_stats has {len(extras)} entries for {len(links)} links")
         what = f"stage {names[0]}" if len(names) == 1 else f"stages {' -> '.join(names)}"
         with self.writing(what):
-            return _ChainRun(self, links, inputs, budget_seconds, extras, observe).run()
+            results = _ChainRun(self, links, inputs, budget_seconds, extras, observe).run()
+        give_back()  # the chain's buffers and key sets are gone: their memory too
+        return results
 
     def _pending(
         self,
