@@ -299,6 +299,7 @@ def test_config_imports_no_backend_module():
     loaded = set(eval(probe.stdout))
     assert loaded == {
         "nhr",
+        "nhr.allocators",  # what ``import nhr`` sets up first
         "nhr.config",
         "nhr.colours",
         "nhr.errors",
