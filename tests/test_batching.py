@@ -244,6 +244,8 @@ class _Blobs:
         w, h = (int(x) for x in key.split("x"))
         return Image.new("RGB", (w, h))
 
+    view = get  # a shared, read-only image in the real store; a new one here
+
     def put(self, image):
         key = f"out/{len(self.images)}"
         self.images[key] = image
