@@ -1,7 +1,7 @@
 """Allocator settings for a run's processes, so memory freed by a step goes back to the
 operating system and a long run's resident memory follows what it holds, not its past.
 
-Two settings, applied when ``nhr`` is imported (``configure``), each only where the user
+Three settings, applied when ``nhr`` is imported (``configure``), each only where the user
 has not set its environment variable:
 
 - ``ARROW_DEFAULT_MEMORY_POOL=system``: Arrow allocates through the C library instead of

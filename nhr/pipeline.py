@@ -325,13 +325,10 @@ class Pipeline:
 
     def _select(self) -> tuple[pa.Table, dict[str, Any]]:
         """The ``mined`` table and its figures."""
-        columns = ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"]
-        passed = pa.concat_tables(  # the passed verdicts only, read a batch at a time
-            [self.tables.schema("validator").empty_table().select(columns)]
-            + [
-                part.filter(pc.fill_null(part.column("passed"), False))
-                for part in self.tables.stream("validator", columns)
-            ]
+        passed = self.tables.read_filtered(  # the passed verdicts only
+            "validator",
+            lambda t: pc.fill_null(t.column("passed"), False),
+            ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"],
         )
         # only the candidates it keeps from are read, and only their sources
         candidates = self.tables.read_where(
@@ -479,14 +476,8 @@ class Pipeline:
     def _chain_triplets(self, source: str) -> pa.Table:
         """The triplets ``chains`` reads, in table order: the composed ones and the first
         parent of each (read a batch at a time, not the whole table)."""
-        schema = self.tables.schema(source)
-        empty = pa.schema([schema.field(c) for c in CHAIN_COLUMNS]).empty_table()
-        composed = pa.concat_tables(
-            [empty]
-            + [
-                t.filter(pc.equal(t.column("origin"), "composed"))
-                for t in self.tables.stream(source, CHAIN_COLUMNS)
-            ]
+        composed = self.tables.read_filtered(
+            source, lambda t: pc.equal(t.column("origin"), "composed"), CHAIN_COLUMNS
         )
         firsts = flat(pc.list_element(composed.column("parents"), 0))
         wanted = pc.unique(pa.concat_arrays([firsts, flat(composed.column("triplet_id"))]))

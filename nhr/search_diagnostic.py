@@ -38,19 +38,14 @@ import numpy as np
 def group_seeds(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate id (``...-i<j>-e<m>``): the index of its group (source, instruction)
     and its seed number ``m``."""
-    keys: dict[str, int] = {}
-    group = np.empty(len(ids), dtype=np.int64)
-    seed = np.empty(len(ids), dtype=np.int64)
-    for i, cid in enumerate(ids):
-        key, _, m = cid.rpartition("-e")
-        group[i] = keys.setdefault(key, len(keys))
-        seed[i] = int(m) if m.isdigit() else 0
-    return group, seed
+    hashed, seed = group_hashes(ids)
+    _, group = np.unique(hashed, return_inverse=True)
+    return group.astype(np.int64), seed
 
 
 def group_hashes(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per candidate id: a 64-bit hash of its group (source, instruction) and its seed
-    number, as ``group_seeds`` parses them; for ids read a batch at a time (a run's
+    """Per candidate id (``...-i<j>-e<m>``): a 64-bit hash of its group (source,
+    instruction) and its seed number ``m``; for ids read a batch at a time (a run's
     millions of candidates are never held as strings), the hashes numbered afterwards
     with ``np.unique(..., return_inverse=True)``. Valid within one process."""
     group = np.empty(len(ids), dtype=np.int64)

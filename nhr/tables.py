@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,10 +83,19 @@ class RunTables:
         """The rows of a table whose ``column`` is one of ``values``, in table order, read
         a batch at a time: only those rows are ever held."""
         wanted = flat(values)
-        parts = [
-            t.filter(pc.is_in(t.column(column), value_set=wanted))
-            for t in self.stream(name, columns)
-        ]
+        return self.read_filtered(
+            name, lambda t: pc.is_in(t.column(column), value_set=wanted), columns
+        )
+
+    def read_filtered(
+        self,
+        name: str,
+        keep: Callable[[pa.Table], pa.Array | pa.ChunkedArray],
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """The rows of a table for which ``keep`` (a boolean mask of a batch) is true, in
+        table order, read a batch at a time: only those rows are ever held."""
+        parts = [t.filter(keep(t)) for t in self.stream(name, columns)]
         schema = self.schema(name)
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])

@@ -25,6 +25,7 @@ import pytest
 
 from nhr.engines.base import Done, Link, outputs_forward, passed_forward
 from nhr.errors import BackendError, ConfigError
+from nhr.hashing import KeySet
 from nhr.records import PromptJob, Record, Verdict
 from nhr.stages.base import Stage
 
@@ -441,7 +442,7 @@ def test_a_recomputed_batch_is_dropped_once_and_counted():
     rows = jobs(3)
     done = Done(0, rows, [Square(r.prompt_id, 1) for r in rows], 0.1)
     block = _rows(1, [], [pickle.dumps([done]), pickle.dumps([done])], [])
-    seen = [set(), set()]
+    seen = [KeySet(), KeySet()]
 
     class Bar:
         def update(self, n: int) -> None:

@@ -80,6 +80,7 @@ from nhr.backends.base import CPU, DEVICE, IO
 from nhr.engines.base import Done, Engine, Link
 from nhr.engines.batch import BatchRun, sendable
 from nhr.errors import ConfigError
+from nhr.hashing import KeySet, fingerprints
 from nhr.records import Record
 
 log = logging.getLogger(__name__)
@@ -831,7 +832,8 @@ class RayEngine(Engine):
             ) from err
         chain = [ray.put(blob)]
         token = uuid.uuid4().hex
-        seen: list[set[str]] = [set() for _ in links]
+        # every input key yielded, per link, as fingerprints (8 bytes a key, not a string)
+        seen = [KeySet() for _ in links]
         bar = tqdm(
             desc=f"ray: {' → '.join(link.stage.name for link in links)}",
             unit="row",
@@ -857,7 +859,7 @@ class RayEngine(Engine):
         links: Sequence[Link],
         hosts: list[_Hosts],
         window: list[list[Record]],
-        seen: list[set[str]],
+        seen: list[KeySet],
         bar: tqdm,
     ) -> Iterator[Done]:
         """Each block of the window through every link: handed to the least busy actor
@@ -942,7 +944,7 @@ class RayEngine(Engine):
             self._counts["batches"] += 1
             yield done
 
-    def _finished(self, block: pa.Table, seen: list[set[str]], bar: tqdm) -> Iterator[Done]:
+    def _finished(self, block: pa.Table, seen: list[KeySet], bar: tqdm) -> Iterator[Done]:
         """The ``Done``s of an output block, each once; a stage's error is raised."""
         for err in block.column("error").to_pylist():
             if err:
@@ -951,8 +953,9 @@ class RayEngine(Engine):
             for payload in payloads or ():
                 for done in pickle.loads(payload):
                     ids = [r.id for r in done.inputs]
-                    known = seen[done.link]
-                    fresh = [i for i in ids if i not in known]
+                    fps = fingerprints(pa.array(ids, pa.string()))
+                    known = seen[done.link].contains(fps)
+                    fresh = int((~known).sum())
                     if not fresh:
                         self._counts["duplicates_dropped"] += 1
                         log.warning(
@@ -963,14 +966,14 @@ class RayEngine(Engine):
                             ids[0] if ids else "-",
                         )
                         continue
-                    if len(fresh) != len(ids):
+                    if fresh != len(ids):
                         raise RuntimeError(
                             f"a recomputed batch of link {done.link} overlaps an earlier one "
-                            f"in part ({len(ids) - len(fresh)} of {len(ids)} inputs, from "
+                            f"in part ({len(ids) - fresh} of {len(ids)} inputs, from "
                             f"{ids[0]!r}); its stage's batcher must group a block's inputs "
                             "the same way every time"
                         )
-                    known.update(ids)
+                    seen[done.link].add(fps)
                     self._counts["batches"] += 1
                     if done.link == 0:
                         bar.update(len(ids))

@@ -14,8 +14,9 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
@@ -75,6 +76,47 @@ def load_image(
         ) from None
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """A thread-safe least-recently-used map whose values weigh at most ``limit`` in all
+    (``weigh`` gives a value's weight; one heavier than the limit is not kept)."""
+
+    def __init__(self, limit: int, weigh: Callable[[V], int]) -> None:
+        self.limit = limit
+        self.weigh = weigh
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._weight = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        """The value of ``key`` (now the most recently used), or None."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> V:
+        """Keep ``value`` under ``key`` unless a value is kept there already; returns the
+        kept one, evicting the least recently used beyond the limit."""
+        weight = self.weigh(value)
+        if weight > self.limit:
+            return value
+        with self._lock:
+            kept = self._items.get(key)
+            if kept is not None:
+                return kept
+            self._items[key] = value
+            self._weight += weight
+            while self._weight > self.limit:
+                _, old = self._items.popitem(last=False)
+                self._weight -= self.weigh(old)
+            return value
+
+
 class BlobStore:
     """Images stored once each, by the sha256 of their PNG bytes, under ``root/blobs``
     (``root`` a path, a URL or a ``Files``).
@@ -94,12 +136,14 @@ class BlobStore:
         self.files = open_files(root)
         self.root = self.files.local_path() or self.files.url
         self.cache_pixels = cache_pixels
-        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
-        self._cached_pixels = 0
-        self._written: OrderedDict[tuple[tuple[int, int], bytes], str] = OrderedDict()
-        self._bytes: OrderedDict[str, bytes] = OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()
+        self._images: BoundedCache[str, Image.Image] = BoundedCache(
+            cache_pixels, lambda image: image.width * image.height
+        )
+        self._bytes: BoundedCache[str, bytes] = BoundedCache(cache_pixels, len)
+        # blob names by (size, digest of the pixels) of the images ``put`` stored
+        self._written: BoundedCache[tuple[tuple[int, int], bytes], str] = BoundedCache(
+            WRITTEN_MEMO, lambda _: 1
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {"files": self.files, "cache_pixels": self.cache_pixels}
@@ -112,11 +156,9 @@ class BlobStore:
         rgb = as_rgb(image)
         # the PNG bytes are a function of the pixels: a digest of those names them
         pixels = (rgb.size, hashlib.blake2b(rgb.tobytes(), digest_size=16).digest())
-        with self._lock:
-            rel = self._written.get(pixels)
-            if rel is not None:
-                self._written.move_to_end(pixels)
-                return rel
+        rel = self._written.get(pixels)
+        if rel is not None:
+            return rel
         data = encode_png(rgb)
         digest = hashlib.sha256(data).hexdigest()
         rel = f"blobs/{digest[:2]}/{digest}.png"
@@ -128,11 +170,7 @@ class BlobStore:
             # the name is the content, so writing it again changes nothing: one PUT is
             # cheaper than a HEAD to ask first (most blobs are new)
             self.files.write_bytes(rel, data)
-        with self._lock:
-            self._written[pixels] = rel
-            if len(self._written) > WRITTEN_MEMO:
-                self._written.popitem(last=False)
-        return rel
+        return self._written.put(pixels, rel)
 
     def load(self, rel: str) -> Image.Image:
         """Decode a stored image (no cache), refusing a damaged one (``ImageError``)."""
@@ -149,11 +187,16 @@ class BlobStore:
     def get(self, rel: str) -> Image.Image:
         """Load a stored image as RGB (a copy the caller may change); a damaged blob's
         error names the repair command."""
-        with self._lock:
-            hit = self._cache.get(rel)
-            if hit is not None:
-                self._cache.move_to_end(rel)
-                return hit.copy()
+        return self.view(rel).copy()
+
+    def view(self, rel: str) -> Image.Image:
+        """A stored image as RGB, shared with the cache and with every other caller of
+        ``view``: for code that only reads its pixels (a judge, a check), which then
+        pays no copy. Never change it; ``get`` gives a copy to change. A damaged blob's
+        error names the repair command."""
+        hit = self._images.get(rel)
+        if hit is not None:
+            return hit
         try:
             image = self.load(rel)
         except ImageError as err:
@@ -162,52 +205,13 @@ class BlobStore:
                 f"run `nhr repair {self.files.describe()}` (it deletes the image and the rows "
                 "that made it), then rerun: the same image is made again",
             ) from None
-        self._remember(rel, image)
-        return image.copy()
-
-    def view(self, rel: str) -> Image.Image:
-        """A stored image as RGB, shared with the cache and with every other caller of
-        ``view``: for code that only reads its pixels (a judge, a check), which then
-        pays no copy. Never change it; ``get`` gives a copy to change."""
-        with self._lock:
-            hit = self._cache.get(rel)
-            if hit is not None:
-                self._cache.move_to_end(rel)
-                return hit
-        image = self.get(rel)  # loads, caches and names a damaged blob's repair
-        with self._lock:
-            return self._cache.get(rel, image)
-
-    def _remember(self, rel: str, image: Image.Image) -> None:
-        """Cache a decoded image, evicting the least recently used beyond the limit."""
-        pixels = image.width * image.height
-        if pixels > self.cache_pixels:
-            return
-        with self._lock:
-            if rel in self._cache:
-                return
-            self._cache[rel] = image
-            self._cached_pixels += pixels
-            while self._cached_pixels > self.cache_pixels:
-                _, old = self._cache.popitem(last=False)
-                self._cached_pixels -= old.width * old.height
+        return self._images.put(rel, image)
 
     def read_bytes(self, rel: str) -> bytes:
         """The PNG bytes of a stored image, the last ``cache_pixels`` bytes' worth kept
         (an export reads a source once per triplet made from it, and once more for its
         WebDataset shards)."""
-        with self._lock:
-            data = self._bytes.get(rel)
-            if data is not None:
-                self._bytes.move_to_end(rel)
-                return data
-        data = self.files.read_bytes(rel)
-        if len(data) <= self.cache_pixels:
-            with self._lock:
-                if rel not in self._bytes:
-                    self._bytes[rel] = data
-                    self._cached_bytes += len(data)
-                while self._cached_bytes > self.cache_pixels:
-                    _, old = self._bytes.popitem(last=False)
-                    self._cached_bytes -= len(old)
+        data = self._bytes.get(rel)
+        if data is None:
+            data = self._bytes.put(rel, self.files.read_bytes(rel))
         return data
