@@ -79,9 +79,13 @@ class KeySet:
 
 
 class DoneKeys:
-    """Input keys a table already covers: fingerprints for speed, strings for exactness."""
+    """A fixed set of string keys (the input keys a table already covers, the ids a
+    stream keeps): fingerprints for speed, strings for exactness. Unlike ``pc.is_in``,
+    which hashes its whole value set on every call, the set is hashed once, so testing
+    a table batch by batch costs time linear in the table."""
 
-    def __init__(self, keys: pa.Array) -> None:
+    def __init__(self, keys: pa.Array | pa.ChunkedArray) -> None:
+        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
         self.keys = keys
         fps = fingerprints(keys)
         self.order = np.argsort(fps)
@@ -89,6 +93,11 @@ class DoneKeys:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def isin(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Which of ``keys`` are in the set (bool, one per key)."""
+        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        return self.mask(keys, fingerprints(keys))
 
     def mask(self, keys: pa.Array, fps: np.ndarray) -> np.ndarray:
         """Which of ``keys`` (with fingerprints ``fps``) are done."""

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nhr.hashing import DoneKeys
 from nhr.records import from_table
 from nhr.steps import FILTERS, SUBJECTS, TABLE_TYPES
 from nhr.store import RunStore
@@ -82,10 +83,8 @@ class RunTables:
     ) -> pa.Table:
         """The rows of a table whose ``column`` is one of ``values``, in table order, read
         a batch at a time: only those rows are ever held."""
-        wanted = flat(values)
-        return self.read_filtered(
-            name, lambda t: pc.is_in(t.column(column), value_set=wanted), columns
-        )
+        wanted = DoneKeys(values)  # hashed once, not once per batch
+        return self.read_filtered(name, lambda t: wanted.isin(t.column(column)), columns)
 
     def read_filtered(
         self,
@@ -246,10 +245,11 @@ class TableStream:
             return
         schema = self.tables.schema(self.name)
         key = TABLE_TYPES[self.name].key if self.keep is not None else None
+        keep = DoneKeys(self.keep) if self.keep is not None else None  # hashed once
         for batch in store.iter_batches(self.name, self.columns, self.batch_rows, schema):
             table = pa.Table.from_batches([batch])
-            if key is not None:
-                table = table.filter(pc.is_in(table.column(key), value_set=self.keep))
+            if key is not None and keep is not None:
+                table = table.filter(keep.isin(table.column(key)))
             if table.num_rows:
                 yield table
 

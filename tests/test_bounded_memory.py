@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from test_runner import PlusStage, Square, SquareStage
 
 from nhr import allocators, hashing
 from nhr import runner as runner_mod
+from nhr import tables as tables_mod
 from nhr.bootstrap import chains
 from nhr.engines.base import Link, outputs_forward
 from nhr.mining import committed_decisions, decided_outcomes
@@ -92,6 +94,42 @@ def test_streams_hold_a_batch_and_give_the_table(tiny_chain):
     assert picked.schema.names == ["candidate_id", "seed"]
     none = tables.read_where("candidates", "candidate_id", pa.array([], pa.string()))
     assert none.num_rows == 0 and none.schema.names == whole.schema.names
+
+
+def test_a_kept_set_is_hashed_once_per_stream_not_once_per_batch(tiny_chain, monkeypatch):
+    # pc.is_in hashes its whole value set on every call: per batch, that made a
+    # filtered read of n rows cost n × |keep| / batch
+    tables = tiny_chain.tables
+    built: list[int] = []
+
+    class Counting(tables_mod.DoneKeys):
+        def __init__(self, keys: Any) -> None:
+            built.append(len(keys))
+            super().__init__(keys)
+
+    monkeypatch.setattr(tables_mod, "DoneKeys", Counting)
+    whole = tables.read("candidates")
+    keep = tables.survivor_ids("lowlevel")
+    stream = tables_mod.TableStream(tables, "candidates", batch_rows=3, keep=keep)
+    parts = list(stream)
+    assert len(parts) > 2 and built == [len(keep)]
+    assert pa.concat_tables(parts).equals(tables.survivors("lowlevel"))
+    ids = whole.column("candidate_id").take(pa.array([9, 2, 5, 2]))
+    picked = tables.read_where("candidates", "candidate_id", ids, ["candidate_id"])
+    assert picked.column("candidate_id").to_pylist() == sorted(
+        set(ids.to_pylist()), key=whole.column("candidate_id").to_pylist().index
+    )
+    assert built == [len(keep), 4]
+
+
+def test_a_key_set_answers_as_is_in_does():
+    rng = np.random.default_rng(0)
+    universe = [f"k{i}" for i in range(400)] + ["", "é", "k1 "]
+    keep = pa.chunked_array([pa.array(list(rng.choice(universe, 90))), pa.array(["", "é"])])
+    probe = pa.chunked_array([pa.array(list(rng.choice(universe, 300))), pa.array(["k1 "])])
+    want = pc.is_in(probe, value_set=keep.combine_chunks()).to_numpy(zero_copy_only=False)
+    assert (hashing.DoneKeys(keep).isin(probe) == want).all() and want.sum() > 0
+    assert not hashing.DoneKeys(pa.array([], pa.string())).isin(probe).any()
 
 
 def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):
