@@ -216,7 +216,7 @@ class Pipeline:
     def gate(self) -> StageResult:
         """Stage 3: the plausibility gate over every source (``sources`` already streams
         its sources through the gate; this judges any it has not, and writes the stats)."""
-        return self.runner.run(self._gate_stage(), self.table("sources"))
+        return self.runner.run(self._gate_stage(), self.tables.stream("sources"))
 
     def _gate_stage(self) -> PlausibilityStage:
         return PlausibilityStage(self.backends.gate_judge, self.store.blobs)
