@@ -10,7 +10,8 @@ drop by its reason.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,69 +86,129 @@ def inverse_types(edit_types: pa.ChunkedArray | pa.Array) -> pa.Array:
     return out
 
 
+# wide rows a whole-table step of bootstrapping holds at once: its tables are read, and
+# its output written, a slice of this many rows at a time
+SLICE_ROWS = 65_536
+# the columns of a writer's drafts and of a verdict table that bootstrapping reads
+DRAFT_KEYS = ["triplet_id", "parents", "skip_reason"]
+DRAFT_COLUMNS = [
+    "triplet_id",
+    "origin",
+    "parents",
+    "source_image",
+    "edited_image",
+    "instruction",
+    "writer_version",
+]
+VERDICT_COLUMNS = ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"]
+
+
+@dataclass
+class Consistency:
+    """Backward consistency of the mined table, worked out from narrow columns: which
+    forwards stay (``keep``), and per mined row the position of its kept inverse's draft
+    and verdict (-1: it has none), with the drops by reason."""
+
+    keep: np.ndarray
+    draft: np.ndarray
+    verdict: np.ndarray
+    drops: Counter[str]
+
+
+def consistency(
+    mined_ids: pa.Array | pa.ChunkedArray, drafts: pa.Table, verdicts: pa.Table
+) -> Consistency:
+    """The :class:`Consistency` of mined triplets ``mined_ids`` given the inverse drafts
+    (``DRAFT_KEYS`` at least) and the backward verdicts (``subject_id``, ``passed``).
+
+    A forward whose inverse was written and failed the validator is dropped together with
+    its inverse (``backward_inconsistent`` counts each side); a forward whose inverse was
+    skipped is kept, and the skip is counted as ``inverse_skipped_<kind>``."""
+    drops: Counter[str] = Counter()
+    n = len(mined_ids)
+    dpos = positions(mined_ids, pc.list_element(drafts.column("parents"), 0))
+    has = dpos >= 0
+    skipped, kinds = _skip_kinds(drafts.column("skip_reason"))
+    skip = np.zeros(n, dtype=bool)
+    skip[has] = skipped[dpos[has]]
+    _count_kinds(drops, "inverse_skipped_", kinds.take(pa.array(dpos[skip], pa.int64())))
+    judged = np.flatnonzero(has & ~skip)
+    inv_ids = flat(drafts.column("triplet_id")).take(pa.array(dpos[judged], pa.int64()))
+    vpos = positions(inv_ids, verdicts.column("subject_id"))
+    if len(vpos) and vpos.min() < 0:
+        missing = inv_ids[int(np.argmin(vpos))].as_py()
+        raise ValueError(f"inverse {missing} has no backward verdict: run backward()")
+    passed = pc.fill_null(flat(verdicts.column("passed")), False).to_numpy(zero_copy_only=False)
+    passed = passed[vpos].astype(bool)
+    if (~passed).any():
+        drops["backward_inconsistent_forward"] += int((~passed).sum())
+        drops["backward_inconsistent_inverse"] += int((~passed).sum())
+    keep = np.ones(n, dtype=bool)
+    keep[judged[~passed]] = False
+    draft = np.full(n, -1, dtype=np.int64)
+    draft[judged[passed]] = dpos[judged[passed]]
+    verdict = np.full(n, -1, dtype=np.int64)
+    verdict[judged[passed]] = vpos[passed]
+    return Consistency(keep, draft, verdict, drops)
+
+
+def inverse_triplets(base: pa.Table, drafts: pa.Table, verdicts: pa.Table) -> pa.Table:
+    """Inverse triplets, row i made from mined row ``base`` i, its inverse draft i and
+    that draft's (passed) backward verdict i."""
+    return derived(
+        base,
+        drafts,
+        _scores(verdicts.column("adherence")),
+        _scores(verdicts.column("aesthetic")),
+        inverse_types(base.column("edit_type")),
+        verdicts.column("judge_id"),
+        verdicts.column("prompt_version"),
+    )
+
+
 def backward_consistency(
     mined: pa.Table, drafts: pa.Table, verdicts: pa.Table
 ) -> tuple[pa.Table, pa.Table, Counter[str]]:
     """(forwards kept, inverse triplets kept, drops by reason), as ``TripletRow`` tables
-    in the order of ``mined``.
-
-    A forward whose inverse was written and failed the validator is dropped together with
-    its inverse (``backward_inconsistent`` counts each side); a forward whose inverse was
-    skipped is kept, and the skip is counted as ``inverse_skipped_<kind>``.
-    """
-    drops: Counter[str] = Counter()
-    first_parent = pc.list_element(drafts.column("parents"), 0)
-    dpos = positions(mined.column("triplet_id"), first_parent)
-    has = dpos >= 0
-    skipped, kinds = _skip_kinds(drafts.column("skip_reason"))
-    skip = np.zeros(mined.num_rows, dtype=bool)
-    skip[has] = skipped[dpos[has]]
-    _count_kinds(drops, "inverse_skipped_", kinds.take(pa.array(dpos[skip], pa.int64())))
-    judged = has & ~skip
-    inv = take(drafts, dpos[judged])
-    vpos = positions(inv.column("triplet_id"), verdicts.column("subject_id"))
-    if len(vpos) and vpos.min() < 0:
-        missing = inv.column("triplet_id")[int(np.argmin(vpos))].as_py()
-        raise ValueError(f"inverse {missing} has no backward verdict: run backward()")
-    verdict = take(verdicts, vpos)
-    passed = pc.fill_null(verdict.column("passed"), False).to_numpy(zero_copy_only=False)
-    if (~passed).any():
-        drops["backward_inconsistent_forward"] += int((~passed).sum())
-        drops["backward_inconsistent_inverse"] += int((~passed).sum())
-    keep = np.ones(mined.num_rows, dtype=bool)
-    keep[np.flatnonzero(judged)[~passed]] = False
-    forwards = mined.filter(pa.array(keep))
-    base = take(mined, np.flatnonzero(judged)[passed])
-    good = verdict.filter(pa.array(passed))
-    inverses = derived(
-        base,
-        inv.filter(pa.array(passed)),
-        _scores(good.column("adherence")),
-        _scores(good.column("aesthetic")),
-        inverse_types(base.column("edit_type")),
-        good.column("judge_id"),
-        good.column("prompt_version"),
+    in the order of ``mined``, all at once (see :func:`consistency`)."""
+    c = consistency(mined.column("triplet_id"), drafts, verdicts)
+    rows = np.flatnonzero(c.draft >= 0)
+    inverses = inverse_triplets(
+        take(mined, rows), take(drafts, c.draft[rows]), take(verdicts, c.verdict[rows])
     )
-    return forwards, inverses, drops
+    return mined.filter(pa.array(c.keep)), inverses, c.drops
 
 
-def composed_triplets(
-    forwards: pa.Table, drafts: pa.Table, verdicts: pa.Table | None
-) -> tuple[pa.Table, Counter[str]]:
-    """Composed triplets (in draft order) whose parents are both consistent forwards and,
-    when ``verdicts`` is given, that passed the validator; and the drops by reason.
+@dataclass
+class Composition:
+    """Which composed drafts become triplets, worked out from narrow columns: ``rows``
+    (draft positions, in draft order), the positions of their two parents among the
+    kept forwards (``first``, ``second``) and of their verdicts (None: no validator)."""
 
-    Without verdicts a composed triplet takes the lower of its parents' scores."""
+    rows: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    verdict: np.ndarray | None
+    drops: Counter[str]
+
+
+def composition(
+    forward_ids: pa.Array | pa.ChunkedArray, drafts: pa.Table, verdicts: pa.Table | None
+) -> Composition:
+    """The :class:`Composition` of composed drafts (``DRAFT_KEYS`` at least) given the
+    ids of the consistent forwards and the composed verdicts (``subject_id``, ``passed``)
+    when the validator ran: both parents must be consistent forwards and the verdict a
+    pass."""
     drops: Counter[str] = Counter()
     skipped, kinds = _skip_kinds(drafts.column("skip_reason"))
     _count_kinds(drops, "compose_skipped_", kinds.filter(pa.array(skipped)))
-    ids = forwards.column("triplet_id")
-    first = positions(pc.list_element(drafts.column("parents"), 0), ids)
-    second = positions(pc.list_element(drafts.column("parents"), 1), ids)
+    first = positions(pc.list_element(drafts.column("parents"), 0), forward_ids)
+    second = positions(pc.list_element(drafts.column("parents"), 1), forward_ids)
     orphan = ~skipped & ((first < 0) | (second < 0))
     if orphan.any():
         drops["compose_parent_dropped"] += int(orphan.sum())
     ok = ~skipped & ~orphan
+    vpos = None
     if verdicts is not None:
         vpos = positions(drafts.column("triplet_id"), verdicts.column("subject_id"))
         passed = np.zeros(drafts.num_rows, dtype=bool)
@@ -160,17 +221,121 @@ def composed_triplets(
             drops["compose_failed_validator"] += int(failed.sum())
         ok &= passed
     rows = np.flatnonzero(ok)
-    a, b = take(forwards, first[rows]), take(forwards, second[rows])
+    return Composition(rows, first[rows], second[rows], None if vpos is None else vpos[rows], drops)
+
+
+def composed_rows(
+    a: pa.Table | None, b: pa.Table, drafts: pa.Table, verdicts: pa.Table | None
+) -> pa.Table:
+    """Composed triplets, row i from draft i, its parents ``a`` i and ``b`` i (their
+    forwards) and its verdict i; without verdicts it takes the lower of its parents'
+    scores."""
     if verdicts is not None:
-        verdict = take(verdicts, vpos[rows])
-        adh, aes = _scores(verdict.column("adherence")), _scores(verdict.column("aesthetic"))
-        judge, version = verdict.column("judge_id"), verdict.column("prompt_version")
+        adh, aes = _scores(verdicts.column("adherence")), _scores(verdicts.column("aesthetic"))
+        judge, version = verdicts.column("judge_id"), verdicts.column("prompt_version")
     else:
+        if a is None:
+            raise ValueError("composed triplets without verdicts need their first parents")
         adh = np.minimum(_scores(a.column("adherence")), _scores(b.column("adherence")))
         aes = np.minimum(_scores(a.column("aesthetic")), _scores(b.column("aesthetic")))
         judge, version = b.column("judge_id"), b.column("judge_prompt_version")
-    out = derived(b, take(drafts, rows), adh, aes, constant("composed", len(rows)), judge, version)
-    return out, drops
+    n = drafts.num_rows
+    return derived(b, drafts, adh, aes, constant("composed", n), judge, version)
+
+
+def composed_triplets(
+    forwards: pa.Table, drafts: pa.Table, verdicts: pa.Table | None
+) -> tuple[pa.Table, Counter[str]]:
+    """Composed triplets (in draft order) whose parents are both consistent forwards and,
+    when ``verdicts`` is given, that passed the validator; and the drops by reason, all
+    at once (see :func:`composition`)."""
+    c = composition(forwards.column("triplet_id"), drafts, verdicts)
+    out = composed_rows(
+        take(forwards, c.first),
+        take(forwards, c.second),
+        take(drafts, c.rows),
+        None if verdicts is None or c.verdict is None else take(verdicts, c.verdict),
+    )
+    return out, c.drops
+
+
+class RowsAt:
+    """Rows of one table by position, read a batch at a time: positions asked for in
+    increasing order, call after call, cost one pass over the table; a position behind
+    the batch in hand starts the pass again."""
+
+    def __init__(
+        self,
+        tables: RunTables,
+        name: str,
+        columns: list[str] | None = None,
+        batch_rows: int | None = None,
+    ) -> None:
+        self.tables = tables
+        self.name = name
+        self.columns = columns
+        self.batch_rows = batch_rows or SLICE_ROWS
+        self._stream: Iterator[pa.Table] | None = None
+        self._batch: pa.Table | None = None
+        self._start = 0
+        self._next = 0
+
+    def _seek(self, pos: int) -> pa.Table:
+        """The batch holding row ``pos``."""
+        if self._batch is not None and self._start <= pos < self._next:
+            return self._batch
+        if self._stream is None or pos < self._start:
+            self._stream = iter(self.tables.stream(self.name, self.columns, self.batch_rows))
+            self._batch, self._next = None, 0
+        while pos >= self._next:
+            batch = next(self._stream, None)
+            if batch is None:
+                raise IndexError(f"row {pos} is past the end of table {self.name!r}")
+            self._batch, self._start, self._next = batch, self._next, self._next + batch.num_rows
+        assert self._batch is not None
+        return self._batch
+
+    def take(self, pos: np.ndarray) -> pa.Table:
+        """The rows at positions ``pos`` (int64, any order), in that order."""
+        order = np.argsort(pos, kind="stable")
+        sorted_pos = pos[order]
+        parts = []
+        i = 0
+        while i < len(sorted_pos):
+            batch = self._seek(int(sorted_pos[i]))
+            j = int(np.searchsorted(sorted_pos, self._next, side="left"))
+            parts.append(take(batch, sorted_pos[i:j] - self._start))
+            i = j
+        schema = self.tables.schema(self.name)
+        if self.columns is not None:
+            schema = pa.schema([schema.field(c) for c in self.columns])
+        got = pa.concat_tables([schema.empty_table(), *parts])
+        back = np.empty(len(pos), dtype=np.int64)
+        back[order] = np.arange(len(pos))
+        return take(got, back)
+
+
+class Written:
+    """The drafts of a writer table that carry an instruction (no skip reason), as a
+    sized stream of tables (a stage's input never held whole)."""
+
+    def __init__(self, tables: RunTables, name: str) -> None:
+        self.tables = tables
+        self.name = name
+
+    def __len__(self) -> int:
+        skipped, _ = _skip_kinds(self.tables.read(self.name, ["skip_reason"]).column("skip_reason"))
+        return int((~skipped).sum())
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        for batch in self.tables.stream(self.name, batch_rows=SLICE_ROWS):
+            skipped, _ = _skip_kinds(batch.column("skip_reason"))
+            if not skipped.all():
+                yield batch.filter(pa.array(~skipped))
+
+
+# the tables the assembled ``triplets`` depend on
+ASSEMBLE_INPUTS = ["mined", "inversion", "backward", "composition", "composed_validator"]
 
 
 class Bootstrap:
@@ -190,8 +355,7 @@ class Bootstrap:
         if not self.cfg.bootstrap.inversion:
             return None
         stage = InversionStage(self.backends().inverter)
-        mined = self.tables.read("mined")
-        return self.runner.run(stage, mined)
+        return self.runner.run(stage, self.tables.stream("mined", batch_rows=SLICE_ROWS))
 
     def backward(self) -> StageResult | None:
         """Stage 9: the hard validator on every written inverse triplet."""
@@ -203,11 +367,10 @@ class Bootstrap:
         )
         return self.runner.run(stage, drafts)
 
-    def _written(self, name: str) -> pa.Table:
-        """Drafts of a writer table that carry an instruction (no skip reason)."""
-        drafts = self.tables.read(name)
-        skipped, _ = _skip_kinds(drafts.column("skip_reason"))
-        return drafts.filter(pa.array(~skipped))
+    def _written(self, name: str) -> Written:
+        """Drafts of a writer table that carry an instruction (no skip reason), read a
+        batch at a time."""
+        return Written(self.tables, name)
 
     def consistent(self) -> tuple[pa.Table, pa.Table, Counter[str]]:
         """Forwards and inverses that survive backward consistency, and the drops."""
@@ -218,9 +381,30 @@ class Bootstrap:
             mined, self.tables.read("inversion"), self.tables.read("backward")
         )
 
+    def _consistency(self) -> tuple[pa.Array, Consistency | None]:
+        """The ids of the mined triplets and their backward :class:`Consistency` (None
+        without inversion), from narrow columns."""
+        ids = flat(self.tables.read("mined", ["triplet_id"]).column("triplet_id"))
+        if not self.cfg.bootstrap.inversion:
+            return ids, None
+        return ids, consistency(
+            ids,
+            self.tables.read("inversion", DRAFT_KEYS),
+            self.tables.read("backward", ["subject_id", "passed"]),
+        )
+
     def compose_jobs(self) -> pa.Table:
-        """The capped, seeded pairs of consistent edits that composition writes for."""
-        forwards, inverses, _ = self.consistent()
+        """The capped, seeded pairs of consistent edits that composition writes for (read
+        from the few columns that pairing needs)."""
+        _, c = self._consistency()
+        columns = ["source_id", "triplet_id", "edited_image", "prompt", "instruction"]
+        mined = self.tables.read("mined", columns)
+        if c is None:
+            forwards, inverses = mined, pa.table({"parents": [], "instruction": []})
+        else:
+            forwards = mined.filter(pa.array(c.keep))
+            rows = c.draft[c.draft >= 0]
+            inverses = take(self.tables.read("inversion", ["parents", "instruction"]), rows)
         return plan_compose_jobs(
             forwards, inverses, self.cfg.bootstrap.compose_max_pairs, self.cfg.run.seed
         )
@@ -271,40 +455,74 @@ class Bootstrap:
 
         A whole-table step: recorded with the fingerprint of its inputs and settings, so
         a rerun over unchanged tables returns the recorded result at once."""
-        inputs = ["mined", "inversion", "backward", "composition", "composed_validator"]
-        return self.runner.whole_table("triplets", inputs, self.settings(), self._assemble)
+        return self.runner.whole_table("triplets", ASSEMBLE_INPUTS, self.settings(), self._assemble)
 
-    def _assemble(self) -> tuple[pa.Table, dict[str, Any]]:
-        """The ``triplets`` table and its figures."""
-        forwards, inverses, drops = self.consistent()
-        composed, compose_drops = self.composed(forwards)
-        drops.update(compose_drops)
-        rows = pa.concat_tables([forwards, inverses, composed])
+    def _assemble(self) -> tuple[pa.Table | None, dict[str, Any]]:
+        """The ``triplets`` table and its figures. Without dedup the table is made and
+        written a slice at a time (None is returned); dedup compares every image, so it
+        assembles the whole table and returns it."""
+        ids, c = self._consistency()
+        forward_rows = np.flatnonzero(c.keep) if c is not None else np.arange(len(ids))
+        comp = None
+        if self.cfg.bootstrap.inversion and self.cfg.bootstrap.composition:
+            verdicts = (
+                self.tables.read("composed_validator", ["subject_id", "passed"])
+                if self.cfg.bootstrap.compose_validate
+                else None
+            )
+            comp = composition(
+                ids.take(pa.array(forward_rows, pa.int64())),
+                self.tables.read("composition", DRAFT_KEYS),
+                verdicts,
+            )
+        drops: Counter[str] = Counter()
+        drops.update(c.drops if c is not None else {})
+        drops.update(comp.drops if comp is not None else {})
         counts = {
-            "mined": forwards.num_rows,
-            "inverted": inverses.num_rows,
-            "composed": composed.num_rows,
+            "mined": len(forward_rows),
+            "inverted": int((c.draft >= 0).sum()) if c is not None else 0,
+            "composed": len(comp.rows) if comp is not None else 0,
         }
+        parts = self._parts(c, forward_rows, comp)
         hashing: dict[str, Any] = {}
-        if self.cfg.bootstrap.dedup:
-            store = self.tables.store
-            hashes, hashing = image_hashes(
-                pc.unique(
-                    pa.chunked_array(
-                        [flat(rows.column("source_image")), flat(rows.column("edited_image"))]
-                    )
-                ),
-                self.tables.read(HASHES_TABLE) if self.tables.exists(HASHES_TABLE) else None,
-                store.blobs.get,
+        if not self.cfg.bootstrap.dedup:
+            origins: Counter[str] = Counter()  # in order of first appearance
+
+            def tally(parts: Iterator[pa.Table]) -> Iterator[pa.Table]:
+                for part in parts:
+                    for item in pc.value_counts(part.column("origin")).to_pylist():
+                        origins[item["values"]] += item["counts"]
+                    yield part
+
+            fingerprint = self.tables.fingerprint(ASSEMBLE_INPUTS, self.settings())
+            n = self.tables.store.write_parts(
+                "triplets", tally(parts), TripletRow.schema(), fingerprint
             )
-            if hashing["computed"]:
-                store.tables.write_table(HASHES_TABLE, hashes, {"settings_hash": "whole-table"})
-            kept, dedup_drops, _ = dedup(
-                rows, hashes, store.blobs.get, self.cfg.bootstrap.dedup_max_distance
-            )
-            drops.update(dedup_drops)
-        else:
-            kept = rows
+            return None, {
+                "rows_in": n,
+                "rows_out": n,
+                "by_origin_before_dedup": counts,
+                "by_origin": dict(origins),
+                "drops_by_reason": dict(sorted(drops.items())),
+                "image_hashes": hashing,
+            }
+        rows = pa.concat_tables([TripletRow.schema().empty_table(), *parts])
+        store = self.tables.store
+        hashes, hashing = image_hashes(
+            pc.unique(
+                pa.chunked_array(
+                    [flat(rows.column("source_image")), flat(rows.column("edited_image"))]
+                )
+            ),
+            self.tables.read(HASHES_TABLE) if self.tables.exists(HASHES_TABLE) else None,
+            store.blobs.get,
+        )
+        if hashing["computed"]:
+            store.tables.write_table(HASHES_TABLE, hashes, {"settings_hash": "whole-table"})
+        kept, dedup_drops, _ = dedup(
+            rows, hashes, store.blobs.get, self.cfg.bootstrap.dedup_max_distance
+        )
+        drops.update(dedup_drops)
         figures = {
             "rows_in": rows.num_rows,
             "rows_out": kept.num_rows,
@@ -317,6 +535,50 @@ class Bootstrap:
             "image_hashes": hashing,
         }
         return kept, figures
+
+    def _parts(
+        self, c: Consistency | None, forward_rows: np.ndarray, comp: Composition | None
+    ) -> Iterator[pa.Table]:
+        """The ``triplets`` table (before dedup) a slice at a time: the consistent
+        forwards, then their inverses (both in the order of ``mined``), then the composed
+        triplets (in draft order)."""
+        schema = TripletRow.schema()
+
+        def mined() -> Iterator[tuple[int, pa.Table]]:
+            lo = 0
+            for batch in self.tables.stream("mined", batch_rows=SLICE_ROWS):
+                yield lo, batch
+                lo += batch.num_rows
+
+        for lo, batch in mined():
+            yield batch if c is None else batch.filter(pa.array(c.keep[lo : lo + batch.num_rows]))
+        if c is not None:
+            drafts = RowsAt(self.tables, "inversion", DRAFT_COLUMNS)
+            verdicts = self.tables.read("backward", VERDICT_COLUMNS)
+            for lo, batch in mined():
+                sel = np.flatnonzero(c.draft[lo : lo + batch.num_rows] >= 0)
+                if len(sel):
+                    yield inverse_triplets(
+                        take(batch, sel),
+                        drafts.take(c.draft[lo + sel]),
+                        take(verdicts, c.verdict[lo + sel]),
+                    )
+        if comp is not None and len(comp.rows):
+            parents = RowsAt(self.tables, "mined")
+            drafts = RowsAt(self.tables, "composition", DRAFT_COLUMNS)
+            judged = (
+                self.tables.read("composed_validator", VERDICT_COLUMNS)
+                if comp.verdict is not None
+                else None
+            )
+            for lo in range(0, len(comp.rows), SLICE_ROWS):
+                part = slice(lo, lo + SLICE_ROWS)
+                b = parents.take(forward_rows[comp.second[part]])
+                if judged is not None and comp.verdict is not None:
+                    a, v = None, take(judged, comp.verdict[part])
+                else:
+                    a, v = parents.take(forward_rows[comp.first[part]]), None
+                yield composed_rows(a, b, drafts.take(comp.rows[part]), v).cast(schema)
 
 
 def chains(triplets: pa.Table) -> pa.Table:

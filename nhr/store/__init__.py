@@ -21,8 +21,11 @@ an export by writing its card after its (content-named) shards.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from nhr.lock import ObjectLock, RunLock
 from nhr.store.blobs import (
@@ -155,6 +158,17 @@ class RunStore:
     def write_stats(self, table: str, stats: dict[str, Any]) -> None:
         """Write a stage's stats atomically."""
         self.write_json(f"stats/{table}.json", stats)
+
+    def write_parts(
+        self, table: str, parts: Iterable[pa.Table], schema: pa.Schema, fingerprint: str
+    ) -> int:
+        """Write a whole-table step's ``table`` a part at a time
+        (:meth:`TableStore.write_parts`) and return its rows. The step's stats go first,
+        so a crash part-way leaves a step that a rerun finds not done (it records its
+        fingerprint in its stats only after this returns)."""
+        self.delete(f"stats/{table}.json")
+        info = {"settings_hash": "whole-table", "input_fingerprint": fingerprint}
+        return sum(e.rows for e in self.tables.write_parts(table, parts, info, schema))
 
     def read_stats(self, table: str) -> dict[str, Any] | None:
         """A stage's stats, or None if it has not run."""

@@ -25,7 +25,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,28 @@ class TableStore:
         """Replace the whole table atomically (whole-table steps); earlier shards go."""
         done = self.commit(name, table, [], info, kind="whole")
         self.clean(name)
+        return done
+
+    def write_parts(
+        self, name: str, parts: Iterable[pa.Table], info: dict[str, Any], schema: pa.Schema
+    ) -> list[LedgerEntry]:
+        """Replace the whole table with ``parts``, one shard each, so a whole-table step
+        holds one part at a time, not its table: the first part is committed as a
+        whole-table write (superseding every earlier entry), the others follow it (empty
+        ones are skipped; no parts at all give an empty table of ``schema``).
+
+        Unlike ``write_table`` a reader may see the table before its last part is in:
+        the step that writes it records itself done only once this returns, and one
+        that reruns after a crash starts again with a whole-table write."""
+        done: list[LedgerEntry] = []
+        for part in parts:
+            if done and not part.num_rows:
+                continue
+            done.append(self.commit(name, part, [], info, kind="rows" if done else "whole"))
+            if len(done) == 1:
+                self.clean(name)
+        if not done:
+            done.append(self.write_table(name, schema.empty_table(), info))
         return done
 
     def write_part(
