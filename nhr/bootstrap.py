@@ -18,8 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nhr import slices
 from nhr.records import TripletRow
 from nhr.runner import Runner, StageResult
+from nhr.slices import RowsAt
 from nhr.stages.composition import CompositionStage, plan_compose_jobs
 from nhr.stages.dedup import HASHES_TABLE, dedup, image_hashes
 from nhr.stages.inversion import INVERSE_TYPES, InversionStage
@@ -86,9 +88,6 @@ def inverse_types(edit_types: pa.ChunkedArray | pa.Array) -> pa.Array:
     return out
 
 
-# wide rows a whole-table step of bootstrapping holds at once: its tables are read, and
-# its output written, a slice of this many rows at a time
-SLICE_ROWS = 65_536
 # the columns of a writer's drafts and of a verdict table that bootstrapping reads
 DRAFT_KEYS = ["triplet_id", "parents", "skip_reason"]
 DRAFT_COLUMNS = [
@@ -259,62 +258,6 @@ def composed_triplets(
     return out, c.drops
 
 
-class RowsAt:
-    """Rows of one table by position, read a batch at a time: positions asked for in
-    increasing order, call after call, cost one pass over the table; a position behind
-    the batch in hand starts the pass again."""
-
-    def __init__(
-        self,
-        tables: RunTables,
-        name: str,
-        columns: list[str] | None = None,
-        batch_rows: int | None = None,
-    ) -> None:
-        self.tables = tables
-        self.name = name
-        self.columns = columns
-        self.batch_rows = batch_rows or SLICE_ROWS
-        self._stream: Iterator[pa.Table] | None = None
-        self._batch: pa.Table | None = None
-        self._start = 0
-        self._next = 0
-
-    def _seek(self, pos: int) -> pa.Table:
-        """The batch holding row ``pos``."""
-        if self._batch is not None and self._start <= pos < self._next:
-            return self._batch
-        if self._stream is None or pos < self._start:
-            self._stream = iter(self.tables.stream(self.name, self.columns, self.batch_rows))
-            self._batch, self._next = None, 0
-        while pos >= self._next:
-            batch = next(self._stream, None)
-            if batch is None:
-                raise IndexError(f"row {pos} is past the end of table {self.name!r}")
-            self._batch, self._start, self._next = batch, self._next, self._next + batch.num_rows
-        assert self._batch is not None
-        return self._batch
-
-    def take(self, pos: np.ndarray) -> pa.Table:
-        """The rows at positions ``pos`` (int64, any order), in that order."""
-        order = np.argsort(pos, kind="stable")
-        sorted_pos = pos[order]
-        parts = []
-        i = 0
-        while i < len(sorted_pos):
-            batch = self._seek(int(sorted_pos[i]))
-            j = int(np.searchsorted(sorted_pos, self._next, side="left"))
-            parts.append(take(batch, sorted_pos[i:j] - self._start))
-            i = j
-        schema = self.tables.schema(self.name)
-        if self.columns is not None:
-            schema = pa.schema([schema.field(c) for c in self.columns])
-        got = pa.concat_tables([schema.empty_table(), *parts])
-        back = np.empty(len(pos), dtype=np.int64)
-        back[order] = np.arange(len(pos))
-        return take(got, back)
-
-
 class Written:
     """The drafts of a writer table that carry an instruction (no skip reason), as a
     sized stream of tables (a stage's input never held whole)."""
@@ -328,7 +271,7 @@ class Written:
         return int((~skipped).sum())
 
     def __iter__(self) -> Iterator[pa.Table]:
-        for batch in self.tables.stream(self.name, batch_rows=SLICE_ROWS):
+        for batch in self.tables.stream(self.name, batch_rows=slices.SLICE_ROWS):
             skipped, _ = _skip_kinds(batch.column("skip_reason"))
             if not skipped.all():
                 yield batch.filter(pa.array(~skipped))
@@ -355,7 +298,7 @@ class Bootstrap:
         if not self.cfg.bootstrap.inversion:
             return None
         stage = InversionStage(self.backends().inverter)
-        return self.runner.run(stage, self.tables.stream("mined", batch_rows=SLICE_ROWS))
+        return self.runner.run(stage, self.tables.stream("mined", batch_rows=slices.SLICE_ROWS))
 
     def backward(self) -> StageResult | None:
         """Stage 9: the hard validator on every written inverse triplet."""
@@ -546,7 +489,7 @@ class Bootstrap:
 
         def mined() -> Iterator[tuple[int, pa.Table]]:
             lo = 0
-            for batch in self.tables.stream("mined", batch_rows=SLICE_ROWS):
+            for batch in self.tables.stream("mined", batch_rows=slices.SLICE_ROWS):
                 yield lo, batch
                 lo += batch.num_rows
 
@@ -571,8 +514,8 @@ class Bootstrap:
                 if comp.verdict is not None
                 else None
             )
-            for lo in range(0, len(comp.rows), SLICE_ROWS):
-                part = slice(lo, lo + SLICE_ROWS)
+            for lo in range(0, len(comp.rows), slices.SLICE_ROWS):
+                part = slice(lo, lo + slices.SLICE_ROWS)
                 b = parents.take(forward_rows[comp.second[part]])
                 if judged is not None and comp.verdict is not None:
                     a, v = None, take(judged, comp.verdict[part])

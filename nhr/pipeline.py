@@ -43,7 +43,7 @@ from nhr.stages.gate import PlausibilityStage
 from nhr.stages.preference import preference_pairs, run_preference_pairs
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
-from nhr.stages.validator import ValidatorStage, select_argmax
+from nhr.stages.validator import SELECT_INPUTS, ValidatorStage, select_mined
 from nhr.steps import BY_TABLE, CHAIN, FILTERS, SUBJECTS, TABLE_TYPES
 from nhr.store import RunStore
 from nhr.summary import cost_per_triplet, funnel, with_changes
@@ -320,38 +320,14 @@ class Pipeline:
     def select(self) -> StageResult:
         """Argmax selection per (source, instruction) → the ``mined`` table (a whole-table
         step, skipped when its inputs are unchanged since it last ran)."""
-        inputs = ["candidates", "validator", "sources", "prompts"]
-        return self.runner.whole_table("mined", inputs, {"step": "argmax"}, self._select)
+        return self.runner.whole_table("mined", SELECT_INPUTS, {"step": "argmax"}, self._select)
 
-    def _select(self) -> tuple[pa.Table, dict[str, Any]]:
-        """The ``mined`` table and its figures."""
-        passed = self.tables.read_filtered(  # the passed verdicts only
-            "validator",
-            lambda t: pc.fill_null(t.column("passed"), False),
-            ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"],
-        )
-        # only the candidates it keeps from are read, and only their sources
-        candidates = self.tables.read_where(
-            "candidates", "candidate_id", passed.column("subject_id")
-        )
-        sources = self.tables.read_where(
-            "sources",
-            "source_id",
-            pc.unique(flat(candidates.column("source_id"))),
-            ["source_id", "model_id", "seed", "steps"],
-        )
-        triplets, drops = select_argmax(
-            candidates,
-            passed,
-            sources,
-            self.tables.read("prompts", ["prompt_id", "text", "prompter_version"]),
-        )
-        figures = {
-            "rows_in": passed.num_rows,
-            "rows_out": triplets.num_rows,
-            "drops_by_reason": drops,
-        }
-        return triplets, figures
+    def _select(self) -> tuple[None, dict[str, Any]]:
+        """Write the ``mined`` table a slice at a time; its figures."""
+        parts, figures = select_mined(self.tables)
+        fingerprint = self.tables.fingerprint(SELECT_INPUTS, {"step": "argmax"})
+        self.store.write_parts("mined", parts, TripletRow.schema(), fingerprint)
+        return None, figures
 
     def triplets(self) -> list[TripletRow]:
         """The triplets the export writes: the bootstrapped, deduplicated ``triplets``

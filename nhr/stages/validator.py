@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nhr import slices
 from nhr.backends.base import Judge
 from nhr.records import CandidateRow, DraftRow, TripletRow, Verdict
+from nhr.slices import RowsAt, rows_where
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
-from nhr.tables import constant, flat, group_starts, required_positions, typed_table
+from nhr.tables import (
+    RunTables,
+    constant,
+    flat,
+    group_starts,
+    required_positions,
+    take,
+    typed_table,
+)
 
 
 def geometric_score(adherence: float, aesthetic: float) -> float:
@@ -111,28 +122,22 @@ def geometric_scores(adherence: pa.ChunkedArray, aesthetic: pa.ChunkedArray) -> 
     return np.sqrt(np.maximum(adh, 0.0) * np.maximum(aes, 0.0))
 
 
-def select_argmax(
-    candidates: pa.Table,
-    verdicts: pa.Table,
-    sources: pa.Table,
-    prompts: pa.Table,
-) -> tuple[pa.Table, dict[str, int]]:
-    """Keep, per (source, instruction), the passed candidate with the highest
-    √(adh·aes) (ties: lowest candidate id). Returns the mined triplets (a ``TripletRow``
-    table, ordered by source and instruction id) and the drops by reason
-    (``not_argmax`` for passed candidates that lost to a sibling)."""
-    passed = verdicts.filter(pc.fill_null(verdicts.column("passed"), False))
-    cpos = required_positions(
-        passed.column("subject_id"), candidates.column("candidate_id"), "validated candidate"
-    )
-    cand = candidates.take(pa.array(cpos, pa.int64()))
+def argmax_order(
+    keys: pa.Table, verdicts: pa.Table
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Per (source, instruction), the passed verdict whose candidate has the highest
+    √(adh·aes) (ties: lowest candidate id). ``keys`` holds ``candidate_id``,
+    ``source_id`` and ``instruction_id`` of each verdict's candidate (row for row).
+    Returns the winning rows (ordered by source and instruction id), their scores and the
+    drops by reason (``not_argmax`` for passed candidates that lost to a sibling)."""
+    scores = geometric_scores(verdicts.column("adherence"), verdicts.column("aesthetic"))
     ranked = pa.table(
         {
-            "source_id": cand.column("source_id"),
-            "instruction_id": cand.column("instruction_id"),
-            "score": geometric_scores(passed.column("adherence"), passed.column("aesthetic")),
-            "candidate_id": cand.column("candidate_id"),
-            "row": np.arange(passed.num_rows),
+            "source_id": keys.column("source_id"),
+            "instruction_id": keys.column("instruction_id"),
+            "score": scores,
+            "candidate_id": keys.column("candidate_id"),
+            "row": np.arange(verdicts.num_rows),
         }
     ).sort_by(
         [
@@ -143,9 +148,16 @@ def select_argmax(
         ]
     )
     starts = group_starts(ranked, ["source_id", "instruction_id"])
-    drops = {"not_argmax": int(passed.num_rows - len(starts))} if len(starts) else {}
-    rows = pa.array(ranked.column("row").to_numpy()[starts], pa.int64())
-    v, c = passed.take(rows), cand.take(rows)
+    drops = {"not_argmax": int(verdicts.num_rows - len(starts))} if len(starts) else {}
+    rows = ranked.column("row").to_numpy()[starts].astype(np.int64)
+    return rows, scores[rows], drops
+
+
+def mined_triplets(
+    c: pa.Table, v: pa.Table, score: np.ndarray, sources: pa.Table, prompts: pa.Table
+) -> pa.Table:
+    """The mined triplets (a ``TripletRow`` table), row i from winning candidate ``c`` i,
+    its verdict ``v`` i and score i, with its source's and prompt's provenance."""
     spos = required_positions(c.column("source_id"), sources.column("source_id"), "source")
     ppos = required_positions(c.column("prompt_id"), prompts.column("prompt_id"), "prompt")
     src = sources.take(pa.array(spos, pa.int64()))
@@ -165,7 +177,7 @@ def select_argmax(
         "height": c.column("height"),
         "adherence": pc.fill_null(v.column("adherence"), 0.0),
         "aesthetic": pc.fill_null(v.column("aesthetic"), 0.0),
-        "score": ranked.column("score").take(pa.array(starts, pa.int64())),
+        "score": score,
         "prompt_id": c.column("prompt_id"),
         "prompt": prm.column("text"),
         "source_id": c.column("source_id"),
@@ -182,4 +194,89 @@ def select_argmax(
         "judge_id": v.column("judge_id"),
         "judge_prompt_version": v.column("prompt_version"),
     }
-    return typed_table(columns, TripletRow.schema()), drops
+    return typed_table(columns, TripletRow.schema())
+
+
+def select_argmax(
+    candidates: pa.Table,
+    verdicts: pa.Table,
+    sources: pa.Table,
+    prompts: pa.Table,
+) -> tuple[pa.Table, dict[str, int]]:
+    """Keep, per (source, instruction), the passed candidate with the highest
+    √(adh·aes) (ties: lowest candidate id). Returns the mined triplets (a ``TripletRow``
+    table, ordered by source and instruction id) and the drops by reason
+    (``not_argmax`` for passed candidates that lost to a sibling); all at once (see
+    :func:`argmax_order` and :func:`mined_triplets`)."""
+    passed = verdicts.filter(pc.fill_null(verdicts.column("passed"), False))
+    cpos = required_positions(
+        passed.column("subject_id"), candidates.column("candidate_id"), "validated candidate"
+    )
+    cand = candidates.take(pa.array(cpos, pa.int64()))
+    rows, score, drops = argmax_order(cand, passed)
+    at = pa.array(rows, pa.int64())
+    return mined_triplets(cand.take(at), passed.take(at), score, sources, prompts), drops
+
+
+# what the ``mined`` table depends on, and the columns of a winning candidate it reads
+SELECT_INPUTS = ["candidates", "validator", "sources", "prompts"]
+WINNER_COLUMNS = [
+    "candidate_id",
+    "source_id",
+    "prompt_id",
+    "instruction",
+    "edit_type",
+    "style",
+    "source_image",
+    "image",
+    "width",
+    "height",
+    "seed",
+    "steps",
+    "guidance",
+    "model_id",
+]
+
+
+def select_mined(tables: RunTables) -> tuple[Iterator[pa.Table], dict[str, Any]]:
+    """:func:`select_argmax` over a run's tables: the mined triplets in parts of at most
+    ``slices.SLICE_ROWS`` rows, and the selection's figures.
+
+    The ranking reads the passed verdicts and their candidates' keys (narrow columns);
+    the winners' own columns (those a triplet takes) come in one pass over the candidates.
+    """
+    passed = tables.read_filtered(
+        "validator",
+        lambda t: pc.fill_null(t.column("passed"), False),
+        ["subject_id", "passed", "adherence", "aesthetic", "judge_id", "prompt_version"],
+    )
+    ids = passed.column("subject_id")
+    keys, where = rows_where(
+        tables, "candidates", "candidate_id", ids, ["candidate_id", "source_id", "instruction_id"]
+    )
+    at = required_positions(ids, keys.column("candidate_id"), "validated candidate")
+    rows, score, drops = argmax_order(take(keys, at), passed)
+    figures = {"rows_in": passed.num_rows, "rows_out": len(rows), "drops_by_reason": drops}
+    verdicts = take(passed, rows)
+    del keys, passed
+    winners = where[at[rows]]
+    order = np.argsort(winners, kind="stable")  # one pass over the candidates, in order
+    found = RowsAt(tables, "candidates", WINNER_COLUMNS).take(winners[order])
+    back = np.empty(len(order), dtype=np.int64)
+    back[order] = np.arange(len(order))
+    sources = tables.read_where(
+        "sources",
+        "source_id",
+        pc.unique(flat(found.column("source_id"))),
+        ["source_id", "model_id", "seed", "steps"],
+    )
+    prompts = tables.read("prompts", ["prompt_id", "text", "prompter_version"])
+
+    def parts() -> Iterator[pa.Table]:
+        step = slices.SLICE_ROWS
+        for lo in range(0, len(rows), step):
+            part = slice(lo, lo + step)
+            c = take(found, back[part])
+            yield mined_triplets(c, verdicts.slice(lo, step), score[part], sources, prompts)
+
+    return parts(), figures

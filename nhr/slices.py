@@ -1,0 +1,102 @@
+"""Reading a run's tables a slice at a time: what lets a whole-table step (selection,
+bootstrapping) hold a slice of its wide rows, not its tables.
+
+A step works out what it keeps from narrow columns read whole (ids, verdicts, scores),
+then reads the wide rows it needs by position and writes its output in parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from nhr.hashing import DoneKeys
+from nhr.tables import RunTables, take
+
+# wide rows a whole-table step holds at once: its tables are read, and its output
+# written, a slice of this many rows at a time
+SLICE_ROWS = 65_536
+
+
+def rows_where(
+    tables: RunTables,
+    name: str,
+    column: str,
+    values: pa.Array | pa.ChunkedArray,
+    columns: Sequence[str],
+) -> tuple[pa.Table, np.ndarray]:
+    """The rows (``columns`` of them) of a table whose ``column`` is one of ``values``, in
+    table order, and their positions in the table, read a batch at a time."""
+    wanted = DoneKeys(values)  # hashed once, not once per batch
+    parts, where, lo = [], [], 0
+    for batch in tables.stream(name, [*columns] if column in columns else [*columns, column]):
+        mask = wanted.isin(batch.column(column))
+        parts.append(batch.filter(pa.array(mask)).select(list(columns)))
+        where.append(lo + np.flatnonzero(mask))
+        lo += batch.num_rows
+    schema = tables.schema(name)
+    empty = pa.schema([schema.field(c) for c in columns]).empty_table()
+    return pa.concat_tables([empty, *parts]), np.concatenate([np.zeros(0, np.int64), *where])
+
+
+class RowsAt:
+    """Rows of one table by position, read a batch at a time: positions asked for in
+    increasing order, call after call, cost one pass over the table; a position behind
+    the batch in hand starts the pass again."""
+
+    def __init__(
+        self,
+        tables: RunTables,
+        name: str,
+        columns: list[str] | None = None,
+        batch_rows: int | None = None,
+    ) -> None:
+        self.tables = tables
+        self.name = name
+        self.columns = columns
+        self.batch_rows = batch_rows or SLICE_ROWS
+        self._stream: Iterator[pa.Table] | None = None
+        self._batch: pa.Table | None = None
+        self._start = 0
+        self._next = 0
+
+    def _seek(self, pos: int) -> pa.Table:
+        """The batch holding row ``pos``."""
+        if self._batch is not None and self._start <= pos < self._next:
+            return self._batch
+        if self._stream is None or pos < self._start:
+            self._stream = iter(self.tables.stream(self.name, self.columns, self.batch_rows))
+            self._batch, self._next = None, 0
+        while pos >= self._next:
+            batch = next(self._stream, None)
+            if batch is None:
+                raise IndexError(f"row {pos} is past the end of table {self.name!r}")
+            self._batch, self._start, self._next = batch, self._next, self._next + batch.num_rows
+        assert self._batch is not None
+        return self._batch
+
+    def take(self, pos: np.ndarray) -> pa.Table:
+        """The rows at positions ``pos`` (int64, any order), in that order."""
+        order = np.argsort(pos, kind="stable")
+        sorted_pos = pos[order]
+        parts = []
+        i = 0
+        while i < len(sorted_pos):
+            batch = self._seek(int(sorted_pos[i]))
+            j = int(np.searchsorted(sorted_pos, self._next, side="left"))
+            parts.append(take(batch, sorted_pos[i:j] - self._start))
+            i = j
+        schema = self.tables.schema(self.name)
+        if self.columns is not None:
+            schema = pa.schema([schema.field(c) for c in self.columns])
+        got = pa.concat_tables([schema.empty_table(), *parts])
+        if len(pos) < 2 or bool((np.diff(pos) >= 0).all()):
+            return got  # asked in order: no copy to put back
+        back = np.empty(len(pos), dtype=np.int64)
+        back[order] = np.arange(len(pos))
+        return take(got, back)
+
+
+__all__ = ["SLICE_ROWS", "RowsAt", "rows_where"]
