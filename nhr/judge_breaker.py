@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
+
 from nhr.backends.api_client import redact
 from nhr.engines.base import Done, Link
 from nhr.errors import BackendError, DistrustedOutputs
@@ -181,16 +183,23 @@ def judge_error_shares(tables: Any) -> dict[str, dict[str, dict[str, Any]]]:
     for name in JUDGE_TABLES:
         if not tables.exists(name):
             continue
-        table = tables.read(name, ["judge_id", "error"])
         per: dict[str, dict[str, Any]] = {}
-        for judge_id, error in zip(
-            table.column("judge_id").to_pylist(), table.column("error").to_pylist(), strict=True
-        ):
-            entry = per.setdefault(judge_id, {"verdicts": 0, "errors": 0, "kinds": Counter()})
-            entry["verdicts"] += 1
-            if error:
-                entry["errors"] += 1
-                entry["kinds"][error_kind(error)] += 1
+        for batch in tables.stream(name, ["judge_id", "error"]):  # a batch at a time
+            for item in pc.value_counts(batch.column("judge_id")).to_pylist():  # in order
+                entry = per.setdefault(
+                    item["values"], {"verdicts": 0, "errors": 0, "kinds": Counter()}
+                )
+                entry["verdicts"] += item["counts"]
+            failed = batch.filter(
+                pc.fill_null(pc.greater(pc.utf8_length(batch["error"]), 0), False)
+            )
+            for judge_id, error in zip(
+                failed.column("judge_id").to_pylist(),
+                failed.column("error").to_pylist(),
+                strict=True,
+            ):
+                per[judge_id]["errors"] += 1
+                per[judge_id]["kinds"][error_kind(error)] += 1
         out[name] = {
             j: {
                 "verdicts": e["verdicts"],
