@@ -3,6 +3,7 @@ the chain's rows held open between links, fingerprints, table streams, the searc
 diagnostic, the export's preference pairs and chains. Counts of rows held, not timings."""
 
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -10,19 +11,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from test_runner import PlusStage, Square, SquareStage
 
-from nhr import allocators, hashing
+from nhr import allocators, hashing, slices
 from nhr import runner as runner_mod
 from nhr import tables as tables_mod
-from nhr.bootstrap import chains
+from nhr.bootstrap import Bootstrap, chains
 from nhr.engines.base import Link, outputs_forward
+from nhr.judge_breaker import judge_error_shares
 from nhr.mining import committed_decisions, decided_outcomes
 from nhr.records import PromptJob, Record, from_table
 from nhr.runner import Runner
 from nhr.search_diagnostic import diagnose, diagnose_groups
 from nhr.stages import preference as preference_mod
+from nhr.stages.composition import plan_compose_jobs
+from nhr.stages.validator import select_argmax
 from nhr.store import RunStore
+from nhr.store.shards import TableStore
 from nhr.tables import flat
 
 
@@ -197,3 +203,147 @@ def test_a_run_process_allocates_through_allocators_that_give_memory_back():
         "mimalloc",
         "8",
     ]
+
+
+def _copy_run(tiny_chain: Any, tmp_path: Any, monkeypatch: Any) -> Any:
+    """A copy of the tiny run (dedup off: its path is whole-table), opened, whose
+    whole-table steps hold slices of 3 rows; every wide table read whole is recorded in
+    ``pipe.wide_reads``."""
+    from conftest import TINY
+
+    from nhr.pipeline import Pipeline
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_chain.store.root, copy)
+    pipe = Pipeline.open(copy, {**TINY, "DEDUP": False}, progress=False)
+    monkeypatch.setattr(slices, "SLICE_ROWS", 3)
+    pipe.wide_reads = []
+    read = tables_mod.RunTables.read
+
+    def recording(self: Any, name: str, columns: Any = None) -> pa.Table:
+        out = read(self, name, columns)
+        if columns is None:
+            pipe.wide_reads.append(name)
+        return out
+
+    monkeypatch.setattr(tables_mod.RunTables, "read", recording)
+    return pipe
+
+
+def _parts_written(monkeypatch: Any) -> list[tuple[str, int]]:
+    """(table, rows) of every shard committed from now on."""
+    written: list[tuple[str, int]] = []
+    commit = TableStore.commit
+
+    def counting(self: Any, name: str, table: pa.Table, *args: Any, **kw: Any) -> Any:
+        written.append((name, table.num_rows))
+        return commit(self, name, table, *args, **kw)
+
+    monkeypatch.setattr(TableStore, "commit", counting)
+    return written
+
+
+def _taken(monkeypatch: Any) -> list[int]:
+    """Rows of every wide read by position from now on."""
+    sizes: list[int] = []
+    take = slices.RowsAt.take
+
+    def counting(self: Any, pos: np.ndarray) -> pa.Table:
+        sizes.append(len(pos))
+        return take(self, pos)
+
+    monkeypatch.setattr(slices.RowsAt, "take", counting)
+    return sizes
+
+
+def test_assemble_holds_a_slice_of_wide_rows_and_writes_the_same_table(
+    tiny_chain, tmp_path, monkeypatch
+):
+    pipe = _copy_run(tiny_chain, tmp_path, monkeypatch)
+    forwards, inverses, drops = pipe.bootstrap.consistent()  # the whole-table reference
+    composed, compose_drops = pipe.bootstrap.composed(forwards)
+    whole = pa.concat_tables([forwards, inverses, composed])
+    assert forwards.num_rows > 6 and inverses.num_rows > 3 and composed.num_rows > 0
+    pipe.wide_reads.clear()
+    written, taken = _parts_written(monkeypatch), _taken(monkeypatch)
+    stats = pipe.bootstrap.assemble().stats
+    assert pipe.wide_reads == []  # no wide table is read whole
+    assert pipe.tables.read("triplets").equals(whole)  # the same rows in the same order
+    parts = [rows for name, rows in written if name == "triplets"]
+    assert len(parts) > 3 and max(parts) <= 3 and max(taken) <= 3
+    assert len(pipe.store.tables.entries("triplets")) == len(parts)
+    assert stats["rows_out"] == whole.num_rows
+    assert stats["drops_by_reason"] == dict(sorted((drops + compose_drops).items()))
+    assert list(stats["by_origin"]) == ["mined", "inverted", "composed"]
+    assert pipe.bootstrap.assemble().stats["seconds"] == stats["seconds"]  # recorded: done
+
+
+def test_compose_jobs_are_planned_from_narrow_columns(tiny_chain, tmp_path, monkeypatch):
+    pipe = _copy_run(tiny_chain, tmp_path, monkeypatch)
+    forwards, inverses, _ = pipe.bootstrap.consistent()
+    cfg = pipe.cfg.bootstrap
+    whole = plan_compose_jobs(forwards, inverses, cfg.compose_max_pairs, pipe.cfg.run.seed)
+    pipe.wide_reads.clear()
+    assert pipe.bootstrap.compose_jobs().equals(whole) and whole.num_rows > 0
+    assert pipe.wide_reads == []
+
+
+def test_a_write_in_parts_cut_short_leaves_a_step_that_is_not_done(
+    tiny_chain, tmp_path, monkeypatch
+):
+    pipe = _copy_run(tiny_chain, tmp_path, monkeypatch)
+    pipe.bootstrap.assemble()
+    whole = pipe.tables.read("triplets")
+    shutil.rmtree(pipe.store.tables.folder("triplets"))  # its stats stay, its table is gone
+    parts = Bootstrap._parts
+
+    def cut(self: Any, *args: Any) -> Any:
+        stream = parts(self, *args)
+        yield next(stream)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Bootstrap, "_parts", cut)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.bootstrap.assemble()
+    assert 0 < pipe.tables.count("triplets") < whole.num_rows  # a part is in...
+    assert pipe.store.read_stats("triplets") is None  # ...and the step is not done
+    monkeypatch.setattr(Bootstrap, "_parts", parts)
+    pipe.bootstrap.assemble()
+    assert pipe.tables.read("triplets").equals(whole)
+    assert pipe.store.read_stats("triplets")["rows_out"] == whole.num_rows
+
+
+def test_selection_ranks_from_narrow_columns_and_writes_the_same_mined_table(
+    tiny_chain, tmp_path, monkeypatch
+):
+    pipe = _copy_run(tiny_chain, tmp_path, monkeypatch)
+    whole, drops = select_argmax(  # the whole-table reference
+        pipe.tables.read("candidates"),
+        pipe.tables.read("validator"),
+        pipe.tables.read("sources"),
+        pipe.tables.read("prompts"),
+    )
+    assert whole.num_rows > 6
+    pipe.store.delete("stats/mined.json")
+    pipe.wide_reads.clear()
+    written, taken = _parts_written(monkeypatch), _taken(monkeypatch)
+    stats = pipe.select().stats
+    assert pipe.wide_reads == []
+    assert pipe.tables.read("mined").equals(whole)
+    parts = [rows for name, rows in written if name == "mined"]
+    assert len(parts) > 2 and max(parts) <= 3
+    assert taken == [whole.num_rows]  # the winners' columns: one pass over the candidates
+    assert stats["rows_out"] == whole.num_rows and stats["drops_by_reason"] == drops
+
+
+def test_judge_error_shares_count_a_batch_at_a_time(tiny_chain, monkeypatch):
+    tables = tiny_chain.tables
+    whole = judge_error_shares(tables)
+    monkeypatch.setattr(
+        tables_mod.RunTables,
+        "stream",
+        lambda self, name, columns=None, batch_rows=0: tables_mod.TableStream(
+            self, name, columns, 2
+        ),
+    )
+    assert judge_error_shares(tables) == whole and whole["validator"]
