@@ -7,7 +7,9 @@ then reads the wide rows it needs by position and writes its output in parts.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -99,4 +101,49 @@ class RowsAt:
         return take(got, back)
 
 
-__all__ = ["SLICE_ROWS", "RowsAt", "rows_where"]
+def rows_in_slices(
+    tables: RunTables, name: str, columns: Sequence[str], pos: np.ndarray
+) -> Iterator[pa.Table]:
+    """The rows (``columns`` of them) of a table at positions ``pos`` (int64, any
+    order), in that order, ``SLICE_ROWS`` at a time, after one pass over the table.
+
+    The pass hands each row to the slice it belongs to, spilled to a temporary file
+    (Arrow IPC, deleted when the slices are done), so what is held is a batch of the
+    table, then one slice: not every row asked for."""
+    step = SLICE_ROWS
+    n = len(pos)
+    order = np.argsort(pos, kind="stable")
+    sorted_pos = pos[order]
+    schema = tables.schema(name)
+    schema = pa.schema([schema.field(c) for c in columns])
+    spilled = schema.append(pa.field("_at", pa.int64()))
+    with tempfile.TemporaryDirectory(prefix="nhr-slices-") as tmp:
+        paths = [Path(tmp) / f"{k}.arrow" for k in range(-(-n // step))]
+        writers = [pa.ipc.new_file(str(path), spilled) for path in paths]
+        try:
+            lo = 0
+            for batch in tables.stream(name, list(columns)):
+                i, j = np.searchsorted(sorted_pos, [lo, lo + batch.num_rows])
+                if j > i:
+                    rows = take(batch, sorted_pos[i:j] - lo)
+                    rows = rows.append_column("_at", pa.array(order[i:j], pa.int64()))
+                    slice_of = order[i:j] // step
+                    for k in np.unique(slice_of):
+                        writers[k].write_table(rows.filter(pa.array(slice_of == k)))
+                lo += batch.num_rows
+        finally:
+            for writer in writers:
+                writer.close()
+        if n and (sorted_pos[-1] >= lo or sorted_pos[0] < 0):
+            raise IndexError(f"a row asked for is not in table {name!r} ({lo} rows)")
+        for k, path in enumerate(paths):
+            with pa.OSFile(str(path)) as source:
+                got = pa.ipc.open_file(source).read_all()
+            at = got.column("_at").to_numpy() - k * step
+            back = np.empty(len(at), dtype=np.int64)
+            back[at] = np.arange(len(at))
+            yield take(got.drop_columns(["_at"]), back).combine_chunks()
+            path.unlink()
+
+
+__all__ = ["SLICE_ROWS", "RowsAt", "rows_in_slices", "rows_where"]

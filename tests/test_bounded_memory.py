@@ -326,14 +326,34 @@ def test_selection_ranks_from_narrow_columns_and_writes_the_same_mined_table(
     assert whole.num_rows > 6
     pipe.store.delete("stats/mined.json")
     pipe.wide_reads.clear()
-    written, taken = _parts_written(monkeypatch), _taken(monkeypatch)
+    written, streams = _parts_written(monkeypatch), []
+    stream = tables_mod.RunTables.stream
+
+    def recording(self: Any, name: str, *args: Any, **kw: Any) -> Any:
+        streams.append(name)
+        return stream(self, name, *args, **kw)
+
+    monkeypatch.setattr(tables_mod.RunTables, "stream", recording)
     stats = pipe.select().stats
     assert pipe.wide_reads == []
     assert pipe.tables.read("mined").equals(whole)
     parts = [rows for name, rows in written if name == "mined"]
     assert len(parts) > 2 and max(parts) <= 3
-    assert taken == [whole.num_rows]  # the winners' columns: one pass over the candidates
+    assert streams.count("candidates") == 2  # the keys, then the winners' columns
     assert stats["rows_out"] == whole.num_rows and stats["drops_by_reason"] == drops
+
+
+def test_rows_in_slices_are_the_rows_asked_for_in_order(tiny_chain, monkeypatch):
+    tables = tiny_chain.tables
+    whole = tables.read("candidates", ["candidate_id", "image"])
+    monkeypatch.setattr(slices, "SLICE_ROWS", 4)
+    pos = np.random.default_rng(0).permutation(whole.num_rows)[:11]
+    got = list(slices.rows_in_slices(tables, "candidates", ["candidate_id", "image"], pos))
+    assert [t.num_rows for t in got] == [4, 4, 3]
+    assert pa.concat_tables(got).equals(whole.take(pa.array(pos)))
+    assert list(slices.rows_in_slices(tables, "candidates", ["image"], pos[:0])) == []
+    with pytest.raises(IndexError, match="not in table 'candidates'"):
+        list(slices.rows_in_slices(tables, "candidates", ["image"], np.array([whole.num_rows])))
 
 
 def test_judge_error_shares_count_a_batch_at_a_time(tiny_chain, monkeypatch):

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from nhr import slices
 from nhr.backends.base import Judge
 from nhr.records import CandidateRow, DraftRow, TripletRow, Verdict
-from nhr.slices import RowsAt, rows_where
+from nhr.slices import rows_where
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
 from nhr.tables import (
@@ -243,7 +243,8 @@ def select_mined(tables: RunTables) -> tuple[Iterator[pa.Table], dict[str, Any]]
     ``slices.SLICE_ROWS`` rows, and the selection's figures.
 
     The ranking reads the passed verdicts and their candidates' keys (narrow columns);
-    the winners' own columns (those a triplet takes) come in one pass over the candidates.
+    the winners' own columns (those a triplet takes) come a slice at a time, from one
+    pass over the candidates (:func:`slices.rows_in_slices`).
     """
     passed = tables.read_filtered(
         "validator",
@@ -258,25 +259,20 @@ def select_mined(tables: RunTables) -> tuple[Iterator[pa.Table], dict[str, Any]]
     rows, score, drops = argmax_order(take(keys, at), passed)
     figures = {"rows_in": passed.num_rows, "rows_out": len(rows), "drops_by_reason": drops}
     verdicts = take(passed, rows)
-    del keys, passed
-    winners = where[at[rows]]
-    order = np.argsort(winners, kind="stable")  # one pass over the candidates, in order
-    found = RowsAt(tables, "candidates", WINNER_COLUMNS).take(winners[order])
-    back = np.empty(len(order), dtype=np.int64)
-    back[order] = np.arange(len(order))
+    del passed
+    winners = where[at[rows]]  # their rows in the candidates table, in output order
     sources = tables.read_where(
         "sources",
         "source_id",
-        pc.unique(flat(found.column("source_id"))),
+        pc.unique(flat(take(keys, at[rows]).column("source_id"))),
         ["source_id", "model_id", "seed", "steps"],
     )
     prompts = tables.read("prompts", ["prompt_id", "text", "prompter_version"])
 
     def parts() -> Iterator[pa.Table]:
-        step = slices.SLICE_ROWS
-        for lo in range(0, len(rows), step):
-            part = slice(lo, lo + step)
-            c = take(found, back[part])
-            yield mined_triplets(c, verdicts.slice(lo, step), score[part], sources, prompts)
+        found = slices.rows_in_slices(tables, "candidates", WINNER_COLUMNS, winners)
+        for lo, c in zip(range(0, len(rows), slices.SLICE_ROWS), found, strict=True):
+            part = slice(lo, lo + c.num_rows)
+            yield mined_triplets(c, verdicts.slice(lo, c.num_rows), score[part], sources, prompts)
 
     return parts(), figures
