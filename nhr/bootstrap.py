@@ -341,11 +341,18 @@ class Bootstrap:
         from the few columns that pairing needs)."""
         _, c = self._consistency()
         columns = ["source_id", "triplet_id", "edited_image", "prompt", "instruction"]
-        mined = self.tables.read("mined", columns)
         if c is None:
-            forwards, inverses = mined, pa.table({"parents": [], "instruction": []})
+            forwards = self.tables.read("mined", columns)
+            inverses = pa.table({"parents": [], "instruction": []})
         else:
-            forwards = mined.filter(pa.array(c.keep))
+            keep, seen = c.keep, [0]
+
+            def kept(batch: pa.Table) -> pa.Array:
+                lo = seen[0]
+                seen[0] += batch.num_rows
+                return pa.array(keep[lo : seen[0]])
+
+            forwards = self.tables.read_filtered("mined", kept, columns)
             rows = c.draft[c.draft >= 0]
             inverses = take(self.tables.read("inversion", ["parents", "instruction"]), rows)
         return plan_compose_jobs(

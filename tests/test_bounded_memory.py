@@ -25,6 +25,7 @@ from nhr.records import PromptJob, Record, from_table
 from nhr.runner import Runner
 from nhr.search_diagnostic import diagnose, diagnose_groups
 from nhr.stages import preference as preference_mod
+from nhr.stages import composition as composition_mod
 from nhr.stages.composition import plan_compose_jobs
 from nhr.stages.validator import select_argmax
 from nhr.store import RunStore
@@ -286,6 +287,8 @@ def test_compose_jobs_are_planned_from_narrow_columns(tiny_chain, tmp_path, monk
     pipe.wide_reads.clear()
     assert pipe.bootstrap.compose_jobs().equals(whole) and whole.num_rows > 0
     assert pipe.wide_reads == []
+    monkeypatch.setattr(composition_mod, "PAIR_SOURCES", 2)  # pairs of 2 sources at a time
+    assert pipe.bootstrap.compose_jobs().equals(whole)
 
 
 def test_a_write_in_parts_cut_short_leaves_a_step_that_is_not_done(

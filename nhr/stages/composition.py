@@ -20,6 +20,23 @@ from nhr.stages.base import Stage
 from nhr.stages.inversion import checked_text
 from nhr.tables import flat, group_starts, positions, take, typed_table
 
+# sources whose ordered pairs are enumerated at once (their pair arrays are what is held)
+PAIR_SOURCES = 4096
+
+
+def _pairs(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ordered pair (a, b) of rows within each group (rows ``starts[g]`` to
+    ``starts[g] + sizes[g]``), a-major, a == b included."""
+    group_of = np.repeat(np.arange(len(starts)), sizes)
+    rows = np.repeat(starts, sizes) + (
+        np.arange(len(group_of)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    )
+    a = np.repeat(rows, sizes[group_of])
+    reps = sizes[group_of]
+    offset = np.arange(len(a)) - np.repeat(np.cumsum(reps) - reps, reps)
+    b = starts[np.repeat(group_of, reps)] + offset
+    return a, b
+
 
 def plan_compose_jobs(
     forwards: pa.Table,
@@ -36,40 +53,42 @@ def plan_compose_jobs(
     be a no-op instruction). Per source, the pairs (a, b) in order of a's then b's id are
     drawn in the order of a permutation seeded by (seed, source id).
     """
-    order = forwards.select(["source_id", "triplet_id", "edited_image", "prompt", "instruction"])
-    order = order.sort_by([("source_id", "ascending"), ("triplet_id", "ascending")])
-    inverse_of = positions(
-        order.column("triplet_id"), pc.list_element(inverses.column("parents"), 0)
-    )
-    starts = group_starts(order, ["source_id"])
-    sizes = np.diff(np.append(starts, order.num_rows))
-    # every ordered pair (a, b) within a source, a-major: a repeats |group| times
-    group_of = np.repeat(np.arange(len(starts)), sizes)
-    a = np.repeat(np.arange(order.num_rows), sizes[group_of])
-    offset = np.arange(len(a)) - np.repeat(
-        np.cumsum(sizes[group_of]) - sizes[group_of], sizes[group_of]
-    )
-    b = starts[group_of[a]] + offset
-    images = flat(order.column("edited_image"))
-    ok = (a != b) & (inverse_of[a] >= 0)
-    if len(a):
-        ok &= pc.not_equal(images.take(pa.array(a)), images.take(pa.array(b))).to_numpy(
-            zero_copy_only=False
-        )
-    a, b = a[ok], b[ok]
-    pair_group = group_of[a]
-    counts = np.bincount(pair_group, minlength=len(starts))
-    first_pair = np.cumsum(counts) - counts
-    sources = flat(order.column("source_id")).take(pa.array(starts, pa.int64())).to_pylist()
-    chosen = [
-        first_pair[g]
-        + rng_for(seed, sources[g], "compose").permutation(int(n))[:max_pairs_per_source]
-        for g, n in enumerate(counts)
-        if n
-    ]
-    pick = np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
-    a, b = a[pick], b[pick]
-    first, second = take(order, a), take(order, b)
+    # the forwards' order by (source, id), as positions: only the keys are sorted
+    idx = pc.sort_indices(
+        forwards.select(["source_id", "triplet_id"]),
+        [("source_id", "ascending"), ("triplet_id", "ascending")],
+    ).to_numpy()
+    ids = flat(forwards.column("triplet_id")).take(pa.array(idx, pa.int64()))
+    inverse_of = positions(ids, pc.list_element(inverses.column("parents"), 0))
+    del ids
+    sources = pa.table({"s": flat(forwards.column("source_id")).take(pa.array(idx, pa.int64()))})
+    starts = group_starts(sources, ["s"])
+    names = flat(sources.column("s")).take(pa.array(starts, pa.int64())).to_pylist()
+    del sources
+    # equal images have equal codes: pairs compare integers, not two strings per pair
+    codes = pc.dictionary_encode(flat(forwards.column("edited_image"))).indices
+    codes = codes.to_numpy(zero_copy_only=False)[idx]
+    sizes = np.diff(np.append(starts, len(idx)))
+    picked_a, picked_b = [], []
+    g = 0
+    while g < len(starts):  # a few thousand sources at a time: their pairs, then picks
+        end = min(len(starts), g + PAIR_SOURCES)
+        a, b = _pairs(starts[g:end], sizes[g:end])
+        ok = (a != b) & (inverse_of[a] >= 0) & (codes[a] != codes[b])
+        a, b = a[ok], b[ok]
+        pair_group = np.searchsorted(starts, a, side="right") - 1
+        counts = np.bincount(pair_group - g, minlength=end - g)
+        first_pair = np.cumsum(counts) - counts
+        for k, n in enumerate(counts):
+            if n:
+                order = rng_for(seed, names[g + k], "compose").permutation(int(n))
+                pick = first_pair[k] + order[:max_pairs_per_source]
+                picked_a.append(a[pick])
+                picked_b.append(b[pick])
+        g = end
+    a = np.concatenate(picked_a).astype(np.int64) if picked_a else np.zeros(0, np.int64)
+    b = np.concatenate(picked_b).astype(np.int64) if picked_b else np.zeros(0, np.int64)
+    first, second = take(forwards, idx[a]), take(forwards, idx[b])
     texts = take(inverses, inverse_of[a]).column("instruction")
     job_id = pc.binary_join_element_wise(
         "c-", first.column("triplet_id"), "--", second.column("triplet_id"), ""
