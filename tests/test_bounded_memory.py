@@ -24,8 +24,8 @@ from nhr.mining import committed_decisions, decided_outcomes
 from nhr.records import PromptJob, Record, from_table
 from nhr.runner import Runner
 from nhr.search_diagnostic import diagnose, diagnose_groups
-from nhr.stages import preference as preference_mod
 from nhr.stages import composition as composition_mod
+from nhr.stages import preference as preference_mod
 from nhr.stages.composition import plan_compose_jobs
 from nhr.stages.validator import select_argmax
 from nhr.store import RunStore
