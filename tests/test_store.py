@@ -117,3 +117,26 @@ def test_huge_image_is_refused(tmp_path):
     Image.new("RGB", (300, 300)).save(path)
     with pytest.raises(ImageError, match="over 10000 pixels"):
         load_image(path, max_pixels=10_000)
+
+
+def test_a_table_written_in_parts_replaces_the_old_one_and_marks_its_step_last(tmp_path):
+    store = RunStore(tmp_path)
+    schema = pa.schema([("x", pa.int64())])
+    store.tables.write_table("t", pa.table({"x": [9, 9, 9]}), {})
+    store.write_stats("t", {"input_fingerprint": "old"})
+    seen = []
+
+    def parts():
+        for part in ([1, 2], [], [3]):
+            seen.append(store.read_stats("t"))  # gone before the first part is written
+            yield pa.table({"x": part}, schema=schema)
+
+    assert store.write_parts("t", parts(), schema, "new") == 3
+    assert seen == [None, None, None]
+    assert store.tables.read("t", schema).column("x").to_pylist() == [1, 2, 3]
+    entries = store.tables.entries("t")
+    assert [e.info["kind"] for e in entries] == ["whole", "rows"]  # the empty part skipped
+    assert all(e.info["input_fingerprint"] == "new" for e in entries)
+    assert store.write_parts("t", iter([]), schema, "none") == 0  # no parts: an empty table
+    assert store.tables.exists("t") and store.tables.count("t") == 0
+    assert len(list((tmp_path / "tables" / "t" / "data").iterdir())) == 1  # old shards gone
