@@ -16,6 +16,7 @@ from nhr.config import RunConfig
 from nhr.errors import ConfigError, RunFolderError
 from nhr.push import push_dataset
 from nhr.stages.export import read_card
+from nhr.stages.export_webdataset import TAR_MTIME, metadata, sample_key, write_webdataset
 
 
 def _load_quietly(folder):
@@ -72,6 +73,29 @@ def test_webdataset_shards_beside_the_parquet(tiny_chain):
         assert meta["instruction"] == t.instruction and meta["origin"] == t.origin
         assert s["source.png"].size == (t.width, t.height)
         assert s["edited.png"].tobytes() == tiny_chain.store.blobs.get(t.edited_image).tobytes()
+
+
+def test_webdataset_tars_are_the_bytes_webdatasets_own_writer_writes(tiny_chain, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    blobs = tiny_chain.store.blobs
+    rows = tiny_chain.triplets()[:7]
+    ours = write_webdataset(rows, blobs, tmp_path / "ours", shard_rows=3)
+    theirs = []
+    for i in range(0, len(rows), 3):
+        path = tmp_path / f"theirs-{i}.tar"
+        with wds.TarWriter(str(path), mtime=TAR_MTIME) as writer:
+            for row in rows[i : i + 3]:
+                writer.write(
+                    {
+                        "__key__": sample_key(row.triplet_id),
+                        "source.png": blobs.read_bytes(row.source_image),
+                        "edited.png": blobs.read_bytes(row.edited_image),
+                        "json": metadata(row),
+                    }
+                )
+        theirs.append(path.read_bytes())
+    assert len(rows) == 7 and len(ours) == 3
+    assert [p.read_bytes() for p in ours] == theirs
 
 
 def test_push_uploads_the_export_up_to_the_upload_call(tiny_chain, monkeypatch):

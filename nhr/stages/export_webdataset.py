@@ -4,26 +4,36 @@ Each sample is one triplet: ``<key>.source.png`` and ``<key>.edited.png`` (the b
 PNG bytes as stored, not re-encoded) and ``<key>.json`` (the instruction and every
 metadata column of the parquet export). Keys are the triplet ids with the characters
 WebDataset splits on (dots, slashes) replaced, so ``wds.WebDataset(urls).decode("pil")``
-gives ``{"source.png", "edited.png", "json"}`` per sample. Written with the
-``webdataset`` package's ``TarWriter``.
+gives ``{"source.png", "edited.png", "json"}`` per sample.
+
+The tars are written with the standard library's ``tarfile`` exactly as the
+``webdataset`` package's ``TarWriter`` (1.0.2, ``webdataset/writer.py``) writes them:
+a streamed tar (mode ``w|``, the default PAX format), a sample's members in sorted
+order of their extension, each with mode 0o444, owner and group ``bigdata``, the JSON
+as ``json.dumps`` in UTF-8. The bytes are the same (tested), without ``import
+webdataset``, which imports torch (seconds and ~100 MB of a run's memory).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import re
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from nhr.errors import BackendError
 from nhr.records import TripletRow, from_table
 from nhr.store import BlobStore
 
 # every member's modification time: fixed, so the same triplets give the same bytes
 # (and a whole number, so a member needs no extra pax header)
 TAR_MTIME = 0
+TAR_MODE = 0o444  # TarWriter's defaults for a member's mode, owner and group
+TAR_OWNER = "bigdata"
 
 META_FIELDS = (
     "triplet_id",
@@ -76,6 +86,16 @@ def _records(rows: Iterable[pa.RecordBatch | pa.Table | TripletRow]) -> Iterator
             yield from from_table(item, TripletRow)
 
 
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """One member of a sample, with TarWriter's fixed attributes."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = TAR_MTIME
+    info.mode = TAR_MODE
+    info.uname = info.gname = TAR_OWNER
+    tar.addfile(info, io.BytesIO(data))
+
+
 def write_webdataset(
     rows: Iterable[pa.RecordBatch | pa.Table | TripletRow],
     blobs: BlobStore,
@@ -85,36 +105,34 @@ def write_webdataset(
 ) -> list[Path]:
     """Write the triplets (streamed as record batches of the ``TripletRow`` schema) as tar
     shards of ``shard_rows`` samples into ``folder``."""
-    try:
-        import webdataset as wds
-    except ImportError:
-        raise BackendError(
-            "the dependency 'webdataset' is not installed",
-            "install it with `pip install webdataset==1.0.2`, or set EXPORT_WEBDATASET False",
-        ) from None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shards: list[Path] = []
-    writer: Any = None
+    file: Any = None
+    tar: tarfile.TarFile | None = None
     count = 0
     try:
         for row in _records(rows):
-            if writer is None or count == shard_rows:
-                if writer is not None:
-                    writer.close()
+            if tar is None or count == shard_rows:
+                if tar is not None:
+                    tar.close()
+                    file.close()
                 shards.append(folder / f"{prefix}-{len(shards):05d}.tar")
-                writer = wds.TarWriter(str(shards[-1]), mtime=TAR_MTIME)
+                file = shards[-1].open("wb")
+                tar = tarfile.open(fileobj=file, mode="w|")
                 count = 0
-            writer.write(
-                {
-                    "__key__": sample_key(row.triplet_id),
-                    "source.png": blobs.read_bytes(row.source_image),
-                    "edited.png": blobs.read_bytes(row.edited_image),
-                    "json": metadata(row),
-                }
-            )
+            key = sample_key(row.triplet_id)
+            members = {  # in sorted order of the extension, as TarWriter writes them
+                "edited.png": blobs.read_bytes(row.edited_image),
+                "json": json.dumps(metadata(row)).encode("utf-8"),
+                "source.png": blobs.read_bytes(row.source_image),
+            }
+            for ext, data in members.items():
+                add_member(tar, f"{key}.{ext}", data)
             count += 1
     finally:
-        if writer is not None:
-            writer.close()
+        if tar is not None:
+            tar.close()
+        if file is not None:
+            file.close()
     return shards
