@@ -78,7 +78,7 @@ class KeySet:
         return first
 
 
-class DoneKeys:
+class KeyIndex:
     """A fixed set of string keys (the input keys a table already covers, the ids a
     stream keeps): fingerprints for speed, strings for exactness. Unlike ``pc.is_in``,
     which hashes its whole value set on every call, the set is hashed once, so testing
@@ -88,7 +88,7 @@ class DoneKeys:
         keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
         self.keys = keys
         fps = fingerprints(keys)
-        self.order = np.argsort(fps)
+        self.order = np.argsort(fps, kind="stable")  # a repeated key: its first place first
         self.sorted = fps[self.order]
 
     def __len__(self) -> int:
@@ -98,6 +98,23 @@ class DoneKeys:
         """Which of ``keys`` are in the set (bool, one per key)."""
         keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
         return self.mask(keys, fingerprints(keys))
+
+    def positions(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Where each of ``keys`` is among the set's keys (int64; the first place of a
+        repeated key), -1 where it is absent: ``pc.index_in`` with the set hashed once."""
+        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not len(self.sorted) or not len(keys):
+            return out
+        fps = fingerprints(keys)
+        pos = np.minimum(np.searchsorted(self.sorted, fps), len(self.sorted) - 1)
+        idx = np.flatnonzero(self.sorted[pos] == fps)
+        if len(idx):
+            at = self.order[pos[idx]]
+            same = pc.equal(keys.take(pa.array(idx)), self.keys.take(pa.array(at)))
+            ok = np.asarray(same.to_numpy(zero_copy_only=False), dtype=bool)
+            out[idx[ok]] = at[ok]
+        return out
 
     def mask(self, keys: pa.Array, fps: np.ndarray) -> np.ndarray:
         """Which of ``keys`` (with fingerprints ``fps``) are done."""

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nhr.engines.base import Done, Link
+from nhr.hashing import KeyIndex
 from nhr.runner import PAUSE, Runner, StageResult
 from nhr.search_diagnostic import diagnose_groups, group_hashes
 from nhr.search_stop import PosteriorStop
@@ -447,6 +448,7 @@ class SeedFeed:
         self.rule = rule
         self.names = [link.stage.name for link in links]
         self.decided = decided
+        self.decided_at = KeyIndex(decided.ids)  # hashed once: ``_issue`` runs per chunk
         self.by_round = by_round
         self.search = SearchState(rule, plan.groups, by_round)
         # issued, undecided jobs: id -> (group, round, guidance, calibration job, steps)
@@ -556,7 +558,7 @@ class SeedFeed:
         for value in guidance[calibration]:
             st.undecided[float(value)] += 1
         st.unissued -= int(calibration.sum())
-        at = positions(ids, self.decided.ids)
+        at = self.decided_at.positions(ids)
         for i, cid in enumerate(ids.to_pylist()):
             self.inflight[cid] = (
                 int(groups[i]),

@@ -43,7 +43,7 @@ from nhr.allocators import give_back
 from nhr.engines.base import Done, Engine, Forward, Link
 from nhr.engines.local import LocalEngine
 from nhr.errors import DistrustedOutputs, RunFolderError
-from nhr.hashing import DoneKeys, KeySet, fingerprints
+from nhr.hashing import KeyIndex, KeySet, fingerprints
 from nhr.lock import ObjectLock, RunLock
 from nhr.records import Record, from_table
 from nhr.stages.base import Stage
@@ -216,7 +216,7 @@ class _SkipDone:
     def __init__(self, forward: Forward, keys: pa.Array) -> None:
         self.forward = forward
         self.keys = keys
-        self._done: DoneKeys | None = None
+        self._done: KeyIndex | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"forward": self.forward, "keys": self.keys}
@@ -229,7 +229,7 @@ class _SkipDone:
         if not rows:
             return rows
         if self._done is None:
-            self._done = DoneKeys(self.keys)
+            self._done = KeyIndex(self.keys)
         keys = pa.array([r.id for r in rows], pa.string())
         done = self._done.mask(keys, fingerprints(keys))
         return [r for r, d in zip(rows, done, strict=True) if not d] if done.any() else rows
@@ -285,7 +285,7 @@ class _LinkRun:
         expected = settings_hash(self.settings)
         tables.clean(stage.name)
         self.before = ledger_stats(runner.recorded(stage, expected))
-        self.done = DoneKeys(tables.input_keys(stage.name))
+        self.done = KeyIndex(tables.input_keys(stage.name))
         self.writer = tables.writer(
             stage.name,
             {"settings_hash": expected, "settings": self.settings},
@@ -791,7 +791,7 @@ class Runner:
         self,
         stage: Stage,
         inputs: Inputs,
-        done: DoneKeys,
+        done: KeyIndex,
         counts: Counter[str],
         bar: _Progress,
         batch_size: int,

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nhr.hashing import DoneKeys
+from nhr.hashing import KeyIndex
 from nhr.records import from_table
 from nhr.steps import FILTERS, SUBJECTS, TABLE_TYPES
 from nhr.store import RunStore
@@ -83,7 +83,7 @@ class RunTables:
     ) -> pa.Table:
         """The rows of a table whose ``column`` is one of ``values``, in table order, read
         a batch at a time: only those rows are ever held."""
-        wanted = DoneKeys(values)  # hashed once, not once per batch
+        wanted = KeyIndex(values)  # hashed once, not once per batch
         return self.read_filtered(name, lambda t: wanted.isin(t.column(column)), columns)
 
     def read_filtered(
@@ -245,7 +245,7 @@ class TableStream:
             return
         schema = self.tables.schema(self.name)
         key = TABLE_TYPES[self.name].key if self.keep is not None else None
-        keep = DoneKeys(self.keep) if self.keep is not None else None  # hashed once
+        keep = KeyIndex(self.keep) if self.keep is not None else None  # hashed once
         for batch in store.iter_batches(self.name, self.columns, self.batch_rows, schema):
             table = pa.Table.from_batches([batch])
             if key is not None and keep is not None:

@@ -109,12 +109,12 @@ def test_a_kept_set_is_hashed_once_per_stream_not_once_per_batch(tiny_chain, mon
     tables = tiny_chain.tables
     built: list[int] = []
 
-    class Counting(tables_mod.DoneKeys):
+    class Counting(tables_mod.KeyIndex):
         def __init__(self, keys: Any) -> None:
             built.append(len(keys))
             super().__init__(keys)
 
-    monkeypatch.setattr(tables_mod, "DoneKeys", Counting)
+    monkeypatch.setattr(tables_mod, "KeyIndex", Counting)
     whole = tables.read("candidates")
     keep = tables.survivor_ids("lowlevel")
     stream = tables_mod.TableStream(tables, "candidates", batch_rows=3, keep=keep)
@@ -129,14 +129,19 @@ def test_a_kept_set_is_hashed_once_per_stream_not_once_per_batch(tiny_chain, mon
     assert built == [len(keep), 4]
 
 
-def test_a_key_set_answers_as_is_in_does():
+def test_a_key_index_answers_as_is_in_and_index_in_do():
     rng = np.random.default_rng(0)
     universe = [f"k{i}" for i in range(400)] + ["", "é", "k1 "]
     keep = pa.chunked_array([pa.array(list(rng.choice(universe, 90))), pa.array(["", "é"])])
     probe = pa.chunked_array([pa.array(list(rng.choice(universe, 300))), pa.array(["k1 "])])
     want = pc.is_in(probe, value_set=keep.combine_chunks()).to_numpy(zero_copy_only=False)
-    assert (hashing.DoneKeys(keep).isin(probe) == want).all() and want.sum() > 0
-    assert not hashing.DoneKeys(pa.array([], pa.string())).isin(probe).any()
+    index = hashing.KeyIndex(keep)
+    assert (index.isin(probe) == want).all() and want.sum() > 0
+    assert not hashing.KeyIndex(pa.array([], pa.string())).isin(probe).any()
+    # positions as pc.index_in gives them: the first place of a repeated key, -1 if absent
+    at = pc.index_in(probe, value_set=keep.combine_chunks())
+    assert (index.positions(probe) == pc.fill_null(at, -1).to_numpy()).all()
+    assert len(set(keep.to_pylist())) < len(keep)  # the set does repeat keys
 
 
 def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):

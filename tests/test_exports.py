@@ -16,6 +16,13 @@ from nhr.config import RunConfig
 from nhr.errors import ConfigError, RunFolderError
 from nhr.push import push_dataset
 from nhr.stages.export import read_card
+from nhr.stages.export_webdataset import (
+    TAR_MTIME,
+    TarShard,
+    metadata,
+    sample_key,
+    write_webdataset,
+)
 
 
 def _load_quietly(folder):
@@ -72,6 +79,42 @@ def test_webdataset_shards_beside_the_parquet(tiny_chain):
         assert meta["instruction"] == t.instruction and meta["origin"] == t.origin
         assert s["source.png"].size == (t.width, t.height)
         assert s["edited.png"].tobytes() == tiny_chain.store.blobs.get(t.edited_image).tobytes()
+
+
+def test_webdataset_tars_are_the_bytes_webdatasets_own_writer_writes(tiny_chain, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    blobs = tiny_chain.store.blobs
+    rows = tiny_chain.triplets()[:7]
+    ours = write_webdataset(rows, blobs, tmp_path / "ours", shard_rows=3)
+    theirs = []
+    for i in range(0, len(rows), 3):
+        path = tmp_path / f"theirs-{i}.tar"
+        with wds.TarWriter(str(path), mtime=TAR_MTIME) as writer:
+            for row in rows[i : i + 3]:
+                writer.write(
+                    {
+                        "__key__": sample_key(row.triplet_id),
+                        "source.png": blobs.read_bytes(row.source_image),
+                        "edited.png": blobs.read_bytes(row.edited_image),
+                        "json": metadata(row),
+                    }
+                )
+        theirs.append(path.read_bytes())
+    assert len(rows) == 7 and len(ours) == 3
+    assert [p.read_bytes() for p in ours] == theirs
+    # from record batches (the export's path) the same bytes
+    table = tiny_chain.tables.triplets().slice(0, 7)
+    again = write_webdataset(table.to_batches(max_chunksize=2), blobs, tmp_path / "b", 3)
+    assert [p.read_bytes() for p in again] == theirs
+    # names the ustar header cannot hold (long, non-ASCII) take tarfile's PAX records
+    for name in ("k" * 99 + ".json", "k" * 140 + ".json", "clé-é.json"):
+        ours_one = tmp_path / "one.tar"
+        shard = TarShard(ours_one)
+        shard.add(name, b"{}")
+        shard.close()
+        with wds.TarWriter(str(tmp_path / "theirs.tar"), mtime=TAR_MTIME) as writer:
+            writer.write({"__key__": name.rsplit(".", 1)[0], "json": b"{}"})
+        assert ours_one.read_bytes() == (tmp_path / "theirs.tar").read_bytes(), name
 
 
 def test_push_uploads_the_export_up_to_the_upload_call(tiny_chain, monkeypatch):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nhr.backends.base import Editor, contract
-from nhr.hashing import splitmix64
+from nhr.hashing import KeyIndex, splitmix64
 from nhr.records import CandidateRow, EditJob
 from nhr.resolutions import Size, nearest
 from nhr.stages.base import Stage
@@ -98,6 +98,8 @@ class EditPlan:
         self._jobs = self.k.astype(np.int64) * self.m_seeds
         self._offsets = np.concatenate([[0], np.cumsum(self._jobs)])
         self._group_first = np.concatenate([[0], np.cumsum(self.k.astype(np.int64))])
+        # the sources' ids hashed once: ``group_index`` runs for every chunk of jobs
+        self._source_index = KeyIndex(self.sources.column("source_id"))
         lo, hi = self.seed_range or (0, self.m_seeds)
         self._lo, self._hi = max(0, lo), min(hi, self.m_seeds)
         groups = self.groups if self.open_groups is None else int(self.open_groups.sum())
@@ -145,9 +147,7 @@ class EditPlan:
     def group_index(self, source_ids: pa.Array | pa.ChunkedArray, j: np.ndarray) -> np.ndarray:
         """The group index of (source, instruction j) pairs (-1 for a source not in the
         plan), the order ``open_groups`` and ``guidance_by_group`` use."""
-        ids = self.sources.column("source_id")
-        pos = pc.index_in(source_ids, value_set=ids)
-        pos = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        pos = self._source_index.positions(source_ids)
         out = self._group_first[np.maximum(pos, 0)] + np.asarray(j, dtype=np.int64)
         return np.where(pos >= 0, out, -1)
 
