@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from nhr.hashing import DoneKeys
+from nhr.hashing import KeyIndex
 from nhr.tables import RunTables, take
 
 # wide rows a whole-table step holds at once: its tables are read, and its output
@@ -31,7 +31,7 @@ def rows_where(
 ) -> tuple[pa.Table, np.ndarray]:
     """The rows (``columns`` of them) of a table whose ``column`` is one of ``values``, in
     table order, and their positions in the table, read a batch at a time."""
-    wanted = DoneKeys(values)  # hashed once, not once per batch
+    wanted = KeyIndex(values)  # hashed once, not once per batch
     parts, where, lo = [], [], 0
     for batch in tables.stream(name, [*columns] if column in columns else [*columns, column]):
         mask = wanted.isin(batch.column(column))
