@@ -19,7 +19,7 @@ from nhr.tables import RunTables, take
 
 # wide rows a whole-table step holds at once: its tables are read, and its output
 # written, a slice of this many rows at a time
-SLICE_ROWS = 65_536
+SLICE_ROWS = 32_768
 
 
 def rows_where(
