@@ -514,20 +514,27 @@ class Bootstrap:
                         take(verdicts, c.verdict[lo + sel]),
                     )
         if comp is not None and len(comp.rows):
-            parents = RowsAt(self.tables, "mined")
+            # the parents' rows, a slice at a time, each from one pass over ``mined``
+            seconds = slices.rows_in_slices(
+                self.tables, "mined", schema.names, forward_rows[comp.second]
+            )
+            firsts = (
+                slices.rows_in_slices(self.tables, "mined", schema.names, forward_rows[comp.first])
+                if comp.verdict is None
+                else None
+            )
             drafts = RowsAt(self.tables, "composition", DRAFT_COLUMNS)
             judged = (
                 self.tables.read("composed_validator", VERDICT_COLUMNS)
                 if comp.verdict is not None
                 else None
             )
-            for lo in range(0, len(comp.rows), slices.SLICE_ROWS):
-                part = slice(lo, lo + slices.SLICE_ROWS)
-                b = parents.take(forward_rows[comp.second[part]])
+            for lo, b in zip(range(0, len(comp.rows), slices.SLICE_ROWS), seconds, strict=True):
+                part = slice(lo, lo + b.num_rows)
+                a = next(firsts) if firsts is not None else None
+                v = None
                 if judged is not None and comp.verdict is not None:
-                    a, v = None, take(judged, comp.verdict[part])
-                else:
-                    a, v = parents.take(forward_rows[comp.first[part]]), None
+                    v = take(judged, comp.verdict[part])
                 yield composed_rows(a, b, drafts.take(comp.rows[part]), v).cast(schema)
 
 

@@ -211,7 +211,7 @@ def test_a_run_process_allocates_through_allocators_that_give_memory_back():
     ]
 
 
-def _copy_run(tiny_chain: Any, tmp_path: Any, monkeypatch: Any) -> Any:
+def _copy_run(tiny_chain: Any, tmp_path: Any, monkeypatch: Any, **params: Any) -> Any:
     """A copy of the tiny run (dedup off: its path is whole-table), opened, whose
     whole-table steps hold slices of 3 rows; every wide table read whole is recorded in
     ``pipe.wide_reads``."""
@@ -221,7 +221,7 @@ def _copy_run(tiny_chain: Any, tmp_path: Any, monkeypatch: Any) -> Any:
 
     copy = tmp_path / "run"
     shutil.copytree(tiny_chain.store.root, copy)
-    pipe = Pipeline.open(copy, {**TINY, "DEDUP": False}, progress=False)
+    pipe = Pipeline.open(copy, {**TINY, "DEDUP": False, **params}, progress=False)
     monkeypatch.setattr(slices, "SLICE_ROWS", 3)
     pipe.wide_reads = []
     read = tables_mod.RunTables.read
@@ -262,10 +262,12 @@ def _taken(monkeypatch: Any) -> list[int]:
     return sizes
 
 
+@pytest.mark.parametrize("validate", [True, False])
 def test_assemble_holds_a_slice_of_wide_rows_and_writes_the_same_table(
-    tiny_chain, tmp_path, monkeypatch
+    tiny_chain, tmp_path, monkeypatch, validate
 ):
-    pipe = _copy_run(tiny_chain, tmp_path, monkeypatch)
+    pipe = _copy_run(tiny_chain, tmp_path, monkeypatch, COMPOSE_VALIDATE=validate)
+    assert pipe.cfg.bootstrap.compose_validate == validate
     forwards, inverses, drops = pipe.bootstrap.consistent()  # the whole-table reference
     composed, compose_drops = pipe.bootstrap.composed(forwards)
     whole = pa.concat_tables([forwards, inverses, composed])
