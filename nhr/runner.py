@@ -486,6 +486,9 @@ class _ChainRun:
         i = done.link
         state = self.states[i]
         key_array, fps, new = self._keys(done)
+        keys = key_array.to_pylist() if i else None
+        if i and not new:  # rows sent to this link and not yet taken are new
+            new = all(k in state.parents and k not in state.uncommitted for k in keys)
         taken = np.zeros(len(fps), dtype=bool) if new else state.taken.contains(fps)
         if i:  # link 0's feed skips what is done; a forward could send it still
             taken |= state.done.mask(key_array, fps)
@@ -507,9 +510,7 @@ class _ChainRun:
             except DistrustedOutputs:
                 self.distrusted = i
                 raise
-        keys = None
-        if i:  # only a link that has an upstream tracks keys one by one
-            keys = key_array.to_pylist()
+        if keys is not None:  # only a link that has an upstream tracks keys one by one
             state.uncommitted.update(keys)
         state.spent += done.seconds
         state.counts["processed"] += len(key_array)
@@ -635,6 +636,8 @@ class _ChainRun:
             "shards": len(tables.entries(name)),
             "engine": engine,
             "upstream": [link.stage.name for link in self.links[:i]],
+            # batches the engine yielded again (a retry), their rows taken already
+            **({"dropped_batches": counts["dropped_batches"]} if counts["dropped_batches"] else {}),
             **extra_figures(self.extra[i]),
         }
         recorded = self.runner.store.read_stats(name) or {}

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -139,6 +139,40 @@ class CountingEngine(LocalEngine):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "rows": self.rows}
+
+
+class RetryingEngine(LocalEngine):
+    """The local engine, yielding some finished batches a second time, as an engine
+    that retries a batch whose worker was lost after it finished may: at once, and
+    again after the rest (by then committed), each time as a copy of the inputs."""
+
+    name = "retrying"
+
+    def stream(self, links: Any, batches: Any) -> Any:
+        late = []
+        for n, done in enumerate(super().stream(links, batches)):
+            yield done
+            if n % 3 == 0:
+                yield replace(done, inputs=list(done.inputs))
+            if n % 4 == 1:
+                late.append(replace(done, inputs=list(done.inputs)))
+        yield from late
+
+
+def test_a_batch_yielded_again_is_dropped_on_every_link(tmp_path):
+    def chain(engine: LocalEngine | None, where: str) -> tuple[list[Any], list[Any], Any]:
+        runner = Runner(
+            RunStore(tmp_path / where), batch_size=3, progress=False, shard_rows=4, engine=engine
+        )
+        links = [Link(SquareStage(), 3, outputs_forward), Link(PlusStage(), 2)]
+        results = runner.run_chain(links, _jobs(20))
+        return _rows(runner), _rows(runner, "plus"), results
+
+    squares, plus, _ = chain(None, "plain")
+    again_squares, again_plus, results = chain(RetryingEngine(workers=1), "retried")
+    assert again_squares == squares and again_plus == plus and len(plus) == 20
+    dropped = [r.stats["dropped_batches"] for r in results]
+    assert dropped[0] > 0 and dropped[1] > 0
 
 
 def test_stats_record_the_engine_and_how_it_ran_the_chain(tmp_path):
