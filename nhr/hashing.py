@@ -15,6 +15,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 FINGERPRINT_ROWS = 65_536  # keys turned into Python strings at once by ``fingerprints``
+_MIN_BITS_LOG2 = 16  # the smallest bitmap of a ``KeySet``: 8 KiB
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -44,20 +45,62 @@ def fingerprints(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 class KeySet:
     """A growing set of string keys held as sorted fingerprint runs (binary-counter
-    merges keep the number of runs logarithmic): membership and duplicates in numpy."""
+    merges keep the number of runs logarithmic): membership and duplicates in numpy.
+
+    A bitmap of about a byte per key (one bit per fingerprint's top bits) answers
+    "absent" for most keys that are not in the set; only the rest are searched in the
+    runs. A binary search of a run of millions misses the cache at nearly every level,
+    and a chain asks about every key it sends or takes, nearly all of them new.
+    """
 
     def __init__(self) -> None:
         self._runs: list[np.ndarray] = []
+        self._n = 0
+        self._shift = np.uint64(64 - _MIN_BITS_LOG2)
+        self._bits = np.zeros(1 << (_MIN_BITS_LOG2 - 3), dtype=np.uint8)
 
     def __len__(self) -> int:
-        return sum(len(r) for r in self._runs)
+        return self._n
+
+    def _slots(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The byte and the bit mask of each fingerprint in the bitmap."""
+        at = fps >> self._shift
+        byte = (at >> np.uint64(3)).astype(np.intp)
+        return byte, (np.uint64(1) << (at & np.uint64(7))).astype(np.uint8)
+
+    def _maybe(self, fps: np.ndarray) -> np.ndarray:
+        """False where a fingerprint is surely absent (its bit is clear)."""
+        byte, bit = self._slots(fps)
+        return (self._bits[byte] & bit) != 0
+
+    def _mark(self, fps: np.ndarray) -> None:
+        """Set the bits of ``fps``, first growing the bitmap to a byte per key."""
+        need = max(_MIN_BITS_LOG2, int(self._n + len(fps)).bit_length() + 3)
+        if need > 64 - int(self._shift):
+            self._shift = np.uint64(64 - need)
+            self._bits = np.zeros(1 << (need - 3), dtype=np.uint8)
+            for run in self._runs:
+                self._mark_bits(run)
+        self._mark_bits(fps)
+
+    def _mark_bits(self, fps: np.ndarray) -> None:
+        byte, bit = self._slots(fps)
+        np.bitwise_or.at(self._bits, byte, bit)
 
     def contains(self, fps: np.ndarray) -> np.ndarray:
         """Which fingerprints are already in the set."""
         hit = np.zeros(len(fps), dtype=bool)
+        if not self._n or not len(fps):
+            return hit
+        maybe = np.flatnonzero(self._maybe(fps))
+        if not len(maybe):
+            return hit
+        needles = fps[maybe]
+        found = np.zeros(len(needles), dtype=bool)
         for run in self._runs:
-            pos = np.minimum(np.searchsorted(run, fps), len(run) - 1)
-            hit |= run[pos] == fps
+            pos = np.minimum(np.searchsorted(run, needles), len(run) - 1)
+            found |= run[pos] == needles
+        hit[maybe] = found
         return hit
 
     def add(self, fps: np.ndarray) -> int:
@@ -65,13 +108,15 @@ class KeySet:
         set or earlier in ``fps``), or -1 when all are new."""
         if not len(fps):
             return -1
-        order = np.argsort(fps)
+        order = np.argsort(fps, kind="stable")  # of equal ones, the later is the repeat
         ordered = fps[order]
         again = np.zeros(len(fps), dtype=bool)
         again[order[1:]] = ordered[1:] == ordered[:-1]
         again |= self.contains(fps)
         first = int(np.argmax(again)) if again.any() else -1
+        self._mark(fps)
         self._runs.append(ordered)
+        self._n += len(fps)
         while len(self._runs) > 1 and len(self._runs[-1]) >= len(self._runs[-2]):
             top, below = self._runs.pop(), self._runs.pop()
             self._runs.append(np.sort(np.concatenate([below, top]), kind="stable"))

@@ -144,6 +144,28 @@ def test_a_key_index_answers_as_is_in_and_index_in_do():
     assert len(set(keep.to_pylist())) < len(keep)  # the set does repeat keys
 
 
+def test_a_key_set_answers_as_a_python_set_does_as_it_grows():
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 2**64, 300_000, dtype=np.uint64)
+    keys[7] = 0  # hash("") is 0: a fingerprint like any other
+    ks, plain = hashing.KeySet(), set()
+    for lo in range(0, 200_000, 9_000):
+        batch = keys[lo : lo + 9_000].copy()
+        batch[-1] = keys[lo // 2]  # one key seen before
+        expected, seen = -1, set(plain)
+        for i, k in enumerate(batch.tolist()):  # the first key already in, or earlier
+            if k in seen:
+                expected = i
+                break
+            seen.add(k)
+        assert ks.add(batch) == expected >= 0
+        plain.update(batch.tolist())
+        probe = keys[max(0, lo - 5_000) : lo + 20_000]
+        assert (ks.contains(probe) == np.isin(probe, list(plain))).all()
+    assert len(ks) > len(plain) >= 190_000  # counted as added, as before
+    assert ks._bits.size >= len(plain) // 2  # the bitmap grew with the set
+
+
 def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):
     decided = committed_decisions(tiny_chain.tables)
     group, seed, passed = decided_outcomes(tiny_chain.tables)

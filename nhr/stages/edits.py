@@ -8,7 +8,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nhr.backends.base import Editor, contract
-from nhr.hashing import KeyIndex, splitmix64
+from nhr.hashing import FINGERPRINT_ROWS, KeyIndex, splitmix64
 from nhr.records import CandidateRow, EditJob
 from nhr.resolutions import Size, nearest
 from nhr.stages.base import Stage
@@ -46,12 +46,18 @@ def edit_step_levels(lo: int, hi: int, levels: int = 0) -> np.ndarray:
     return np.unique(np.floor(np.linspace(lo, hi, levels) + 0.5).astype(np.int64))
 
 
-def _source_seeds(source_ids: list[str], seed: int) -> np.ndarray:
-    """A stable 64-bit seed per source (blake2b of the run seed and the source id)."""
+def _source_seeds(source_ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A stable 64-bit seed per source (blake2b of the run seed and the source id); the
+    ids made Python strings a slice at a time."""
     out = np.empty(len(source_ids), dtype=np.uint64)
-    for i, sid in enumerate(source_ids):
-        digest = hashlib.blake2b(f"{seed}:{sid}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(digest, "little")
+    for lo in range(0, len(source_ids), FINGERPRINT_ROWS):
+        ids = source_ids.slice(lo, FINGERPRINT_ROWS).to_pylist()
+        out[lo : lo + len(ids)] = [
+            int.from_bytes(
+                hashlib.blake2b(f"{seed}:{sid}".encode(), digest_size=8).digest(), "little"
+            )
+            for sid in ids
+        ]
     return out
 
 
@@ -92,14 +98,25 @@ class EditPlan:
     # per group, a guidance that replaces the drawn one (NaN: keep the drawn one)
     guidance_by_group: np.ndarray | None = None
 
+    # what every part of the plan derives from its sources alike, made once and shared
+    # by the parts (``part`` copies the plan): per source seeds, offsets, the id index
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
     def __post_init__(self) -> None:
-        ids = self.sources.column("source_id").to_pylist()
-        self._seeds = _source_seeds(ids, self.seed)
-        self._jobs = self.k.astype(np.int64) * self.m_seeds
-        self._offsets = np.concatenate([[0], np.cumsum(self._jobs)])
-        self._group_first = np.concatenate([[0], np.cumsum(self.k.astype(np.int64))])
-        # the sources' ids hashed once: ``group_index`` runs for every chunk of jobs
-        self._source_index = KeyIndex(self.sources.column("source_id"))
+        if not self.derived:
+            ids = self.sources.column("source_id")
+            jobs = self.k.astype(np.int64) * self.m_seeds
+            self.derived.update(
+                seeds=_source_seeds(ids, self.seed),
+                jobs=jobs,
+                offsets=np.concatenate([[0], np.cumsum(jobs)]),
+                group_first=np.concatenate([[0], np.cumsum(self.k.astype(np.int64))]),
+                # hashed once: ``group_index`` runs for every chunk of jobs
+                source_index=KeyIndex(ids),
+            )
+        d = self.derived
+        self._seeds, self._jobs, self._offsets = d["seeds"], d["jobs"], d["offsets"]
+        self._group_first, self._source_index = d["group_first"], d["source_index"]
         lo, hi = self.seed_range or (0, self.m_seeds)
         self._lo, self._hi = max(0, lo), min(hi, self.m_seeds)
         groups = self.groups if self.open_groups is None else int(self.open_groups.sum())
