@@ -40,7 +40,7 @@ from nhr.stages.edits import (
 from nhr.stages.export import card_body, export_to_store
 from nhr.stages.filters import LowLevelStage, PrefilterStage
 from nhr.stages.gate import PlausibilityStage
-from nhr.stages.preference import preference_pairs, run_preference_pairs
+from nhr.stages.preference import iter_preference_pairs, preference_pairs, run_preference_pairs
 from nhr.stages.prompts import PromptStage, plan_prompt_jobs
 from nhr.stages.sources import SourceStage
 from nhr.stages.validator import SELECT_INPUTS, ValidatorStage, select_mined
@@ -407,16 +407,23 @@ class Pipeline:
             edit_types.update(_counts(part.column("edit_type")))
         n_triplets = sum(origins.values())
         chains = chains_of(self._chain_triplets(source))
-        prefs = self.preference_pairs()
-        body = card_body(
-            name,
-            dict(origins),
-            dict(edit_types),
-            with_changes(funnel(self.tables, self.cfg)),
-            chains.num_rows,
-            prefs.num_rows,
-            cost_per_triplet(self.tables, self.store.all_stats()),
-        )
+        funnel_rows = with_changes(funnel(self.tables, self.cfg))
+        cost = cost_per_triplet(self.tables, self.store.all_stats())
+        written: dict[str, int] = {}
+
+        def body(rows: dict[str, int]) -> str:
+            """The card's text, once the rows of every config are known."""
+            written.update(rows)
+            return card_body(
+                name,
+                dict(origins),
+                dict(edit_types),
+                funnel_rows,
+                rows["multiturn"],
+                rows["preference"],
+                cost,
+            )
+
         batch = self.cfg.export.export_shard_rows
         shards = export_to_store(
             self.store,
@@ -425,7 +432,8 @@ class Pipeline:
             body,
             batch,
             chains,
-            prefs,
+            # a slice of mined triplets' pairs at a time, written as they come
+            iter_preference_pairs(self.tables, self.cfg.export.export_preference_pairs),
             (
                 self.tables.iter_batches(source, TripletRow.schema().names, batch)
                 if self.cfg.export.export_webdataset
@@ -443,7 +451,7 @@ class Pipeline:
             "rows_by_config": {
                 "default": n_triplets,
                 "multiturn": chains.num_rows,
-                "preference": prefs.num_rows,
+                "preference": written["preference"],
             },
             "drops_by_reason": {},
         }

@@ -15,7 +15,7 @@ from nhr import cli
 from nhr.config import RunConfig
 from nhr.errors import ConfigError, RunFolderError
 from nhr.push import push_dataset
-from nhr.stages.export import read_card
+from nhr.stages.export import export_dataset, read_card
 from nhr.stages.export_webdataset import (
     TAR_MTIME,
     TarShard,
@@ -115,6 +115,27 @@ def test_webdataset_tars_are_the_bytes_webdatasets_own_writer_writes(tiny_chain,
         with wds.TarWriter(str(tmp_path / "theirs.tar"), mtime=TAR_MTIME) as writer:
             writer.write({"__key__": name.rsplit(".", 1)[0], "json": b"{}"})
         assert ours_one.read_bytes() == (tmp_path / "theirs.tar").read_bytes(), name
+
+
+def test_preference_pairs_stream_into_the_export_and_the_card_counts_them(tiny_chain, tmp_path):
+    whole = tiny_chain.preference_pairs()
+    assert whole.num_rows >= 3
+    blobs = tiny_chain.store.blobs
+    counted: dict[str, int] = {}
+
+    def body(rows: dict[str, int]) -> str:
+        counted.update(rows)
+        return "# streamed\n"
+
+    slices = (whole.slice(i, 2) for i in range(0, whole.num_rows, 2))
+    streamed = export_dataset([], blobs, tmp_path / "a", body, 2, None, slices)
+    held = export_dataset([], blobs, tmp_path / "b", "# held\n", 2, None, whole)
+    assert [p.name for p in streamed] == [p.name for p in held]
+    assert [p.read_bytes() for p in streamed] == [p.read_bytes() for p in held]
+    assert counted == {"default": 0, "multiturn": 0, "preference": whole.num_rows}
+    assert "# streamed" in (tmp_path / "a" / "README.md").read_text()
+    stats = tiny_chain.store.read_stats("export")
+    assert stats["rows_by_config"]["preference"] == whole.num_rows
 
 
 def test_push_uploads_the_export_up_to_the_upload_call(tiny_chain, monkeypatch):

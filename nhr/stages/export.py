@@ -424,10 +424,10 @@ def export_dataset(
     rows: Iterable[pa.RecordBatch | pa.Table],
     blobs: BlobStore,
     out_dir: Path,
-    body: str,
+    body: str | Callable[[dict[str, int]], str],
     shard_rows: int = 1000,
     chains: pa.Table | None = None,
-    preferences: pa.Table | None = None,
+    preferences: pa.Table | Iterable[pa.Table] | None = None,
     webdataset_rows: Iterable[pa.RecordBatch | pa.Table] | None = None,
     webdataset_shard_rows: int = 1000,
     license_id: str = "cc-by-4.0",
@@ -439,9 +439,12 @@ def export_dataset(
 
     ``rows`` (and ``webdataset_rows``, a second pass over the same table) stream the
     triplets as record batches of the ``TripletRow`` schema; ``chains`` (from
-    ``bootstrap.chains``) and ``preferences`` (from ``preference_pairs``) are tables of
-    image paths, embedded shard by shard. ``test_share`` > 0 splits ``default`` into
-    ``train`` and ``test`` by source (see the module docstring)."""
+    ``bootstrap.chains``) and ``preferences`` (from ``preference_pairs``, or its slices
+    as ``iter_preference_pairs`` gives them) are tables of image paths, embedded shard
+    by shard. ``body`` is the card's text, or a function of the rows each config got
+    (``{"default": n, "multiturn": n, "preference": n}``) that gives it once they are
+    written. ``test_share`` > 0 splits ``default`` into ``train`` and ``test`` by
+    source (see the module docstring)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-dataset-", dir=out_dir.parent))
@@ -450,7 +453,13 @@ def export_dataset(
         parts: dict[str, Iterable[pa.RecordBatch | pa.Table]] = {
             "default": rows,
             "multiturn": [] if chains is None else [chains],
-            "preference": [] if preferences is None else [preferences],
+            "preference": (
+                []
+                if preferences is None
+                else [preferences]
+                if isinstance(preferences, pa.Table)
+                else preferences
+            ),
         }
         configs: dict[str, Any] = {}
         for name, part in parts.items():
@@ -462,8 +471,9 @@ def export_dataset(
                 }
             else:
                 configs[name] = _write_config(tmp, name, part, blobs, shard_rows)
-        n_default = sum(r for _, r in split_files(configs["default"]).values())
-        write_card(tmp, configs, n_default, body, license_id, provenance)
+        rows = {n: sum(r for _, r in split_files(c).values()) for n, c in configs.items()}
+        text = body(rows) if callable(body) else body
+        write_card(tmp, configs, rows["default"], text, license_id, provenance)
         if webdataset_rows is not None:
             write_webdataset(webdataset_rows, blobs, tmp / "webdataset", webdataset_shard_rows)
         old = out_dir.with_name(f".old-{out_dir.name}")
@@ -483,10 +493,10 @@ def export_to_store(
     store: RunStore,
     rel: str,
     rows: Iterable[pa.RecordBatch | pa.Table],
-    body: str,
+    body: str | Callable[[dict[str, int]], str],
     shard_rows: int = 1000,
     chains: pa.Table | None = None,
-    preferences: pa.Table | None = None,
+    preferences: pa.Table | Iterable[pa.Table] | None = None,
     webdataset_rows: Iterable[pa.RecordBatch | pa.Table] | None = None,
     webdataset_shard_rows: int = 1000,
     license_id: str = "cc-by-4.0",

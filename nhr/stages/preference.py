@@ -41,7 +41,7 @@ PREFERENCE_SCHEMA = pa.schema(
 
 # mined triplets paired at once by ``run_preference_pairs``: what it holds is the
 # candidates and verdicts of their sources, never the whole run's
-SLICE_ROWS = 100_000
+SLICE_ROWS = 50_000
 MINED_COLUMNS = (
     "triplet_id",
     "candidate_id",
@@ -76,24 +76,30 @@ def mined_slices(tables: RunTables, rows: int = SLICE_ROWS) -> Iterator[pa.Table
         yield pa.concat_tables(held)
 
 
-def run_preference_pairs(
+def iter_preference_pairs(
     tables: RunTables, per_group: int = 1, slice_rows: int = SLICE_ROWS
-) -> pa.Table:
+) -> Iterator[pa.Table]:
     """``preference_pairs`` of a run's mined triplets, the same rows in the same order,
-    computed ``slice_rows`` mined triplets at a time: each slice reads only the
-    candidates of its sources and their verdicts (a group's candidates share its
+    computed and given ``slice_rows`` mined triplets at a time: each slice reads only
+    the candidates of its sources and their verdicts (a group's candidates share its
     source), so memory follows the slice, not the run."""
     names = [n for n in tables.enabled if tables.exists(n)]
-    parts = [PREFERENCE_SCHEMA.empty_table()]
     if per_group <= 0 or not names:
-        return parts[0]
+        return
     for mined in mined_slices(tables, slice_rows):
         sources = pc.unique(flat(mined.column("source_id")))
         cands = tables.read_where("candidates", "source_id", sources, CANDIDATE_COLUMNS)
         ids = cands.column("candidate_id")
         verdicts = {n: tables.read_where(n, "subject_id", ids, VERDICT_COLUMNS) for n in names}
-        parts.append(preference_pairs(mined, cands, verdicts, per_group))
-    return pa.concat_tables(parts)
+        yield preference_pairs(mined, cands, verdicts, per_group)
+
+
+def run_preference_pairs(
+    tables: RunTables, per_group: int = 1, slice_rows: int = SLICE_ROWS
+) -> pa.Table:
+    """``iter_preference_pairs`` as one table."""
+    parts = list(iter_preference_pairs(tables, per_group, slice_rows))
+    return pa.concat_tables([PREFERENCE_SCHEMA.empty_table(), *parts])
 
 
 def first_failures(verdicts: dict[str, pa.Table]) -> pa.Table:
