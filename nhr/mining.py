@@ -43,12 +43,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nhr.engines.base import Done, Link
-from nhr.hashing import KeyIndex
+from nhr.hashing import fingerprints
 from nhr.runner import PAUSE, Runner, StageResult
 from nhr.search_diagnostic import diagnose_groups, group_hashes
 from nhr.search_stop import PosteriorStop
 from nhr.stages.edits import EditPlan
-from nhr.tables import FILTERS, RunTables, flat, positions
+from nhr.tables import FILTERS, RunTables, flat
 
 STATS = "mining"  # stats/mining.json
 OPEN, PASSED, HOPELESS, EXHAUSTED = 0, 1, 2, 3
@@ -165,33 +165,6 @@ def verdict_scores(name: str, error: np.ndarray, adh: np.ndarray, aes: np.ndarra
     return np.where(error, np.nan, np.minimum(adh, aes))
 
 
-def decide(tables: RunTables, ids: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per candidate of ``ids``: whether a committed verdict decides it, whether the
-    validator passed it, and its score: the validator's verdict where it got there,
-    else that of the filter that dropped it (``verdict_scores``)."""
-    n = len(ids)
-    decided, passed, score = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.full(n, np.nan)
-    for name in reversed(FILTERS):  # the validator first
-        if name not in tables.enabled:
-            continue
-        v = tables.read(name, ["subject_id", "passed", "reason", "adherence", "aesthetic"])
-        pos = positions(ids, v.column("subject_id"))
-        at = np.maximum(pos, 0)
-
-        def col(c: str, fill: Any, v: pa.Table = v, at: np.ndarray = at) -> np.ndarray:
-            arr = pc.fill_null(v.column(c), fill).to_numpy(zero_copy_only=False)
-            return arr[at] if len(arr) else np.full(n, fill)
-
-        ok = (pos >= 0) & col("passed", False).astype(bool)
-        adh, aes = (col(c, np.nan).astype(np.float64) for c in ("adherence", "aesthetic"))
-        own = verdict_scores(name, col("reason", "") == "judge_error", adh, aes)
-        take = ~decided & (pos >= 0) & (~ok if name != "validator" else True)
-        score = np.where(take, own, score)
-        passed |= take & ok
-        decided |= take
-    return decided, passed, score
-
-
 def smoothed_best(guidances: Sequence[float], tried: Sequence[int], passed: Sequence[int]) -> float:
     """The guidance whose add-one smoothed pass rate is highest (ties: the first)."""
     rates = [(p + 1) / (n + 2) for n, p in zip(tried, passed, strict=True)]
@@ -209,28 +182,67 @@ class MiningResult:
 
 @dataclass
 class Decisions:
-    """Candidates whose verdicts are committed: id, validator passed, score (NaN where
-    no judge scored it), as ``decide`` scores them."""
+    """Candidates whose verdicts are committed, each held as the fingerprint of its id
+    (``nhr.hashing.fingerprints``, sorted), whether the validator passed it and its
+    score (NaN where no judge scored it): the validator's verdict where it got there,
+    else that of the filter that dropped it (``verdict_scores``). About 17 bytes a
+    candidate, so a rerun of a run of millions of candidates holds no strings."""
 
-    ids: pa.Array
+    fps: np.ndarray
     passed: np.ndarray
     score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.fps)
+
+    def positions(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Where each id's decision is (int64), -1 for an id no verdict decides."""
+        out = np.full(len(ids), -1, dtype=np.int64)
+        if not len(self.fps) or not len(ids):
+            return out
+        fps = fingerprints(ids)
+        pos = np.minimum(np.searchsorted(self.fps, fps), len(self.fps) - 1)
+        hit = self.fps[pos] == fps
+        out[hit] = pos[hit]
+        return out
 
 
 def committed_decisions(tables: RunTables) -> Decisions:
     """Every candidate a committed verdict decides: the validator's verdict, else a drop
     by the low-level check (score 0) or the pre-filter (its score). A chain commits a
     link's batch only after what it forwarded is committed downstream, so a verdict
-    that forwarded its candidate always has the next link's verdict committed too."""
-    names = [name for name in FILTERS if name in tables.enabled and tables.exists(name)]
-    if not names:
-        return Decisions(pa.array([], pa.string()), np.zeros(0, bool), np.zeros(0))
-    ids = pc.unique(
-        pa.concat_arrays([flat(tables.read(n, ["subject_id"]).column("subject_id")) for n in names])
-    )
-    decided, passed, score = decide(tables, ids)
-    keep = pa.array(decided)
-    return Decisions(ids.filter(keep), passed[decided], score[decided])
+    that forwarded its candidate always has the next link's verdict committed too.
+    The verdict tables are read a batch at a time."""
+    fps, passed, score = [], [], []
+    columns = ["subject_id", "passed", "reason", "adherence", "aesthetic"]
+    for name in reversed(FILTERS):  # the validator first: its verdict decides
+        if name not in tables.enabled or not tables.exists(name):
+            continue
+        for batch in tables.iter_batches(name, columns):
+            ok = pc.fill_null(batch.column("passed"), False).to_numpy(zero_copy_only=False)
+            ok = np.asarray(ok, dtype=bool)
+            mine = slice(None) if name == "validator" else ~ok  # a filter decides its drops
+            error = pc.fill_null(pc.equal(batch.column("reason"), "judge_error"), False)
+            adh, aes = (
+                pc.fill_null(batch.column(c), np.nan).to_numpy(zero_copy_only=False)
+                for c in ("adherence", "aesthetic")
+            )
+            own = verdict_scores(
+                name,
+                np.asarray(error.to_numpy(zero_copy_only=False), dtype=bool),
+                np.asarray(adh, dtype=np.float64),
+                np.asarray(aes, dtype=np.float64),
+            )
+            fps.append(fingerprints(batch.column("subject_id"))[mine])
+            passed.append(ok[mine] if name == "validator" else np.zeros(int((~ok).sum()), bool))
+            score.append(own[mine])
+    if not fps:
+        return Decisions(np.zeros(0, np.uint64), np.zeros(0, bool), np.zeros(0))
+    every = np.concatenate(fps)
+    fps.clear()
+    kept, first = np.unique(every, return_index=True)  # sorted; the first verdict wins
+    del every
+    return Decisions(kept, np.concatenate(passed)[first], np.concatenate(score)[first])
 
 
 def decided_outcomes(tables: RunTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -448,7 +460,6 @@ class SeedFeed:
         self.rule = rule
         self.names = [link.stage.name for link in links]
         self.decided = decided
-        self.decided_at = KeyIndex(decided.ids)  # hashed once: ``_issue`` runs per chunk
         self.by_round = by_round
         self.search = SearchState(rule, plan.groups, by_round)
         # issued, undecided jobs: id -> (group, round, guidance, calibration job, steps)
@@ -558,7 +569,7 @@ class SeedFeed:
         for value in guidance[calibration]:
             st.undecided[float(value)] += 1
         st.unissued -= int(calibration.sum())
-        at = self.decided_at.positions(ids)
+        at = self.decided.positions(ids)
         for i, cid in enumerate(ids.to_pylist()):
             self.inflight[cid] = (
                 int(groups[i]),

@@ -30,7 +30,6 @@ from nhr.stages.composition import plan_compose_jobs
 from nhr.stages.validator import select_argmax
 from nhr.store import RunStore
 from nhr.store.shards import TableStore
-from nhr.tables import flat
 
 
 class PlusAgain(PlusStage):
@@ -166,13 +165,52 @@ def test_a_key_set_answers_as_a_python_set_does_as_it_grows():
     assert ks._bits.size >= len(plain) // 2  # the bitmap grew with the set
 
 
+def _decided_by_rows(tables: Any) -> dict[str, tuple[bool, float]]:
+    """The decisions as the verdict rows give them, one row at a time: the validator's
+    verdict, else the drop of the low-level check (score 0), else the pre-filter's."""
+    out: dict[str, tuple[bool, float]] = {}
+    for name in ("validator", "lowlevel", "prefilter"):
+        for v in tables.rows(name):
+            if v.subject_id in out or (name != "validator" and v.passed):
+                continue
+            if name == "lowlevel":
+                score = 0.0
+            elif v.reason == "judge_error":
+                score = float("nan")
+            else:
+                score = min(v.adherence, v.aesthetic)
+            out[v.subject_id] = (bool(v.passed and name == "validator"), score)
+    return out
+
+
+def test_committed_decisions_are_the_verdict_rows_held_as_fingerprints(tiny_chain):
+    decided = committed_decisions(tiny_chain.tables)
+    want = _decided_by_rows(tiny_chain.tables)
+    ids = tiny_chain.tables.read("candidates", ["candidate_id"]).column("candidate_id")
+    at = decided.positions(ids)
+    got = {
+        cid: (bool(decided.passed[a]), float(decided.score[a]))
+        for cid, a in zip(ids.to_pylist(), at, strict=True)
+        if a >= 0
+    }
+    assert len(got) == len(decided) == len(want) > 0
+    assert got.keys() == want.keys()
+    for cid, (ok, score) in want.items():
+        assert got[cid][0] == ok
+        assert got[cid][1] == score or (np.isnan(score) and np.isnan(got[cid][1]))
+    assert decided.fps.dtype == np.uint64 and (np.diff(decided.fps) > 0).all()  # no strings
+    assert (decided.positions(pa.array(["not-a-candidate"])) == -1).all()
+
+
 def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):
     decided = committed_decisions(tiny_chain.tables)
     group, seed, passed = decided_outcomes(tiny_chain.tables)
-    assert len(group) == len(decided.ids) > 0 and passed.sum() == decided.passed.sum() > 0
+    assert len(group) == len(decided) > 0 and passed.sum() == decided.passed.sum() > 0
     assert group.dtype == np.int64 and seed.dtype == np.int16  # two bytes per seed number
-    ids = flat(decided.ids).to_pylist()
-    assert diagnose_groups(group, seed, passed) == diagnose(ids, decided.passed)
+    ids = tiny_chain.tables.read("candidates", ["candidate_id"]).column("candidate_id")
+    at = decided.positions(ids)
+    known = [c for c, a in zip(ids.to_pylist(), at, strict=True) if a >= 0]
+    assert diagnose_groups(group, seed, passed) == diagnose(known, decided.passed[at[at >= 0]])
 
 
 def test_preference_pairs_come_a_slice_of_mined_triplets_at_a_time(tiny_chain, monkeypatch):
