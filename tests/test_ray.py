@@ -351,8 +351,13 @@ def test_pools_serve_every_window_and_chain_of_an_engine(cluster):
     actors = list(engine._pools["cpu"]) + list(engine._pools["io0"])
     engine.close()
     for actor in actors:
+        # ray.kill is asynchronous: a call sent at once may still be answered before the
+        # kill lands, so ask again until the actor is gone (a minute at most)
+        deadline = time.monotonic() + 60
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actor.__ray_ready__.remote(), timeout=60)
+            while time.monotonic() < deadline:
+                ray.get(actor.__ray_ready__.remote(), timeout=60)
+                time.sleep(0.5)
 
 
 def test_nhr_run_warns_once_of_a_named_cluster_open_without_a_token(cluster, monkeypatch, caplog):
