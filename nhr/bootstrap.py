@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from nhr import slices
 from nhr.records import TripletRow
-from nhr.runner import Runner, StageResult
+from nhr.runner import Runner, StageResult, TableParts
 from nhr.slices import RowsAt
 from nhr.stages.composition import CompositionStage, plan_compose_jobs
 from nhr.stages.dedup import HASHES_TABLE, dedup, image_hashes
@@ -345,14 +345,7 @@ class Bootstrap:
             forwards = self.tables.read("mined", columns)
             inverses = pa.table({"parents": [], "instruction": []})
         else:
-            keep, seen = c.keep, [0]
-
-            def kept(batch: pa.Table) -> pa.Array:
-                lo = seen[0]
-                seen[0] += batch.num_rows
-                return pa.array(keep[lo : seen[0]])
-
-            forwards = self.tables.read_filtered("mined", kept, columns)
+            forwards = RowsAt(self.tables, "mined", columns).take(np.flatnonzero(c.keep))
             rows = c.draft[c.draft >= 0]
             inverses = take(self.tables.read("inversion", ["parents", "instruction"]), rows)
         return plan_compose_jobs(
@@ -407,10 +400,9 @@ class Bootstrap:
         a rerun over unchanged tables returns the recorded result at once."""
         return self.runner.whole_table("triplets", ASSEMBLE_INPUTS, self.settings(), self._assemble)
 
-    def _assemble(self) -> tuple[pa.Table | None, dict[str, Any]]:
-        """The ``triplets`` table and its figures. Without dedup the table is made and
-        written a slice at a time (None is returned); dedup compares every image, so it
-        assembles the whole table and returns it."""
+    def _assemble(self) -> tuple[pa.Table | TableParts, dict[str, Any]]:
+        """The ``triplets`` table and its figures. Without dedup the table comes a slice
+        at a time; dedup compares every image, so it assembles the whole table."""
         ids, c = self._consistency()
         forward_rows = np.flatnonzero(c.keep) if c is not None else np.arange(len(ids))
         comp = None
@@ -436,23 +428,13 @@ class Bootstrap:
         parts = self._parts(c, forward_rows, comp)
         hashing: dict[str, Any] = {}
         if not self.cfg.bootstrap.dedup:
-            origins: Counter[str] = Counter()  # in order of first appearance
-
-            def tally(parts: Iterator[pa.Table]) -> Iterator[pa.Table]:
-                for part in parts:
-                    for item in pc.value_counts(part.column("origin")).to_pylist():
-                        origins[item["values"]] += item["counts"]
-                    yield part
-
-            fingerprint = self.tables.fingerprint(ASSEMBLE_INPUTS, self.settings())
-            n = self.tables.store.write_parts(
-                "triplets", tally(parts), TripletRow.schema(), fingerprint
-            )
-            return None, {
+            n = sum(counts.values())  # every consistent row is written
+            return TableParts(parts, TripletRow.schema()), {
                 "rows_in": n,
                 "rows_out": n,
                 "by_origin_before_dedup": counts,
-                "by_origin": dict(origins),
+                # each part is of one origin: forwards, inverses, composed, in that order
+                "by_origin": {origin: k for origin, k in counts.items() if k},
                 "drops_by_reason": dict(sorted(drops.items())),
                 "image_hashes": hashing,
             }

@@ -28,7 +28,7 @@ from nhr.mining import STATS as MINING_STATS
 from nhr.mining import MiningLoop, MiningResult, SearchRule
 from nhr.records import CandidateRow, TripletRow, from_table
 from nhr.resolutions import resolution_set
-from nhr.runner import Extra, Runner, StageResult
+from nhr.runner import Extra, Runner, StageResult, TableParts
 from nhr.stages.dataset_card import PROVENANCE_COLUMNS, provenance
 from nhr.stages.edits import (
     JOB_SOURCE_COLUMNS,
@@ -322,12 +322,10 @@ class Pipeline:
         step, skipped when its inputs are unchanged since it last ran)."""
         return self.runner.whole_table("mined", SELECT_INPUTS, {"step": "argmax"}, self._select)
 
-    def _select(self) -> tuple[None, dict[str, Any]]:
-        """Write the ``mined`` table a slice at a time; its figures."""
+    def _select(self) -> tuple[TableParts, dict[str, Any]]:
+        """The ``mined`` table, a slice at a time, and its figures."""
         parts, figures = select_mined(self.tables)
-        fingerprint = self.tables.fingerprint(SELECT_INPUTS, {"step": "argmax"})
-        self.store.write_parts("mined", parts, TripletRow.schema(), fingerprint)
-        return None, figures
+        return TableParts(parts, TripletRow.schema()), figures
 
     def triplets(self) -> list[TripletRow]:
         """The triplets the export writes: the bootstrapped, deduplicated ``triplets``

@@ -81,6 +81,16 @@ def extra_figures(extra: Extra) -> dict[str, Any]:
 
 
 @dataclass
+class TableParts:
+    """A whole-table step's output given a part at a time (``Runner.whole_table``
+    writes each as it comes, so the step holds a part, not its table); ``schema`` types
+    the table when there is no part."""
+
+    parts: Iterable[pa.Table]
+    schema: pa.Schema
+
+
+@dataclass
 class StageResult:
     """What a stage run produced: its table's name and stats (read rows from the store)."""
 
@@ -709,14 +719,16 @@ class Runner:
         table: str,
         inputs: Sequence[str],
         settings: dict[str, Any],
-        compute: Callable[[], tuple[pa.Table | None, dict[str, Any]]],
+        compute: Callable[[], tuple[pa.Table | TableParts | None, dict[str, Any]]],
         present: Callable[[], bool] | None = None,
     ) -> StageResult:
         """Run a whole-table step under the writer lock: skipped (its recorded stats
         returned) when the fingerprint of its ``inputs`` tables and ``settings`` is the
         one recorded and its output is ``present`` (default: ``table`` exists); else
-        ``compute()`` gives the table to write (None: it wrote its own output) and its
-        stats, recorded with the seconds and the fingerprint."""
+        ``compute()`` gives the table to write (whole, or as ``TableParts``; None: it
+        wrote its own output) and its stats, recorded with the seconds and the
+        fingerprint once the table is written (figures may be filled while its parts
+        are consumed)."""
         with self.writing(f"step {table}"):
             tables = RunTables(self.store)
             fp = tables.fingerprint(inputs, settings)
@@ -725,7 +737,9 @@ class Runner:
                 return StageResult(table, done)
             t0 = time.perf_counter()
             rows, figures = compute()
-            if rows is not None:
+            if isinstance(rows, TableParts):
+                self.store.write_parts(table, rows.parts, rows.schema, fp)
+            elif rows is not None:
                 self.store.tables.write_table(
                     table, rows, {"settings_hash": "whole-table", "input_fingerprint": fp}
                 )
