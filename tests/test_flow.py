@@ -252,26 +252,32 @@ def test_sources_stream_to_the_gate_with_the_rows_of_the_stages_one_by_one(tmp_p
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_inputs_that_pause_resume_as_batches_finish(tmp_path, expected, workers):
-    """The second half of the inputs comes only once the last link has judged the first
-    half (seen through ``observe``): the inputs pause meanwhile, and the rows are those
-    of the stages run one by one."""
+    """The second half of the inputs comes only once the judge has judged every square
+    grown from the first half (seen through ``observe``): the inputs pause meanwhile,
+    and the rows are those of the stages run one by one.
+
+    The pause is certain, whatever the threads' timing: the engine asks for more inputs
+    in the round after it yields link 0's last batch, when that batch's squares are
+    still queued for the judge or in flight there."""
     runner = Runner(RunStore(tmp_path), workers=workers, progress=False)
     chain = links(Grow(), Judge(), Finish(), (5, 3, 4))
     first, second = jobs(N)[: N // 2], jobs(N)[N // 2 :]
     seen: dict[int, int] = {}
+    grown = [0]
     pauses = [0]
 
     def observe(done: Done) -> None:
         seen[done.link] = seen.get(done.link, 0) + len(done.inputs)
+        if done.link == 0:
+            grown[0] += len(done.outputs)
 
     def inputs() -> Iterator[object]:
         yield first
-        while seen.get(0, 0) < len(first) or seen.get(1, 0) < expected_judged:
+        while seen.get(0, 0) < len(first) or seen.get(1, 0) < grown[0]:
             pauses[0] += 1
             yield PAUSE
         yield second
 
-    expected_judged = N // 2  # Grow makes one square per job; Judge sees each
     runner.run_chain(chain, inputs(), observe=observe)
     assert table_rows(runner) == expected
     assert pauses[0] >= 1
