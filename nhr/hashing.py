@@ -130,7 +130,8 @@ class KeyIndex:
     a table batch by batch costs time linear in the table."""
 
     def __init__(self, keys: pa.Array | pa.ChunkedArray) -> None:
-        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        if isinstance(keys, pa.ChunkedArray):  # one chunk is held as it is, not copied
+            keys = keys.chunk(0) if keys.num_chunks == 1 else keys.combine_chunks()
         self.keys = keys
         fps = fingerprints(keys)
         self.order = np.argsort(fps, kind="stable")  # a repeated key: its first place first

@@ -7,7 +7,9 @@ then reads the wide rows it needs by position and writes its output in parts.
 
 from __future__ import annotations
 
+import os
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -146,4 +148,66 @@ def rows_in_slices(
             path.unlink()
 
 
-__all__ = ["SLICE_ROWS", "RowsAt", "rows_in_slices", "rows_where"]
+class SpilledRows:
+    """A table held on local disk, not in memory: written once to a temporary Arrow IPC
+    file in record batches of ``batch_rows``, and taken back by position a batch at a
+    time, so what is held is one batch and the rows asked for. For columns read back a
+    few rows at a time over a long step (the edit plan's image paths, read per chunk of
+    jobs for the whole search). The file is deleted with the object."""
+
+    def __init__(self, table: pa.Table, batch_rows: int = SLICE_ROWS) -> None:
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+        self.schema = table.schema
+        self.num_rows = table.num_rows
+        self.batch_rows = batch_rows
+        fd, path = tempfile.mkstemp(prefix="nhr-spill-", suffix=".arrow")
+        os.close(fd)
+        self.path = path
+        self._finalizer = weakref.finalize(self, _remove, path)
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
+            for lo in range(0, table.num_rows, batch_rows):
+                writer.write_table(table.slice(lo, batch_rows).combine_chunks())
+        self._source = pa.OSFile(path)
+        self._reader = pa.ipc.open_file(self._source)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getstate__(self) -> dict[str, object]:
+        raise TypeError("SpilledRows lives in a local temporary file: it cannot be pickled")
+
+    def take(self, pos: np.ndarray) -> pa.Table:
+        """The rows at positions ``pos`` (int64, any order, repeats allowed), in that
+        order."""
+        pos = np.asarray(pos, dtype=np.int64)
+        if len(pos) and (int(pos.min()) < 0 or int(pos.max()) >= self.num_rows):
+            raise IndexError(f"a row asked for is not among the {self.num_rows} spilled rows")
+        order = np.argsort(pos, kind="stable")
+        sorted_pos = pos[order]
+        bounds = np.searchsorted(
+            sorted_pos, np.arange(0, self.num_rows + self.batch_rows, self.batch_rows)
+        )
+        parts = [self.schema.empty_table()]
+        for b in np.flatnonzero(np.diff(bounds)):
+            i, j = bounds[b], bounds[b + 1]
+            batch = pa.Table.from_batches([self._reader.get_batch(int(b))])
+            parts.append(take(batch, sorted_pos[i:j] - b * self.batch_rows))
+        got = pa.concat_tables(parts).combine_chunks()
+        if len(pos) < 2 or bool((np.diff(pos) >= 0).all()):
+            return got
+        back = np.empty(len(pos), dtype=np.int64)
+        back[order] = np.arange(len(pos))
+        return take(got, back)
+
+    def close(self) -> None:
+        """Delete the file (also done when the object is collected)."""
+        self._source.close()
+        self._finalizer()
+
+
+def _remove(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+__all__ = ["SLICE_ROWS", "RowsAt", "SpilledRows", "rows_in_slices", "rows_where"]

@@ -255,8 +255,10 @@ class TableStream:
 
 
 def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """One contiguous array of a column."""
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    """One contiguous array of a column (a column of one chunk: that chunk, not a copy)."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
 
 
 def positions(keys: pa.Array | pa.ChunkedArray, index: pa.Array | pa.ChunkedArray) -> np.ndarray:

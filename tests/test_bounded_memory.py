@@ -438,3 +438,38 @@ def test_judge_error_shares_count_a_batch_at_a_time(tiny_chain, monkeypatch):
         ),
     )
     assert judge_error_shares(tables) == whole and whole["validator"]
+
+
+def test_spilled_rows_give_back_the_rows_asked_for_a_batch_at_a_time(monkeypatch):
+    table = pa.table({"image": [f"blobs/{i:03d}.png" for i in range(103)], "n": list(range(103))})
+    spilled = slices.SpilledRows(table, batch_rows=10)
+    path = spilled.path
+    read: list[int] = []
+    get_batch = spilled._reader.get_batch
+    monkeypatch.setattr(spilled._reader, "get_batch", lambda i: read.append(i) or get_batch(i))
+    rng = np.random.default_rng(0)
+    for pos in (rng.integers(0, 103, 40), np.arange(103), np.array([102, 0, 0, 55]), []):
+        pos = np.asarray(pos, dtype=np.int64)
+        got = spilled.take(pos)
+        assert got.schema == table.schema
+        assert got.to_pylist() == [table.slice(int(p), 1).to_pylist()[0] for p in pos]
+    # each call reads each batch it needs once: the batches of [102, 0, 0, 55]
+    assert read[-3:] == [0, 5, 10]
+    with pytest.raises(IndexError, match="103 spilled rows"):
+        spilled.take(np.array([103]))
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        __import__("pickle").dumps(spilled)
+    assert os.path.exists(path)
+    spilled.close()
+    assert not os.path.exists(path)
+
+
+def test_input_keys_are_every_entry_s_keys_in_order(tmp_path):
+    store = RunStore(tmp_path)
+    keys = [[f"k{i}-{j}" for j in range(n)] for i, n in enumerate((3, 0, 1, 50))]
+    keys.append(["ünï", "", "x" * 300])
+    for part in keys:
+        store.tables.commit("t", pa.table({"x": list(range(len(part)))}), part, {})
+    got = store.tables.input_keys("t")
+    assert got.type == pa.string() and got.to_pylist() == [k for part in keys for k in part]
+    assert RunStore(tmp_path / "empty").tables.input_keys("t").to_pylist() == []

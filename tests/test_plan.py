@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 from scipy.stats import chisquare
 
+from nhr import slices
 from nhr.records import EditJob, Record, from_table
 from nhr.runner import Runner
 from nhr.stages.base import Stage
@@ -88,6 +89,33 @@ def test_jobs_carry_their_instruction_and_drawn_settings():
         assert job.instruction_id == f"{job.prompt_id}-i{j}" and job.edit_type == f"type{j}"
         assert 18 <= job.steps <= 28 and job.guidance in (2.5, 3.5) and 0 <= job.seed < 2**31
     assert len({j.steps for j in jobs}) > 5 and len({j.guidance for j in jobs}) == 2
+
+
+def test_jobs_carry_their_source_s_columns_from_memory_and_from_the_spilled_images():
+    sources, prompts = _grid(90)
+    sources = sources.set_column(
+        sources.schema.get_field_index("style"), "style", pa.array(["flat", "photo", "ink"] * 30)
+    ).set_column(sources.schema.get_field_index("width"), "width", pa.array(range(90)))
+    shuffled = sources.take(pa.array(np.random.default_rng(1).permutation(90)))
+    by_id = {row["source_id"]: row for row in sources.to_pylist()}
+
+    def check(plan: Any) -> None:
+        jobs = pa.concat_tables(list(plan)).to_pylist()
+        assert len(jobs) == 700 and len({j["source_id"] for j in jobs}) > 80
+        for job in jobs:
+            source = by_id[job["source_id"]]
+            assert job["source_image"] == source["image"] and job["style"] == source["style"]
+            assert (job["width"], job["height"]) == (source["width"], source["height"])
+            assert job["prompt_id"] == source["prompt_id"]
+
+    plan = plan_edit_jobs(shuffled, prompts, M, (18, 28), (2.5, 3.5), 3, max_jobs=700)
+    assert plan.sources.column_names == ["source_id", "prompt_id", "style", "width", "height"]
+    check(plan)
+    # the images read back from many small batches of the spill file
+    ids = plan.sources.column("source_id").to_pylist()
+    images = pa.table({"image": [by_id[i]["image"] for i in ids]})
+    plan.images = slices.SpilledRows(images, batch_rows=7)
+    check(plan)
 
 
 def test_chunks_and_passes_stay_bounded():
