@@ -245,6 +245,15 @@ class _SkipDone:
         return [r for r, d in zip(rows, done, strict=True) if not d] if done.any() else rows
 
 
+@dataclass
+class _Call:
+    """A call of link 0's batcher in flight: its records, their keys and fingerprints."""
+
+    records: list[Record]
+    keys: pa.Array
+    fps: np.ndarray
+
+
 class _Taken:
     """The input keys of the batches a link accepted in this run, as fingerprints:
     gathered loose and merged into a ``KeySet`` only when asked (a link whose batches
@@ -377,8 +386,13 @@ class _ChainRun:
         self.distrusted: int | None = None  # a link whose observer raised DistrustedOutputs
         self.unflushable = 0  # rows held open right after the last commit of every buffer
         self.states: list[_LinkRun] = []
-        # link 0's batches in flight, by the id of the list fed to the engine
-        self.fed: dict[int, _Batch] | None = {}
+        # link 0's calls in flight, by the id of the list fed to the engine, where the
+        # engine hands back the very lists it was fed (``Engine.hands_back_fed_lists``):
+        # then a list handed back that is not in flight was taken already, and link 0
+        # keeps no set of the keys it took
+        self.fed: dict[int, _Batch | _Call] | None = (
+            {} if runner.engine.hands_back_fed_lists else None
+        )
 
     def run(self) -> list[StageResult]:
         started = time.perf_counter()
@@ -455,7 +469,7 @@ class _ChainRun:
                     self._fed_call(b.build(cls)) if b is not None else [] for b in pending
                 )
             else:
-                calls = iter(link.batcher(segment(), link.batch_size))
+                calls = map(self._batched_call, link.batcher(segment(), link.batch_size))
             for call in calls:
                 if self.budget and state.spent >= self.budget:
                     for b in pending:  # count the rest (up to a pause), feed none
@@ -473,33 +487,47 @@ class _ChainRun:
             yield []  # the inputs paused: the engine asks again once a batch finishes
 
     def _fed_call(self, batch: _Batch) -> list[Record]:
-        """A batch's records, remembered with its keys (while an engine hands back the
-        very lists it was fed, their keys need not be read from the records again)."""
+        """A batch's records, remembered with its keys while in flight (see ``fed``)."""
         if self.fed is not None:
             self.fed[id(batch.records)] = batch
         return batch.records
 
-    def _keys(self, done: Done) -> tuple[pa.Array, np.ndarray, bool]:
+    def _batched_call(self, call: list[Record]) -> list[Record]:
+        """A call of link 0's batcher, remembered with its keys while in flight."""
+        if self.fed is not None:
+            keys = pa.array([r.id for r in call], pa.string())
+            self.fed[id(call)] = _Call(call, keys, fingerprints(keys))
+        return call
+
+    def _keys(self, done: Done) -> tuple[pa.Array, np.ndarray, bool | None]:
         """A finished batch's input keys, their fingerprints, and whether the batch is
-        known new (one of link 0's batches, handed back for the first time)."""
+        known new (True: one of link 0's calls, handed back for the first time; False:
+        one of link 0's, handed back again; None: not known)."""
         if done.link == 0 and self.fed is not None:
-            batch = self.fed.pop(id(done.inputs), None)
-            if batch is not None and batch.records is done.inputs:
-                return batch.keys, batch.fps, True
-            self.fed = None  # the engine hands back copies: read keys from the records
+            call = self.fed.pop(id(done.inputs), None)
+            if call is not None and call.records is done.inputs:
+                return call.keys, call.fps, True
+            keys = pa.array([r.id for r in done.inputs], pa.string())
+            return keys, fingerprints(keys), False
         keys = pa.array([r.id for r in done.inputs], pa.string())
-        return keys, fingerprints(keys), False
+        return keys, fingerprints(keys), None
 
     def _take(self, done: Done) -> None:
         """Accept a finished batch (or drop it: its inputs are taken already), send what
         it forwards downstream, and buffer it once nothing it forwarded is open."""
         i = done.link
         state = self.states[i]
-        key_array, fps, new = self._keys(done)
+        key_array, fps, known = self._keys(done)
         keys = key_array.to_pylist() if i else None
-        if i and not new:  # rows sent to this link and not yet taken are new
+        new = bool(known)
+        if i:  # rows sent to this link and not yet taken are new
             new = all(k in state.parents and k not in state.uncommitted for k in keys)
-        taken = np.zeros(len(fps), dtype=bool) if new else state.taken.contains(fps)
+        if new:
+            taken = np.zeros(len(fps), dtype=bool)
+        elif known is False:  # a call of link 0 handed back again
+            taken = np.ones(len(fps), dtype=bool)
+        else:
+            taken = state.taken.contains(fps)
         if i:  # link 0's feed skips what is done; a forward could send it still
             taken |= state.done.mask(key_array, fps)
         if taken.all() and len(taken):  # a retried batch yielded again: its rows are there already
@@ -513,7 +541,8 @@ class _ChainRun:
                 "retry whole batches"
             )
         Runner._check(state.stage, done.outputs)
-        state.taken.add(fps)
+        if i or self.fed is None:  # link 0's calls handed back as fed need no key set
+            state.taken.add(fps)
         if self.observe is not None:
             try:
                 self.observe(done)

@@ -6,12 +6,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from nhr import runner as runner_mod
 from nhr.engines.base import Link, outputs_forward
 from nhr.engines.local import LocalEngine
 from nhr.errors import RunFolderError
@@ -173,6 +175,46 @@ def test_a_batch_yielded_again_is_dropped_on_every_link(tmp_path):
     assert again_squares == squares and again_plus == plus and len(plus) == 20
     dropped = [r.stats["dropped_batches"] for r in results]
     assert dropped[0] > 0 and dropped[1] > 0
+
+
+def _pairs(rows: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    """A batcher giving calls of ``size`` rows (the last may be short), as new lists."""
+    call: list[Record] = []
+    for row in rows:
+        call.append(row)
+        if len(call) == size:
+            yield call
+            call = []
+    if call:
+        yield call
+
+
+@pytest.mark.parametrize("engine", ["local", "retrying"])
+def test_link_zero_keeps_no_key_set_where_the_engine_hands_back_its_lists(
+    tmp_path, monkeypatch, engine
+):
+    """The local engine hands back every call of link 0 (a batcher's too) as the list it
+    was fed: link 0 keeps no set of its taken keys, and a call handed back again is
+    still dropped; the next link keeps its set."""
+    added: list[int] = []
+    real_add = runner_mod._Taken.add
+    monkeypatch.setattr(
+        runner_mod._Taken, "add", lambda self, fps: added.append(len(fps)) or real_add(self, fps)
+    )
+    retrying = engine == "retrying"
+    runner = Runner(
+        RunStore(tmp_path),
+        batch_size=3,
+        progress=False,
+        shard_rows=4,
+        engine=RetryingEngine(workers=1) if retrying else LocalEngine(workers=1),
+    )
+    links = [Link(SquareStage(), 2, outputs_forward, batcher=_pairs), Link(PlusStage(), 2)]
+    first, _ = runner.run_chain(links, _jobs(21))
+    assert [s.value for s in _rows(runner)] == sorted(i * i for i in range(21))
+    assert sorted(s.value for s in _rows(runner, "plus")) == sorted(i * i + 1 for i in range(21))
+    assert sum(added) == 21  # link 1's keys only
+    assert (first.stats.get("dropped_batches", 0) > 0) == retrying
 
 
 def test_stats_record_the_engine_and_how_it_ran_the_chain(tmp_path):

@@ -76,6 +76,11 @@ class Engine(ABC):
     it has yielded at least one more finished batch (never while nothing is in flight)."""
 
     name: str = "engine"
+    # whether every finished batch of link 0 is handed back as the very list object it
+    # was fed (not a copy): then the runner knows a list handed back twice without
+    # keeping the keys it took (an engine that copies, or runs batches elsewhere, keeps
+    # False)
+    hands_back_fed_lists: bool = False
 
     @abstractmethod
     def stream(self, links: Sequence[Link], batches: Iterable[list[Record]]) -> Iterator[Done]:

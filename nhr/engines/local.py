@@ -79,6 +79,7 @@ class LocalEngine(Engine):
     core); ``queue_batches`` is the back-pressure bound, in batches per slot."""
 
     name = "local"
+    hands_back_fed_lists = True  # its executors give each batch back as it was fed
 
     def __init__(self, workers: int = 0, queue_batches: int = QUEUE_BATCHES) -> None:
         resolve_workers(workers)  # refuse a bad value now, not at the first batch
