@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nhr import slices
+from nhr.hashing import KeyIndex
 from nhr.records import TripletRow
 from nhr.runner import Runner, StageResult, TableParts
 from nhr.slices import RowsAt
@@ -526,8 +527,16 @@ def chains(triplets: pa.Table) -> pa.Table:
     ``images``, ``instructions``, ``triplet_ids`` (lists) and ``width``, ``height``."""
     composed = triplets.filter(pc.equal(triplets.column("origin"), "composed"))
     first = positions(pc.list_element(composed.column("parents"), 0), triplets.column("triplet_id"))
-    composed = composed.filter(pa.array(first >= 0))
-    a = take(triplets, first[first >= 0])
+    return chain_rows(composed.filter(pa.array(first >= 0)), take(triplets, first[first >= 0]))
+
+
+# the triplet columns a chain takes from its composed triplet and from its first edit
+CHAIN_COLUMNS = ("triplet_id", "source_image", "edited_image", "instruction", "width", "height")
+
+
+def chain_rows(composed: pa.Table, first: pa.Table) -> pa.Table:
+    """The chains (as ``chains`` gives them) of composed triplets and, row for row, their
+    first edits."""
     n = composed.num_rows
 
     def lists(*cols: pa.ChunkedArray) -> pa.Array:
@@ -543,6 +552,7 @@ def chains(triplets: pa.Table) -> pa.Table:
         )
         return pa.ListArray.from_arrays(pa.array(np.arange(n + 1) * width, pa.int32()), values)
 
+    a = first
     return pa.table(
         {
             "chain_id": pc.binary_join_element_wise("chain-", composed.column("triplet_id"), ""),
@@ -557,4 +567,45 @@ def chains(triplets: pa.Table) -> pa.Table:
     )
 
 
-__all__ = ["Bootstrap", "backward_consistency", "chains", "composed_triplets"]
+def iter_chains(tables: RunTables, name: str) -> Iterator[pa.Table]:
+    """``chains`` of the triplets table ``name``, the same rows in the same order, a
+    slice (``slices.SLICE_ROWS`` chains) at a time: which rows are composed, and where
+    their first edits are, comes from narrow columns (origins, parents, ids), and the
+    wide rows of both are read a slice at a time (``slices.rows_in_slices``), so what is
+    held is a slice of chains, not every composed triplet and its first edit."""
+    at, firsts, lo = [np.zeros(0, np.int64)], [pa.array([], pa.string())], 0
+    for batch in tables.stream(name, ["origin", "parents"]):
+        mine = np.flatnonzero(
+            pc.fill_null(pc.equal(batch.column("origin"), "composed"), False).to_numpy(
+                zero_copy_only=False
+            )
+        )
+        at.append(lo + mine)
+        parents = take(batch.select(["parents"]), mine).column("parents")
+        firsts.append(flat(pc.list_element(parents, 0)).cast(pa.string()))
+        lo += batch.num_rows
+    composed, first_ids = np.concatenate(at), pa.concat_arrays(firsts)
+    if not len(composed):
+        return
+    found, where = slices.rows_where(tables, name, "triplet_id", first_ids, ["triplet_id"])
+    index = KeyIndex(flat(found.column("triplet_id")))
+    pos = index.positions(first_ids)
+    keep = pos >= 0
+    firsts_at = np.asarray(where, dtype=np.int64)[pos[keep]]
+    pairs = zip(
+        slices.rows_in_slices(tables, name, CHAIN_COLUMNS, composed[keep]),
+        slices.rows_in_slices(tables, name, CHAIN_COLUMNS, firsts_at),
+        strict=True,
+    )
+    for composed_rows, first_rows in pairs:
+        yield chain_rows(composed_rows, first_rows)
+
+
+__all__ = [
+    "Bootstrap",
+    "backward_consistency",
+    "chain_rows",
+    "chains",
+    "composed_triplets",
+    "iter_chains",
+]

@@ -17,8 +17,7 @@ import pyarrow.compute as pc
 
 from nhr.backends.base import contract
 from nhr.backends.registry import Backends, build_backends
-from nhr.bootstrap import Bootstrap
-from nhr.bootstrap import chains as chains_of
+from nhr.bootstrap import Bootstrap, iter_chains
 from nhr.config import PipelineConfig
 from nhr.engines import engine_from_config
 from nhr.engines.base import Done, Link, outputs_forward, passed_forward
@@ -47,23 +46,10 @@ from nhr.stages.validator import SELECT_INPUTS, ValidatorStage, select_mined
 from nhr.steps import BY_TABLE, CHAIN, FILTERS, SUBJECTS, TABLE_TYPES
 from nhr.store import RunStore
 from nhr.summary import cost_per_triplet, funnel, with_changes
-from nhr.tables import RunTables, flat
+from nhr.tables import RunTables
 
 if TYPE_CHECKING:  # pandas costs a notebook half a second; only ``frame`` needs it
     import pandas as pd
-
-
-# the triplet columns ``nhr.bootstrap.chains`` reads
-CHAIN_COLUMNS = (
-    "triplet_id",
-    "origin",
-    "parents",
-    "source_image",
-    "edited_image",
-    "instruction",
-    "width",
-    "height",
-)
 
 
 class ConfiguredRunner(Runner):
@@ -404,7 +390,6 @@ class Pipeline:
             origins.update(_counts(part.column("origin")))
             edit_types.update(_counts(part.column("edit_type")))
         n_triplets = sum(origins.values())
-        chains = chains_of(self._chain_triplets(source))
         funnel_rows = with_changes(funnel(self.tables, self.cfg))
         cost = cost_per_triplet(self.tables, self.store.all_stats())
         written: dict[str, int] = {}
@@ -429,8 +414,9 @@ class Pipeline:
             self.tables.iter_batches(source, TripletRow.schema().names, batch),
             body,
             batch,
-            chains,
-            # a slice of mined triplets' pairs at a time, written as they come
+            # a slice of chains, and of mined triplets' pairs, at a time, written as
+            # they come
+            iter_chains(self.tables, source),
             iter_preference_pairs(self.tables, self.cfg.export.export_preference_pairs),
             (
                 self.tables.iter_batches(source, TripletRow.schema().names, batch)
@@ -448,22 +434,12 @@ class Pipeline:
             "shards": shards,
             "rows_by_config": {
                 "default": n_triplets,
-                "multiturn": chains.num_rows,
+                "multiturn": written["multiturn"],
                 "preference": written["preference"],
             },
             "drops_by_reason": {},
         }
         return None, figures
-
-    def _chain_triplets(self, source: str) -> pa.Table:
-        """The triplets ``chains`` reads, in table order: the composed ones and the first
-        parent of each (read a batch at a time, not the whole table)."""
-        composed = self.tables.read_filtered(
-            source, lambda t: pc.equal(t.column("origin"), "composed"), CHAIN_COLUMNS
-        )
-        firsts = flat(pc.list_element(composed.column("parents"), 0))
-        wanted = pc.unique(pa.concat_arrays([firsts, flat(composed.column("triplet_id"))]))
-        return self.tables.read_where(source, "triplet_id", wanted, CHAIN_COLUMNS)
 
     # ---- photos as sources (SOURCES photos) -----------------------------------------
     def photo_collection(self) -> Any:

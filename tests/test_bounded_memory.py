@@ -17,7 +17,7 @@ from test_runner import PlusStage, Square, SquareStage
 from nhr import allocators, hashing, slices
 from nhr import runner as runner_mod
 from nhr import tables as tables_mod
-from nhr.bootstrap import Bootstrap, chains
+from nhr.bootstrap import Bootstrap, chains, iter_chains
 from nhr.engines.base import Link, outputs_forward
 from nhr.judge_breaker import judge_error_shares
 from nhr.mining import committed_decisions, decided_outcomes
@@ -239,12 +239,14 @@ def test_preference_pairs_come_a_slice_of_mined_triplets_at_a_time(tiny_chain, m
     assert all(m <= 2 and c < total for m, c in calls)  # a slice's sources' candidates only
 
 
-def test_the_export_reads_only_the_triplets_its_chains_use(tiny_chain):
+def test_chains_come_a_slice_at_a_time_as_the_whole_table_gives_them(tiny_chain, monkeypatch):
     source = tiny_chain.tables.triplets_name()
-    whole = tiny_chain.tables.triplets()
-    part = tiny_chain._chain_triplets(source)
-    assert chains(part).equals(chains(whole)) and chains(whole).num_rows > 0
-    assert part.num_rows < whole.num_rows
+    whole = chains(tiny_chain.tables.triplets())
+    assert whole.num_rows > 3
+    monkeypatch.setattr(slices, "SLICE_ROWS", 3)
+    parts = list(iter_chains(tiny_chain.tables, source))
+    assert [p.num_rows for p in parts[:-1]] == [3] * (len(parts) - 1)
+    assert pa.concat_tables(parts).equals(whole)
 
 
 def _allocators(env: dict[str, str]) -> list[str]:

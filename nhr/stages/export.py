@@ -426,7 +426,7 @@ def export_dataset(
     out_dir: Path,
     body: str | Callable[[dict[str, int]], str],
     shard_rows: int = 1000,
-    chains: pa.Table | None = None,
+    chains: pa.Table | Iterable[pa.Table] | None = None,
     preferences: pa.Table | Iterable[pa.Table] | None = None,
     webdataset_rows: Iterable[pa.RecordBatch | pa.Table] | None = None,
     webdataset_shard_rows: int = 1000,
@@ -439,9 +439,10 @@ def export_dataset(
 
     ``rows`` (and ``webdataset_rows``, a second pass over the same table) stream the
     triplets as record batches of the ``TripletRow`` schema; ``chains`` (from
-    ``bootstrap.chains``) and ``preferences`` (from ``preference_pairs``, or its slices
-    as ``iter_preference_pairs`` gives them) are tables of image paths, embedded shard
-    by shard. ``body`` is the card's text, or a function of the rows each config got
+    ``bootstrap.chains``, or its slices as ``bootstrap.iter_chains`` gives them) and
+    ``preferences`` (from ``preference_pairs``, or its slices as
+    ``iter_preference_pairs`` gives them) are tables of image paths, embedded shard by
+    shard. ``body`` is the card's text, or a function of the rows each config got
     (``{"default": n, "multiturn": n, "preference": n}``) that gives it once they are
     written. ``test_share`` > 0 splits ``default`` into ``train`` and ``test`` by
     source (see the module docstring)."""
@@ -452,7 +453,11 @@ def export_dataset(
         (tmp / "data").mkdir()
         parts: dict[str, Iterable[pa.RecordBatch | pa.Table]] = {
             "default": rows,
-            "multiturn": [] if chains is None else [chains],
+            "multiturn": []
+            if chains is None
+            else [chains]
+            if isinstance(chains, pa.Table)
+            else chains,
             "preference": (
                 []
                 if preferences is None
@@ -495,7 +500,7 @@ def export_to_store(
     rows: Iterable[pa.RecordBatch | pa.Table],
     body: str | Callable[[dict[str, int]], str],
     shard_rows: int = 1000,
-    chains: pa.Table | None = None,
+    chains: pa.Table | Iterable[pa.Table] | None = None,
     preferences: pa.Table | Iterable[pa.Table] | None = None,
     webdataset_rows: Iterable[pa.RecordBatch | pa.Table] | None = None,
     webdataset_shard_rows: int = 1000,
