@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nhr.engines.base import Done, Link
-from nhr.hashing import fingerprints
+from nhr.hashing import KeySet, fingerprints
 from nhr.runner import PAUSE, Runner, StageResult
 from nhr.search_diagnostic import diagnose_groups, group_hashes
 from nhr.search_stop import PosteriorStop
@@ -248,9 +248,11 @@ def committed_decisions(tables: RunTables) -> Decisions:
 def decided_outcomes(tables: RunTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every candidate ``committed_decisions`` finds, as (group index, seed number,
     validator passed) arrays: the verdict tables read a batch at a time, each candidate
-    held as a few integers (hashes of its id and group), never as a string, so memory
-    stays a few bytes per candidate at any size."""
-    ids, groups, seeds, passed = [], [], [], []
+    held as a few integers (hashes of its id and group), never as a string; a candidate
+    decided twice is dropped as it comes (a ``KeySet`` of the ids seen), so what is held
+    is about 20 bytes a candidate at any size."""
+    seen = KeySet()
+    groups, seeds, passed = [np.zeros(0, np.int64)], [np.zeros(0, np.int16)], [np.zeros(0, bool)]
     for name in reversed(FILTERS):  # the validator first: its verdict decides
         if name not in tables.enabled or not tables.exists(name):
             continue
@@ -259,21 +261,22 @@ def decided_outcomes(tables: RunTables) -> tuple[np.ndarray, np.ndarray, np.ndar
             if name != "validator":  # a filter decides only the candidates it drops
                 batch = batch.filter(pc.invert(ok))
                 ok = pc.fill_null(batch.column("passed"), False)
-            subjects = batch.column("subject_id").to_pylist()
-            g, m = group_hashes(subjects)
-            ids.append(np.fromiter(map(hash, subjects), np.int64, len(subjects)))
+            fps = fingerprints(batch.column("subject_id"))
+            new = ~seen.contains(fps)  # the first verdict wins
+            new[np.setdiff1d(np.arange(len(fps)), np.unique(fps, return_index=True)[1])] = False
+            if not new.all():
+                batch, ok, fps = batch.filter(pa.array(new)), ok.filter(pa.array(new)), fps[new]
+            seen.add(fps)
+            g, m = group_hashes(batch.column("subject_id").to_pylist())
             groups.append(g)
             seeds.append(m.astype(np.int16))  # a seed number is below M (≤ 100)
-            passed.append(ok.to_numpy(zero_copy_only=False).astype(bool))
-    if not ids:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-    every = np.concatenate(ids)
-    ids.clear()
-    _, first = np.unique(every, return_index=True)  # the first verdict wins
-    del every
-    first.sort()
-    _, group = np.unique(np.concatenate(groups)[first], return_inverse=True)
-    return group, np.concatenate(seeds)[first], np.concatenate(passed)[first]
+            passed.append(np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool))
+    del seen
+    hashed = np.concatenate(groups)
+    groups.clear()
+    _, group = np.unique(hashed, return_inverse=True)
+    del hashed
+    return group.astype(np.int32), np.concatenate(seeds), np.concatenate(passed)
 
 
 class SearchState:
@@ -613,7 +616,10 @@ class SeedFeed:
 
 class MiningLoop:
     """Runs a search over ``plan`` with ``links`` (the editor's first, then the enabled
-    filters' in pipeline order) as one chain and records ``stats/mining.json``."""
+    filters' in pipeline order) as one chain and records ``stats/mining.json``. A loop
+    runs once: when its chain ends it lets go of the plan and the search's per-group
+    state, before the diagnostic reads every verdict (at Table 2's size each is tens of
+    megabytes)."""
 
     def __init__(
         self,
@@ -628,7 +634,7 @@ class MiningLoop:
     ) -> None:
         self.runner = runner
         self.tables = tables
-        self.plan = plan
+        self.plan: EditPlan | None = plan
         self.links = list(links)
         self.rule = rule
         self.budget_seconds = budget_seconds
@@ -639,6 +645,8 @@ class MiningLoop:
         """Every round until no group is open, the cap is spent or the budget is: the
         feed streams (adaptive without a job cap or an editor budget), or goes round by
         round (where a cap or a budget may bind; ``by_round`` forces either)."""
+        if self.plan is None:
+            raise RuntimeError("a mining loop runs once; make a new one to mine again")
         if by_round is None:
             streamed = self.rule.adaptive and not self.plan.max_jobs and not self.budget_seconds
             by_round = not streamed
@@ -652,11 +660,11 @@ class MiningLoop:
             self.plan, self.rule, self.links, committed_decisions(self.tables), by_round
         )
 
-        def extra() -> dict[str, Any]:
+        def extra(search: SearchState = feed.search) -> dict[str, Any]:
             return {
                 **self.extra_stats,
                 "search": self.rule.search,
-                "rounds": len(feed.search.round_stats()),
+                "rounds": len(search.round_stats()),
             }
 
         extras = [extra] + [None] * (len(self.links) - 1)
@@ -667,7 +675,10 @@ class MiningLoop:
         worked |= any(bool(r.stats.get("processed_rows")) for r in results)
         stop = "budget" if results[0].stats.get("not_scheduled") else feed.stop
         elapsed = (self.clock() - started) if worked else 0.0
-        stats = self._record(feed.search, float(wall_before) + elapsed, stop)
+        figures = self._search_figures(feed.search)
+        del feed, extra, extras  # the feed holds the plan and the search's state
+        self.plan = None
+        stats = self._record(figures, float(wall_before) + elapsed, stop)
         return MiningResult(results[0], results[1:], stats)
 
     def _catch_up(self) -> bool:
@@ -692,18 +703,26 @@ class MiningLoop:
         group, seed, passed = decided_outcomes(self.tables)
         return diagnose_groups(group, seed, passed, self.rule.adaptive)
 
-    def _record(self, search: SearchState, wall: float, stop: str) -> dict[str, Any]:
-        """Write ``stats/mining.json`` and return it."""
-        cand = self.tables.store.read_stats("candidates") or {}
+    def _search_figures(self, search: SearchState) -> dict[str, Any]:
+        """What ``stats/mining.json`` records of the search's state."""
         rounds = search.round_stats()
-        stats = {
-            "stage": STATS,
-            "search": self.rule.search,
-            "rule": self.rule.describe(),
+        return {
             **({"posterior_stop": search.stop.describe()} if self.rule.posterior_stop else {}),
             "rounds": rounds,
             "groups": len(search.state),
             "groups_by_state": search.counts(),
+        }
+
+    def _record(self, figures: dict[str, Any], wall: float, stop: str) -> dict[str, Any]:
+        """Write ``stats/mining.json`` (the search's ``figures``, the diagnostic) and
+        return it."""
+        cand = self.tables.store.read_stats("candidates") or {}
+        rounds = figures["rounds"]
+        stats = {
+            "stage": STATS,
+            "search": self.rule.search,
+            "rule": self.rule.describe(),
+            **figures,
             "jobs": int(sum(r["jobs"] for r in rounds)),
             "grid_jobs": int(self.extra_stats.get("grid_jobs", 0)),
             "candidates": int(sum(r["candidates"] for r in rounds)),

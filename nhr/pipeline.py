@@ -258,6 +258,7 @@ class Pipeline:
             self.cfg.edits.edit_budget_seconds,
             {"grid_jobs": len(plan), "grid_size": plan.grid_size},
         )
+        del plan  # the loop lets go of it when its chain ends
         return loop.run()
 
     def mining(self) -> dict[str, Any] | None:

@@ -59,17 +59,28 @@ def group_hashes(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def intra_group_correlation(sizes: np.ndarray, passes: np.ndarray) -> float | None:
     """ANOVA estimate of the intra-group correlation of a 0/1 outcome from each group's
-    size and sum (unequal sizes; None where it is undefined)."""
+    size and sum (unequal sizes; None where it is undefined). The sums over groups are
+    taken a slice of ``_GROUP_SLICE`` groups at a time, so a run's millions of groups
+    need no float copy of their counts."""
     k, n = len(sizes), int(sizes.sum())
     if k < 2 or n <= k:
         return None
     mean = passes.sum() / n
-    ssb = float((sizes * (passes / sizes - mean) ** 2).sum())
-    ssw = float((passes - passes**2 / sizes).sum())
+    ssb = ssw = square = 0.0
+    for lo in range(0, k, _GROUP_SLICE):
+        s = sizes[lo : lo + _GROUP_SLICE].astype(np.float64)
+        p = passes[lo : lo + _GROUP_SLICE].astype(np.float64)
+        ssb += float((s * (p / s - mean) ** 2).sum())
+        ssw += float((p - p**2 / s).sum())
+        square += float((s**2).sum())
     msb, msw = ssb / (k - 1), ssw / (n - k)
-    n0 = (n - float((sizes**2).sum()) / n) / (k - 1)
+    n0 = (n - square / n) / (k - 1)
     den = msb + (n0 - 1.0) * msw
     return round((msb - msw) / den, 4) if den > 0 else None
+
+
+# groups whose counts are turned into floats at once by ``intra_group_correlation``
+_GROUP_SLICE = 1 << 20
 
 
 def independent_passes(sizes: np.ndarray, rate: float) -> np.ndarray:
@@ -77,17 +88,34 @@ def independent_passes(sizes: np.ndarray, rate: float) -> np.ndarray:
     independently at ``rate`` (each group its own binomial over its generations)."""
     top = int(sizes.max()) if len(sizes) else 0
     out = np.zeros(top + 1)
-    for n, count in zip(*np.unique(sizes, return_counts=True), strict=True):
-        for x in range(int(n) + 1):
-            out[x] += count * comb(int(n), x) * rate**x * (1.0 - rate) ** (int(n) - x)
+    for n, count in enumerate(np.bincount(sizes) if len(sizes) else []):
+        if not count:
+            continue
+        for x in range(n + 1):
+            out[x] += int(count) * comb(n, x) * rate**x * (1.0 - rate) ** (n - x)
     return out
 
 
 def pass_rate_by_seed(group: np.ndarray, seed: np.ndarray, passed: np.ndarray) -> list[Any]:
     """Per seed number t: the share of the groups with no pass at seeds below t that
     made seed t and passed there (None where no such group made it)."""
-    first = np.full(int(group.max()) + 1, np.iinfo(np.int64).max)
+    return _pass_rate_by_seed(
+        _first_pass(group, seed, passed, int(group.max()) + 1), group, seed, passed
+    )
+
+
+def _first_pass(group: np.ndarray, seed: np.ndarray, passed: np.ndarray, k: int) -> np.ndarray:
+    """Per group, the seed number of its first pass (the dtype's largest value where
+    none passed): a seed number is below M, so it is held in the seeds' own dtype."""
+    dtype = seed.dtype if np.issubdtype(seed.dtype, np.integer) else np.int64
+    first = np.full(k, np.iinfo(dtype).max, dtype=dtype)
     np.minimum.at(first, group[passed], seed[passed])
+    return first
+
+
+def _pass_rate_by_seed(
+    first: np.ndarray, group: np.ndarray, seed: np.ndarray, passed: np.ndarray
+) -> list[Any]:
     at_risk = seed <= first[group]  # no pass at an earlier seed of its group
     out: list[Any] = []
     for t in range(int(seed.max()) + 1):
@@ -96,28 +124,26 @@ def pass_rate_by_seed(group: np.ndarray, seed: np.ndarray, passed: np.ndarray) -
     return out
 
 
-def stop_after_failures(group: np.ndarray, seed: np.ndarray, passed: np.ndarray) -> list[Any]:
+def stop_after_failures(sizes: np.ndarray, needed: np.ndarray, hit: np.ndarray) -> list[Any]:
     """Per n = 1 … (largest group − 1): a stop after n failed seeds (seeds in order),
-    replayed on these verdicts: n, the share of the groups with a pass it keeps, the
-    share of the generations it needs."""
-    k = int(group.max()) + 1
-    order = np.lexsort((seed, group))
-    g = group[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
-    sizes = np.bincount(group, minlength=k)
-    first = np.full(k, np.iinfo(np.int64).max)
-    np.minimum.at(first, g[passed[order]], rank[passed[order]])
-    hit = first < np.iinfo(np.int64).max
+    replayed on a run's verdicts given per group: its generations (``sizes``), those
+    up to and with its first pass (``needed``; all of them where none passed) and
+    whether one passed (``hit``). The n, the share of the groups with a pass the stop
+    keeps, the share of the generations it needs. A group's seed numbers are distinct
+    (they are part of its candidates' ids), so a group's first pass comes after
+    ``needed - 1`` failures."""
+    total = int(sizes.sum())
+    hits = max(1, int(hit.sum()))
+    failures = np.where(hit, needed - 1, np.iinfo(np.int32).max)
     out: list[Any] = []
-    for n in range(1, int(sizes.max())):
-        kept = hit & (first < n)
-        gens = np.where(kept, first + 1, np.minimum(sizes, n)).sum()
+    for n in range(1, int(sizes.max()) if len(sizes) else 0):
+        kept = failures < n
+        gens = int(needed[kept].sum()) + int(np.minimum(sizes[~kept], n).sum())
         out.append(
             {
                 "n": n,
-                "passing_groups": round(int(kept.sum()) / max(1, int(hit.sum())), 4),
-                "generations": round(int(gens) / len(group), 4),
+                "passing_groups": round(int(kept.sum()) / hits, 4),
+                "generations": round(gens / total, 4),
             }
         )
     return out
@@ -137,33 +163,37 @@ def diagnose_groups(
     group: np.ndarray, seed: np.ndarray, passed: np.ndarray, stops_early: bool = False
 ) -> dict[str, Any]:
     """``diagnose`` of candidates given as their group index (0..k-1, each used), seed
-    number and whether the hard validator passed them."""
+    number and whether the hard validator passed them. What it holds beside them is a
+    few int32 counts per group (a run of Table 2's size has millions of groups)."""
     passed = np.asarray(passed, dtype=bool)
     n = len(group)
     if not n:
         return {"groups": 0, "generations": 0, "passes": 0}
     k = int(group.max()) + 1
-    sizes = np.bincount(group, minlength=k)
-    passes = np.bincount(group, weights=passed, minlength=k).astype(np.int64)
+    sizes = np.bincount(group, minlength=k).astype(np.int32)
+    passes = np.bincount(group[passed], minlength=k).astype(np.int32)
     total = int(passes.sum())
     rate = total / n
     hit = passes > 0
     # a first-pass stop: seeds in order up to the first pass (all made where none passes)
-    first = np.full(k, np.iinfo(np.int64).max)
-    np.minimum.at(first, group[passed], seed[passed])
-    needed = np.bincount(group, weights=seed <= first[group], minlength=k).astype(np.int64)
+    first = _first_pass(group, seed, passed, k)
+    needed = np.bincount(group[seed <= first[group]], minlength=k).astype(np.int32)
+    by_seed = _pass_rate_by_seed(first, group, seed, passed)
+    del first
     observed = np.bincount(passes, minlength=int(sizes.max()) + 1)
     expected = independent_passes(sizes, rate)
-    icc = intra_group_correlation(sizes.astype(np.float64), passes.astype(np.float64))
-    pairs = int((passes * (sizes - 1)).sum())
-    after = round(float((passes * (passes - 1)).sum()) / pairs, 4) if pairs else None
+    icc = intra_group_correlation(sizes, passes)
+    pairs = int((passes.astype(np.int64) * (sizes - 1)).sum())
+    after = (
+        round(float((passes.astype(np.int64) * (passes - 1)).sum()) / pairs, 4) if pairs else None
+    )
     return {
         "groups": k,
         "generations": n,
         "passes": total,
         "pass_rate": round(rate, 4),
         "argmax_drop": round(1.0 - int(hit.sum()) / total, 4) if total else None,
-        "pass_rate_by_seed": pass_rate_by_seed(group, seed, passed),
+        "pass_rate_by_seed": by_seed,
         "passes_per_group": None
         if stops_early
         else {
@@ -178,5 +208,5 @@ def diagnose_groups(
         "generations_oracle": int(hit.sum()),
         "first_pass_share": round(int(needed.sum()) / n, 4),
         "oracle_share": round(int(hit.sum()) / n, 4),
-        "stop_after_failures": stop_after_failures(group, seed, passed),
+        "stop_after_failures": stop_after_failures(sizes, needed, hit),
     }
