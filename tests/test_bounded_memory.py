@@ -207,7 +207,7 @@ def test_the_search_diagnostic_reads_verdicts_as_integers(tiny_chain):
     decided = committed_decisions(tiny_chain.tables)
     group, seed, passed = decided_outcomes(tiny_chain.tables)
     assert len(group) == len(decided) > 0 and passed.sum() == decided.passed.sum() > 0
-    assert group.dtype == np.int64 and seed.dtype == np.int16  # two bytes per seed number
+    assert group.dtype == np.int32 and seed.dtype == np.int16  # 4 + 2 bytes a candidate
     ids = tiny_chain.tables.read("candidates", ["candidate_id"]).column("candidate_id")
     at = decided.positions(ids)
     known = [c for c, a in zip(ids.to_pylist(), at, strict=True) if a >= 0]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nhr.mining import HOPELESS, OPEN, SearchRule, SearchState
-from nhr.search_diagnostic import diagnose
+from nhr.search_diagnostic import diagnose, diagnose_groups
 from nhr.search_stop import PosteriorStop, doable_share, setting_rates
 
 
@@ -143,3 +143,39 @@ def test_the_diagnostic_replays_a_stop_after_n_failures():
         {"n": 1, "passing_groups": round(1 / 3, 4), "generations": round(4 / 11, 4)},
         {"n": 2, "passing_groups": round(2 / 3, 4), "generations": round(7 / 11, 4)},
     ]
+
+
+def test_the_replayed_stop_is_the_replay_of_each_group_s_seeds_in_order():
+    """The replay from per-group counts equals a replay that walks each group's seeds
+    in order, on groups of random sizes whose seeds come shuffled."""
+    rng = np.random.default_rng(3)
+    group, seed = [], []
+    for g in range(400):
+        made = rng.permutation(9)[: rng.integers(1, 10)]  # distinct seeds, some missing
+        group += [g] * len(made)
+        seed += made.tolist()
+    order = rng.permutation(len(group))
+    group, seed = np.array(group)[order], np.array(seed, dtype=np.int16)[order]
+    passed = rng.random(len(group)) < 0.2
+    by_group: dict[int, list[tuple[int, bool]]] = {}
+    for g, m, p in zip(group, seed, passed, strict=True):
+        by_group.setdefault(int(g), []).append((int(m), bool(p)))
+    walks = [[p for _, p in sorted(v)] for v in by_group.values()]
+    hits = sum(any(w) for w in walks)
+    expected = []
+    for n in range(1, max(len(w) for w in walks)):
+        kept = gens = 0
+        for w in walks:
+            first = w.index(True) if any(w) else None
+            if first is not None and first < n:
+                kept, gens = kept + 1, gens + first + 1
+            else:
+                gens += min(len(w), n)
+        expected.append(
+            {
+                "n": n,
+                "passing_groups": round(kept / hits, 4),
+                "generations": round(gens / len(group), 4),
+            }
+        )
+    assert diagnose_groups(group, seed, passed)["stop_after_failures"] == expected
