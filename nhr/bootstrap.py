@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nhr import slices
-from nhr.hashing import KeyIndex
 from nhr.records import TripletRow
 from nhr.runner import Runner, StageResult, TableParts
 from nhr.slices import RowsAt
@@ -588,17 +587,15 @@ def iter_chains(tables: RunTables, name: str) -> Iterator[pa.Table]:
     if not len(composed):
         return
     found, where = slices.rows_where(tables, name, "triplet_id", first_ids, ["triplet_id"])
-    index = KeyIndex(flat(found.column("triplet_id")))
-    pos = index.positions(first_ids)
+    pos = positions(first_ids, found.column("triplet_id"))
     keep = pos >= 0
-    firsts_at = np.asarray(where, dtype=np.int64)[pos[keep]]
     pairs = zip(
         slices.rows_in_slices(tables, name, CHAIN_COLUMNS, composed[keep]),
-        slices.rows_in_slices(tables, name, CHAIN_COLUMNS, firsts_at),
+        slices.rows_in_slices(tables, name, CHAIN_COLUMNS, where[pos[keep]]),
         strict=True,
     )
-    for composed_rows, first_rows in pairs:
-        yield chain_rows(composed_rows, first_rows)
+    for last, first in pairs:
+        yield chain_rows(last, first)
 
 
 __all__ = [

@@ -207,6 +207,24 @@ class Decisions:
         return out
 
 
+def _deciding_verdicts(
+    tables: RunTables, columns: list[str]
+) -> Iterator[tuple[str, pa.RecordBatch, np.ndarray]]:
+    """The verdict rows that decide a candidate, a batch at a time, the validator's
+    first: every verdict of the validator, a filter's drops only (a filter decides only
+    the candidates it drops), as (table name, the rows' ``columns``, passed). A
+    candidate with verdicts in two tables is decided by the first given."""
+    for name in reversed(FILTERS):  # the validator first: its verdict decides
+        if name not in tables.enabled or not tables.exists(name):
+            continue
+        for batch in tables.iter_batches(name, columns):
+            ok = pc.fill_null(batch.column("passed"), False).to_numpy(zero_copy_only=False)
+            ok = np.asarray(ok, dtype=bool)
+            if name != "validator":
+                batch, ok = batch.filter(pa.array(~ok)), ok[~ok]
+            yield name, batch, ok
+
+
 def committed_decisions(tables: RunTables) -> Decisions:
     """Every candidate a committed verdict decides: the validator's verdict, else a drop
     by the low-level check (score 0) or the pre-filter (its score). A chain commits a
@@ -215,27 +233,22 @@ def committed_decisions(tables: RunTables) -> Decisions:
     The verdict tables are read a batch at a time."""
     fps, passed, score = [], [], []
     columns = ["subject_id", "passed", "reason", "adherence", "aesthetic"]
-    for name in reversed(FILTERS):  # the validator first: its verdict decides
-        if name not in tables.enabled or not tables.exists(name):
-            continue
-        for batch in tables.iter_batches(name, columns):
-            ok = pc.fill_null(batch.column("passed"), False).to_numpy(zero_copy_only=False)
-            ok = np.asarray(ok, dtype=bool)
-            mine = slice(None) if name == "validator" else ~ok  # a filter decides its drops
-            error = pc.fill_null(pc.equal(batch.column("reason"), "judge_error"), False)
-            adh, aes = (
-                pc.fill_null(batch.column(c), np.nan).to_numpy(zero_copy_only=False)
-                for c in ("adherence", "aesthetic")
-            )
-            own = verdict_scores(
+    for name, batch, ok in _deciding_verdicts(tables, columns):
+        error = pc.fill_null(pc.equal(batch.column("reason"), "judge_error"), False)
+        adh, aes = (
+            pc.fill_null(batch.column(c), np.nan).to_numpy(zero_copy_only=False)
+            for c in ("adherence", "aesthetic")
+        )
+        score.append(
+            verdict_scores(
                 name,
                 np.asarray(error.to_numpy(zero_copy_only=False), dtype=bool),
                 np.asarray(adh, dtype=np.float64),
                 np.asarray(aes, dtype=np.float64),
             )
-            fps.append(fingerprints(batch.column("subject_id"))[mine])
-            passed.append(ok[mine] if name == "validator" else np.zeros(int((~ok).sum()), bool))
-            score.append(own[mine])
+        )
+        fps.append(fingerprints(batch.column("subject_id")))
+        passed.append(ok)
     if not fps:
         return Decisions(np.zeros(0, np.uint64), np.zeros(0, bool), np.zeros(0))
     every = np.concatenate(fps)
@@ -253,24 +266,17 @@ def decided_outcomes(tables: RunTables) -> tuple[np.ndarray, np.ndarray, np.ndar
     is about 20 bytes a candidate at any size."""
     seen = KeySet()
     groups, seeds, passed = [np.zeros(0, np.int64)], [np.zeros(0, np.int16)], [np.zeros(0, bool)]
-    for name in reversed(FILTERS):  # the validator first: its verdict decides
-        if name not in tables.enabled or not tables.exists(name):
-            continue
-        for batch in tables.iter_batches(name, ["subject_id", "passed"]):
-            ok = pc.fill_null(batch.column("passed"), False)
-            if name != "validator":  # a filter decides only the candidates it drops
-                batch = batch.filter(pc.invert(ok))
-                ok = pc.fill_null(batch.column("passed"), False)
-            fps = fingerprints(batch.column("subject_id"))
-            new = ~seen.contains(fps)  # the first verdict wins
-            new[np.setdiff1d(np.arange(len(fps)), np.unique(fps, return_index=True)[1])] = False
-            if not new.all():
-                batch, ok, fps = batch.filter(pa.array(new)), ok.filter(pa.array(new)), fps[new]
-            seen.add(fps)
-            g, m = group_hashes(batch.column("subject_id").to_pylist())
-            groups.append(g)
-            seeds.append(m.astype(np.int16))  # a seed number is below M (≤ 100)
-            passed.append(np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool))
+    for _, batch, ok in _deciding_verdicts(tables, ["subject_id", "passed"]):
+        fps = fingerprints(batch.column("subject_id"))
+        new = ~seen.contains(fps)  # the first verdict wins
+        new[np.setdiff1d(np.arange(len(fps)), np.unique(fps, return_index=True)[1])] = False
+        if not new.all():
+            batch, ok, fps = batch.filter(pa.array(new)), ok[new], fps[new]
+        seen.add(fps)
+        g, m = group_hashes(batch.column("subject_id").to_pylist())
+        groups.append(g)
+        seeds.append(m.astype(np.int16))  # a seed number is below M (≤ 100)
+        passed.append(ok)
     del seen
     hashed = np.concatenate(groups)
     groups.clear()

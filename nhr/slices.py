@@ -95,12 +95,17 @@ class RowsAt:
         schema = self.tables.schema(self.name)
         if self.columns is not None:
             schema = pa.schema([schema.field(c) for c in self.columns])
-        got = pa.concat_tables([schema.empty_table(), *parts])
-        if len(pos) < 2 or bool((np.diff(pos) >= 0).all()):
-            return got  # asked in order: no copy to put back
-        back = np.empty(len(pos), dtype=np.int64)
-        back[order] = np.arange(len(pos))
-        return take(got, back)
+        return _in_order(pa.concat_tables([schema.empty_table(), *parts]), pos, order)
+
+
+def _in_order(got: pa.Table, pos: np.ndarray, order: np.ndarray) -> pa.Table:
+    """Rows ``got`` in sorted position order (``order`` sorts ``pos``) put back in the
+    order of ``pos`` (no copy when ``pos`` was sorted already)."""
+    if len(pos) < 2 or bool((np.diff(pos) >= 0).all()):
+        return got
+    back = np.empty(len(pos), dtype=np.int64)
+    back[order] = np.arange(len(pos))
+    return take(got, back)
 
 
 def rows_in_slices(
@@ -193,12 +198,7 @@ class SpilledRows:
             i, j = bounds[b], bounds[b + 1]
             batch = pa.Table.from_batches([self._reader.get_batch(int(b))])
             parts.append(take(batch, sorted_pos[i:j] - b * self.batch_rows))
-        got = pa.concat_tables(parts).combine_chunks()
-        if len(pos) < 2 or bool((np.diff(pos) >= 0).all()):
-            return got
-        back = np.empty(len(pos), dtype=np.int64)
-        back[order] = np.arange(len(pos))
-        return take(got, back)
+        return _in_order(pa.concat_tables(parts).combine_chunks(), pos, order)
 
     def close(self) -> None:
         """Delete the file (also done when the object is collected)."""

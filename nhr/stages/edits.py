@@ -24,6 +24,7 @@ from nhr.resolutions import Size, nearest
 from nhr.slices import SpilledRows
 from nhr.stages.base import Stage
 from nhr.store import BlobStore
+from nhr.tables import flat
 
 # jobs per pass over the sources, and per band of the emission order: a pass holds a
 # few arrays of this many jobs, and a band's jobs are held while they are emitted
@@ -266,10 +267,7 @@ class EditPlan:
                 with pa.OSFile(str(path)) as source:
                     band = pa.ipc.open_file(source).read_all()
                 path.unlink()
-                src, local, prio = (
-                    np.concatenate([np.zeros(0, t), *(c.to_numpy() for c in band.column(n).chunks)])
-                    for n, t in (("src", np.int64), ("local", np.int64), ("prio", np.uint64))
-                )
+                src, local, prio = (flat(band.column(n)).to_numpy() for n in _BAND_SCHEMA.names)
                 del band
                 order = np.lexsort((local, src, prio))[:left]
                 left -= len(order)
@@ -327,7 +325,7 @@ class EditPlan:
         pid = s.column("prompt_id").take(rows).cast(pa.string())
         suffix = pa.array([f"-i{x // m}-e{x % m}" for x in range(int(local.max()) + 1)])
         inst = pa.array([f"-i{x}" for x in range(int(j.max()) + 1)])
-        flat = pa.array(self.first[src] + j)
+        at_text = pa.array(self.first[src] + j)
         with np.errstate(over="ignore"):
             h_seed = splitmix64(prio ^ _SALT_SEED)
             h_steps = splitmix64(prio ^ _SALT_STEPS)
@@ -342,8 +340,8 @@ class EditPlan:
             "source_id": sid,
             "prompt_id": pid,
             "instruction_id": pc.binary_join_element_wise(pid, inst.take(pa.array(j)), ""),
-            "instruction": self.texts.take(flat),
-            "edit_type": self.kinds.take(flat),
+            "instruction": self.texts.take(at_text),
+            "edit_type": self.kinds.take(at_text),
             "style": s.column("style").take(rows).cast(pa.string()),
             "source_image": self.images.take(src).column("image"),
             "width": s.column("width").take(rows),
@@ -364,19 +362,15 @@ def compact_sources(sources: pa.Table) -> pa.Table:
     """The ``JOB_SOURCE_COLUMNS`` but the image, as an edit plan holds them for a whole
     search: one chunk each, prompt ids and styles dictionary-encoded (a prompt has
     several sources, and styles are few) and sizes as int32. At Table 2's half a million
-    gated sources this is 19 MB against 26 MB for the columns as read."""
-
-    def one(name: str) -> pa.Array:
-        column = sources.column(name)
-        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    gated sources this is 16 MB against 26 MB for the columns as read."""
 
     return pa.table(
         {
-            "source_id": one("source_id"),
-            "prompt_id": one("prompt_id").dictionary_encode(),
-            "style": one("style").dictionary_encode(),
-            "width": one("width").cast(pa.int32()),
-            "height": one("height").cast(pa.int32()),
+            "source_id": flat(sources.column("source_id")),
+            "prompt_id": flat(sources.column("prompt_id")).dictionary_encode(),
+            "style": flat(sources.column("style")).dictionary_encode(),
+            "width": flat(sources.column("width")).cast(pa.int32()),
+            "height": flat(sources.column("height")).cast(pa.int32()),
         }
     )
 

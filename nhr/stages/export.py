@@ -453,18 +453,8 @@ def export_dataset(
         (tmp / "data").mkdir()
         parts: dict[str, Iterable[pa.RecordBatch | pa.Table]] = {
             "default": rows,
-            "multiturn": []
-            if chains is None
-            else [chains]
-            if isinstance(chains, pa.Table)
-            else chains,
-            "preference": (
-                []
-                if preferences is None
-                else [preferences]
-                if isinstance(preferences, pa.Table)
-                else preferences
-            ),
+            "multiturn": _tables(chains),
+            "preference": _tables(preferences),
         }
         configs: dict[str, Any] = {}
         for name, part in parts.items():
@@ -492,6 +482,13 @@ def export_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted((out_dir / "data").glob("*.parquet"))
+
+
+def _tables(given: pa.Table | Iterable[pa.Table] | None) -> Iterable[pa.Table]:
+    """A config's rows as tables: none, one table, or the tables given."""
+    if given is None:
+        return []
+    return [given] if isinstance(given, pa.Table) else given
 
 
 def export_to_store(

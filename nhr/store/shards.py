@@ -223,17 +223,14 @@ class TableStore:
         The entries are read twice: once for the keys' count and bytes, once to copy
         them into the array, made at its size up front. What is held is the keys once
         and one entry's read, not every entry's read beside their concatenation (at 3M
-        keys, a peak of 60 MB above the keys against 170)."""
+        keys, 60 MB of them: a peak 109 MB above the process's start against 169)."""
         sources = [self._entry_source(self.entry_rel(name, e)) for e in self.entries(name)]
         n = size = 0
         for chunk in _key_chunks(sources):
             n += len(chunk)
             size += _key_bytes(chunk)[1].nbytes
         if size >= 1 << 31:  # past what 32-bit offsets address: a large string array
-            return pa.concat_arrays(
-                [c.cast(pa.large_string()) for c in _key_chunks(sources)]
-                or [pa.array([], pa.large_string())]
-            )
+            return pa.concat_arrays([c.cast(pa.large_string()) for c in _key_chunks(sources)])
         offsets = np.zeros(n + 1, np.int32)
         data = np.empty(size, np.uint8)
         row = byte = 0
